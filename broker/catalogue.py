@@ -1,0 +1,121 @@
+"""The tier catalogue: which models each tier runs for each job kind, where, and with what defaults.
+
+Loaded from TOML (``LLM_ROUTER_CONFIG``) or the built-in ``catalogue.toml``; a bad file fails at start
+with the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.errors import ConfigurationError
+from tasks.schemas import Kind
+
+Provider = Literal["local", "hf-inference", "openai", "tei"]
+Pool = Literal["cpu", "gpu"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenerationDefaults(_Frozen):
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
+    max_tokens: Annotated[int, Field(ge=1)] = 200
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.9
+    top_k: Annotated[int, Field(ge=0)] = 50
+    repetition_penalty: Annotated[float, Field(gt=0)] = 1.1
+
+
+class ModelSpec(_Frozen):
+    provider: Provider = "local"
+    task: Kind | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    path: Path | None = None
+
+
+class TierSpec(_Frozen):
+    pool: Pool = "cpu"
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
+    requests_per_hour: Annotated[int, Field(ge=1)] | None = None
+    generate: list[str] = []
+    embed: list[str] = []
+    classify: list[str] = []
+
+    def chain(self, kind: Kind) -> list[str]:
+        return list(getattr(self, kind))
+
+
+class Catalogue(_Frozen):
+    default_tier: str = "fast"
+    tier_order: list[str] = ["fast", "balanced", "quality"]
+    defaults: GenerationDefaults = GenerationDefaults()
+    tiers: dict[str, TierSpec]
+    models: dict[str, ModelSpec] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Catalogue:
+        if not self.tiers:
+            raise ValueError("tiers: at least one tier is required")
+        for name in self.tier_order:
+            if name not in self.tiers:
+                raise ValueError(f"tier_order: names tier {name!r}, which [tiers] does not define")
+        if self.default_tier != "auto" and self.default_tier not in self.tiers:
+            raise ValueError(f"default_tier: {self.default_tier!r} is not a tier")
+        return self
+
+    @property
+    def ordered_tiers(self) -> list[str]:
+        """Tiers in escalation order: ``tier_order`` first, then any others as declared."""
+        return self.tier_order + [name for name in self.tiers if name not in self.tier_order]
+
+    def model_spec(self, model_id: str) -> ModelSpec:
+        return self.models.get(model_id, ModelSpec())
+
+    def tiers_serving(self, model_id: str, kind: Kind) -> list[str]:
+        return [name for name in self.ordered_tiers if model_id in self.tiers[name].chain(kind)]
+
+    def tiers_of_pool(self, pool: Pool) -> list[str]:
+        return [name for name in self.ordered_tiers if self.tiers[name].pool == pool]
+
+    def models_of_tiers(self, tiers: list[str]) -> list[str]:
+        seen: dict[str, None] = {}
+        for name in tiers:
+            tier = self.tiers[name]
+            for model_id in (*tier.generate, *tier.embed, *tier.classify):
+                seen.setdefault(model_id, None)
+        return list(seen)
+
+
+def _location(error: object) -> str:
+    loc = getattr(error, "get", lambda _k, _d=None: ())("loc", ())
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_catalogue(text: str, source: str) -> Catalogue:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return Catalogue.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_location(e)}: {e['msg']}" for e in exc.errors(include_url=False))
+        raise ConfigurationError(f"{source}: {problems}") from None
+
+
+def load_catalogue(path: Path | None) -> Catalogue:
+    """The catalogue at ``path``, or the built-in one when ``path`` is None."""
+    if path is None:
+        text = resources.files("broker").joinpath("catalogue.toml").read_text(encoding="utf-8")
+        return parse_catalogue(text, "built-in catalogue")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read the catalogue: {exc.strerror}") from None
+    return parse_catalogue(text, str(path))

@@ -1,0 +1,73 @@
+"""The Celery application: JSON only, late acks, one message in flight per worker process.
+
+Messages carry the job id only; the request lives in the database. That keeps prompts and secrets out of
+the broker and out of Flower's task arguments, and lets a job be re-published without re-encoding it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from broker.catalogue import Catalogue, load_catalogue
+from broker.queues import EXCHANGE, tier_queues
+from broker.settings import Settings
+
+
+class RouterCelery(Celery):
+    """A Celery app that knows the settings and catalogue it was built from."""
+
+    router_settings: Settings
+    catalogue: Catalogue
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    if not settings.uses_embedded_broker:
+        return {}
+    folder = settings.broker_folder
+    for name in ("queue", "control", "processed"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "control_folder": str(folder / "control"),
+        "processed_folder": str(folder / "processed"),
+        "store_processed": False,
+        "polling_interval": 0.05,
+    }
+
+
+def create_app(settings: Settings | None = None, catalogue: Catalogue | None = None) -> RouterCelery:
+    settings = settings or Settings()
+    catalogue = catalogue or load_catalogue(settings.config)
+    app = RouterCelery("llm_router", include=["tasks.jobs"])
+    app.router_settings = settings
+    app.catalogue = catalogue
+    queues = tier_queues(catalogue)
+    app.conf.update(
+        broker_url=settings.resolved_broker_url,
+        broker_transport_options=broker_transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_queues=queues,
+        task_default_queue=queues[0].name,
+        task_default_exchange=EXCHANGE.name,
+        task_default_exchange_type=EXCHANGE.type,
+        task_create_missing_queues=False,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        enable_utc=True,
+    )
+    return app

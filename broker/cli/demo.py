@@ -1,0 +1,141 @@
+"""``llm-router demo``: the whole path on one machine, with embedded defaults unless told otherwise.
+
+Prepares the bundled models, migrates the database, starts a worker pool, submits a small mixed sample
+across the tiers, prints every result and the usage table, stops the worker, and exits 0 only when every
+job succeeded and every answer is right.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from broker.cli.output import table
+from broker.client import Job, Router
+from broker.settings import Settings
+from tasks.errors import JobError, JobTimeout
+from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+
+RELATED = ("A man is playing a guitar.", "Someone is strumming a guitar.")
+UNRELATED = "The stock market crashed today."
+SENTIMENT = (("I love this, it works wonderfully!", "POSITIVE"), ("This is terrible, I want my money back.", "NEGATIVE"))
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+def _start_worker(settings: Settings, tiers: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "broker.cli.main", "worker", "--pool", "cpu", "--queues", ",".join(tiers),
+        "--concurrency", "1", "--hostname", f"demo-{os.getpid()}@%h",
+    ]
+    with log_path.open("ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop_worker(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _wait(job: Job, worker: subprocess.Popen[bytes], timeout: float, log_path: Path) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return job.wait(timeout=1.0)
+        except JobTimeout:
+            if worker.poll() is not None:
+                raise click.ClickException(f"the worker exited with code {worker.returncode}; see {log_path}") from None
+            if time.monotonic() > deadline:
+                raise
+
+
+@click.command()
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait for all jobs.")
+def demo(timeout: float) -> None:
+    """Run a small mixed sample through the whole cluster path and print the results."""
+    from tasks.database import make_engine, upgrade
+    from workers.bundled.prepare import missing_models, prepare_models
+
+    settings = Settings()
+    click.echo(f"broker:   {settings.safe_broker_url()}" + (" (embedded, under ./var)" if settings.uses_embedded_broker else ""))
+    click.echo(f"database: {settings.safe_database_url()}")
+    click.echo(f"models:   {settings.models_dir}")
+    if missing_models(settings.models_dir):
+        click.echo("preparing the bundled models (once per machine, about a minute)…")
+        prepare_models(settings.models_dir)
+    upgrade(make_engine(settings.resolved_database_url))
+
+    router = Router(settings)
+    log_path = settings.var_dir / "demo-worker.log"
+    worker = _start_worker(settings, router.catalogue.ordered_tiers, log_path)
+    click.echo(f"worker:   pid {worker.pid}, log {log_path}\n")
+    ok = True
+    try:
+        started = time.monotonic()
+        story = router.generate("Once upon a time", tier="fast", max_tokens=40, seed=7)
+        chat = router.generate(
+            messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
+            tier="balanced", temperature=0.0, max_tokens=30,
+        )
+        vectors = router.embed([*RELATED, UNRELATED], tier="fast")
+        labels = router.classify([text for text, _ in SENTIMENT], tier="quality")
+
+        result = _wait(story, worker, timeout, log_path)
+        assert isinstance(result, GenerateResult)
+        click.echo(f"[generate · {result.tier} · {result.model}] Once upon a time…\n  {result.text.strip()}\n")
+
+        result = _wait(chat, worker, timeout, log_path)
+        assert isinstance(result, GenerateResult)
+        click.echo(f"[chat · {result.tier} · {result.model}] What is the capital of France?\n  {result.text.strip()}\n")
+        ok &= "paris" in result.text.lower()
+
+        embedded = _wait(vectors, worker, timeout, log_path)
+        assert isinstance(embedded, EmbedResult)
+        data = [item.embedding for item in embedded.data]
+        related, unrelated = cosine(data[0], data[1]), cosine(data[0], data[2])
+        click.echo(f"[embed · {embedded.tier} · {embedded.model}] {len(data[0])} dimensions")
+        click.echo(f"  related   {RELATED[0]!r} ~ {RELATED[1]!r}: cosine {related:.3f}")
+        click.echo(f"  unrelated {RELATED[0]!r} ~ {UNRELATED!r}: cosine {unrelated:.3f}")
+        click.echo(f"  related pair scores higher: {'yes' if related > unrelated else 'NO'}\n")
+        ok &= related > unrelated
+
+        classified = _wait(labels, worker, timeout, log_path)
+        assert isinstance(classified, ClassifyResult)
+        click.echo(f"[classify · {classified.tier} · {classified.model}]")
+        for (text, expected), item in zip(SENTIMENT, classified.data, strict=True):
+            best = item.labels[0]
+            right = best.label == expected
+            ok &= right
+            click.echo(f"  {best.label:<8} {best.score:.3f}  {text!r}  {'right' if right else 'WRONG, expected ' + expected}")
+        click.echo(f"\nall jobs done in {time.monotonic() - started:.1f} s\n")
+    except JobError as exc:
+        ok = False
+        click.echo(f"error: {exc}", err=True)
+    finally:
+        _stop_worker(worker)
+
+    rows = [
+        [u.tier, u.kind, u.model, u.requests, u.cache_hits, u.prompt_tokens, u.completion_tokens, u.total_tokens, u.avg_latency_ms]
+        for u in router.store.usage_by_model()
+    ]
+    click.echo("usage (all jobs recorded in this database)")
+    click.echo(table(["tier", "kind", "model", "requests", "cached", "prompt", "completion", "total", "avg ms"], rows))
+    if not ok:
+        raise click.ClickException("the demo did not get the expected answers")

@@ -1,0 +1,53 @@
+"""Printing for the command line: one place for JSON output, tables and error exits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from typing import Any, NoReturn
+
+import click
+
+EXIT_INVALID = 2
+EXIT_FAILED = 1
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, default=_default, indent=2))
+
+
+def fail(message: str, *, code: int = EXIT_FAILED, as_json: bool = False, **extra: Any) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps({"error": message, **extra}, default=_default))
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "-" if value is None else str(value)

@@ -1,0 +1,135 @@
+"""``llm-router submit`` and ``llm-router result``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from broker.cli.output import EXIT_INVALID, emit_json, fail
+from broker.client import Job, Result, Router, UnknownJob
+from tasks.errors import ConfigurationError, InvalidRequest, JobError, JobRejected, JobTimeout
+from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+
+
+def describe_result(result: Result) -> str:
+    if isinstance(result, GenerateResult):
+        return result.text
+    if isinstance(result, EmbedResult):
+        dims = len(result.data[0].embedding) if result.data else 0
+        return f"{len(result.data)} embedding(s) of {dims} dimensions"
+    assert isinstance(result, ClassifyResult)
+    return "\n".join(
+        f"[{item.index}] " + ", ".join(f"{label.label} {label.score:.3f}" for label in item.labels)
+        for item in result.data
+    )
+
+
+def _job_json(job: Job, result: Result | None) -> dict[str, Any]:
+    view = job.record()
+    return {
+        "id": view.id, "kind": view.kind, "status": view.status, "tier": view.tier, "queue": view.queue,
+        "model": view.model_used, "latency_ms": view.latency_ms, "attempts": view.attempts,
+        "cached": view.cached, "error": view.error,
+        "result": result.model_dump(mode="json") if result is not None else None,
+    }
+
+
+def _finish(job: Job, wait: bool, timeout: float, as_json: bool) -> None:
+    if not wait:
+        if as_json:
+            emit_json(_job_json(job, None))
+        else:
+            view = job.record()
+            click.echo(f"{job.id} {view.status} ({view.kind}, tier {view.tier})")
+        return
+    try:
+        result = job.wait(timeout=timeout)
+    except JobTimeout as exc:
+        fail(str(exc), as_json=as_json, id=job.id, status=exc.status)
+    except JobError as exc:
+        code = EXIT_INVALID if isinstance(exc, JobRejected) else 1
+        fail(str(exc), code=code, as_json=as_json, id=job.id, status=exc.status)
+    if as_json:
+        emit_json(_job_json(job, result))
+    else:
+        click.echo(describe_result(result))
+
+
+@click.command()
+@click.argument("kind")
+@click.argument("text", nargs=-1)
+@click.option("--messages", help='Chat messages as JSON: [{"role": "user", "content": "…"}].')
+@click.option("--model", help="A model of the catalogue (routes to the tier that lists it).")
+@click.option("--tier", help="fast, balanced, quality or auto.")
+@click.option("--max-tokens", type=int)
+@click.option("--temperature", type=float)
+@click.option("--top-p", type=float)
+@click.option("--top-k", type=int)
+@click.option("--repetition-penalty", type=float)
+@click.option("--seed", type=int)
+@click.option("--fallback", type=click.Choice(["tier", "model", "none"]))
+@click.option("--params", "params_json", help="More request fields as a JSON object.")
+@click.option("--wait", is_flag=True, help="Wait for the result and print it.")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds --wait waits.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def submit(
+    kind: str, text: tuple[str, ...], messages: str | None, params_json: str | None,
+    wait: bool, timeout: float, as_json: bool, **options: Any,
+) -> None:
+    """Submit a KIND (generate, embed or classify) job. generate joins TEXT into one prompt; embed and
+    classify take each TEXT as one input."""
+    request: dict[str, Any] = {"kind": kind, **{k: v for k, v in options.items() if v is not None}}
+    try:
+        if messages is not None:
+            request["messages"] = _json_option("--messages", messages)
+        if params_json is not None:
+            extra = _json_option("--params", params_json)
+            if not isinstance(extra, dict):
+                raise InvalidRequest("--params: expected a JSON object", field="params")
+            request.update(extra)
+        if kind == "generate" and text:
+            request["prompt"] = " ".join(text)
+        elif kind in ("embed", "classify"):
+            request["input"] = text[0] if len(text) == 1 else list(text)
+        elif text:
+            request["text"] = list(text)  # lets validation name the unknown kind first
+        router = Router()
+        job = router.submit(request)
+    except (InvalidRequest, ConfigurationError) as exc:
+        fail(str(exc), code=EXIT_INVALID, as_json=as_json)
+    _finish(job, wait, timeout, as_json)
+
+
+def _json_option(name: str, value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"{name}: not valid JSON ({exc.msg} at character {exc.pos})", field=name) from None
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--wait", is_flag=True, help="Wait until the job ends.")
+@click.option("--timeout", type=float, default=300.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def result(job_id: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Show a job's state and, once it succeeded, its result."""
+    try:
+        job = Router().get(job_id)
+    except UnknownJob as exc:
+        fail(str(exc), code=EXIT_INVALID, as_json=as_json)
+    if wait:
+        _finish(job, True, timeout, as_json)
+        return
+    try:
+        outcome = job.result()
+    except JobError as exc:
+        fail(str(exc), as_json=as_json, id=job.id, status=exc.status)
+    if as_json:
+        emit_json(_job_json(job, outcome))
+    elif outcome is None:
+        click.echo(f"{job.id} {job.status()}")
+    else:
+        click.echo(describe_result(outcome))

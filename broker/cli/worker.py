@@ -1,0 +1,57 @@
+"""``llm-router worker``: start a worker of the cpu or gpu pool on the configured broker."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from broker.cli.output import EXIT_INVALID, fail
+from tasks.errors import ConfigurationError
+
+
+@click.command()
+@click.option("--pool", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--queues", help="Comma-separated tier queues (default: the tiers that name this pool).")
+@click.option("--concurrency", "-c", type=int, help="Worker processes (cpu pool; default 1).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Override the pool's device.")
+@click.option("--hostname", "-n", help="Celery node name (default: POOL-PID@host).")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def worker(
+    pool: str, queues: str | None, concurrency: int | None, device: str | None, hostname: str | None, loglevel: str
+) -> None:
+    """Consume jobs of the pool's tier queues and run their models."""
+    from broker.celery_app import create_app
+    from broker.settings import Settings
+    from tasks.database import make_engine, upgrade
+    from workers.pools import plan_pool
+
+    settings = Settings()
+    app = create_app(settings)
+    try:
+        plan = plan_pool(
+            pool,  # type: ignore[arg-type]
+            app.catalogue,
+            queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+            concurrency=concurrency,
+            device=device,  # type: ignore[arg-type]
+        )
+    except ConfigurationError as exc:
+        fail(str(exc), code=EXIT_INVALID)
+    engine = make_engine(settings.resolved_database_url)
+    if engine.dialect.name == "sqlite":
+        upgrade(engine)  # embedded mode: nobody else runs migrations
+    engine.dispose()
+    app.worker_profile = plan.profile  # type: ignore[attr-defined]
+    app.worker_main(
+        [
+            "worker",
+            "--queues", ",".join(plan.queues),
+            "--pool", plan.execution_pool,
+            "--concurrency", str(plan.concurrency),
+            "--hostname", hostname or f"{pool}-{os.getpid()}@%h",
+            "--loglevel", loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )

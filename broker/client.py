@@ -1,0 +1,164 @@
+"""The producer client that web backends import: ``Router`` submits jobs, ``Job`` follows one.
+
+Submitting validates the request, routes it to a tier, writes the job row ``queued`` and publishes a
+message that carries only the job id. Nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import inspect
+
+from broker.catalogue import Catalogue, load_catalogue
+from broker.celery_app import RouterCelery, create_app
+from broker.queues import TASK_NAMES
+from broker.routing import Route, route
+from broker.settings import Settings
+from tasks.database import make_engine, upgrade
+from tasks.errors import InvalidRequest, JobFailed, JobRejected, JobTimeout, RouterError
+from tasks.records import FAILED, REJECTED, SUCCEEDED
+from tasks.repository import AttemptView, JobStore, JobView
+from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult, parse_request, parse_result
+
+Result = GenerateResult | EmbedResult | ClassifyResult
+
+
+class EnqueueFailed(RouterError):
+    """The job was recorded but the broker refused it; the job is marked failed with this reason."""
+
+
+class UnknownJob(RouterError, LookupError):
+    pass
+
+
+class Job:
+    """A handle on one job. Every method reads the database, so any process can follow any job."""
+
+    def __init__(self, store: JobStore, job_id: str, kind: str, poll_s: float = 0.05):
+        self._store = store
+        self.id = job_id
+        self.kind = kind
+        self._poll_s = poll_s
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, kind={self.kind!r})"
+
+    def record(self) -> JobView:
+        view = self._store.get(self.id)
+        if view is None:
+            raise UnknownJob(f"job_id: no job {self.id}")
+        return view
+
+    def status(self) -> str:
+        return self.record().status
+
+    def attempts(self) -> list[AttemptView]:
+        return self._store.attempts(self.id)
+
+    def result(self) -> Result | None:
+        """The result when the job succeeded; None while it runs; raises when it failed or was rejected."""
+        return self._outcome(self.record())
+
+    def wait(self, timeout: float | None = 60.0) -> Result:
+        """Block until the job ends; raises ``JobFailed``, ``JobRejected`` or ``JobTimeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(0.01, self._poll_s)
+        while True:
+            view = self.record()
+            outcome = self._outcome(view)
+            if outcome is not None:
+                return outcome
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobTimeout(self.id, view.status, f"still {view.status} after {timeout:g} s")
+            time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
+            delay = min(delay * 1.5, max(self._poll_s, 0.25))
+
+    @staticmethod
+    def _outcome(view: JobView) -> Result | None:
+        if view.status == SUCCEEDED and view.result is not None:
+            return parse_result(view.result)
+        if view.status == FAILED:
+            raise JobFailed(view.id, view.status, view.error)
+        if view.status == REJECTED:
+            raise JobRejected(view.id, view.status, view.error)
+        return None
+
+
+class Router:
+    """Submit generation, embedding and classification jobs to the cluster.
+
+    ``Router()`` reads its settings from the environment; with none set it uses the embedded defaults
+    (a SQLite database and a filesystem broker under ``./var/``) and creates the schema itself.
+    """
+
+    def __init__(
+        self, settings: Settings | None = None, *, catalogue: Catalogue | None = None, app: RouterCelery | None = None
+    ):
+        self.settings = settings or Settings()
+        self.catalogue = catalogue or load_catalogue(self.settings.config)
+        self._app = app
+        engine = make_engine(self.settings.resolved_database_url, sqlite_busy_timeout_s=self.settings.sqlite_busy_timeout_s)
+        if engine.dialect.name == "sqlite" and not inspect(engine).has_table("jobs"):
+            upgrade(engine)
+        self.store = JobStore(engine)
+
+    @property
+    def app(self) -> RouterCelery:
+        if self._app is None:
+            self._app = create_app(self.settings, self.catalogue)
+        return self._app
+
+    # ---- the three kinds ---------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        model: str | None = None,
+        tier: str | None = None,
+        **options: Any,
+    ) -> Job:
+        request: dict[str, Any] = {"kind": "generate", "prompt": prompt, "messages": messages, "model": model, "tier": tier}
+        return self.submit({**request, **options})
+
+    def embed(self, input: str | list[str], *, model: str | None = None, tier: str | None = None, **options: Any) -> Job:
+        return self.submit({"kind": "embed", "input": input, "model": model, "tier": tier, **options})
+
+    def classify(self, input: str | list[str], *, model: str | None = None, tier: str | None = None, **options: Any) -> Job:
+        return self.submit({"kind": "classify", "input": input, "model": model, "tier": tier, **options})
+
+    # ---- the general path --------------------------------------------------------------------------------
+
+    def prepare(self, request: dict[str, Any]) -> tuple[dict[str, Any], Route]:
+        """Validate and route a request without submitting it; raises ``InvalidRequest``."""
+        cleaned = {key: value for key, value in request.items() if value is not None}
+        parsed = parse_request(cleaned)
+        planned = route(parsed, self.catalogue)
+        return parsed.model_dump(mode="json", exclude_none=True), planned
+
+    def submit(self, request: dict[str, Any]) -> Job:
+        """Validate, record and enqueue one job of any kind. Nothing is written when validation fails."""
+        if not isinstance(request, dict):
+            raise InvalidRequest(f"request: expected a dict, got {type(request).__name__}", field="request")
+        stored, planned = self.prepare(request)
+        kind = stored["kind"]
+        job_id = str(uuid.uuid4())
+        self.store.create_job(job_id=job_id, kind=kind, request=stored, tier=planned.tier, queue=planned.queue)
+        try:
+            self.app.send_task(
+                TASK_NAMES[kind], args=[job_id], task_id=job_id, queue=planned.queue, routing_key=planned.queue
+            )
+        except Exception as exc:  # kombu and the transports raise many kinds; all mean "not enqueued"
+            self.store.fail(job_id, f"could not enqueue: {type(exc).__name__}")
+            raise EnqueueFailed(f"job {job_id} could not be enqueued on {self.settings.safe_broker_url()}") from exc
+        return Job(self.store, job_id, kind, self.settings.wait_poll_s)
+
+    def get(self, job_id: str) -> Job:
+        view = self.store.get(job_id)
+        if view is None:
+            raise UnknownJob(f"job_id: no job {job_id}")
+        return Job(self.store, job_id, view.kind, self.settings.wait_poll_s)

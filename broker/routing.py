@@ -1,0 +1,72 @@
+"""Routing a validated request to a tier, its queue and its ordered model chain. Pure, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.catalogue import Catalogue
+from tasks.errors import InvalidRequest
+from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
+
+AUTO = "auto"
+# The seed's selectOptimalModel thresholds: (prompt characters, max_tokens) strictly below → tier index.
+AUTO_THRESHOLDS = ((100, 100), (500, 300))
+
+
+@dataclass(frozen=True)
+class Route:
+    tier: str
+    queue: str
+    chain: tuple[str, ...]
+
+
+def queue_for_tier(tier: str) -> str:
+    return tier
+
+
+def auto_tier(prompt_chars: int, max_tokens: int, catalogue: Catalogue) -> str:
+    order = catalogue.ordered_tiers
+    for index, (chars_below, tokens_below) in enumerate(AUTO_THRESHOLDS):
+        if prompt_chars < chars_below and max_tokens < tokens_below:
+            return order[min(index, len(order) - 1)]
+    return order[min(len(AUTO_THRESHOLDS), len(order) - 1)]
+
+
+def _request_size(request: GenerateRequest | EmbedRequest | ClassifyRequest, catalogue: Catalogue) -> tuple[int, int]:
+    if isinstance(request, GenerateRequest):
+        return request.prompt_chars, request.max_tokens or catalogue.defaults.max_tokens
+    return sum(len(text) for text in request.input), 0
+
+
+def route(request: GenerateRequest | EmbedRequest | ClassifyRequest, catalogue: Catalogue) -> Route:
+    """Where a request goes. Raises ``InvalidRequest`` naming the field for unknown tiers or models."""
+    kind = request.kind
+    tier = request.tier or (None if request.model else catalogue.default_tier)
+    if tier == AUTO:
+        tier = auto_tier(*_request_size(request, catalogue), catalogue)
+    if tier is not None and tier not in catalogue.tiers:
+        known = ", ".join([*catalogue.ordered_tiers, AUTO])
+        raise InvalidRequest(f"tier: unknown tier {tier!r}; expected one of {known}", field="tier")
+
+    if request.model is not None:
+        serving = catalogue.tiers_serving(request.model, kind)
+        if not serving:
+            listed = sorted({m for name in catalogue.ordered_tiers for m in catalogue.tiers[name].chain(kind)})
+            raise InvalidRequest(
+                f"model: unknown model {request.model!r} for {kind}; the catalogue lists {', '.join(listed) or 'none'}",
+                field="model",
+            )
+        if tier is None:
+            tier = serving[0]
+        elif tier not in serving:
+            raise InvalidRequest(
+                f"model: {request.model!r} is not in tier {tier!r}; it is served by {', '.join(serving)}",
+                field="model",
+            )
+        return Route(tier=tier, queue=queue_for_tier(tier), chain=(request.model,))
+
+    assert tier is not None
+    chain = tuple(catalogue.tiers[tier].chain(kind))
+    if not chain:
+        raise InvalidRequest(f"tier: tier {tier!r} has no models for {kind} jobs", field="tier")
+    return Route(tier=tier, queue=queue_for_tier(tier), chain=chain)

@@ -1,0 +1,84 @@
+"""The one settings object, read from the environment at the edge and passed down.
+
+Variables carry the prefix ``LLM_ROUTER_``; the Hugging Face ones keep the names users already know
+(``HUGGINGFACE_API_KEY`` or ``HF_TOKEN``, ``HUGGINGFACE_BASE_URL``, ``HUGGINGFACE_CACHE_DIR``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+DEFAULT_HF_BASE_URL = "https://router.huggingface.co/hf-inference"
+
+
+def _default_models_dir() -> Path:
+    return Path.home() / ".cache" / "llm-runner-router" / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLM_ROUTER_", extra="ignore", populate_by_name=True)
+
+    var_dir: Path = Path("var")
+    broker_url: str | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
+    config: Path | None = None
+    models_dir: Path = Field(default_factory=_default_models_dir)
+
+    hf_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("HUGGINGFACE_API_KEY", "HF_TOKEN")
+    )
+    hf_base_url: str = Field(
+        default=DEFAULT_HF_BASE_URL, validation_alias=AliasChoices("HUGGINGFACE_BASE_URL")
+    )
+    hf_cache_dir: Path | None = Field(default=None, validation_alias=AliasChoices("HUGGINGFACE_CACHE_DIR"))
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = None
+
+    request_timeout_s: float = 30.0
+    wait_poll_s: float = 0.05
+    sqlite_busy_timeout_s: float = 30.0
+
+    @property
+    def resolved_broker_url(self) -> str:
+        """The broker URL; without one, kombu's filesystem transport under ``var_dir``."""
+        return self.broker_url or "filesystem://localhost/"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.broker_url is None or self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.var_dir / "broker").resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.var_dir / 'llm-router.db').resolve()}"
+
+    @property
+    def resolved_redis_url(self) -> str | None:
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
+
+    def safe_database_url(self) -> str:
+        """The database URL with any password masked, for logs and status output."""
+        return make_url(self.resolved_database_url).render_as_string(hide_password=True)
+
+    def safe_broker_url(self) -> str:
+        url = self.resolved_broker_url
+        if "@" not in url:
+            return url
+        scheme, _, rest = url.partition("://")
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"

@@ -1,0 +1,102 @@
+"""The one exception tree of llm-runner-router, split by who handles it.
+
+    RouterError
+    ├── InvalidRequest            bad input; the job is recorded ``rejected`` and never retried
+    ├── ConfigurationError        a bad catalogue or setting; fails at start with file, key and reason
+    ├── PermanentError            retrying the same model cannot help
+    │   ├── ModelNotFound         the model is unknown or not available here (fall back to the next model)
+    │   ├── Unauthorised          the endpoint refused our credentials
+    │   └── ModelFailed           the model raised on this input
+    ├── TransientError            the same call may succeed later (retried with a countdown)
+    │   ├── ModelLoading          the endpoint is warming the model (HTTP 503)
+    │   ├── RateLimited           the endpoint asks us to slow down (HTTP 429)
+    │   ├── ServerError           other 5xx
+    │   └── NetworkError          connect, reset, timeout
+    └── JobError                  raised to the producer when a job ends badly
+        ├── JobFailed
+        ├── JobRejected
+        └── JobTimeout            ``Job.wait`` ran out of time; the job itself goes on
+
+Foreign exceptions (httpx, torch, pydantic) are translated into these once, at the boundary that meets them.
+"""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class InvalidRequest(RouterError, ValueError):
+    """A request that breaks a limit or names something unknown. ``field`` names what is wrong."""
+
+    def __init__(self, message: str, *, field: str | None = None, problems: list[str] | None = None):
+        super().__init__(message)
+        self.field = field
+        self.problems = problems or [message]
+
+
+class ConfigurationError(RouterError):
+    """The catalogue or settings are unusable."""
+
+
+class PermanentError(RouterError):
+    """Retrying the same model with the same input will not help."""
+
+
+class ModelNotFound(PermanentError):
+    """The model cannot be found or loaded here."""
+
+
+class Unauthorised(PermanentError):
+    """Credentials were refused."""
+
+
+class ModelFailed(PermanentError):
+    """The model raised while running this input."""
+
+
+class TransientError(RouterError):
+    """The same call may succeed later. ``retry_after_s`` is the server's hint, when it gave one."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ModelLoading(TransientError):
+    pass
+
+
+class RateLimited(TransientError):
+    pass
+
+
+class ServerError(TransientError):
+    pass
+
+
+class NetworkError(TransientError):
+    pass
+
+
+class JobError(RouterError):
+    """A job ended in a state other than ``succeeded``."""
+
+    def __init__(self, job_id: str, status: str, error: str | None):
+        super().__init__(f"job {job_id} {status}: {error}" if error else f"job {job_id} {status}")
+        self.job_id = job_id
+        self.status = status
+        self.error = error
+
+
+class JobFailed(JobError):
+    pass
+
+
+class JobRejected(JobError):
+    pass
+
+
+class JobTimeout(JobError, TimeoutError):
+    pass

@@ -1,0 +1,93 @@
+"""The Celery tasks ``tasks.generate``, ``tasks.embed`` and ``tasks.classify``.
+
+Each takes the job id (and, from hand-written producers, optionally the request). The body parses the
+message and hands the job to ``tasks.execution``; a bad message is recorded and acknowledged, never
+raised, so a worker keeps serving whatever arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Task, shared_task, signals
+
+from tasks.execution import run_job
+from tasks.messages import BadMessage, parse_message
+from tasks.schemas import Kind
+
+log = logging.getLogger(__name__)
+
+# One runtime per process, keyed by pid so a forked child never reuses its parent's connections.
+_runtimes: dict[int, Any] = {}
+
+
+def current_runtime(app: Any) -> Any:
+    runtime = _runtimes.get(os.getpid())
+    if runtime is None:
+        from workers.runtime import WorkerProfile, build_runtime
+
+        profile = getattr(app, "worker_profile", None) or WorkerProfile()
+        runtime = build_runtime(app.router_settings, app.catalogue, profile)
+        _runtimes.clear()
+        _runtimes[os.getpid()] = runtime
+    return runtime
+
+
+class JobTask(Task):  # type: ignore[misc]
+    typing = False  # arguments are checked by parse_message, not by Celery's signature check
+    acks_late = True
+    reject_on_worker_lost = True
+
+
+def _handle(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    try:
+        message = parse_message(args, kwargs)
+    except BadMessage as exc:
+        if exc.job_id is not None:
+            current_runtime(task.app).store.reject(exc.job_id, kind, f"bad message: {exc}")
+            return "rejected"
+        log.error("dropped a %s message that names no job: %s", kind, exc)
+        return "dropped"
+    return run_job(current_runtime(task.app), kind, message, task.request.hostname)
+
+
+@shared_task(bind=True, base=JobTask, name="tasks.generate")
+def generate(self: JobTask, *args: Any, **kwargs: Any) -> str:
+    return _handle(self, "generate", args, kwargs)
+
+
+@shared_task(bind=True, base=JobTask, name="tasks.embed")
+def embed(self: JobTask, *args: Any, **kwargs: Any) -> str:
+    return _handle(self, "embed", args, kwargs)
+
+
+@shared_task(bind=True, base=JobTask, name="tasks.classify")
+def classify(self: JobTask, *args: Any, **kwargs: Any) -> str:
+    return _handle(self, "classify", args, kwargs)
+
+
+def _preload(app: Any) -> None:
+    runtime = current_runtime(app)
+    queues = set(app.amqp.queues.consume_from or app.amqp.queues)
+    tiers = [tier for tier in runtime.catalogue.ordered_tiers if tier in queues]
+    problems = runtime.registry.preload(runtime.catalogue.models_of_tiers(tiers))
+    for problem in problems:
+        log.error("preload: %s", problem)
+    loaded = ", ".join(f"{m.model_id} ({m.load_s:.1f}s)" for m in runtime.registry.loaded())
+    log.info("ready: tiers=%s device=%s models=%s", ",".join(tiers), runtime.registry.device, loaded or "none")
+
+
+@signals.worker_process_init.connect
+def _preload_in_child(**_: Any) -> None:
+    from celery import current_app
+
+    _preload(current_app)
+
+
+@signals.worker_ready.connect
+def _preload_in_solo(sender: Any = None, **_: Any) -> None:
+    # Prefork children preload in worker_process_init; solo and thread pools run jobs in this process.
+    if sender is not None and sender.pool_cls.__module__.split(".")[-1] in ("solo", "thread", "threads"):
+        _preload(sender.app)

@@ -1,0 +1,12 @@
+"""Input limits, in one place so that errors, docs and tests quote the same numbers."""
+
+from typing import Final
+
+MAX_PROMPT_CHARS: Final = 32_000
+MAX_MESSAGES: Final = 64
+MAX_MESSAGE_CHARS: Final = 32_000
+MAX_TOKENS_CAP: Final = 2_048
+MAX_INPUTS: Final = 256
+MAX_INPUT_CHARS: Final = 8_192
+MAX_MODEL_ID_CHARS: Final = 200
+MAX_STOP_SEQUENCES: Final = 8

@@ -1,0 +1,53 @@
+"""Parsing what arrives on a queue. A message is untrusted input like any other.
+
+The client sends ``[job_id]``; a hand-written producer may send ``job_id`` and the whole ``request``
+as keyword arguments. Anything else is a bad message: recorded ``rejected`` when it names a usable job id,
+logged and dropped when it does not. A bad message never raises out of the task.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    job_id: str
+    request: dict[str, Any] | None
+
+
+class BadMessage(Exception):
+    """The message cannot be turned into a job; ``job_id`` is set when one could still be read."""
+
+    def __init__(self, reason: str, job_id: str | None = None):
+        super().__init__(reason)
+        self.job_id = job_id
+
+
+def _job_id(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def parse_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobMessage:
+    raw_id = kwargs.get("job_id", args[0] if args else None)
+    job_id = _job_id(raw_id)
+    if job_id is None:
+        raise BadMessage(f"job_id: expected a UUID string, got {type(raw_id).__name__}")
+    unexpected = sorted(set(kwargs) - {"job_id", "request"})
+    if len(args) > 1 or unexpected:
+        raise BadMessage(
+            f"unexpected arguments: expected [job_id] or job_id=…, request=…; got {len(args)} positional "
+            f"and {', '.join(unexpected) or 'no'} extra keyword arguments",
+            job_id,
+        )
+    request = kwargs.get("request")
+    if request is not None and not isinstance(request, dict):
+        raise BadMessage(f"request: expected a JSON object, got {type(request).__name__}", job_id)
+    return JobMessage(job_id=job_id, request=request)

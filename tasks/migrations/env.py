@@ -1,0 +1,13 @@
+"""Alembic environment: always run with a connection handed in by ``tasks.database.upgrade``."""
+
+from alembic import context
+
+from tasks.records import Base
+
+connection = context.config.attributes.get("connection")
+if connection is None:
+    raise RuntimeError("run migrations through 'llm-router db upgrade', which passes the connection")
+
+context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,271 @@
+"""All SQL lives here. Tasks and the client call these methods; they never build queries themselves.
+
+Writes are idempotent where redelivery can repeat them: a job that reached a final state is never
+started again, and usage is keyed by job id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from tasks.records import (
+    FAILED,
+    FINAL_STATUSES,
+    QUEUED,
+    REJECTED,
+    RUNNING,
+    SUCCEEDED,
+    AttemptRecord,
+    JobRecord,
+    UsageRecord,
+    utcnow,
+)
+from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult, Usage
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A read-only snapshot of a job record."""
+
+    id: str
+    kind: str
+    status: str
+    tier: str | None
+    queue: str | None
+    requested_model: str | None
+    model_used: str | None
+    request: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: str | None
+    latency_ms: float | None
+    cached: bool
+    attempts: int
+    batch_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobView:
+        return cls(**{name: getattr(record, name) for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    number: int
+    status: str
+    model: str | None
+    provider: str | None
+    tier: str | None
+    worker: str | None
+    error: str | None
+    latency_ms: float | None
+    total_tokens: int | None
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    model: str
+    tier: str | None
+    kind: str
+    requests: int
+    cache_hits: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    avg_latency_ms: float
+
+
+def _elapsed_ms(since: datetime, now: datetime) -> float:
+    if since.tzinfo is None:  # SQLite hands back naive timestamps
+        now = now.replace(tzinfo=None)
+    return (now - since).total_seconds() * 1000.0
+
+
+class JobStore:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    # ---- producer side -----------------------------------------------------------------------------------
+
+    def create_job(
+        self, *, job_id: str, kind: str, request: dict[str, Any], tier: str, queue: str, status: str = QUEUED
+    ) -> None:
+        with self._sessions.begin() as session:
+            session.add(
+                JobRecord(
+                    id=job_id,
+                    kind=kind,
+                    status=status,
+                    tier=tier,
+                    queue=queue,
+                    requested_model=request.get("model"),
+                    request=request,
+                    batch_id=request.get("batch_id"),
+                    cached=False,
+                    attempts=0,
+                )
+            )
+
+    def get(self, job_id: str) -> JobView | None:
+        with self.session() as session:
+            record = session.get(JobRecord, job_id)
+            return JobView.of(record) if record else None
+
+    def status(self, job_id: str) -> str | None:
+        with self.session() as session:
+            return session.scalar(select(JobRecord.status).where(JobRecord.id == job_id))
+
+    def attempts(self, job_id: str) -> list[AttemptView]:
+        with self.session() as session:
+            rows = session.scalars(
+                select(AttemptRecord).where(AttemptRecord.job_id == job_id).order_by(AttemptRecord.number)
+            )
+            return [
+                AttemptView(
+                    number=a.number, status=a.status, model=a.model, provider=a.provider, tier=a.tier,
+                    worker=a.worker, error=a.error, latency_ms=a.latency_ms, total_tokens=a.total_tokens,
+                )
+                for a in rows
+            ]
+
+    # ---- worker side -------------------------------------------------------------------------------------
+
+    def reject(self, job_id: str, kind: str, error: str, request: dict[str, Any] | None = None) -> None:
+        """Record a job as rejected, creating its row when the message named an id we never stored."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            record = session.get(JobRecord, job_id, with_for_update=True)
+            if record is None:
+                session.add(
+                    JobRecord(
+                        id=job_id, kind=kind, status=REJECTED, request=request, error=error,
+                        cached=False, attempts=0, created_at=now, finished_at=now,
+                    )
+                )
+            elif record.status not in FINAL_STATUSES:
+                record.status, record.error, record.finished_at = REJECTED, error, now
+
+    def start_attempt(
+        self, job_id: str, *, model: str, provider: str, tier: str | None, worker: str | None
+    ) -> int | None:
+        """Mark the job running and open an attempt; None when the job already ended (a redelivery)."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            record = session.get(JobRecord, job_id, with_for_update=True)
+            if record is None or record.status in FINAL_STATUSES:
+                return None
+            record.status = RUNNING
+            record.started_at = record.started_at or now
+            record.attempts += 1
+            session.add(
+                AttemptRecord(
+                    job_id=job_id, number=record.attempts, status=RUNNING, model=model, provider=provider,
+                    tier=tier, worker=worker, started_at=now,
+                )
+            )
+            return record.attempts
+
+    def fail_attempt(self, job_id: str, number: int, error: str, *, http_status: int | None = None) -> None:
+        with self._sessions.begin() as session:
+            session.execute(
+                update(AttemptRecord)
+                .where(AttemptRecord.job_id == job_id, AttemptRecord.number == number)
+                .values(status=FAILED, error=error, http_status=http_status, finished_at=utcnow())
+            )
+
+    def succeed(
+        self,
+        job_id: str,
+        number: int,
+        *,
+        result: GenerateResult | EmbedResult | ClassifyResult,
+        provider: str,
+        model_latency_ms: float,
+    ) -> None:
+        now = utcnow()
+        usage: Usage = result.usage
+        with self._sessions.begin() as session:
+            record = session.get(JobRecord, job_id, with_for_update=True)
+            if record is None or record.status in FINAL_STATUSES:
+                return
+            record.status = SUCCEEDED
+            record.model_used = result.model
+            record.result = result.model_dump(mode="json")
+            record.error = None
+            record.finished_at = now
+            record.latency_ms = _elapsed_ms(record.created_at, now)
+            session.execute(
+                update(AttemptRecord)
+                .where(AttemptRecord.job_id == job_id, AttemptRecord.number == number)
+                .values(
+                    status=SUCCEEDED, finished_at=now, latency_ms=model_latency_ms,
+                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                    total_tokens=usage.total_tokens,
+                )
+            )
+            exists = session.scalar(select(UsageRecord.id).where(UsageRecord.job_id == job_id))
+            if exists is None:
+                session.add(
+                    UsageRecord(
+                        job_id=job_id, kind=record.kind, tier=record.tier, model=result.model, provider=provider,
+                        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                        total_tokens=usage.total_tokens, cached=result.cached, latency_ms=record.latency_ms,
+                        created_at=now,
+                    )
+                )
+
+    def fail(self, job_id: str, error: str) -> None:
+        now = utcnow()
+        with self._sessions.begin() as session:
+            record = session.get(JobRecord, job_id, with_for_update=True)
+            if record is None or record.status in FINAL_STATUSES:
+                return
+            record.status, record.error, record.finished_at = FAILED, error, now
+            record.latency_ms = _elapsed_ms(record.created_at, now)
+
+    # ---- reports -----------------------------------------------------------------------------------------
+
+    def usage_by_model(self) -> list[UsageRow]:
+        query = (
+            select(
+                UsageRecord.model,
+                UsageRecord.tier,
+                UsageRecord.kind,
+                func.count(UsageRecord.id),
+                func.sum(func.cast(UsageRecord.cached, type_=UsageRecord.prompt_tokens.type)),
+                func.sum(UsageRecord.prompt_tokens),
+                func.sum(UsageRecord.completion_tokens),
+                func.sum(UsageRecord.total_tokens),
+                func.avg(UsageRecord.latency_ms),
+            )
+            .group_by(UsageRecord.model, UsageRecord.tier, UsageRecord.kind)
+            .order_by(UsageRecord.tier, UsageRecord.kind, UsageRecord.model)
+        )
+        with self.session() as session:
+            return [
+                UsageRow(
+                    model=model, tier=tier, kind=kind, requests=int(n), cache_hits=int(hits or 0),
+                    prompt_tokens=int(p or 0), completion_tokens=int(c or 0), total_tokens=int(t or 0),
+                    avg_latency_ms=float(lat or 0.0),
+                )
+                for model, tier, kind, n, hits, p, c, t, lat in session.execute(query)
+            ]
+
+    def status_counts(self) -> dict[str, int]:
+        with self.session() as session:
+            rows = session.execute(select(JobRecord.status, func.count()).group_by(JobRecord.status))
+            return {status: int(count) for status, count in rows}

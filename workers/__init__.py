@@ -1,0 +1,1 @@
+"""Where and how models run: backends, the model registry, pools and the per-process runtime."""

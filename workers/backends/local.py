@@ -1,0 +1,179 @@
+"""The ``local`` backend: transformers + torch in the worker process.
+
+torch errors become ours here (``ModelFailed``); nothing above this module catches torch exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from broker.catalogue import GenerationDefaults
+from tasks.errors import ModelFailed
+from tasks.schemas import (
+    Classification,
+    ClassifyRequest,
+    ClassifyResult,
+    EmbedRequest,
+    EmbedResult,
+    Embedding,
+    GenerateRequest,
+    GenerateResult,
+    LabelScore,
+    Usage,
+)
+from workers.registry import LoadedModel, ModelRegistry
+
+BATCH_SIZE = 64
+
+
+@contextmanager
+def _model_errors(model_id: str) -> Iterator[None]:
+    try:
+        with torch.inference_mode():
+            yield
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise ModelFailed(f"model {model_id!r} failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+
+
+def _length_sorted_batches(texts: list[str], size: int) -> Iterator[list[int]]:
+    """Indices in batches of similar length, so padding wastes little of each forward pass."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
+
+
+class LocalBackend:
+    provider = "local"
+
+    def __init__(self, registry: ModelRegistry):
+        self._registry = registry
+
+    # ---- generation --------------------------------------------------------------------------------------
+
+    def generate(self, model_id: str, request: GenerateRequest, defaults: GenerationDefaults) -> GenerateResult:
+        loaded = self._registry.get(model_id, "generate")
+        tokenizer = loaded.tokenizer
+        max_new_tokens = request.max_tokens or defaults.max_tokens
+        with _model_errors(model_id), loaded.lock:
+            input_ids = self._encode_prompt(loaded, request, max_new_tokens)
+            settings = self._sampling(request, defaults)
+            if request.seed is not None:
+                torch.manual_seed(request.seed)
+            output = loaded.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                stop_strings=request.stop,
+                tokenizer=tokenizer if request.stop else None,
+                **settings,
+            )
+        new_tokens = output[0, input_ids.shape[1] :]
+        text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+        finish_reason: Any = "length" if len(new_tokens) >= max_new_tokens else "stop"
+        for stop in request.stop or []:
+            cut = text.find(stop)
+            if cut >= 0:
+                text, finish_reason = text[:cut], "stop"
+        prompt_tokens, completion_tokens = int(input_ids.shape[1]), len(new_tokens)
+        return GenerateResult(
+            text=text,
+            model=model_id,
+            finish_reason=finish_reason,
+            usage=Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            ),
+        )
+
+    @staticmethod
+    def _encode_prompt(loaded: LoadedModel, request: GenerateRequest, max_new_tokens: int) -> torch.Tensor:
+        tokenizer = loaded.tokenizer
+        if request.messages is not None:
+            messages = [message.model_dump() for message in request.messages]
+            if getattr(tokenizer, "chat_template", None):
+                text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            else:
+                text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        else:
+            ids = tokenizer(request.prompt, return_tensors="pt").input_ids
+        # Keep the end of an over-long prompt: that is where the model continues from.
+        room = max(1, loaded.max_length - max_new_tokens)
+        return ids[:, -room:].to(loaded.device)
+
+    @staticmethod
+    def _sampling(request: GenerateRequest, defaults: GenerationDefaults) -> dict[str, Any]:
+        temperature = defaults.temperature if request.temperature is None else request.temperature
+        repetition_penalty = (
+            defaults.repetition_penalty if request.repetition_penalty is None else request.repetition_penalty
+        )
+        if temperature == 0:
+            return {"do_sample": False, "repetition_penalty": repetition_penalty}
+        return {
+            "do_sample": True,
+            "temperature": temperature,
+            "top_p": defaults.top_p if request.top_p is None else request.top_p,
+            "top_k": defaults.top_k if request.top_k is None else request.top_k,
+            "repetition_penalty": repetition_penalty,
+        }
+
+    # ---- embeddings --------------------------------------------------------------------------------------
+
+    def embed(self, model_id: str, request: EmbedRequest) -> EmbedResult:
+        loaded = self._registry.get(model_id, "embed")
+        texts = list(request.input)
+        vectors: list[list[float]] = [[] for _ in texts]
+        tokens = 0
+        with _model_errors(model_id), loaded.lock:
+            for indices in _length_sorted_batches(texts, BATCH_SIZE):
+                batch = self._tokenize(loaded, [texts[i] for i in indices])
+                hidden = loaded.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+                normalised = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+                tokens += int(batch["attention_mask"].sum())
+                for row, index in enumerate(indices):
+                    vectors[index] = normalised[row].tolist()
+        return EmbedResult(
+            model=model_id,
+            data=[Embedding(index=i, embedding=vector) for i, vector in enumerate(vectors)],
+            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    # ---- classification ----------------------------------------------------------------------------------
+
+    def classify(self, model_id: str, request: ClassifyRequest) -> ClassifyResult:
+        loaded = self._registry.get(model_id, "classify")
+        texts = list(request.input)
+        results: list[list[LabelScore]] = [[] for _ in texts]
+        id2label = loaded.model.config.id2label
+        multi_label = loaded.model.config.problem_type == "multi_label_classification"
+        tokens = 0
+        with _model_errors(model_id), loaded.lock:
+            for indices in _length_sorted_batches(texts, BATCH_SIZE):
+                batch = self._tokenize(loaded, [texts[i] for i in indices])
+                logits = loaded.model(**batch).logits.float()
+                scores = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
+                tokens += int(batch["attention_mask"].sum())
+                for row, index in enumerate(indices):
+                    ranked = sorted(enumerate(scores[row].tolist()), key=lambda pair: pair[1], reverse=True)
+                    results[index] = [LabelScore(label=str(id2label[i]), score=score) for i, score in ranked]
+        return ClassifyResult(
+            model=model_id,
+            labels=results[0],
+            data=[Classification(index=i, labels=labels) for i, labels in enumerate(results)],
+            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    @staticmethod
+    def _tokenize(loaded: LoadedModel, texts: list[str]) -> Any:
+        batch = loaded.tokenizer(
+            texts, padding=True, truncation=True, max_length=loaded.max_length, return_tensors="pt"
+        )
+        return batch.to(loaded.device)

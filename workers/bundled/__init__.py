@@ -1,0 +1,1 @@
+"""Real small models that ship inside PyPI packages, made available offline under their Hub ids."""
