@@ -29,6 +29,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check broker tasks workers tests
+	$(BIN)/ruff format --check broker tasks workers tests
 	$(BIN)/mypy
 
 clean:

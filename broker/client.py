@@ -100,7 +100,9 @@ class Router:
         self.settings = settings or Settings()
         self.catalogue = catalogue or load_catalogue(self.settings.config)
         self._app = app
-        engine = make_engine(self.settings.resolved_database_url, sqlite_busy_timeout_s=self.settings.sqlite_busy_timeout_s)
+        engine = make_engine(
+            self.settings.resolved_database_url, sqlite_busy_timeout_s=self.settings.sqlite_busy_timeout_s
+        )
         if engine.dialect.name == "sqlite" and not inspect(engine).has_table("jobs"):
             upgrade(engine)
         self.store = JobStore(engine)
@@ -134,13 +136,23 @@ class Router:
         tier: str | None = None,
         **options: Any,
     ) -> Job:
-        request: dict[str, Any] = {"kind": "generate", "prompt": prompt, "messages": messages, "model": model, "tier": tier}
+        request: dict[str, Any] = {
+            "kind": "generate",
+            "prompt": prompt,
+            "messages": messages,
+            "model": model,
+            "tier": tier,
+        }
         return self.submit({**request, **options})
 
-    def embed(self, input: str | list[str], *, model: str | None = None, tier: str | None = None, **options: Any) -> Job:
+    def embed(
+        self, input: str | list[str], *, model: str | None = None, tier: str | None = None, **options: Any
+    ) -> Job:
         return self.submit({"kind": "embed", "input": input, "model": model, "tier": tier, **options})
 
-    def classify(self, input: str | list[str], *, model: str | None = None, tier: str | None = None, **options: Any) -> Job:
+    def classify(
+        self, input: str | list[str], *, model: str | None = None, tier: str | None = None, **options: Any
+    ) -> Job:
         return self.submit({"kind": "classify", "input": input, "model": model, "tier": tier, **options})
 
     # ---- the general path --------------------------------------------------------------------------------

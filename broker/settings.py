@@ -30,12 +30,8 @@ class Settings(BaseSettings):
     config: Path | None = None
     models_dir: Path = Field(default_factory=_default_models_dir)
 
-    hf_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("HUGGINGFACE_API_KEY", "HF_TOKEN")
-    )
-    hf_base_url: str = Field(
-        default=DEFAULT_HF_BASE_URL, validation_alias=AliasChoices("HUGGINGFACE_BASE_URL")
-    )
+    hf_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HUGGINGFACE_API_KEY", "HF_TOKEN"))
+    hf_base_url: str = Field(default=DEFAULT_HF_BASE_URL, validation_alias=AliasChoices("HUGGINGFACE_BASE_URL"))
     hf_cache_dir: Path | None = Field(default=None, validation_alias=AliasChoices("HUGGINGFACE_CACHE_DIR"))
 
     device: Literal["auto", "cpu", "cuda"] = "auto"

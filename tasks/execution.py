@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING
 from broker.routing import route
 from tasks.errors import InvalidRequest, PermanentError, RouterError, TransientError
 from tasks.messages import JobMessage
-from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest, Kind, parse_request
+from tasks.schemas import (
+    ClassifyRequest,
+    ClassifyResult,
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    Kind,
+    parse_request,
+)
 
 if TYPE_CHECKING:
     from workers.runtime import WorkerRuntime
@@ -31,7 +40,9 @@ def run_job(runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str
     store = runtime.store
     job = store.get(message.job_id)
     if job is None and message.request is None:
-        store.reject(message.job_id, kind, f"job_id: no job {message.job_id} is recorded and the message has no request")
+        store.reject(
+            message.job_id, kind, f"job_id: no job {message.job_id} is recorded and the message has no request"
+        )
         return "rejected"
     if job is not None and job.is_final:
         log.info("job %s is already %s; redelivery ignored", job.id, job.status)
@@ -48,13 +59,17 @@ def run_job(runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str
 
     if job is None:
         store.create_job(
-            job_id=message.job_id, kind=kind, request=request.model_dump(mode="json", exclude_none=True),
-            tier=planned.tier, queue=planned.queue,
+            job_id=message.job_id,
+            kind=kind,
+            request=request.model_dump(mode="json", exclude_none=True),
+            tier=planned.tier,
+            queue=planned.queue,
         )
+    # The recorded tier wins over a fresh routing: the job may have been moved to another tier's queue.
     tier = job.tier if job is not None and job.tier else planned.tier
-    chain = planned.chain if job is None or job.tier == planned.tier else route(
-        request.model_copy(update={"tier": tier}), runtime.catalogue
-    ).chain
+    if tier != planned.tier:
+        planned = route(request.model_copy(update={"tier": tier}), runtime.catalogue)
+    chain = planned.chain
     return _run_chain(runtime, message.job_id, request, tier, chain, worker)
 
 
@@ -75,6 +90,7 @@ def _run_chain(
         if number is None:
             return store.status(job_id) or "unknown"
         started = time.perf_counter()
+        result: GenerateResult | EmbedResult | ClassifyResult
         try:
             backend = runtime.backend(provider)
             if isinstance(request, GenerateRequest):
@@ -97,7 +113,12 @@ def _run_chain(
         store.succeed(job_id, number, result=result, provider=provider, model_latency_ms=latency_ms)
         log.info(
             "job %s succeeded kind=%s tier=%s model=%s tokens=%s model_ms=%.0f",
-            job_id, request.kind, tier, model_id, result.usage.total_tokens, latency_ms,
+            job_id,
+            request.kind,
+            tier,
+            model_id,
+            result.usage.total_tokens,
+            latency_ms,
         )
         return "succeeded"
     store.fail(job_id, "all models failed: " + " | ".join(errors))

@@ -136,8 +136,15 @@ class JobStore:
             )
             return [
                 AttemptView(
-                    number=a.number, status=a.status, model=a.model, provider=a.provider, tier=a.tier,
-                    worker=a.worker, error=a.error, latency_ms=a.latency_ms, total_tokens=a.total_tokens,
+                    number=a.number,
+                    status=a.status,
+                    model=a.model,
+                    provider=a.provider,
+                    tier=a.tier,
+                    worker=a.worker,
+                    error=a.error,
+                    latency_ms=a.latency_ms,
+                    total_tokens=a.total_tokens,
                 )
                 for a in rows
             ]
@@ -152,8 +159,15 @@ class JobStore:
             if record is None:
                 session.add(
                     JobRecord(
-                        id=job_id, kind=kind, status=REJECTED, request=request, error=error,
-                        cached=False, attempts=0, created_at=now, finished_at=now,
+                        id=job_id,
+                        kind=kind,
+                        status=REJECTED,
+                        request=request,
+                        error=error,
+                        cached=False,
+                        attempts=0,
+                        created_at=now,
+                        finished_at=now,
                     )
                 )
             elif record.status not in FINAL_STATUSES:
@@ -173,8 +187,14 @@ class JobStore:
             record.attempts += 1
             session.add(
                 AttemptRecord(
-                    job_id=job_id, number=record.attempts, status=RUNNING, model=model, provider=provider,
-                    tier=tier, worker=worker, started_at=now,
+                    job_id=job_id,
+                    number=record.attempts,
+                    status=RUNNING,
+                    model=model,
+                    provider=provider,
+                    tier=tier,
+                    worker=worker,
+                    started_at=now,
                 )
             )
             return record.attempts
@@ -212,8 +232,11 @@ class JobStore:
                 update(AttemptRecord)
                 .where(AttemptRecord.job_id == job_id, AttemptRecord.number == number)
                 .values(
-                    status=SUCCEEDED, finished_at=now, latency_ms=model_latency_ms,
-                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                    status=SUCCEEDED,
+                    finished_at=now,
+                    latency_ms=model_latency_ms,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
                     total_tokens=usage.total_tokens,
                 )
             )
@@ -221,9 +244,16 @@ class JobStore:
             if exists is None:
                 session.add(
                     UsageRecord(
-                        job_id=job_id, kind=record.kind, tier=record.tier, model=result.model, provider=provider,
-                        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                        total_tokens=usage.total_tokens, cached=result.cached, latency_ms=record.latency_ms,
+                        job_id=job_id,
+                        kind=record.kind,
+                        tier=record.tier,
+                        model=result.model,
+                        provider=provider,
+                        prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens,
+                        total_tokens=usage.total_tokens,
+                        cached=result.cached,
+                        latency_ms=record.latency_ms,
                         created_at=now,
                     )
                 )
@@ -258,8 +288,14 @@ class JobStore:
         with self.session() as session:
             return [
                 UsageRow(
-                    model=model, tier=tier, kind=kind, requests=int(n), cache_hits=int(hits or 0),
-                    prompt_tokens=int(p or 0), completion_tokens=int(c or 0), total_tokens=int(t or 0),
+                    model=model,
+                    tier=tier,
+                    kind=kind,
+                    requests=int(n),
+                    cache_hits=int(hits or 0),
+                    prompt_tokens=int(p or 0),
+                    completion_tokens=int(c or 0),
+                    total_tokens=int(t or 0),
                     avg_latency_ms=float(lat or 0.0),
                 )
                 for model, tier, kind, n, hits, p, c, t, lat in session.execute(query)

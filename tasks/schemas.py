@@ -29,7 +29,9 @@ FallbackMode: TypeAlias = Literal["tier", "model", "none"]
 ModelId = Annotated[
     str,
     StringConstraints(
-        min_length=1, max_length=limits.MAX_MODEL_ID_CHARS, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)?$"
+        min_length=1,
+        max_length=limits.MAX_MODEL_ID_CHARS,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)?$",
     ),
 ]
 TierName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -79,8 +81,13 @@ class GenerateRequest(JobOptions):
     top_k: Annotated[int, Field(ge=0, le=1000)] | None = None
     repetition_penalty: Annotated[float, Field(ge=0.5, le=2.0)] | None = None
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
-    stop: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=64)]],
-                    Field(max_length=limits.MAX_STOP_SEQUENCES)] | None = None
+    stop: (
+        Annotated[
+            list[Annotated[str, StringConstraints(min_length=1, max_length=64)]],
+            Field(max_length=limits.MAX_STOP_SEQUENCES),
+        ]
+        | None
+    ) = None
 
     @field_validator("prompt")
     @classmethod
@@ -163,9 +170,7 @@ def parse_request(data: Any) -> GenerateRequest | EmbedRequest | ClassifyRequest
         raise InvalidRequest(f"invalid request: expected a JSON object, got {type(data).__name__}", field="request")
     kind = data.get("kind")
     if kind not in REQUEST_TYPES:
-        raise InvalidRequest(
-            f"kind: unknown job kind {kind!r}; expected one of {', '.join(KINDS)}", field="kind"
-        )
+        raise InvalidRequest(f"kind: unknown job kind {kind!r}; expected one of {', '.join(KINDS)}", field="kind")
     try:
         return REQUEST_TYPES[kind].model_validate(data)
     except ValidationError as exc:

@@ -17,9 +17,7 @@ import redis
 from broker.settings import Settings
 
 PG_ADMIN = os.environ.get("LLM_ROUTER_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-PG_URL_TEMPLATE = os.environ.get(
-    "LLM_ROUTER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
-)
+PG_URL_TEMPLATE = os.environ.get("LLM_ROUTER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
 REDIS_TEST_URL = os.environ.get("LLM_ROUTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,7 +57,9 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def cluster_env(pg_url: str, redis_url: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def cluster_env(
+    pg_url: str, redis_url: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """Environment for processes of the test cluster: real Redis broker, real Postgres records."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER_")}
     env.update(
@@ -116,8 +116,20 @@ def start_worker(
     def start(queues: str, name: str, timeout_s: float = 120.0) -> WorkerProcess:
         nodename = f"{name}-{uuid.uuid4().hex[:6]}@localhost"
         log_path = logs / f"{name}.log"
-        command = [sys.executable, "-m", "broker.cli.main", "worker", "--pool", "cpu", "--queues", queues,
-                   "--concurrency", "1", "--hostname", nodename]
+        command = [
+            sys.executable,
+            "-m",
+            "broker.cli.main",
+            "worker",
+            "--pool",
+            "cpu",
+            "--queues",
+            queues,
+            "--concurrency",
+            "1",
+            "--hostname",
+            nodename,
+        ]
         with log_path.open("wb") as log:
             process = subprocess.Popen(command, env=cluster_env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         worker = WorkerProcess(process, nodename, log_path)

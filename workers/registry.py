@@ -91,7 +91,9 @@ class ModelRegistry:
             tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=self._hf_cache_dir)
             model = model_class.from_pretrained(source, dtype=dtype, cache_dir=self._hf_cache_dir)
         except (OSError, ValueError) as exc:
-            hint = "" if source != model_id else " (not prepared locally; run 'llm-router models prepare' or check the id)"
+            hint = (
+                "" if source != model_id else " (not prepared locally; run 'llm-router models prepare' or check the id)"
+            )
             raise ModelNotFound(f"cannot load model {model_id!r} for {kind}{hint}: {_first_line(exc)}") from exc
         model.to(self._device)
         model.eval()

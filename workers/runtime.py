@@ -56,6 +56,10 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
     registry = ModelRegistry(catalogue, settings.models_dir, profile.device, settings.hf_cache_dir)
     log.info(
         "worker runtime pid=%s pool=%s device=%s torch_threads=%s database=%s",
-        os.getpid(), profile.pool, profile.device, torch.get_num_threads(), settings.safe_database_url(),
+        os.getpid(),
+        profile.pool,
+        profile.device,
+        torch.get_num_threads(),
+        settings.safe_database_url(),
     )
     return WorkerRuntime(settings, catalogue, profile, store, registry)

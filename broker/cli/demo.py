@@ -26,7 +26,10 @@ from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 
 RELATED = ("A man is playing a guitar.", "Someone is strumming a guitar.")
 UNRELATED = "The stock market crashed today."
-SENTIMENT = (("I love this, it works wonderfully!", "POSITIVE"), ("This is terrible, I want my money back.", "NEGATIVE"))
+SENTIMENT = (
+    ("I love this, it works wonderfully!", "POSITIVE"),
+    ("This is terrible, I want my money back.", "NEGATIVE"),
+)
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -37,8 +40,18 @@ def cosine(a: list[float], b: list[float]) -> float:
 def _start_worker(settings: Settings, tiers: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "broker.cli.main", "worker", "--pool", "cpu", "--queues", ",".join(tiers),
-        "--concurrency", "1", "--hostname", f"demo-{os.getpid()}@%h",
+        sys.executable,
+        "-m",
+        "broker.cli.main",
+        "worker",
+        "--pool",
+        "cpu",
+        "--queues",
+        ",".join(tiers),
+        "--concurrency",
+        "1",
+        "--hostname",
+        f"demo-{os.getpid()}@%h",
     ]
     with log_path.open("ab") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -74,7 +87,10 @@ def demo(timeout: float) -> None:
     from workers.bundled.prepare import missing_models, prepare_models
 
     settings = Settings()
-    click.echo(f"broker:   {settings.safe_broker_url()}" + (" (embedded, under ./var)" if settings.uses_embedded_broker else ""))
+    click.echo(
+        f"broker:   {settings.safe_broker_url()}"
+        + (" (embedded, under ./var)" if settings.uses_embedded_broker else "")
+    )
     click.echo(f"database: {settings.safe_database_url()}")
     click.echo(f"models:   {settings.models_dir}")
     if missing_models(settings.models_dir):
@@ -92,7 +108,9 @@ def demo(timeout: float) -> None:
         story = router.generate("Once upon a time", tier="fast", max_tokens=40, seed=7)
         chat = router.generate(
             messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
-            tier="balanced", temperature=0.0, max_tokens=30,
+            tier="balanced",
+            temperature=0.0,
+            max_tokens=30,
         )
         vectors = router.embed([*RELATED, UNRELATED], tier="fast")
         labels = router.classify([text for text, _ in SENTIMENT], tier="quality")
@@ -123,7 +141,9 @@ def demo(timeout: float) -> None:
             best = item.labels[0]
             right = best.label == expected
             ok &= right
-            click.echo(f"  {best.label:<8} {best.score:.3f}  {text!r}  {'right' if right else 'WRONG, expected ' + expected}")
+            click.echo(
+                f"  {best.label:<8} {best.score:.3f}  {text!r}  {'right' if right else 'WRONG, expected ' + expected}"
+            )
         click.echo(f"\nall jobs done in {time.monotonic() - started:.1f} s\n")
     except JobError as exc:
         ok = False
@@ -132,7 +152,17 @@ def demo(timeout: float) -> None:
         _stop_worker(worker)
 
     rows = [
-        [u.tier, u.kind, u.model, u.requests, u.cache_hits, u.prompt_tokens, u.completion_tokens, u.total_tokens, u.avg_latency_ms]
+        [
+            u.tier,
+            u.kind,
+            u.model,
+            u.requests,
+            u.cache_hits,
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.total_tokens,
+            u.avg_latency_ms,
+        ]
         for u in router.store.usage_by_model()
     ]
     click.echo("usage (all jobs recorded in this database)")

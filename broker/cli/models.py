@@ -45,7 +45,9 @@ def list_models(as_json: bool) -> None:
             for position, model_id in enumerate(spec.chain(kind)):  # type: ignore[arg-type]
                 model = catalogue.model_spec(model_id)
                 prepared = (model_folder(settings.models_dir, model_id) / "config.json").is_file()
-                rows.append([tier, spec.pool, kind, position + 1, model_id, model.provider, "yes" if prepared else "no"])
+                rows.append(
+                    [tier, spec.pool, kind, position + 1, model_id, model.provider, "yes" if prepared else "no"]
+                )
     headers = ["tier", "pool", "kind", "#", "model", "provider", "prepared"]
     if as_json:
         emit_json([dict(zip(headers, row, strict=True)) for row in rows])

@@ -29,9 +29,16 @@ def describe_result(result: Result) -> str:
 def _job_json(job: Job, result: Result | None) -> dict[str, Any]:
     view = job.record()
     return {
-        "id": view.id, "kind": view.kind, "status": view.status, "tier": view.tier, "queue": view.queue,
-        "model": view.model_used, "latency_ms": view.latency_ms, "attempts": view.attempts,
-        "cached": view.cached, "error": view.error,
+        "id": view.id,
+        "kind": view.kind,
+        "status": view.status,
+        "tier": view.tier,
+        "queue": view.queue,
+        "model": view.model_used,
+        "latency_ms": view.latency_ms,
+        "attempts": view.attempts,
+        "cached": view.cached,
+        "error": view.error,
         "result": result.model_dump(mode="json") if result is not None else None,
     }
 
@@ -75,8 +82,14 @@ def _finish(job: Job, wait: bool, timeout: float, as_json: bool) -> None:
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds --wait waits.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def submit(
-    kind: str, text: tuple[str, ...], messages: str | None, params_json: str | None,
-    wait: bool, timeout: float, as_json: bool, **options: Any,
+    kind: str,
+    text: tuple[str, ...],
+    messages: str | None,
+    params_json: str | None,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+    **options: Any,
 ) -> None:
     """Submit a KIND (generate, embed or classify) job. generate joins TEXT into one prompt; embed and
     classify take each TEXT as one input."""

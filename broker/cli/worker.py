@@ -46,11 +46,16 @@ def worker(
     app.worker_main(
         [
             "worker",
-            "--queues", ",".join(plan.queues),
-            "--pool", plan.execution_pool,
-            "--concurrency", str(plan.concurrency),
-            "--hostname", hostname or f"{pool}-{os.getpid()}@%h",
-            "--loglevel", loglevel,
+            "--queues",
+            ",".join(plan.queues),
+            "--pool",
+            plan.execution_pool,
+            "--concurrency",
+            str(plan.concurrency),
+            "--hostname",
+            hostname or f"{pool}-{os.getpid()}@%h",
+            "--loglevel",
+            loglevel,
             "--without-gossip",
             "--without-mingle",
         ]

@@ -49,7 +49,9 @@ def test_all_three_kinds_succeed_and_are_recorded(
 ) -> None:
     chat = router.generate(
         messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
-        tier="fast", temperature=0.0, max_tokens=30,
+        tier="fast",
+        temperature=0.0,
+        max_tokens=30,
     )
     vectors = router.embed(["A man is playing a guitar.", "Someone is strumming a guitar."], tier="fast")
     labels = router.classify("I love this!", tier="fast")
@@ -102,7 +104,10 @@ def _publish_raw(redis_url: str, queue: str, body: bytes, content_type: str, tas
     task_id = str(uuid.uuid4())
     with Connection(redis_url) as connection:
         Producer(connection).publish(
-            body, exchange=Exchange("llm-router", type="direct"), routing_key=queue, content_type=content_type,
+            body,
+            exchange=Exchange("llm-router", type="direct"),
+            routing_key=queue,
+            content_type=content_type,
             content_encoding="binary" if content_type != "application/json" else "utf-8",
             headers={"task": task, "id": task_id, "lang": "py", "argsrepr": "", "kwargsrepr": ""},
         )
@@ -123,7 +128,9 @@ def test_malformed_messages_are_recorded_and_the_worker_keeps_serving(
     app.send_task("tasks.classify", args=["not-a-uuid"], queue="fast")
     # An unknown task name, a pickle payload, and a body that is not JSON.
     app.send_task("tasks.nope", args=[str(uuid.uuid4())], queue="fast")
-    _publish_raw(redis_url, "fast", b"\x80\x04\x95\x00cos\nsystem\n.", "application/x-python-serialize", "tasks.generate")
+    _publish_raw(
+        redis_url, "fast", b"\x80\x04\x95\x00cos\nsystem\n.", "application/x-python-serialize", "tasks.generate"
+    )
     _publish_raw(redis_url, "fast", b"{not json", "application/json", "tasks.generate")
 
     after = router.embed("the worker still serves", tier="fast").wait(timeout=60)

@@ -27,8 +27,11 @@ def _dot(a: list[float], b: list[float]) -> float:
 
 def test_embeddings_are_normalised_and_match_sentence_transformers(backend: LocalBackend) -> None:
     texts = [
-        "A man is playing a guitar.", "Someone is strumming a guitar.", "The stock market crashed today.",
-        "How do I reset my password?", "I forgot my password, how can I change it?",
+        "A man is playing a guitar.",
+        "Someone is strumming a guitar.",
+        "The stock market crashed today.",
+        "How do I reset my password?",
+        "I forgot my password, how can I change it?",
     ]
     result = backend.embed(MINILM_ID, EmbedRequest(input=texts))
     vectors = [item.embedding for item in result.data]
@@ -83,7 +86,8 @@ def test_classifier_is_right_on_most_held_out_sentences(backend: LocalBackend) -
 def test_chat_generation_uses_the_chat_template(backend: LocalBackend) -> None:
     request = GenerateRequest(
         messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
-        temperature=0.0, max_tokens=30,
+        temperature=0.0,
+        max_tokens=30,
     )
     result = backend.generate(SMOLLM_ID, request, CATALOGUE.defaults)
     assert "Paris" in result.text and result.finish_reason == "stop"

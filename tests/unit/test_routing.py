@@ -43,7 +43,9 @@ def test_default_tier_when_nothing_is_named() -> None:
 
 
 def test_model_routes_to_the_first_tier_that_lists_it() -> None:
-    planned = route(parse_request({"kind": "generate", "prompt": "x", "model": "HuggingFaceTB/SmolLM2-135M-Instruct"}), CATALOGUE)
+    planned = route(
+        parse_request({"kind": "generate", "prompt": "x", "model": "HuggingFaceTB/SmolLM2-135M-Instruct"}), CATALOGUE
+    )
     assert planned.tier == "fast" and planned.chain == ("HuggingFaceTB/SmolLM2-135M-Instruct",)
 
 
@@ -64,7 +66,9 @@ def test_unknown_tiers_and_models_are_named(request_data: dict[str, object], wor
 
 def test_model_outside_the_named_tier_is_refused() -> None:
     catalogue = parse_catalogue(
-        '[tiers.fast]\ngenerate = ["a/one"]\n[tiers.balanced]\ngenerate = ["a/two"]\n[tiers.quality]\ngenerate = ["a/two"]\n',
+        '[tiers.fast]\ngenerate = ["a/one"]\n'
+        '[tiers.balanced]\ngenerate = ["a/two"]\n'
+        '[tiers.quality]\ngenerate = ["a/two"]\n',
         "test.toml",
     )
     with pytest.raises(InvalidRequest, match="not in tier 'fast'; it is served by balanced, quality"):

@@ -16,7 +16,9 @@ def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.uses_embedded_broker
     assert settings.resolved_broker_url.startswith("filesystem://")
-    assert settings.resolved_database_url.startswith("sqlite:///") and settings.resolved_database_url.endswith("var/llm-router.db")
+    assert settings.resolved_database_url.startswith("sqlite:///") and settings.resolved_database_url.endswith(
+        "var/llm-router.db"
+    )
     assert settings.resolved_redis_url is None
 
 
@@ -42,6 +44,9 @@ def test_hf_token_is_read_from_either_name(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_importing_the_client_does_not_import_torch() -> None:
-    code = "import sys, broker.client; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    code = (
+        "import sys, broker.client; bad = [m for m in ('torch', 'transformers') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stdout + completed.stderr
