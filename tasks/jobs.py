@@ -87,8 +87,8 @@ def _preload_in_child(**_: Any) -> None:
 
 
 @signals.worker_ready.connect
-def _preload_in_solo(sender: Any = None, **_: Any) -> None:
-    # Prefork children preload in worker_process_init; solo and thread pools run jobs in this process.
+def _preload_in_thread_pool(sender: Any = None, **_: Any) -> None:
+    # Prefork children and the solo pool send worker_process_init; the thread pool sends nothing.
     pool_module = type(getattr(sender, "pool", None)).__module__
-    if sender is not None and pool_module.rsplit(".", 1)[-1] in ("solo", "thread"):
+    if sender is not None and pool_module.rsplit(".", 1)[-1] == "thread":
         _preload(sender.app)

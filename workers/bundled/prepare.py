@@ -104,9 +104,19 @@ def is_prepared(models_dir: Path, model: BundledModel) -> bool:
         return False
 
 
+def _quiet_transformers() -> None:
+    # Loading a base encoder for fine-tuning reports its new head as "missing": expected, and noisy.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def prepare_models(models_dir: Path, *, force: bool = False) -> list[tuple[str, str]]:
     """Build every bundled model that is missing or stale; returns (model id, what happened) pairs."""
     report = []
+    if force or missing_models(models_dir):
+        _quiet_transformers()
     for model in BUNDLED:
         if not force and is_prepared(models_dir, model):
             report.append((model.model_id, "ready"))
