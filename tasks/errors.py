@@ -5,7 +5,8 @@
     ├── ConfigurationError        a bad catalogue or setting; fails at start with file, key and reason
     ├── PermanentError            retrying the same model cannot help
     │   ├── ModelNotFound         the model is unknown or not available here (fall back to the next model)
-    │   ├── Unauthorised          the endpoint refused our credentials
+    │   ├── Unauthorised          the endpoint refused our credentials (401, 403)
+    │   ├── RemoteRejected        the endpoint refused the input (400, 422)
     │   └── ModelFailed           the model raised on this input
     ├── TransientError            the same call may succeed later (retried with a countdown)
     │   ├── ModelLoading          the endpoint is warming the model (HTTP 503)
@@ -43,6 +44,10 @@ class ConfigurationError(RouterError):
 class PermanentError(RouterError):
     """Retrying the same model with the same input will not help."""
 
+    def __init__(self, message: str, *, http_status: int | None = None):
+        super().__init__(message)
+        self.http_status = http_status
+
 
 class ModelNotFound(PermanentError):
     """The model cannot be found or loaded here."""
@@ -52,6 +57,10 @@ class Unauthorised(PermanentError):
     """Credentials were refused."""
 
 
+class RemoteRejected(PermanentError):
+    """The remote endpoint refused the request as malformed; retrying or another model will not help."""
+
+
 class ModelFailed(PermanentError):
     """The model raised while running this input."""
 
@@ -59,9 +68,10 @@ class ModelFailed(PermanentError):
 class TransientError(RouterError):
     """The same call may succeed later. ``retry_after_s`` is the server's hint, when it gave one."""
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None):
+    def __init__(self, message: str, *, retry_after_s: float | None = None, http_status: int | None = None):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.http_status = http_status
 
 
 class ModelLoading(TransientError):

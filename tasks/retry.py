@@ -1,0 +1,83 @@
+"""The retry policy: a pure function from (failure, attempt number) to a decision. No I/O, no clocks.
+
+    ModelLoading (503)           retry (on the downgraded model if mapped)  min(30, 5·(n+1)), or estimated_time ≤ 30
+    RateLimited (429)            retry                                       min(60, 2ⁿ), or Retry-After ≤ 300
+    ServerError (other 5xx)      retry                                       min(10, n+1)
+    NetworkError                 retry                                       min(10, n+1)
+    ModelNotFound, ModelFailed   the next model of the chain
+    Unauthorised, RemoteRejected, InvalidRequest: fail the job now
+
+Delays are in seconds before attempt n+1, n counted from 0 per model. After ``max_retries`` retries
+of one model, the next model of the chain is tried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tasks.errors import (
+    ModelFailed,
+    ModelLoading,
+    ModelNotFound,
+    RateLimited,
+    RouterError,
+    TransientError,
+)
+
+# The seed's "smaller model" map, used when a model is still loading (HTTP 503).
+DEFAULT_DOWNGRADES: dict[str, str] = {
+    "microsoft/DialoGPT-large": "microsoft/DialoGPT-medium",
+    "microsoft/DialoGPT-medium": "microsoft/DialoGPT-small",
+    "gpt2-large": "gpt2-medium",
+    "gpt2-medium": "gpt2",
+}
+
+Action = Literal["retry", "next_model", "fail"]
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    action: Action
+    delay_s: float = 0.0
+    model: str | None = None  # the model the retry runs on (a downgrade), when it changes
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 3
+    loading_step_s: float = 5.0
+    loading_cap_s: float = 30.0
+    rate_limited_base_s: float = 1.0
+    rate_limited_cap_s: float = 60.0
+    retry_after_cap_s: float = 300.0
+    other_step_s: float = 1.0
+    other_cap_s: float = 10.0
+    downgrade_on_loading: bool = True
+    downgrades: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DOWNGRADES))
+
+    def delay_s(self, failure: TransientError, retry: int) -> float:
+        """Seconds to wait before the next attempt, after ``retry`` earlier retries of this model."""
+        hint = failure.retry_after_s
+        if isinstance(failure, ModelLoading):
+            if hint is not None:
+                return max(0.0, min(self.loading_cap_s, hint))
+            return min(self.loading_cap_s, self.loading_step_s * (retry + 1))
+        if isinstance(failure, RateLimited):
+            if hint is not None:
+                return max(0.0, min(self.retry_after_cap_s, hint))
+            return min(self.rate_limited_cap_s, self.rate_limited_base_s * 2**retry)
+        return min(self.other_cap_s, self.other_step_s * (retry + 1))
+
+    def decide(self, failure: RouterError, retry: int, model: str) -> RetryDecision:
+        if isinstance(failure, TransientError):
+            if retry >= self.max_retries:
+                return RetryDecision("next_model", reason=f"{self.max_retries} retries spent")
+            target = None
+            if isinstance(failure, ModelLoading) and self.downgrade_on_loading:
+                target = self.downgrades.get(model)
+            return RetryDecision("retry", self.delay_s(failure, retry), target, type(failure).__name__)
+        if isinstance(failure, (ModelNotFound, ModelFailed)):
+            return RetryDecision("next_model", reason=type(failure).__name__)
+        return RetryDecision("fail", reason=type(failure).__name__)
