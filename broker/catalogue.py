@@ -37,6 +37,7 @@ class ModelSpec(_Frozen):
     task: Kind | None = None
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     path: Path | None = None
+    base_url: str | None = None  # remote providers: the endpoint (hf-inference defaults to HUGGINGFACE_BASE_URL)
 
 
 class TierSpec(_Frozen):
@@ -57,6 +58,7 @@ class Catalogue(_Frozen):
     defaults: GenerationDefaults = GenerationDefaults()
     tiers: dict[str, TierSpec]
     models: dict[str, ModelSpec] = {}
+    downgrades: dict[str, str] | None = None  # model → smaller model tried while it loads (503); None: the seed's
 
     @model_validator(mode="after")
     def _consistent(self) -> Catalogue:

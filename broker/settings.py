@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = None
 
     request_timeout_s: float = 30.0
+    max_retries: int = Field(default=3, ge=0, le=20)
+    retry_delay_scale: float = Field(default=1.0, ge=0.0, le=10.0)  # tests shorten the policy's delays
+    hf_wait_for_model: bool = False
     wait_poll_s: float = 0.05
     sqlite_busy_timeout_s: float = 30.0
 

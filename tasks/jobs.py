@@ -14,7 +14,7 @@ from typing import Any
 from celery import Task, shared_task, signals
 
 from tasks.execution import run_job
-from tasks.messages import BadMessage, parse_message
+from tasks.messages import BadMessage, Cursor, parse_message
 from tasks.schemas import Kind
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,18 @@ def _handle(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, 
             return "rejected"
         log.error("dropped a %s message that names no job: %s", kind, exc)
         return "dropped"
-    return run_job(current_runtime(task.app), kind, message, task.request.hostname)
+
+    def reschedule(job_id: str, queue: str, cursor: Cursor, delay_s: float) -> None:
+        # A new message with a countdown: the worker holds it without occupying an execution slot.
+        task.apply_async(
+            kwargs={"job_id": job_id, "cursor": cursor.as_json()},
+            countdown=delay_s,
+            queue=queue,
+            routing_key=queue,
+            task_id=f"{job_id}:{cursor.position}.{cursor.retry}",
+        )
+
+    return run_job(current_runtime(task.app), kind, message, task.request.hostname, reschedule)
 
 
 @shared_task(bind=True, base=JobTask, name="tasks.generate")

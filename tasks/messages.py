@@ -13,9 +13,23 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class Cursor:
+    """Where a re-published job resumes: the model's position in the chain, its retries so far, and the
+    model to run there when a downgrade replaced the chain's own."""
+
+    position: int = 0
+    retry: int = 0
+    model: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"position": self.position, "retry": self.retry, "model": self.model}
+
+
+@dataclass(frozen=True)
 class JobMessage:
     job_id: str
     request: dict[str, Any] | None
+    cursor: Cursor = Cursor()
 
 
 class BadMessage(Exception):
@@ -40,7 +54,7 @@ def parse_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobMessage:
     job_id = _job_id(raw_id)
     if job_id is None:
         raise BadMessage(f"job_id: expected a UUID string, got {type(raw_id).__name__}")
-    unexpected = sorted(set(kwargs) - {"job_id", "request"})
+    unexpected = sorted(set(kwargs) - {"job_id", "request", "cursor"})
     if len(args) > 1 or unexpected:
         raise BadMessage(
             f"unexpected arguments: expected [job_id] or job_id=…, request=…; got {len(args)} positional "
@@ -50,4 +64,16 @@ def parse_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobMessage:
     request = kwargs.get("request")
     if request is not None and not isinstance(request, dict):
         raise BadMessage(f"request: expected a JSON object, got {type(request).__name__}", job_id)
-    return JobMessage(job_id=job_id, request=request)
+    return JobMessage(job_id=job_id, request=request, cursor=_cursor(kwargs.get("cursor"), job_id))
+
+
+def _cursor(value: Any, job_id: str) -> Cursor:
+    if value is None:
+        return Cursor()
+    if not isinstance(value, dict):
+        raise BadMessage(f"cursor: expected a JSON object, got {type(value).__name__}", job_id)
+    position, retry, model = value.get("position", 0), value.get("retry", 0), value.get("model")
+    numbers_ok = all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 1000 for n in (position, retry))
+    if not numbers_ok or not (model is None or (isinstance(model, str) and 0 < len(model) <= 200)):
+        raise BadMessage("cursor: position and retry must be integers 0-1000 and model a model id", job_id)
+    return Cursor(position=position, retry=retry, model=model)

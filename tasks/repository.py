@@ -18,6 +18,7 @@ from tasks.records import (
     FINAL_STATUSES,
     QUEUED,
     REJECTED,
+    RETRYING,
     RUNNING,
     SUCCEEDED,
     AttemptRecord,
@@ -68,8 +69,12 @@ class AttemptView:
     tier: str | None
     worker: str | None
     error: str | None
+    http_status: int | None
+    delay_s: float | None
     latency_ms: float | None
     total_tokens: int | None
+    started_at: datetime
+    finished_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,12 @@ class JobStore:
                     tier=a.tier,
                     worker=a.worker,
                     error=a.error,
+                    http_status=a.http_status,
+                    delay_s=a.delay_s,
                     latency_ms=a.latency_ms,
                     total_tokens=a.total_tokens,
+                    started_at=a.started_at,
+                    finished_at=a.finished_at,
                 )
                 for a in rows
             ]
@@ -199,12 +208,37 @@ class JobStore:
             )
             return record.attempts
 
-    def fail_attempt(self, job_id: str, number: int, error: str, *, http_status: int | None = None) -> None:
+    def fail_attempt(
+        self,
+        job_id: str,
+        number: int,
+        error: str,
+        *,
+        http_status: int | None = None,
+        delay_s: float | None = None,
+        latency_ms: float | None = None,
+    ) -> None:
+        """Close an attempt as failed; ``delay_s`` is the policy's wait before the retry it led to."""
         with self._sessions.begin() as session:
             session.execute(
                 update(AttemptRecord)
                 .where(AttemptRecord.job_id == job_id, AttemptRecord.number == number)
-                .values(status=FAILED, error=error, http_status=http_status, finished_at=utcnow())
+                .values(
+                    status=FAILED,
+                    error=error,
+                    http_status=http_status,
+                    delay_s=delay_s,
+                    latency_ms=latency_ms,
+                    finished_at=utcnow(),
+                )
+            )
+
+    def mark_retrying(self, job_id: str) -> None:
+        with self._sessions.begin() as session:
+            session.execute(
+                update(JobRecord)
+                .where(JobRecord.id == job_id, JobRecord.status.not_in(FINAL_STATUSES))
+                .values(status=RETRYING)
             )
 
     def succeed(

@@ -184,6 +184,16 @@ class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    estimated: bool = False  # counted by a rough rule, not a tokenizer or the server
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int = 0, *, estimated: bool = False) -> Usage:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            estimated=estimated,
+        )
 
 
 class _Result(BaseModel):

@@ -1,7 +1,7 @@
-"""The per-process runtime of a worker: database, model registry and backends, built after fork.
+"""The per-process runtime of a worker: database, model registry, HTTP client and backends, built after fork.
 
 Celery's prefork pool forks its children from a parent that must not hold open database connections,
-torch threads or loaded models; everything here is built lazily in the process that runs the jobs.
+HTTP connections, torch threads or loaded models; everything here is built in the process that runs jobs.
 """
 
 from __future__ import annotations
@@ -9,13 +9,16 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from broker.catalogue import Catalogue
 from broker.settings import Settings
 from tasks.database import make_engine
 from tasks.repository import JobStore
+from tasks.retry import DEFAULT_DOWNGRADES, RetryPolicy
 from workers.backends import make_backend
 from workers.backends.base import Backend
+from workers.backends.remote import RemoteDeps
 from workers.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -37,12 +40,28 @@ class WorkerRuntime:
     profile: WorkerProfile
     store: JobStore
     registry: ModelRegistry
+    policy: RetryPolicy
     _backends: dict[str, Backend] = field(default_factory=dict)
+    _http: Any = None
 
     def backend(self, provider: str) -> Backend:
         if provider not in self._backends:
-            self._backends[provider] = make_backend(provider, self.registry)
+            self._backends[provider] = make_backend(provider, self)
         return self._backends[provider]
+
+    def remote_deps(self, provider: str, default_base_url: str | None) -> RemoteDeps:
+        from workers.backends.http import HttpCaller, make_client
+        from workers.backends.usage import TokenCounter
+
+        if self._http is None:
+            self._http = make_client(self.settings.request_timeout_s)
+        return RemoteDeps(
+            caller=HttpCaller(self._http, provider, self.settings.hf_api_key),
+            counter=TokenCounter(self.settings.models_dir, self.settings.hf_cache_dir),
+            catalogue=self.catalogue,
+            default_base_url=default_base_url,
+            wait_for_model=self.settings.hf_wait_for_model,
+        )
 
 
 def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfile) -> WorkerRuntime:
@@ -52,8 +71,10 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
     hf_logging.disable_progress_bar()
     if profile.torch_threads:
         torch.set_num_threads(profile.torch_threads)
-    store = JobStore(make_engine(settings.resolved_database_url, sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s))
+    engine = make_engine(settings.resolved_database_url, sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s)
     registry = ModelRegistry(catalogue, settings.models_dir, profile.device, settings.hf_cache_dir)
+    downgrades = DEFAULT_DOWNGRADES if catalogue.downgrades is None else catalogue.downgrades
+    policy = RetryPolicy(max_retries=settings.max_retries, downgrades=dict(downgrades))
     log.info(
         "worker runtime pid=%s pool=%s device=%s torch_threads=%s database=%s",
         os.getpid(),
@@ -62,4 +83,4 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
         torch.get_num_threads(),
         settings.safe_database_url(),
     )
-    return WorkerRuntime(settings, catalogue, profile, store, registry)
+    return WorkerRuntime(settings, catalogue, profile, JobStore(engine), registry, policy)

@@ -1,28 +1,52 @@
-"""Backends by provider name. Remote providers join this registry as they are added."""
+"""Backends by provider name: one small class per provider, built once per worker process."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tasks.errors import ConfigurationError
 from workers.backends.base import Backend
-from workers.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from workers.runtime import WorkerRuntime
 
 
-def _local(registry: ModelRegistry) -> Backend:
+def _local(runtime: WorkerRuntime) -> Backend:
     from workers.backends.local import LocalBackend
 
-    return LocalBackend(registry)
+    return LocalBackend(runtime.registry)
 
 
-BACKENDS: dict[str, Callable[[ModelRegistry], Backend]] = {"local": _local}
+def _hf_inference(runtime: WorkerRuntime) -> Backend:
+    from workers.backends.hf_inference import HfInferenceBackend
+
+    return HfInferenceBackend(runtime.remote_deps("hf-inference", runtime.settings.hf_base_url))
 
 
-def make_backend(provider: str, registry: ModelRegistry) -> Backend:
+def _openai(runtime: WorkerRuntime) -> Backend:
+    from workers.backends.openai_compat import OpenAIBackend
+
+    return OpenAIBackend(runtime.remote_deps("openai", None))
+
+
+def _tei(runtime: WorkerRuntime) -> Backend:
+    from workers.backends.tei import TeiBackend
+
+    return TeiBackend(runtime.remote_deps("tei", None))
+
+
+BACKENDS: dict[str, Callable[[WorkerRuntime], Backend]] = {
+    "local": _local,
+    "hf-inference": _hf_inference,
+    "openai": _openai,
+    "tei": _tei,
+}
+
+
+def make_backend(provider: str, runtime: WorkerRuntime) -> Backend:
     try:
         factory = BACKENDS[provider]
     except KeyError:
-        raise ConfigurationError(
-            f"provider {provider!r} is not available in this version; known: {', '.join(BACKENDS)}"
-        ) from None
-    return factory(registry)
+        raise ConfigurationError(f"provider {provider!r} is unknown; known: {', '.join(BACKENDS)}") from None
+    return factory(runtime)

@@ -1,0 +1,141 @@
+"""Shared HTTP plumbing for the remote backends: one pooled client per process, one translation of
+httpx errors and HTTP statuses into our exception tree. Nothing above this module sees ``httpx.*``.
+
+The bearer token is added per request and never appears in an error message: messages name the
+provider, the status and the model, and quote at most 200 characters of the server's own error text.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from tasks.errors import (
+    ModelFailed,
+    ModelLoading,
+    ModelNotFound,
+    NetworkError,
+    RateLimited,
+    RemoteRejected,
+    RouterError,
+    ServerError,
+    Unauthorised,
+)
+
+
+def make_client(timeout_s: float) -> httpx.Client:
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
+        follow_redirects=False,
+    )
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
+    return max(0.0, (when - current).total_seconds())
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return response.text[:200]
+    if isinstance(body, dict):
+        error = body.get("error", body.get("message", body.get("detail", "")))
+        if isinstance(error, dict):
+            error = error.get("message", "")
+        return str(error)[:200]
+    return ""
+
+
+def _estimated_time(response: httpx.Response) -> float | None:
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    value = body.get("estimated_time") if isinstance(body, dict) else None
+    return float(value) if isinstance(value, (int, float)) and value >= 0 else None
+
+
+def error_for_response(response: httpx.Response, provider: str, model_id: str) -> RouterError:
+    status = response.status_code
+    detail = _error_text(response)
+    message = f"{provider} answered {status} for {model_id}" + (f": {detail}" if detail else "")
+    if status == 503:
+        hint = _estimated_time(response)
+        if hint is None:
+            hint = parse_retry_after(response.headers.get("retry-after"))
+        return ModelLoading(message, retry_after_s=hint, http_status=status)
+    if status == 429:
+        return RateLimited(
+            message, retry_after_s=parse_retry_after(response.headers.get("retry-after")), http_status=status
+        )
+    if status >= 500:
+        return ServerError(message, http_status=status)
+    if status in (401, 403):
+        return Unauthorised(message, http_status=status)
+    if status == 404:
+        return ModelNotFound(message, http_status=status)
+    if status == 424:  # TEI: the model failed on this input
+        return ModelFailed(message, http_status=status)
+    return RemoteRejected(message, http_status=status)
+
+
+class HttpCaller:
+    """POSTs JSON and returns the decoded body, raising our errors for every failure."""
+
+    def __init__(self, client: httpx.Client, provider: str, token: SecretStr | None):
+        self._client = client
+        self.provider = provider
+        self._token = token
+
+    def post(self, url: str, payload: Any, model_id: str, headers: dict[str, str] | None = None) -> Any:
+        all_headers = {"Accept": "application/json", **(headers or {})}
+        if self._token is not None:
+            all_headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+        try:
+            response = self._client.post(url, json=payload, headers=all_headers)
+        except httpx.TimeoutException as exc:
+            raise NetworkError(f"{self.provider} timed out for {model_id} ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise NetworkError(f"{self.provider} connection failed for {model_id} ({type(exc).__name__})") from exc
+        if response.status_code >= 400:
+            raise error_for_response(response, self.provider, model_id)
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ModelFailed(f"{self.provider} sent a body that is not JSON for {model_id}") from None
+
+    def get_status(self, url: str) -> int:
+        """The status of a GET (for model status checks); network failures raise ``NetworkError``."""
+        headers = {}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+        try:
+            return self._client.get(url, headers=headers).status_code
+        except httpx.TransportError as exc:
+            raise NetworkError(f"{self.provider} unreachable ({type(exc).__name__})") from exc
+
+
+def unexpected(provider: str, model_id: str, what: str) -> ModelFailed:
+    return ModelFailed(f"{provider} sent an unexpected response for {model_id}: {what}")

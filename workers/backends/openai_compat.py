@@ -1,0 +1,115 @@
+"""The ``openai`` backend: any OpenAI-compatible server (the Hugging Face router's /v1, vLLM, TGI, SGLang).
+
+chat      POST {base}/v1/chat/completions    (requests with messages)
+complete  POST {base}/v1/completions         (requests with a prompt)
+embed     POST {base}/v1/embeddings
+Classification has no OpenAI route: such a model fails over to the next one in the chain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.catalogue import GenerationDefaults
+from tasks.errors import ModelNotFound
+from tasks.schemas import (
+    ClassifyRequest,
+    ClassifyResult,
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    Usage,
+)
+from workers.backends.http import unexpected
+from workers.backends.remote import RemoteDeps, Sampling, embed_result
+from workers.backends.usage import TokenCounter
+
+
+def _sampling_fields(request: GenerateRequest, sampling: Sampling) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+    }
+    # Non-standard fields go only when the caller set them: strict servers refuse unknown ones.
+    if request.top_k is not None:
+        fields["top_k"] = request.top_k
+    if request.repetition_penalty is not None:
+        fields["repetition_penalty"] = request.repetition_penalty
+    if request.seed is not None:
+        fields["seed"] = request.seed
+    if request.stop:
+        fields["stop"] = request.stop
+    return fields
+
+
+def chat_payload(model_id: str, request: GenerateRequest, sampling: Sampling) -> dict[str, Any]:
+    messages = [message.model_dump() for message in request.messages or []]
+    return {"model": model_id, "messages": messages, **_sampling_fields(request, sampling)}
+
+
+def _usage(body: dict[str, Any]) -> Usage | None:
+    usage = body.get("usage")
+    if not isinstance(usage, dict) or not isinstance(usage.get("prompt_tokens"), int):
+        return None
+    completion = usage.get("completion_tokens") or 0
+    return Usage.of(usage["prompt_tokens"], completion if isinstance(completion, int) else 0)
+
+
+def _finish(choice: dict[str, Any]) -> Any:
+    return "length" if choice.get("finish_reason") == "length" else "stop"
+
+
+def chat_result(
+    provider: str, model_id: str, body: Any, request: GenerateRequest, counter: TokenCounter
+) -> GenerateResult:
+    try:
+        choice = body["choices"][0]
+        text = choice["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise unexpected(provider, model_id, "no choices[0].message.content") from None
+    usage = _usage(body) or counter.usage(model_id, [m.content for m in request.messages or []], [text or ""])
+    return GenerateResult(text=text or "", model=model_id, usage=usage, finish_reason=_finish(choice))
+
+
+class OpenAIBackend:
+    provider = "openai"
+
+    def __init__(self, deps: RemoteDeps):
+        self._deps = deps
+
+    def generate(self, model_id: str, request: GenerateRequest, defaults: GenerationDefaults) -> GenerateResult:
+        sampling = Sampling.of(request, defaults)
+        base = self._deps.base_url(model_id)
+        if request.messages is not None:
+            body = self._deps.caller.post(
+                f"{base}/v1/chat/completions", chat_payload(model_id, request, sampling), model_id
+            )
+            return chat_result(self.provider, model_id, body, request, self._deps.counter)
+        payload = {"model": model_id, "prompt": request.prompt, **_sampling_fields(request, sampling)}
+        body = self._deps.caller.post(f"{base}/v1/completions", payload, model_id)
+        try:
+            choice = body["choices"][0]
+            text = choice["text"]
+        except (KeyError, IndexError, TypeError):
+            raise unexpected(self.provider, model_id, "no choices[0].text") from None
+        usage = _usage(body) or self._deps.counter.usage(model_id, [request.prompt or ""], [text])
+        return GenerateResult(text=text, model=model_id, usage=usage, finish_reason=_finish(choice))
+
+    def embed(self, model_id: str, request: EmbedRequest) -> EmbedResult:
+        body = self._deps.caller.post(
+            f"{self._deps.base_url(model_id)}/v1/embeddings",
+            {"model": model_id, "input": list(request.input)},
+            model_id,
+        )
+        try:
+            items = sorted(body["data"], key=lambda item: item["index"])
+            vectors = [item["embedding"] for item in items]
+        except (KeyError, TypeError):
+            raise unexpected(self.provider, model_id, "no data[].embedding") from None
+        usage = _usage(body) or self._deps.counter.usage(model_id, list(request.input))
+        return embed_result(self.provider, model_id, vectors, len(request.input), usage)
+
+    def classify(self, model_id: str, request: ClassifyRequest) -> ClassifyResult:
+        raise ModelNotFound(f"the openai provider has no classification route (model {model_id})")
