@@ -113,7 +113,7 @@ def start_worker(
     started: list[WorkerProcess] = []
     logs = tmp_path_factory.mktemp("worker-logs")
 
-    def start(queues: str, name: str, timeout_s: float = 120.0) -> WorkerProcess:
+    def start(queues: str, name: str, env: dict[str, str] | None = None, timeout_s: float = 120.0) -> WorkerProcess:
         nodename = f"{name}-{uuid.uuid4().hex[:6]}@localhost"
         log_path = logs / f"{name}.log"
         command = [
@@ -131,7 +131,9 @@ def start_worker(
             nodename,
         ]
         with log_path.open("wb") as log:
-            process = subprocess.Popen(command, env=cluster_env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            process = subprocess.Popen(
+                command, env={**cluster_env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+            )
         worker = WorkerProcess(process, nodename, log_path)
         started.append(worker)
         deadline = time.monotonic() + timeout_s

@@ -1,0 +1,316 @@
+"""Remote backends against a real HTTP server on 127.0.0.1, through a real worker subprocess.
+
+The worker runs with ``LLM_ROUTER_RETRY_DELAY_SCALE=0.25``: the policy's delays are asserted unscaled
+from the recorded attempts, and the real gaps between calls at the server are checked against the scaled ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from broker.client import Router
+from broker.settings import Settings
+from tasks.errors import JobFailed
+from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+from tests.conftest import WorkerProcess
+from tests.support import inference_server as api
+from tests.support.inference_server import InferenceServer, Reply
+
+pytestmark = pytest.mark.integration
+
+BROKER = "redis://127.0.0.1:6379/13"  # a broker database of its own: this worker has its own catalogue
+TOKEN = "hf_TESTtoken_9f8e7d6c5b4a_never_logged"
+SCALE = 0.25
+TIMEOUT_S = 1.5
+
+HF_GEN, HF_EMBED, HF_CLS = "org/hf-gen", "org/hf-embed", "org/hf-cls"
+OA_GEN, OA_EMBED = "org/oa-gen", "org/oa-embed"
+TEI_EMBED, TEI_CLS = "org/tei-embed", "org/tei-cls"
+MISSING, BACKUP = "org/missing-gen", "org/backup-gen"
+
+
+def _catalogue(url: str) -> str:
+    return f"""
+default_tier = "fast"
+[tiers.fast]
+generate = ["{HF_GEN}"]
+embed = ["{HF_EMBED}"]
+classify = ["{HF_CLS}"]
+[tiers.balanced]
+generate = ["{OA_GEN}"]
+embed = ["{OA_EMBED}"]
+classify = ["{TEI_CLS}"]
+[tiers.quality]
+pool = "cpu"
+generate = ["{MISSING}", "{BACKUP}"]
+embed = ["{TEI_EMBED}"]
+classify = ["{TEI_CLS}"]
+[models."{HF_GEN}"]
+provider = "hf-inference"
+[models."{HF_EMBED}"]
+provider = "hf-inference"
+[models."{HF_CLS}"]
+provider = "hf-inference"
+[models."{MISSING}"]
+provider = "hf-inference"
+[models."{BACKUP}"]
+provider = "hf-inference"
+[models."{OA_GEN}"]
+provider = "openai"
+base_url = "{url}"
+[models."{OA_EMBED}"]
+provider = "openai"
+base_url = "{url}"
+[models."{TEI_EMBED}"]
+provider = "tei"
+base_url = "{url}"
+[models."{TEI_CLS}"]
+provider = "tei"
+base_url = "{url}"
+"""
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[InferenceServer]:
+    server = InferenceServer().start()
+    for model in (HF_GEN, BACKUP):
+        server.on(f"/models/{model}", api.hf_generate)
+    server.on(f"/models/{HF_CLS}", api.hf_classify)
+    server.on(f"/models/{HF_EMBED}/pipeline/feature-extraction", api.hf_embed)
+    server.on(f"/models/{HF_GEN}/v1/chat/completions", api.openai_chat)
+    server.on("/v1/chat/completions", api.openai_chat)
+    server.on("/v1/completions", api.openai_completion)
+    server.on("/v1/embeddings", api.openai_embeddings)
+    server.on("/embed", api.tei_embed)
+    server.on("/predict", api.tei_predict)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def remote_env(server: InferenceServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    config = tmp_path_factory.mktemp("remote") / "catalogue.toml"
+    config.write_text(_catalogue(server.url))
+    client = redis.Redis.from_url(BROKER)
+    client.flushdb()
+    client.close()
+    return {
+        "LLM_ROUTER_BROKER_URL": BROKER,
+        "LLM_ROUTER_CONFIG": str(config),
+        "LLM_ROUTER_RETRY_DELAY_SCALE": str(SCALE),
+        "LLM_ROUTER_REQUEST_TIMEOUT_S": str(TIMEOUT_S),
+        "HUGGINGFACE_BASE_URL": server.url,
+        "HUGGINGFACE_API_KEY": TOKEN,
+    }
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Callable[..., WorkerProcess], remote_env: dict[str, str]) -> WorkerProcess:
+    return start_worker("fast,balanced,quality", "remote", env=remote_env)
+
+
+@pytest.fixture(scope="module")
+def router(cluster_settings: Settings, remote_env: dict[str, str]) -> Iterator[Router]:
+    settings = cluster_settings.model_copy(
+        update={"broker_url": BROKER, "config": Path(remote_env["LLM_ROUTER_CONFIG"])}
+    )
+    with Router(settings) as router:
+        yield router
+
+
+@pytest.fixture
+def fresh(server: InferenceServer) -> InferenceServer:
+    server.reset()
+    return server
+
+
+def _attempts(router: Router, job_id: str) -> list[Any]:
+    return router.get(job_id).attempts()
+
+
+# ---- success, every backend and kind -----------------------------------------------------------------
+
+
+def test_hf_inference_serves_all_three_kinds(worker: WorkerProcess, router: Router, fresh: InferenceServer) -> None:
+    story = router.generate("Once upon a time", tier="fast", max_tokens=20, temperature=0.5).wait(timeout=30)
+    assert isinstance(story, GenerateResult) and "goes on" in story.text and story.model == HF_GEN
+    (call,) = fresh.calls_to(f"/models/{HF_GEN}")
+    assert call.body["inputs"] == "Once upon a time"
+    parameters = call.body["parameters"]
+    assert parameters["max_new_tokens"] == 20 and parameters["temperature"] == 0.5
+    assert parameters["return_full_text"] is False and parameters["top_k"] == 50 and parameters["top_p"] == 0.9
+    assert parameters["repetition_penalty"] == 1.1
+    assert call.headers["Authorization"] == f"Bearer {TOKEN}"  # the token is really sent...
+    assert story.usage.total_tokens > 0 and story.usage.estimated  # no tokenizer for org/hf-gen here
+
+    chat = router.generate(messages=[{"role": "user", "content": "Capital of France?"}], tier="fast").wait(timeout=30)
+    assert isinstance(chat, GenerateResult) and "Paris" in chat.text and chat.usage.total_tokens == 19
+
+    vectors = router.embed(["one", "three"], tier="fast").wait(timeout=30)
+    assert isinstance(vectors, EmbedResult) and [v.embedding[0] for v in vectors.data] == [3.0, 5.0]
+
+    labels = router.classify(["I love it", "meh"], tier="fast", use_cache=False).wait(timeout=30)
+    assert isinstance(labels, ClassifyResult) and labels.labels[0].label == "POSITIVE"
+    assert labels.data[1].labels[0].label == "NEGATIVE"
+    (classify_call,) = fresh.calls_to(f"/models/{HF_CLS}")
+    assert classify_call.headers.get("x-use-cache") == "false"
+
+
+def test_openai_compatible_serves_chat_completion_and_embeddings(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer
+) -> None:
+    chat = router.generate(messages=[{"role": "user", "content": "Capital?"}], tier="balanced").wait(timeout=30)
+    assert isinstance(chat, GenerateResult) and chat.finish_reason == "stop"
+    assert (chat.usage.prompt_tokens, chat.usage.completion_tokens) == (12, 7) and not chat.usage.estimated
+    completion = router.generate("Once", tier="balanced", max_tokens=5).wait(timeout=30)
+    assert isinstance(completion, GenerateResult) and completion.text == " there was a queue."
+    (call,) = fresh.calls_to("/v1/completions")
+    assert call.body["model"] == OA_GEN and call.body["max_tokens"] == 5 and "top_k" not in call.body
+    vectors = router.embed(["ab", "abcd"], tier="balanced").wait(timeout=30)
+    assert isinstance(vectors, EmbedResult) and [v.embedding[0] for v in vectors.data] == [2.0, 4.0]  # by index
+
+
+def test_tei_serves_embeddings_and_classification(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer
+) -> None:
+    vectors = router.embed("hello", tier="quality").wait(timeout=30)
+    assert isinstance(vectors, EmbedResult) and vectors.data[0].embedding == [5.0, 1.0, 0.5]
+    assert fresh.calls_to("/embed")[0].body == {"inputs": ["hello"], "normalize": True, "truncate": True}
+    labels = router.classify("I love queues", tier="quality").wait(timeout=30)
+    assert isinstance(labels, ClassifyResult) and labels.labels[0].label == "POSITIVE"
+
+
+# ---- the retry policy, over real sockets ---------------------------------------------------------------
+
+
+def _gaps(server: InferenceServer, path: str) -> list[float]:
+    times = [call.at for call in server.calls_to(path)]
+    return [later - earlier for earlier, later in itertools.pairwise(times)]
+
+
+def test_503_twice_then_200_succeeds_after_three_attempts(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer
+) -> None:
+    path = f"/models/{HF_GEN}"
+    fresh.script(
+        path,
+        Reply(503, {"error": "Model org/hf-gen is currently loading"}),  # no hint: 5 s·(0+1)
+        Reply(503, {"error": "Model org/hf-gen is currently loading", "estimated_time": 2.0}),  # the hint: 2 s
+    )
+    job = router.generate("Loading test", tier="fast")
+    assert isinstance(job.wait(timeout=60), GenerateResult)
+    attempts = _attempts(router, job.id)
+    assert [(a.http_status, a.delay_s, a.status) for a in attempts] == [
+        (503, 5.0, "failed"),
+        (503, 2.0, "failed"),
+        (None, None, "succeeded"),
+    ]
+    assert "currently loading" in (attempts[0].error or "")
+    gaps = _gaps(fresh, path)
+    assert gaps[0] >= 5.0 * SCALE * 0.9 and gaps[1] >= 2.0 * SCALE * 0.9
+
+
+def test_429_waits_for_retry_after_not_the_exponential_default(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer
+) -> None:
+    fresh.script("/embed", Reply(429, {"error": "Too many requests"}, headers={"Retry-After": "2"}))
+    job = router.embed("rate limited", tier="quality")
+    assert isinstance(job.wait(timeout=60), EmbedResult)
+    attempts = _attempts(router, job.id)
+    assert [(a.http_status, a.delay_s) for a in attempts] == [(429, 2.0), (None, None)]  # 2 s, not 1 s·2⁰
+    assert _gaps(fresh, "/embed")[0] >= 2.0 * SCALE * 0.9
+
+
+def test_500_then_200(worker: WorkerProcess, router: Router, fresh: InferenceServer) -> None:
+    fresh.script("/v1/embeddings", Reply(500, {"error": "internal"}))
+    job = router.embed("server error", tier="balanced")
+    assert isinstance(job.wait(timeout=60), EmbedResult)
+    assert [(a.http_status, a.delay_s) for a in _attempts(router, job.id)] == [(500, 1.0), (None, None)]
+
+
+def test_a_dropped_connection_is_retried(worker: WorkerProcess, router: Router, fresh: InferenceServer) -> None:
+    fresh.script("/predict", Reply(drop=True))
+    job = router.classify("I love retries", tier="quality")
+    assert isinstance(job.wait(timeout=60), ClassifyResult)
+    first, second = _attempts(router, job.id)
+    assert "NetworkError" in (first.error or "") and first.delay_s == 1.0 and second.status == "succeeded"
+
+
+def test_a_read_timeout_is_retried(worker: WorkerProcess, router: Router, fresh: InferenceServer) -> None:
+    fresh.script("/v1/chat/completions", Reply(delay_s=TIMEOUT_S + 1.5, body={"late": True}))
+    job = router.generate(messages=[{"role": "user", "content": "slow?"}], tier="balanced")
+    assert isinstance(job.wait(timeout=60), GenerateResult)
+    first, second = _attempts(router, job.id)
+    assert "timed out" in (first.error or "") and first.delay_s == 1.0 and second.status == "succeeded"
+
+
+def test_401_fails_at_once_without_retry(worker: WorkerProcess, router: Router, fresh: InferenceServer) -> None:
+    fresh.script(f"/models/{HF_CLS}", Reply(401, {"error": "Invalid credentials in Authorization header"}))
+    job = router.classify("unauthorised", tier="fast")
+    with pytest.raises(JobFailed, match="401") as caught:
+        job.wait(timeout=30)
+    assert "Unauthorised" in str(caught.value) and TOKEN not in str(caught.value)
+    (attempt,) = _attempts(router, job.id)
+    assert attempt.http_status == 401 and attempt.delay_s is None
+    assert len(fresh.calls_to(f"/models/{HF_CLS}")) == 1
+
+
+def test_404_moves_to_the_next_model_of_the_chain(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer
+) -> None:
+    result = router.generate("who answers?", tier="quality").wait(timeout=30)
+    assert isinstance(result, GenerateResult) and result.model == BACKUP and result.tier == "quality"
+    (call_missing,) = fresh.calls_to(f"/models/{MISSING}")
+    assert call_missing.body["inputs"] == "who answers?"
+
+
+def test_404_attempts_tell_the_path(worker: WorkerProcess, router: Router, fresh: InferenceServer) -> None:
+    job = router.generate("the path", tier="quality")
+    job.wait(timeout=30)
+    attempts = _attempts(router, job.id)
+    assert [(a.model, a.http_status, a.status) for a in attempts] == [
+        (MISSING, 404, "failed"),
+        (BACKUP, None, "succeeded"),
+    ]
+
+
+def test_no_worker_slot_sleeps_through_a_countdown(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer
+) -> None:
+    # One slot (concurrency 1). The first job waits out a 503 of 20 s (5 s scaled); others run meanwhile.
+    fresh.script(f"/models/{HF_GEN}", Reply(503, {"error": "loading", "estimated_time": 20.0}))
+    slow = router.generate("slow one", tier="fast")
+    quick = [router.embed(f"quick {i}", tier="fast") for i in range(3)]
+    for job in quick:
+        job.wait(timeout=30)
+    assert slow.status() == "retrying"
+    slow.wait(timeout=60)
+    retry_started = _attempts(router, slow.id)[1].started_at
+    for job in quick:
+        finished = job.record().finished_at
+        assert finished is not None and finished < retry_started
+
+
+def test_the_token_appears_nowhere(worker: WorkerProcess, router: Router, pg_url: str) -> None:
+    # Runs after the jobs above: the token was sent to the server (asserted there) and must be nowhere else:
+    # not in the database, the worker's log, or any message or key left on the broker.
+    engine = create_engine(pg_url)
+    with engine.connect() as connection:
+        for table in ("jobs", "attempts", "usage"):
+            dump = " ".join(str(row) for row in connection.execute(text(f"SELECT * FROM {table}")))
+            assert dump and TOKEN not in dump, table
+    engine.dispose()
+    assert TOKEN not in worker.log()
+    client = redis.Redis.from_url(BROKER)
+    for key in client.keys("*"):
+        kind = client.type(key)
+        values = client.lrange(key, 0, -1) if kind == b"list" else [client.dump(key) or b""]
+        assert all(TOKEN.encode() not in value for value in values), key
+    client.close()
