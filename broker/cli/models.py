@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from broker.catalogue import load_catalogue
@@ -53,3 +55,31 @@ def list_models(as_json: bool) -> None:
         emit_json([dict(zip(headers, row, strict=True)) for row in rows])
     else:
         click.echo(table(headers, rows))
+
+
+@models.command("status")
+@click.argument("model_id")
+@click.option("--wait", is_flag=True, help="Keep checking while the model is loading.")
+@click.option("--max-wait", type=float, default=120.0, show_default=True, help="Seconds --wait waits at most.")
+@click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between checks.")
+@click.option("--json", "as_json", is_flag=True)
+def status(model_id: str, wait: bool, max_wait: float, interval: float, as_json: bool) -> None:
+    """Whether a remote model is ready, loading or in error (exit 0 only when ready)."""
+    from workers.backends.http import HttpCaller, make_client
+    from workers.model_status import check_model_status, wait_for_model
+
+    settings = Settings()
+    spec = load_catalogue(settings.config).model_spec(model_id)
+    base_url = spec.base_url or settings.hf_base_url
+    with make_client(settings.request_timeout_s) as client:
+        caller = HttpCaller(client, spec.provider, settings.hf_api_key)
+
+        def check() -> str:
+            return check_model_status(caller, base_url, model_id)
+
+        result, checks = wait_for_model(check, max_wait if wait else 0.0, interval)  # type: ignore[arg-type]
+    if as_json:
+        emit_json({"model": model_id, "status": result, "checks": checks})
+    else:
+        click.echo(f"{model_id}: {result}")
+    sys.exit(0 if result == "ready" else 1)

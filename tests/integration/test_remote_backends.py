@@ -314,3 +314,27 @@ def test_the_token_appears_nowhere(worker: WorkerProcess, router: Router, pg_url
         values = client.lrange(key, 0, -1) if kind == b"list" else [client.dump(key) or b""]
         assert all(TOKEN.encode() not in value for value in values), key
     client.close()
+
+
+def test_models_status_checks_and_waits(
+    server: InferenceServer, remote_env: dict[str, str], cluster_env: dict[str, str]
+) -> None:
+    from click.testing import CliRunner
+
+    from broker.cli.main import cli
+
+    server.reset()
+    env = {**cluster_env, **remote_env}
+    path = f"/models/{HF_GEN}"
+    server.script(path, Reply(503, {"error": "loading", "estimated_time": 1}), Reply(503, {"error": "loading"}))
+    waited = CliRunner().invoke(cli, ["models", "status", HF_GEN, "--wait", "--interval", "0.1", "--json"], env=env)
+    assert waited.exit_code == 0, waited.output
+    assert '"status": "ready"' in waited.output and '"checks": 3' in waited.output
+    assert all(call.method == "GET" for call in server.calls_to(path))
+
+    server.script(path, Reply(503, {"error": "loading"}))
+    once = CliRunner().invoke(cli, ["models", "status", HF_GEN], env=env)
+    assert once.exit_code == 1 and "loading" in once.output
+
+    missing = CliRunner().invoke(cli, ["models", "status", "org/nowhere"], env=env)
+    assert missing.exit_code == 1 and "error" in missing.output

@@ -128,6 +128,8 @@ class InferenceServer:
         handler = self._handlers.get(path)
         if handler is None:
             return Reply(404, {"error": f"Model {path} does not exist"})
+        if method == "GET":  # a status check of a model that is served
+            return Reply(200, {"modelId": path.removeprefix("/models/"), "state": "Loadable"})
         return handler(body)
 
 
