@@ -38,6 +38,7 @@ class ModelSpec(_Frozen):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     path: Path | None = None
     base_url: str | None = None  # remote providers: the endpoint (hf-inference defaults to HUGGINGFACE_BASE_URL)
+    api_key_env: str | None = None  # remote providers: the variable holding this model's key, instead of HF's
 
 
 class TierSpec(_Frozen):

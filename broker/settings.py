@@ -6,6 +6,7 @@ Variables carry the prefix ``LLM_ROUTER_``; the Hugging Face ones keep the names
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -68,6 +69,13 @@ class Settings(BaseSettings):
         if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
             return self.broker_url
         return None
+
+    def api_key(self, variable: str | None) -> SecretStr | None:
+        """The key a model's catalogue entry names by variable, or the Hugging Face token."""
+        if variable is None:
+            return self.hf_api_key
+        value = os.environ.get(variable)
+        return SecretStr(value) if value else None
 
     def safe_database_url(self) -> str:
         """The database URL with any password masked, for logs and status output."""

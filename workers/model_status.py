@@ -17,7 +17,7 @@ ModelStatus = Literal["ready", "loading", "error"]
 
 def check_model_status(caller: HttpCaller, base_url: str, model_id: str) -> ModelStatus:
     try:
-        status = caller.get_status(f"{base_url.rstrip('/')}/models/{model_id}")
+        status = caller.get_status(f"{base_url.rstrip('/')}/models/{model_id}", model_id)
     except NetworkError:
         return "error"
     if 200 <= status < 300:

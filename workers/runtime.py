@@ -55,8 +55,13 @@ class WorkerRuntime:
 
         if self._http is None:
             self._http = make_client(self.settings.request_timeout_s)
+        model_tokens = {
+            model_id: self.settings.api_key(spec.api_key_env)
+            for model_id, spec in self.catalogue.models.items()
+            if spec.api_key_env is not None
+        }
         return RemoteDeps(
-            caller=HttpCaller(self._http, provider, self.settings.hf_api_key),
+            caller=HttpCaller(self._http, provider, self.settings.hf_api_key, model_tokens),
             counter=TokenCounter(self.settings.models_dir, self.settings.hf_cache_dir),
             catalogue=self.catalogue,
             default_base_url=default_base_url,

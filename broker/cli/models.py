@@ -72,7 +72,7 @@ def status(model_id: str, wait: bool, max_wait: float, interval: float, as_json:
     spec = load_catalogue(settings.config).model_spec(model_id)
     base_url = spec.base_url or settings.hf_base_url
     with make_client(settings.request_timeout_s) as client:
-        caller = HttpCaller(client, spec.provider, settings.hf_api_key)
+        caller = HttpCaller(client, spec.provider, settings.hf_api_key, {model_id: settings.api_key(spec.api_key_env)})
 
         def check() -> str:
             return check_model_status(caller, base_url, model_id)

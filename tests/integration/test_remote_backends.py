@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 
 BROKER = "redis://127.0.0.1:6379/13"  # a broker database of its own: this worker has its own catalogue
 TOKEN = "hf_TESTtoken_9f8e7d6c5b4a_never_logged"
+MODEL_KEY = "sk-own-key-for-one-model-4b3a2c1d"  # a model's own key, named by api_key_env in the catalogue
 SCALE = 0.25
 TIMEOUT_S = 1.5
 
@@ -68,6 +69,7 @@ base_url = "{url}"
 [models."{OA_EMBED}"]
 provider = "openai"
 base_url = "{url}"
+api_key_env = "TEST_OWN_MODEL_KEY"
 [models."{TEI_EMBED}"]
 provider = "tei"
 base_url = "{url}"
@@ -108,6 +110,7 @@ def remote_env(server: InferenceServer, tmp_path_factory: pytest.TempPathFactory
         "LLM_ROUTER_REQUEST_TIMEOUT_S": str(TIMEOUT_S),
         "HUGGINGFACE_BASE_URL": server.url,
         "HUGGINGFACE_API_KEY": TOKEN,
+        "TEST_OWN_MODEL_KEY": MODEL_KEY,
     }
 
 
@@ -175,6 +178,8 @@ def test_openai_compatible_serves_chat_completion_and_embeddings(
     assert call.body["model"] == OA_GEN and call.body["max_tokens"] == 5 and "top_k" not in call.body
     vectors = router.embed(["ab", "abcd"], tier="balanced").wait(timeout=30)
     assert isinstance(vectors, EmbedResult) and [v.embedding[0] for v in vectors.data] == [2.0, 4.0]  # by index
+    assert fresh.calls_to("/v1/embeddings")[0].headers["Authorization"] == f"Bearer {MODEL_KEY}"
+    assert fresh.calls_to("/v1/completions")[0].headers["Authorization"] == f"Bearer {TOKEN}"
 
 
 def test_tei_serves_embeddings_and_classification(
@@ -305,14 +310,14 @@ def test_the_token_appears_nowhere(worker: WorkerProcess, router: Router, pg_url
     with engine.connect() as connection:
         for table in ("jobs", "attempts", "usage"):
             dump = " ".join(str(row) for row in connection.execute(text(f"SELECT * FROM {table}")))
-            assert dump and TOKEN not in dump, table
+            assert dump and TOKEN not in dump and MODEL_KEY not in dump, table
     engine.dispose()
-    assert TOKEN not in worker.log()
+    assert TOKEN not in worker.log() and MODEL_KEY not in worker.log()
     client = redis.Redis.from_url(BROKER)
     for key in client.keys("*"):
         kind = client.type(key)
         values = client.lrange(key, 0, -1) if kind == b"list" else [client.dump(key) or b""]
-        assert all(TOKEN.encode() not in value for value in values), key
+        assert all(TOKEN.encode() not in value and MODEL_KEY.encode() not in value for value in values), key
     client.close()
 
 

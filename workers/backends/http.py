@@ -102,17 +102,28 @@ def error_for_response(response: httpx.Response, provider: str, model_id: str) -
 
 
 class HttpCaller:
-    """POSTs JSON and returns the decoded body, raising our errors for every failure."""
+    """POSTs JSON and returns the decoded body, raising our errors for every failure.
 
-    def __init__(self, client: httpx.Client, provider: str, token: SecretStr | None):
+    ``token`` is the provider's key; ``model_tokens`` holds keys that the catalogue gives single models."""
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        provider: str,
+        token: SecretStr | None,
+        model_tokens: dict[str, SecretStr | None] | None = None,
+    ):
         self._client = client
         self.provider = provider
         self._token = token
+        self._model_tokens = model_tokens or {}
+
+    def _auth(self, model_id: str | None) -> dict[str, str]:
+        token = self._model_tokens.get(model_id, self._token) if model_id else self._token
+        return {} if token is None else {"Authorization": f"Bearer {token.get_secret_value()}"}
 
     def post(self, url: str, payload: Any, model_id: str, headers: dict[str, str] | None = None) -> Any:
-        all_headers = {"Accept": "application/json", **(headers or {})}
-        if self._token is not None:
-            all_headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+        all_headers = {"Accept": "application/json", **(headers or {}), **self._auth(model_id)}
         try:
             response = self._client.post(url, json=payload, headers=all_headers)
         except httpx.TimeoutException as exc:
@@ -126,13 +137,10 @@ class HttpCaller:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ModelFailed(f"{self.provider} sent a body that is not JSON for {model_id}") from None
 
-    def get_status(self, url: str) -> int:
+    def get_status(self, url: str, model_id: str | None = None) -> int:
         """The status of a GET (for model status checks); network failures raise ``NetworkError``."""
-        headers = {}
-        if self._token is not None:
-            headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
         try:
-            return self._client.get(url, headers=headers).status_code
+            return self._client.get(url, headers=self._auth(model_id)).status_code
         except httpx.TransportError as exc:
             raise NetworkError(f"{self.provider} unreachable ({type(exc).__name__})") from exc
 
