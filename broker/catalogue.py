@@ -41,6 +41,13 @@ class ModelSpec(_Frozen):
     api_key_env: str | None = None  # remote providers: the variable holding this model's key, instead of HF's
 
 
+class ProviderSpec(_Frozen):
+    """Limits of a remote provider, per API key, across every tier that uses it."""
+
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
+    requests_per_hour: Annotated[int, Field(ge=1)] | None = None
+
+
 class TierSpec(_Frozen):
     pool: Pool = "cpu"
     requests_per_minute: Annotated[int, Field(ge=1)] | None = None
@@ -59,6 +66,7 @@ class Catalogue(_Frozen):
     defaults: GenerationDefaults = GenerationDefaults()
     tiers: dict[str, TierSpec]
     models: dict[str, ModelSpec] = {}
+    providers: dict[Provider, ProviderSpec] = {}
     downgrades: dict[str, str] | None = None  # model → smaller model tried while it loads (503); None: the seed's
 
     @model_validator(mode="after")
@@ -82,6 +90,14 @@ class Catalogue(_Frozen):
 
     def tiers_serving(self, model_id: str, kind: Kind) -> list[str]:
         return [name for name in self.ordered_tiers if model_id in self.tiers[name].chain(kind)]
+
+    def next_tier(self, tier: str, kind: Kind) -> str | None:
+        """The tier a job escalates to after ``tier``: the next in order that has models for ``kind``."""
+        order = self.ordered_tiers
+        for name in order[order.index(tier) + 1 :] if tier in order else []:
+            if self.tiers[name].chain(kind):
+                return name
+        return None
 
     def tiers_of_pool(self, pool: Pool) -> list[str]:
         return [name for name in self.ordered_tiers if self.tiers[name].pool == pool]

@@ -17,11 +17,21 @@ from broker.celery_app import RouterCelery, create_app
 from broker.queues import TASK_NAMES
 from broker.routing import Route, route
 from broker.settings import Settings
+from tasks.cache import cache_key
 from tasks.database import make_engine, upgrade
 from tasks.errors import InvalidRequest, JobFailed, JobRejected, JobTimeout, RouterError
 from tasks.records import FAILED, REJECTED, SUCCEEDED
 from tasks.repository import AttemptView, JobStore, JobView
-from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult, parse_request, parse_result
+from tasks.schemas import (
+    ClassifyRequest,
+    ClassifyResult,
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    parse_request,
+    parse_result,
+)
 
 Result = GenerateResult | EmbedResult | ClassifyResult
 
@@ -157,21 +167,32 @@ class Router:
 
     # ---- the general path --------------------------------------------------------------------------------
 
-    def prepare(self, request: dict[str, Any]) -> tuple[dict[str, Any], Route]:
+    def prepare(self, request: dict[str, Any]) -> tuple[GenerateRequest | EmbedRequest | ClassifyRequest, Route]:
         """Validate and route a request without submitting it; raises ``InvalidRequest``."""
-        cleaned = {key: value for key, value in request.items() if value is not None}
-        parsed = parse_request(cleaned)
-        planned = route(parsed, self.catalogue)
-        return parsed.model_dump(mode="json", exclude_none=True), planned
-
-    def submit(self, request: dict[str, Any]) -> Job:
-        """Validate, record and enqueue one job of any kind. Nothing is written when validation fails."""
         if not isinstance(request, dict):
             raise InvalidRequest(f"request: expected a dict, got {type(request).__name__}", field="request")
-        stored, planned = self.prepare(request)
-        kind = stored["kind"]
-        job_id = str(uuid.uuid4())
-        self.store.create_job(job_id=job_id, kind=kind, request=stored, tier=planned.tier, queue=planned.queue)
+        parsed = parse_request({key: value for key, value in request.items() if value is not None})
+        return parsed, route(parsed, self.catalogue)
+
+    def submit(self, request: dict[str, Any]) -> Job:
+        """Validate, record and enqueue one job of any kind. Nothing is written when validation fails.
+
+        An identical request that succeeded within ``cache_ttl_s`` answers at once, without a message."""
+        parsed, planned = self.prepare(request)
+        stored = parsed.model_dump(mode="json", exclude_none=True)
+        kind, key, job_id = parsed.kind, cache_key(parsed, planned.tier), str(uuid.uuid4())
+        common: dict[str, Any] = {
+            "job_id": job_id,
+            "kind": kind,
+            "request": stored,
+            "tier": planned.tier,
+            "queue": planned.queue,
+        }
+        source = self.store.find_cached(key, self.settings.cache_ttl_s) if parsed.use_cache else None
+        if source is not None:
+            self.store.record_cached(**common, cache_key=key, source=source)
+            return Job(self.store, job_id, kind, self.settings.wait_poll_s)
+        self.store.create_job(**common, cache_key=key)
         try:
             self.app.send_task(
                 TASK_NAMES[kind], args=[job_id], task_id=job_id, queue=planned.queue, routing_key=planned.queue

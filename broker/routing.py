@@ -70,3 +70,12 @@ def route(request: GenerateRequest | EmbedRequest | ClassifyRequest, catalogue: 
     if not chain:
         raise InvalidRequest(f"tier: tier {tier!r} has no models for {kind} jobs", field="tier")
     return Route(tier=tier, queue=queue_for_tier(tier), chain=chain)
+
+
+def chain_for(request: GenerateRequest | EmbedRequest | ClassifyRequest, tier: str, catalogue: Catalogue) -> Route:
+    """The route of a job that now sits in ``tier``: its first route, or, after a tier fallback, the new
+    tier's own chain (a model the job named belongs to the tier it was routed to first)."""
+    first = route(request, catalogue)
+    if tier == first.tier:
+        return first
+    return Route(tier=tier, queue=queue_for_tier(tier), chain=tuple(catalogue.tiers[tier].chain(request.kind)))

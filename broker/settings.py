@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=3, ge=0, le=20)
     retry_delay_scale: float = Field(default=1.0, ge=0.0, le=10.0)  # tests shorten the policy's delays
     hf_wait_for_model: bool = False
+    cooldown_s: float = Field(default=60.0, ge=0.0)
+    cache_ttl_s: float = Field(default=86_400.0, ge=0.0)
+    max_tier_hops: int = Field(default=2, ge=0, le=10)
     wait_poll_s: float = 0.05
     sqlite_busy_timeout_s: float = 30.0
 

@@ -1,9 +1,11 @@
-"""What happens to a job on a worker: validate, run along its model chain, record every step.
+"""What happens to a job on a worker: validate, answer from the cache or run along its model chain,
+fall back to the next tier, and record every step.
 
 A failure goes through the retry policy: a retry is re-published with a countdown through ``reschedule``
-(no worker slot sleeps), a spent or broken model hands over to the next one of the chain, and a
-permanent refusal fails the job at once. ``run_job`` never raises for a problem with the job itself;
-only infrastructure errors (the database is gone) propagate to Celery.
+(no worker slot sleeps), a spent or broken model hands over to the next one of the chain, a chain that
+is spent escalates to the next tier (``fallback="tier"``), and a permanent refusal fails the job at once.
+Models cooling down are passed over; a call over a rate limit defers the job until a slot frees.
+``run_job`` never raises for a problem with the job itself; only infrastructure errors propagate.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from broker.routing import route
+from broker.routing import Route, chain_for, queue_for_tier, route
+from tasks.cache import cache_key
 from tasks.errors import InvalidRequest, RouterError
 from tasks.messages import Cursor, JobMessage
+from tasks.repository import JobView
 from tasks.schemas import (
     ClassifyRequest,
     ClassifyResult,
@@ -43,7 +47,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def run_job(runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str | None, reschedule: Reschedule) -> str:
-    """Run one step of a job and return its status afterwards (a final one, or ``retrying``)."""
+    """Run one step of a job and return what became of it (a final status, ``retrying`` or ``deferred``)."""
     store = runtime.store
     job = store.get(message.job_id)
     if job is None and message.request is None:
@@ -58,51 +62,90 @@ def run_job(runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str
     raw_request = message.request if job is None else job.request
     try:
         request = parse_request({**raw_request, "kind": kind} if isinstance(raw_request, dict) else raw_request)
-        planned = route(request, runtime.catalogue)
+        first = route(request, runtime.catalogue)
     except InvalidRequest as exc:
         store.reject(message.job_id, kind, str(exc), raw_request if isinstance(raw_request, dict) else None)
         log.info("job %s rejected: %s", message.job_id, exc)
         return "rejected"
 
+    key = cache_key(request, first.tier)
     if job is None:
         store.create_job(
             job_id=message.job_id,
             kind=kind,
             request=request.model_dump(mode="json", exclude_none=True),
-            tier=planned.tier,
-            queue=planned.queue,
+            tier=first.tier,
+            queue=first.queue,
+            cache_key=key,
         )
-    # The recorded tier wins over a fresh routing: the job may have been moved to another tier's queue.
-    tier = job.tier if job is not None and job.tier else planned.tier
-    if tier != planned.tier:
-        planned = route(request.model_copy(update={"tier": tier}), runtime.catalogue)
-    queue = job.queue if job is not None and job.queue else planned.queue
-    step = _Step(runtime, message.job_id, request, tier, queue, worker, reschedule)
-    return step.run(planned.chain, message.cursor)
+        job = store.get(message.job_id)
+        assert job is not None
+    fresh = message.cursor == Cursor() and job.tier == first.tier
+    if fresh and request.use_cache and _answer_from_cache(runtime, job, key):
+        return "succeeded"
+    # The recorded tier wins: a tier fallback moved the job to another tier's queue.
+    planned = chain_for(request, job.tier or first.tier, runtime.catalogue)
+    step = _Step(runtime, job, request, planned, first, worker, reschedule)
+    return step.run(message.cursor)
+
+
+def _answer_from_cache(runtime: WorkerRuntime, job: JobView, key: str) -> bool:
+    source = runtime.store.find_cached(key, runtime.settings.cache_ttl_s)
+    if source is None or source.id == job.id:
+        return False
+    if runtime.store.succeed_from_cache(job.id, source):
+        log.info("job %s answered from the cache (job %s)", job.id, source.id)
+    return True
 
 
 class _Step:
     def __init__(
         self,
         runtime: WorkerRuntime,
-        job_id: str,
+        job: JobView,
         request: Request,
-        tier: str,
-        queue: str,
+        planned: Route,
+        first: Route,
         worker: str | None,
         reschedule: Reschedule,
     ):
-        self.runtime, self.job_id, self.request = runtime, job_id, request
-        self.tier, self.queue, self.worker, self.reschedule = tier, queue, worker, reschedule
+        self.runtime, self.job_id, self.request = runtime, job.id, request
+        self.tier, self.queue, self.chain = planned.tier, planned.queue, planned.chain
+        self.first_tier = first.tier
+        self.worker, self.reschedule = worker, reschedule
+        self.scale = runtime.settings.retry_delay_scale
 
-    def run(self, chain: tuple[str, ...], cursor: Cursor) -> str:
-        store, policy = self.runtime.store, self.runtime.policy
-        last = len(chain) if self.request.fallback != "none" else 1
+    def run(self, cursor: Cursor) -> str:
+        store, policy, cooldowns = self.runtime.store, self.runtime.policy, self.runtime.cooldowns
+        last = len(self.chain) if self.request.fallback != "none" else 1
         errors: list[str] = []
+        cooling: list[float] = []
         retry = cursor.retry
         for position in range(cursor.position, last):
-            model_id = cursor.model if position == cursor.position and cursor.model else chain[position]
+            resumed = position == cursor.position
+            model_id = cursor.model if resumed and cursor.model else self.chain[position]
             provider = self.runtime.catalogue.model_spec(model_id).provider
+            # A retry of this job is the model's probe; fresh arrivals pass over a model that is cooling down.
+            if not (resumed and cursor.retry > 0):
+                remaining = cooldowns.remaining_s(model_id)
+                if remaining > 0:
+                    store.skip_attempt(
+                        self.job_id,
+                        model=model_id,
+                        provider=provider,
+                        tier=self.tier,
+                        worker=self.worker,
+                        reason=f"cooling down for another {remaining:.1f}s",
+                    )
+                    errors.append(f"{model_id}: cooling down")
+                    cooling.append(remaining)
+                    retry = 0
+                    continue
+            wait_s = self.runtime.limiter.acquire(self.runtime.limit_rules(self.tier, provider, model_id))
+            if wait_s > 0:
+                self.reschedule(self.job_id, self.queue, Cursor(position, retry, model_id), wait_s)
+                log.info("job %s deferred %.1fs: rate limit of tier %s / %s", self.job_id, wait_s, self.tier, provider)
+                return "deferred"
             number = store.start_attempt(
                 self.job_id, model=model_id, provider=provider, tier=self.tier, worker=self.worker
             )
@@ -113,6 +156,7 @@ class _Step:
                 result = self._call(provider, model_id)
             except RouterError as exc:
                 latency_ms = (time.perf_counter() - started) * 1000.0
+                self._note_failure(model_id, exc)
                 decision = policy.decide(exc, retry, model_id)
                 http_status = getattr(exc, "http_status", None)
                 if decision.action == "retry":
@@ -126,9 +170,7 @@ class _Step:
                     )
                     store.mark_retrying(self.job_id)
                     resume = Cursor(position=position, retry=retry + 1, model=decision.model or model_id)
-                    self.reschedule(
-                        self.job_id, self.queue, resume, decision.delay_s * self.runtime.settings.retry_delay_scale
-                    )
+                    self.reschedule(self.job_id, self.queue, resume, decision.delay_s * self.scale)
                     log.info(
                         "job %s attempt %s on %s: %s; retry in %.1fs%s",
                         self.job_id,
@@ -145,15 +187,16 @@ class _Step:
                     "job %s attempt %s on %s failed (%s): %s", self.job_id, number, model_id, decision.reason, exc
                 )
                 if decision.action == "fail":
-                    break
+                    return self._fail(errors)
                 retry = 0
                 continue
             except Exception as exc:  # a bug must end the job, not leave it running forever
                 log.exception("job %s attempt %s on %s raised unexpectedly", self.job_id, number, model_id)
                 store.fail_attempt(self.job_id, number, f"internal error: {type(exc).__name__}")
                 errors.append(f"{model_id}: internal error: {type(exc).__name__}")
-                break
+                return self._fail(errors)
             latency_ms = (time.perf_counter() - started) * 1000.0
+            cooldowns.record(model_id, ok=True)
             result = result.model_copy(update={"tier": self.tier})
             store.succeed(self.job_id, number, result=result, provider=provider, model_latency_ms=latency_ms)
             log.info(
@@ -167,7 +210,39 @@ class _Step:
                 latency_ms,
             )
             return "succeeded"
-        store.fail(self.job_id, "; ".join(errors) or "no model left to try")
+        return self._chain_spent(errors, cooling)
+
+    def _note_failure(self, model_id: str, exc: RouterError) -> None:
+        policy, cooldowns = self.runtime.policy, self.runtime.cooldowns
+        seconds = policy.cooldown_s_for(exc)
+        if seconds is None and policy.counts_against_model(exc) and cooldowns.record(model_id, ok=False):
+            seconds = policy.cooldown_s
+        if seconds:
+            cooldowns.cool(model_id, seconds * self.scale)
+            log.warning("model %s cooled down for %.1fs after %s", model_id, seconds, type(exc).__name__)
+
+    def _chain_spent(self, errors: list[str], cooling: list[float]) -> str:
+        catalogue = self.runtime.catalogue
+        if self.request.fallback == "tier":
+            target = catalogue.next_tier(self.tier, self.request.kind)
+            order = catalogue.ordered_tiers
+            hops = order.index(self.tier) - order.index(self.first_tier) if self.first_tier in order else 0
+            if target is not None and hops < self.runtime.settings.max_tier_hops:
+                queue = queue_for_tier(target)
+                if self.runtime.store.escalate(self.job_id, target, queue):
+                    self.reschedule(self.job_id, queue, Cursor(), 0.0)
+                    log.info("job %s falls back from tier %s to %s", self.job_id, self.tier, target)
+                    return "retrying"
+        if cooling and len(cooling) == len(errors):
+            # Every model left was only cooling down: wait for the first to come back rather than fail.
+            delay = min(cooling)
+            self.reschedule(self.job_id, self.queue, Cursor(), delay)
+            log.info("job %s waits %.1fs for a model to come back from its cooldown", self.job_id, delay)
+            return "deferred"
+        return self._fail(errors)
+
+    def _fail(self, errors: list[str]) -> str:
+        self.runtime.store.fail(self.job_id, "; ".join(errors) or "no model left to try")
         log.warning("job %s failed: %s", self.job_id, "; ".join(errors))
         return "failed"
 

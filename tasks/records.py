@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -14,6 +14,7 @@ JsonColumn = JSON().with_variant(JSONB(), "postgresql")
 QUEUED: Final = "queued"
 RUNNING: Final = "running"
 RETRYING: Final = "retrying"
+SKIPPED: Final = "skipped"  # an attempt not made: the model was cooling down
 SUCCEEDED: Final = "succeeded"
 FAILED: Final = "failed"
 REJECTED: Final = "rejected"
@@ -45,9 +46,13 @@ class JobRecord(Base):
     cached: Mapped[bool] = mapped_column(default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     batch_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # sha256 of (kind, tier, model, input, parameters): identical requests share it (see tasks/cache.py).
+    cache_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_jobs_cache_key_status", "cache_key", "status"),)
 
 
 class AttemptRecord(Base):

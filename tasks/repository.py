@@ -7,7 +7,7 @@ started again, and usage is keyed by job id.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
@@ -20,6 +20,7 @@ from tasks.records import (
     REJECTED,
     RETRYING,
     RUNNING,
+    SKIPPED,
     SUCCEEDED,
     AttemptRecord,
     JobRecord,
@@ -107,23 +108,102 @@ class JobStore:
     # ---- producer side -----------------------------------------------------------------------------------
 
     def create_job(
-        self, *, job_id: str, kind: str, request: dict[str, Any], tier: str, queue: str, status: str = QUEUED
+        self,
+        *,
+        job_id: str,
+        kind: str,
+        request: dict[str, Any],
+        tier: str,
+        queue: str,
+        cache_key: str | None = None,
     ) -> None:
         with self._sessions.begin() as session:
             session.add(
                 JobRecord(
                     id=job_id,
                     kind=kind,
-                    status=status,
+                    status=QUEUED,
                     tier=tier,
                     queue=queue,
                     requested_model=request.get("model"),
                     request=request,
                     batch_id=request.get("batch_id"),
+                    cache_key=cache_key,
                     cached=False,
                     attempts=0,
                 )
             )
+
+    # ---- the result cache --------------------------------------------------------------------------------
+
+    def find_cached(self, cache_key: str, max_age_s: float) -> JobView | None:
+        """The newest succeeded job with this key, finished less than ``max_age_s`` ago."""
+        oldest = utcnow() - timedelta(seconds=max_age_s)
+        with self.session() as session:
+            record = session.scalars(
+                select(JobRecord)
+                .where(JobRecord.cache_key == cache_key, JobRecord.status == SUCCEEDED, JobRecord.finished_at >= oldest)
+                .order_by(JobRecord.finished_at.desc())
+                .limit(1)
+            ).first()
+            return JobView.of(record) if record else None
+
+    def record_cached(
+        self, *, job_id: str, kind: str, request: dict[str, Any], tier: str, queue: str, cache_key: str, source: JobView
+    ) -> None:
+        """A job answered from the cache at submit time: written succeeded, never enqueued."""
+        with self._sessions.begin() as session:
+            record = JobRecord(
+                id=job_id,
+                kind=kind,
+                status=QUEUED,
+                tier=tier,
+                queue=queue,
+                requested_model=request.get("model"),
+                request=request,
+                batch_id=request.get("batch_id"),
+                cache_key=cache_key,
+                cached=False,
+                attempts=0,
+            )
+            session.add(record)
+            self._answer_from(session, record, source)
+
+    def succeed_from_cache(self, job_id: str, source: JobView) -> bool:
+        """Answer a queued job from a cached result; False when it already ended."""
+        with self._sessions.begin() as session:
+            record = session.get(JobRecord, job_id, with_for_update=True)
+            if record is None or record.status in FINAL_STATUSES:
+                return False
+            self._answer_from(session, record, source)
+            return True
+
+    @staticmethod
+    def _answer_from(session: Session, record: JobRecord, source: JobView) -> None:
+        now = utcnow()
+        record.status = SUCCEEDED
+        record.cached = True
+        record.model_used = source.model_used
+        record.result = {**(source.result or {}), "cached": True, "tier": record.tier}
+        record.finished_at = now
+        record.latency_ms = _elapsed_ms(record.created_at or now, now)
+        session.flush()
+        # A hit costs no tokens; usage counts it as a request and a hit (the seed's cacheHits).
+        session.add(
+            UsageRecord(
+                job_id=record.id,
+                kind=record.kind,
+                tier=record.tier,
+                model=source.model_used or "unknown",
+                provider="cache",
+                prompt_tokens=0,
+                completion_tokens=0,
+                total_tokens=0,
+                cached=True,
+                latency_ms=record.latency_ms,
+                created_at=now,
+            )
+        )
 
     def get(self, job_id: str) -> JobView | None:
         with self.session() as session:
@@ -291,6 +371,40 @@ class JobStore:
                         created_at=now,
                     )
                 )
+
+    def skip_attempt(
+        self, job_id: str, *, model: str, provider: str, tier: str | None, worker: str | None, reason: str
+    ) -> None:
+        """Record that a model was passed over (cooling down), so the job's path explains itself."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            record = session.get(JobRecord, job_id, with_for_update=True)
+            if record is None or record.status in FINAL_STATUSES:
+                return
+            record.attempts += 1
+            session.add(
+                AttemptRecord(
+                    job_id=job_id,
+                    number=record.attempts,
+                    status=SKIPPED,
+                    model=model,
+                    provider=provider,
+                    tier=tier,
+                    worker=worker,
+                    error=reason,
+                    started_at=now,
+                    finished_at=now,
+                )
+            )
+
+    def escalate(self, job_id: str, tier: str, queue: str) -> bool:
+        """Move a job to another tier's queue (tier fallback); False when it already ended."""
+        with self._sessions.begin() as session:
+            record = session.get(JobRecord, job_id, with_for_update=True)
+            if record is None or record.status in FINAL_STATUSES:
+                return False
+            record.tier, record.queue, record.status = tier, queue, RETRYING
+            return True
 
     def fail(self, job_id: str, error: str) -> None:
         now = utcnow()

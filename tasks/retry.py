@@ -21,8 +21,10 @@ from tasks.errors import (
     ModelLoading,
     ModelNotFound,
     RateLimited,
+    RemoteRejected,
     RouterError,
     TransientError,
+    Unauthorised,
 )
 
 # The seed's "smaller model" map, used when a model is still loading (HTTP 503).
@@ -55,6 +57,7 @@ class RetryPolicy:
     other_step_s: float = 1.0
     other_cap_s: float = 10.0
     downgrade_on_loading: bool = True
+    cooldown_s: float = 60.0
     downgrades: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DOWNGRADES))
 
     def delay_s(self, failure: TransientError, retry: int) -> float:
@@ -81,3 +84,16 @@ class RetryPolicy:
         if isinstance(failure, (ModelNotFound, ModelFailed)):
             return RetryDecision("next_model", reason=type(failure).__name__)
         return RetryDecision("fail", reason=type(failure).__name__)
+
+    def cooldown_s_for(self, failure: RouterError) -> float | None:
+        """How long this one failure cools the model down cluster-wide; None when it alone does not."""
+        if isinstance(failure, (Unauthorised, ModelNotFound)):
+            return self.cooldown_s
+        if isinstance(failure, RateLimited) and failure.retry_after_s is not None:
+            return min(self.retry_after_cap_s, failure.retry_after_s)
+        return None
+
+    @staticmethod
+    def counts_against_model(failure: RouterError) -> bool:
+        """Whether a failure says something about the model's health (not about the input)."""
+        return not isinstance(failure, RemoteRejected) and isinstance(failure, (TransientError, ModelFailed))

@@ -6,10 +6,13 @@ HTTP connections, torch threads or loaded models; everything here is built in th
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+import redis
 
 from broker.catalogue import Catalogue
 from broker.settings import Settings
@@ -19,6 +22,8 @@ from tasks.retry import DEFAULT_DOWNGRADES, RetryPolicy
 from workers.backends import make_backend
 from workers.backends.base import Backend
 from workers.backends.remote import RemoteDeps
+from workers.cooldown import Cooldowns, LocalCooldowns, RedisCooldowns
+from workers.rate_limits import RateLimiter, Rule, window_rules
 from workers.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -41,8 +46,24 @@ class WorkerRuntime:
     store: JobStore
     registry: ModelRegistry
     policy: RetryPolicy
+    limiter: RateLimiter
+    cooldowns: Cooldowns
     _backends: dict[str, Backend] = field(default_factory=dict)
     _http: Any = None
+
+    def limit_rules(self, tier: str, provider: str, model_id: str) -> list[Rule]:
+        """The windows one call of ``model_id`` on ``tier`` must fit in: the tier's, and its provider key's."""
+        spec = self.catalogue.tiers[tier]
+        rules = window_rules(("tier", tier), spec.requests_per_minute, spec.requests_per_hour)
+        limits = self.catalogue.providers.get(provider)  # type: ignore[call-overload]
+        if limits is not None:
+            token = self.settings.api_key(self.catalogue.model_spec(model_id).api_key_env)
+            # The key is identified by a fingerprint: the secret itself never reaches Redis.
+            fingerprint = hashlib.sha256(token.get_secret_value().encode()).hexdigest()[:16] if token else "anonymous"
+            rules += window_rules(
+                ("provider", provider, fingerprint), limits.requests_per_minute, limits.requests_per_hour
+            )
+        return rules
 
     def backend(self, provider: str) -> Backend:
         if provider not in self._backends:
@@ -79,7 +100,9 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
     engine = make_engine(settings.resolved_database_url, sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s)
     registry = ModelRegistry(catalogue, settings.models_dir, profile.device, settings.hf_cache_dir)
     downgrades = DEFAULT_DOWNGRADES if catalogue.downgrades is None else catalogue.downgrades
-    policy = RetryPolicy(max_retries=settings.max_retries, downgrades=dict(downgrades))
+    policy = RetryPolicy(max_retries=settings.max_retries, downgrades=dict(downgrades), cooldown_s=settings.cooldown_s)
+    redis_url = settings.resolved_redis_url
+    cooldowns: Cooldowns = RedisCooldowns(redis.Redis.from_url(redis_url)) if redis_url else LocalCooldowns()
     log.info(
         "worker runtime pid=%s pool=%s device=%s torch_threads=%s database=%s",
         os.getpid(),
@@ -88,4 +111,6 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
         torch.get_num_threads(),
         settings.safe_database_url(),
     )
-    return WorkerRuntime(settings, catalogue, profile, JobStore(engine), registry, policy)
+    return WorkerRuntime(
+        settings, catalogue, profile, JobStore(engine), registry, policy, RateLimiter(redis_url), cooldowns
+    )

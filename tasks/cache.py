@@ -1,0 +1,22 @@
+"""The result cache key: identical requests (kind, tier, model, input, parameters) share one.
+
+Fields that say how a job is handled rather than what it computes (``use_cache``, ``batch_id``,
+``fallback``) are left out. The cached results themselves are the succeeded job rows: the database is
+the cache, shared by every producer and worker, with an age limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
+
+HANDLING_FIELDS = frozenset({"use_cache", "batch_id", "fallback"})
+
+
+def cache_key(request: GenerateRequest | EmbedRequest | ClassifyRequest, tier: str) -> str:
+    fields = request.model_dump(mode="json", exclude_none=True, exclude=set(HANDLING_FIELDS))
+    fields["tier"] = tier
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
