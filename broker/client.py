@@ -10,8 +10,6 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import inspect
-
 from broker.catalogue import Catalogue, load_catalogue
 from broker.celery_app import RouterCelery, create_app
 from broker.queues import TASK_NAMES
@@ -113,8 +111,8 @@ class Router:
         engine = make_engine(
             self.settings.resolved_database_url, sqlite_busy_timeout_s=self.settings.sqlite_busy_timeout_s
         )
-        if engine.dialect.name == "sqlite" and not inspect(engine).has_table("jobs"):
-            upgrade(engine)
+        if engine.dialect.name == "sqlite":
+            upgrade(engine)  # embedded mode: nobody else runs migrations (a no-op when current)
         self.store = JobStore(engine)
 
     def close(self) -> None:
@@ -201,6 +199,15 @@ class Router:
             self.store.fail(job_id, f"could not enqueue: {type(exc).__name__}")
             raise EnqueueFailed(f"job {job_id} could not be enqueued on {self.settings.safe_broker_url()}") from exc
         return Job(self.store, job_id, kind, self.settings.wait_poll_s)
+
+    def get_when_recorded(self, job_id: str, timeout: float = 30.0) -> Job:
+        """``get`` for a job that a worker records itself (a message from another producer)."""
+        deadline = time.monotonic() + timeout
+        while self.store.get(job_id) is None:
+            if time.monotonic() > deadline:
+                raise UnknownJob(f"job_id: no job {job_id} after {timeout:g} s")
+            time.sleep(self.settings.wait_poll_s)
+        return self.get(job_id)
 
     def get(self, job_id: str) -> Job:
         view = self.store.get(job_id)

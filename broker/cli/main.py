@@ -10,6 +10,7 @@ from broker.cli.db import db
 from broker.cli.demo import demo
 from broker.cli.models import models
 from broker.cli.submit import result, submit
+from broker.cli.usage import usage
 from broker.cli.worker import worker
 
 
@@ -20,7 +21,7 @@ def cli(log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (submit, result, worker, db, models, demo):
+for command in (submit, result, worker, db, models, usage, demo):
     cli.add_command(command)
 
 if __name__ == "__main__":
