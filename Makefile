@@ -28,8 +28,8 @@ test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check broker tasks workers tests
-	$(BIN)/ruff format --check broker tasks workers tests
+	$(BIN)/ruff check broker tasks workers tests ops
+	$(BIN)/ruff format --check broker tasks workers tests ops
 	$(BIN)/mypy
 
 clean:

@@ -60,6 +60,10 @@ class RateLimiter:
         # A little spread so that deferred jobs do not all come back in the same millisecond.
         return max(0.05, reset - time.time()) + random.uniform(0.0, 0.25)
 
+    def remaining(self, rule: Rule) -> int:
+        """Slots left in the rule's window right now."""
+        return int(self._limiter.get_window_stats(rule.item, *rule.key).remaining)
+
     def clear(self, rules: list[Rule]) -> None:
         for rule in rules:
             self._limiter.clear(rule.item, *rule.key)

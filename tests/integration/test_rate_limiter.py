@@ -1,0 +1,33 @@
+"""The moving-window limiter on the real Redis: no window ever holds more than the limit."""
+
+from __future__ import annotations
+
+from workers.rate_limits import RateLimiter, window_rules
+
+URL = "redis://127.0.0.1:6379/15"
+
+
+def test_moving_window_grants_the_limit_then_names_the_wait() -> None:
+    limiter = RateLimiter(URL)
+    rules = window_rules(("tier", "unit"), per_minute=5, per_hour=100)
+    limiter.clear(rules)
+    assert [limiter.acquire(rules) for _ in range(5)] == [0.0] * 5
+    wait = limiter.acquire(rules)
+    assert 55.0 < wait < 61.0  # the first hit leaves the window in about a minute
+    # A refused call spends no slot: the hour window holds exactly the 5 granted calls,
+    # and another limiter (another process) sees the same windows.
+    other = RateLimiter(URL)
+    minute, hour = rules
+    assert other.remaining(hour) == 95 and other.remaining(minute) == 0
+    assert other.acquire(rules) > 0.0 and other.remaining(hour) == 95
+    limiter.clear(rules)
+
+
+def test_provider_keys_have_windows_of_their_own() -> None:
+    limiter = RateLimiter(URL)
+    a = window_rules(("provider", "hf-inference", "key-a"), per_minute=1, per_hour=None)
+    b = window_rules(("provider", "hf-inference", "key-b"), per_minute=1, per_hour=None)
+    limiter.clear(a + b)
+    assert limiter.acquire(a) == 0.0 and limiter.acquire(b) == 0.0
+    assert limiter.acquire(a) > 0.0
+    limiter.clear(a + b)
