@@ -90,3 +90,15 @@ def test_bad_catalogue_names_file_key_and_reason(text: str, words: list[str]) ->
         parse_catalogue(text, "x.toml")
     for word in words:
         assert word in str(caught.value)
+
+
+def test_the_shipped_hf_inference_catalogue_is_valid() -> None:
+    from pathlib import Path
+
+    catalogue = load_catalogue(Path(__file__).resolve().parents[2] / "ops" / "catalogues" / "hf-inference.toml")
+    assert catalogue.tiers["fast"].generate == ["microsoft/DialoGPT-small", "gpt2"]
+    assert catalogue.tiers["quality"].generate == ["microsoft/DialoGPT-large", "EleutherAI/gpt-neo-1.3B"]
+    assert catalogue.downgrades is not None and catalogue.downgrades["gpt2-medium"] == "gpt2"
+    for tier in catalogue.ordered_tiers:
+        for kind in ("generate", "embed", "classify"):
+            assert all(catalogue.model_spec(m).provider == "hf-inference" for m in catalogue.tiers[tier].chain(kind))
