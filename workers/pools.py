@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from broker.catalogue import Catalogue
 from tasks.errors import ConfigurationError
 from workers.device import DeviceChoice, resolve_device
+from workers.registry import Quantize
 from workers.runtime import WorkerProfile
 
 PoolName = Literal["cpu", "gpu"]
@@ -34,6 +36,8 @@ def plan_pool(
     concurrency: int | None = None,
     device: DeviceChoice | None = None,
     cores: int | None = None,
+    quantize: Quantize = "none",
+    max_memory_bytes: int | None = None,
 ) -> PoolPlan:
     chosen = queues or catalogue.tiers_of_pool(pool)
     unknown = [name for name in chosen if name not in catalogue.tiers]
@@ -49,10 +53,27 @@ def plan_pool(
         resolved = resolve_device(device or "cuda")
         if concurrency not in (None, 1):
             raise ConfigurationError("--concurrency: the gpu pool runs one process per GPU (concurrency 1)")
-        return PoolPlan(chosen, "solo", 1, WorkerProfile(pool="gpu", device=resolved, torch_threads=max(1, cores)))
+        if quantize != "none" and resolved != "cpu":
+            raise ConfigurationError(
+                "--quantize: 8-bit dynamic quantisation runs on the CPU only (the gpu pool uses fp16)"
+            )
+        profile = WorkerProfile("gpu", resolved, max(1, cores), quantize, max_memory_bytes)
+        return PoolPlan(chosen, "solo", 1, profile)
     resolved = resolve_device(device or "cpu")
     count = concurrency or 1
     if count < 1:
         raise ConfigurationError("--concurrency: must be at least 1")
     threads = max(1, cores // count)
-    return PoolPlan(chosen, "prefork", count, WorkerProfile(pool="cpu", device=resolved, torch_threads=threads))
+    return PoolPlan(chosen, "prefork", count, WorkerProfile("cpu", resolved, threads, quantize, max_memory_bytes))
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """``8GB``, ``512MiB``, ``1.5GB`` or a plain number of bytes (the seed's ``maxMemory: '8GB'``)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match[2].upper() if match else None
+    if match is None or unit not in _UNITS:
+        raise ConfigurationError(f"--max-memory: {text!r} is not a size such as 8GB, 512MiB or 1500000000")
+    return int(float(match[1]) * _UNITS[unit])

@@ -24,7 +24,7 @@ from workers.backends.base import Backend
 from workers.backends.remote import RemoteDeps
 from workers.cooldown import Cooldowns, LocalCooldowns, RedisCooldowns
 from workers.rate_limits import RateLimiter, Rule, window_rules
-from workers.registry import ModelRegistry
+from workers.registry import ModelRegistry, Quantize
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ class WorkerProfile:
     pool: str = "cpu"
     device: str = "cpu"
     torch_threads: int | None = None
+    quantize: Quantize = "none"
+    max_memory_bytes: int | None = None
 
 
 @dataclass
@@ -98,7 +100,14 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
     if profile.torch_threads:
         torch.set_num_threads(profile.torch_threads)
     engine = make_engine(settings.resolved_database_url, sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s)
-    registry = ModelRegistry(catalogue, settings.models_dir, profile.device, settings.hf_cache_dir)
+    registry = ModelRegistry(
+        catalogue,
+        settings.models_dir,
+        profile.device,
+        settings.hf_cache_dir,
+        quantize=profile.quantize,
+        max_memory_bytes=profile.max_memory_bytes,
+    )
     downgrades = DEFAULT_DOWNGRADES if catalogue.downgrades is None else catalogue.downgrades
     policy = RetryPolicy(max_retries=settings.max_retries, downgrades=dict(downgrades), cooldown_s=settings.cooldown_s)
     redis_url = settings.resolved_redis_url

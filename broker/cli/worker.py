@@ -15,16 +15,31 @@ from tasks.errors import ConfigurationError
 @click.option("--queues", help="Comma-separated tier queues (default: the tiers that name this pool).")
 @click.option("--concurrency", "-c", type=int, help="Worker processes (cpu pool; default 1).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Override the pool's device.")
+@click.option(
+    "--quantize",
+    type=click.Choice(["none", "8bit"]),
+    default="none",
+    show_default=True,
+    help="8-bit dynamic quantisation of Linear layers (cpu).",
+)
+@click.option("--max-memory", help="Cap on loaded model weights (e.g. 8GB); least recently used models unload.")
 @click.option("--hostname", "-n", help="Celery node name (default: POOL-PID@host).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 def worker(
-    pool: str, queues: str | None, concurrency: int | None, device: str | None, hostname: str | None, loglevel: str
+    pool: str,
+    queues: str | None,
+    concurrency: int | None,
+    device: str | None,
+    quantize: str,
+    max_memory: str | None,
+    hostname: str | None,
+    loglevel: str,
 ) -> None:
     """Consume jobs of the pool's tier queues and run their models."""
     from broker.celery_app import create_app
     from broker.settings import Settings
     from tasks.database import make_engine, upgrade
-    from workers.pools import plan_pool
+    from workers.pools import parse_size, plan_pool
 
     settings = Settings()
     app = create_app(settings)
@@ -35,6 +50,8 @@ def worker(
             queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
             concurrency=concurrency,
             device=device,  # type: ignore[arg-type]
+            quantize=quantize,  # type: ignore[arg-type]
+            max_memory_bytes=parse_size(max_memory) if max_memory else None,
         )
     except ConfigurationError as exc:
         fail(str(exc), code=EXIT_INVALID)
