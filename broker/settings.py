@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     hf_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HUGGINGFACE_API_KEY", "HF_TOKEN"))
     hf_base_url: str = Field(default=DEFAULT_HF_BASE_URL, validation_alias=AliasChoices("HUGGINGFACE_BASE_URL"))
     hf_cache_dir: Path | None = Field(default=None, validation_alias=AliasChoices("HUGGINGFACE_CACHE_DIR"))
+    flower_basic_auth: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("LLM_ROUTER_FLOWER_BASIC_AUTH", "FLOWER_BASIC_AUTH")
+    )
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None

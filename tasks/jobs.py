@@ -11,7 +11,9 @@ import logging
 import os
 from typing import Any
 
+from billiard import current_process
 from celery import Task, shared_task, signals
+from celery.worker.control import inspect_command
 
 from tasks.execution import run_job
 from tasks.messages import BadMessage, Cursor, parse_message
@@ -61,7 +63,12 @@ def _handle(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, 
             task_id=f"{job_id}:{cursor.position}.{cursor.retry}",
         )
 
-    return run_job(current_runtime(task.app), kind, message, task.request.hostname, reschedule)
+    runtime = current_runtime(task.app)
+    try:
+        return run_job(runtime, kind, message, task.request.hostname, reschedule)
+    finally:
+        if runtime.registry.version != runtime.published_version:
+            publish_state(runtime)
 
 
 @shared_task(bind=True, base=JobTask, name="tasks.generate")
@@ -79,6 +86,28 @@ def classify(self: JobTask, *args: Any, **kwargs: Any) -> str:
     return _handle(self, "classify", args, kwargs)
 
 
+def _main_pid() -> int:
+    # Prefork children report to their parent; the solo and thread pools run jobs in the main process.
+    return os.getpid() if current_process().name == "MainProcess" else os.getppid()
+
+
+def publish_state(runtime: Any) -> None:
+    from workers.state import publish
+
+    profile = runtime.profile
+    publish(
+        _main_pid(),
+        {
+            "pool": profile.pool,
+            "device": runtime.registry.device,
+            "quantize": profile.quantize,
+            "torch_threads": profile.torch_threads,
+            "models": [m.describe() for m in runtime.registry.loaded()],
+        },
+    )
+    runtime.published_version = runtime.registry.version
+
+
 def _preload(app: Any) -> None:
     runtime = current_runtime(app)
     queues = set(app.amqp.queues.consume_from or app.amqp.queues)
@@ -86,8 +115,27 @@ def _preload(app: Any) -> None:
     problems = runtime.registry.preload(runtime.catalogue.models_of_tiers(tiers))
     for problem in problems:
         log.error("preload: %s", problem)
-    loaded = ", ".join(f"{m.model_id} ({m.load_s:.1f}s)" for m in runtime.registry.loaded())
-    log.info("ready: tiers=%s device=%s models=%s", ",".join(tiers), runtime.registry.device, loaded or "none")
+    publish_state(runtime)
+    loaded = ", ".join(
+        f"{m.model_id} ({m.load_s:.1f}s, {m.size_bytes / 2**20:.0f} MB)" for m in runtime.registry.loaded()
+    )
+    log.info(
+        "ready: tiers=%s device=%s quantize=%s models=%s",
+        ",".join(tiers),
+        runtime.registry.device,
+        runtime.profile.quantize,
+        loaded or "none",
+    )
+
+
+@inspect_command()  # type: ignore[misc]
+def llm_router_info(state: Any) -> dict[str, Any]:
+    """Remote control: this worker's queues and, per process, its device, loaded models and memory."""
+    from workers.state import collect
+
+    consumer = state.consumer
+    queues = sorted(queue.name for queue in consumer.task_consumer.queues) if consumer.task_consumer else []
+    return {"queues": queues, "processes": collect(os.getpid())}
 
 
 @signals.worker_process_init.connect

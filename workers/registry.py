@@ -106,6 +106,7 @@ class ModelRegistry:
         self._max_memory_bytes = max_memory_bytes
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
+        self.version = 0  # bumped on every load and unload
 
     @property
     def device(self) -> str:
@@ -129,6 +130,7 @@ class ModelRegistry:
             if found is None:
                 found = self._load(model_id, kind)
                 self._loaded[model_id] = found
+                self.version += 1
                 self._enforce_memory_cap(keep=model_id)
             self._loaded.move_to_end(model_id)
         if found.kind != kind:
@@ -201,6 +203,7 @@ class ModelRegistry:
         while self.loaded_bytes > self._max_memory_bytes and len(self._loaded) > 1:
             victim_id = next(model_id for model_id in self._loaded if model_id != keep)
             victim = self._loaded.pop(victim_id)
+            self.version += 1
             log.info("unloaded %s (%.0f MB): over the memory cap", victim_id, victim.size_bytes / 2**20)
             del victim
             gc.collect()

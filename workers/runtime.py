@@ -52,6 +52,7 @@ class WorkerRuntime:
     cooldowns: Cooldowns
     _backends: dict[str, Backend] = field(default_factory=dict)
     _http: Any = None
+    published_version: int = -1  # the registry version last written for `llm-router status`
 
     def limit_rules(self, tier: str, provider: str, model_id: str) -> list[Rule]:
         """The windows one call of ``model_id`` on ``tier`` must fit in: the tier's, and its provider key's."""

@@ -1,0 +1,96 @@
+"""``llm-router status``: broker, database, workers, queue depths and loaded models; exit 1 when down."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from broker.cli.output import emit_json, table
+
+
+def _broker(app: Any) -> dict[str, Any]:
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+            depths = {}
+            for queue in app.conf.task_queues:
+                try:
+                    depths[queue.name] = int(
+                        connection.default_channel.queue_declare(queue=queue.name, passive=True).message_count
+                    )
+                except Exception:  # a queue nobody declared yet holds nothing
+                    depths[queue.name] = 0
+        return {"ok": True, "queues": depths}
+    except Exception as exc:
+        return {"ok": False, "error": type(exc).__name__, "queues": {}}
+
+
+def _database(url: str) -> dict[str, Any]:
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import text
+
+    from tasks.database import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+            revision = MigrationContext.configure(connection).get_current_revision()
+        return {"ok": True, "revision": revision}
+    except Exception as exc:
+        return {"ok": False, "error": type(exc).__name__}
+    finally:
+        engine.dispose()
+
+
+def _workers(app: Any, timeout: float) -> dict[str, Any]:
+    try:
+        replies = app.control.broadcast("llm_router_info", reply=True, timeout=timeout) or []
+    except Exception:
+        return {}
+    return {name: info for reply in replies for name, info in reply.items()}
+
+
+@click.command()
+@click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait for workers.")
+@click.option("--json", "as_json", is_flag=True)
+def status(timeout: float, as_json: bool) -> None:
+    """Health of the cluster: exit 0 when the broker and database answer and a worker is up."""
+    from broker.celery_app import create_app
+    from broker.settings import Settings
+
+    settings = Settings()
+    app = create_app(settings)
+    broker = {"url": settings.safe_broker_url(), **_broker(app)}
+    database = {"url": settings.safe_database_url(), **_database(settings.resolved_database_url)}
+    workers = _workers(app, timeout) if broker["ok"] else {}
+    app.close()
+    healthy = broker["ok"] and database["ok"] and bool(workers)
+    report = {"ok": healthy, "broker": broker, "database": database, "workers": workers}
+    if as_json:
+        emit_json(report)
+    else:
+        broker_state = "up" if broker["ok"] else f"DOWN ({broker['error']})"
+        database_state = f"up, revision {database.get('revision')}" if database["ok"] else f"DOWN ({database['error']})"
+        click.echo(f"broker    {broker_state}  {broker['url']}")
+        click.echo(f"database  {database_state}  {database['url']}")
+        click.echo(f"workers   {len(workers) or 'NONE'}")
+        rows = [
+            [
+                name,
+                ",".join(info.get("queues", [])),
+                p.get("pid"),
+                p.get("device"),
+                p.get("rss_mb"),
+                ", ".join(m["model"] for m in p.get("models", [])),
+            ]
+            for name, info in sorted(workers.items())
+            for p in info.get("processes", []) or [{}]
+        ]
+        if rows:
+            click.echo(table(["worker", "queues", "pid", "device", "rss MB", "models"], rows))
+        if broker["queues"]:
+            click.echo("queues    " + ", ".join(f"{name} {depth}" for name, depth in broker["queues"].items()))
+    sys.exit(0 if healthy else 1)

@@ -1,0 +1,71 @@
+"""docker-compose.yml, checked structurally (this machine has no Docker engine to run it)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def test_services_and_their_order(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"redis", "postgres", "migrate", "worker-cpu", "worker-gpu", "flower"}
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for worker in ("worker-cpu", "worker-gpu"):
+        depends = services[worker]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully"  # migrations run first, once
+        assert depends["redis"]["condition"] == "service_healthy"
+    assert services["migrate"]["restart"] == "no"
+    assert "db upgrade" in " ".join(services["migrate"]["command"])
+
+
+def test_pools_serve_their_tiers(compose: dict[str, Any]) -> None:
+    cpu, gpu = compose["services"]["worker-cpu"]["command"], compose["services"]["worker-gpu"]["command"]
+    assert cpu[cpu.index("--pool") + 1] == "cpu" and cpu[cpu.index("--queues") + 1] == "fast,balanced"
+    assert gpu[gpu.index("--pool") + 1] == "gpu" and gpu[gpu.index("--queues") + 1] == "quality"
+    assert "--concurrency" not in gpu  # one process per GPU
+    (device,) = compose["services"]["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
+    assert compose["services"]["worker-gpu"]["build"]["args"]["TORCH_VARIANT"].startswith("cu")
+    assert compose["services"]["worker-cpu"]["build"]["args"]["TORCH_VARIANT"] == "cpu"
+
+
+def test_state_lives_on_volumes(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+    assert "redis-data:/data" in services["redis"]["volumes"]
+    assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert "flower-data:/flower" in services["flower"]["volumes"]
+    assert "--persistent" in services["flower"]["command"]
+    assert set(compose["volumes"]) >= {"redis-data", "postgres-data", "flower-data", "models"}
+
+
+def test_no_secret_is_written_inline(compose: dict[str, Any]) -> None:
+    text = (REPO / "docker-compose.yml").read_text()
+    assert not re.search(r"(PASSWORD|TOKEN|API_KEY|BASIC_AUTH)\s*[:=]\s*[\"']?[A-Za-z0-9]", text.replace("${", "")), (
+        "a secret value is written in docker-compose.yml"
+    )
+    for name in ("postgres", "migrate", "worker-cpu", "worker-gpu", "flower"):
+        assert compose["services"][name]["env_file"] == ".env"
+    assert "${POSTGRES_PASSWORD:?" in text  # refuses to start without one
+    example = (REPO / ".env.example").read_text()
+    for variable in ("POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH", "HUGGINGFACE_API_KEY"):
+        assert f"{variable}=" in example
+    assert compose["services"]["flower"]["ports"] == ["127.0.0.1:5555:5555"]  # not on every interface
+
+
+def test_dockerfile_builds_cpu_or_cuda_torch() -> None:
+    dockerfile = (REPO / "ops" / "Dockerfile").read_text()
+    assert "ARG TORCH_VARIANT=cpu" in dockerfile and "download.pytorch.org/whl/${TORCH_VARIANT}" in dockerfile
+    assert "USER router" in dockerfile
