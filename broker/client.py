@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from broker.catalogue import Catalogue, load_catalogue
@@ -192,13 +193,29 @@ class Router:
             return Job(self.store, job_id, kind, self.settings.wait_poll_s)
         self.store.create_job(**common, cache_key=key)
         try:
-            self.app.send_task(
-                TASK_NAMES[kind], args=[job_id], task_id=job_id, queue=planned.queue, routing_key=planned.queue
-            )
-        except Exception as exc:  # kombu and the transports raise many kinds; all mean "not enqueued"
-            self.store.fail(job_id, f"could not enqueue: {type(exc).__name__}")
-            raise EnqueueFailed(f"job {job_id} could not be enqueued on {self.settings.safe_broker_url()}") from exc
+            self._publish(job_id, kind, planned.queue)
+        except EnqueueFailed:
+            self.store.fail(job_id, "could not enqueue: the broker refused the message")
+            raise
         return Job(self.store, job_id, kind, self.settings.wait_poll_s)
+
+    def _publish(self, job_id: str, kind: str, queue: str) -> None:
+        try:
+            self.app.send_task(TASK_NAMES[kind], args=[job_id], task_id=job_id, queue=queue, routing_key=queue)
+        except Exception as exc:  # kombu and the transports raise many kinds; all mean "not enqueued"
+            raise EnqueueFailed(f"job {job_id} could not be enqueued on {self.settings.safe_broker_url()}") from exc
+
+    def requeue_stale(self, older_than_s: float, *, dry_run: bool = False) -> list[JobView]:
+        """Publish again every job that is not final and showed no sign of life for ``older_than_s``.
+
+        The database is the source of truth: this recovers jobs whose messages a broker lost (a restart
+        without persistence) or whose worker died. A job that ends meanwhile is not run twice: a worker
+        skips a message for a job in a final state."""
+        stale = self.store.stale(datetime.now(UTC) - timedelta(seconds=older_than_s))
+        if not dry_run:
+            for job in stale:
+                self._publish(job.id, job.kind, job.queue or job.tier or self.catalogue.ordered_tiers[0])
+        return stale
 
     def get_when_recorded(self, job_id: str, timeout: float = 30.0) -> Job:
         """``get`` for a job that a worker records itself (a message from another producer)."""

@@ -17,9 +17,11 @@ from celery.worker.control import inspect_command
 
 from tasks.execution import run_job
 from tasks.messages import BadMessage, Cursor, parse_message
+from tasks.repository import DATABASE_UNAVAILABLE
 from tasks.schemas import Kind
 
 log = logging.getLogger(__name__)
+DB_RETRY_S = 5
 
 # One runtime per process, keyed by pid so a forked child never reuses its parent's connections.
 _runtimes: dict[int, Any] = {}
@@ -44,6 +46,16 @@ class JobTask(Task):  # type: ignore[misc]
 
 
 def _handle(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    try:
+        return _handle_message(task, kind, args, kwargs)
+    except DATABASE_UNAVAILABLE as exc:
+        # The database is down or restarting: hand the same message back with a countdown, so nothing
+        # is lost and no worker slot waits. The job row is written once the database answers again.
+        log.warning("database unavailable (%s); %s message retried in %ss", type(exc).__name__, kind, DB_RETRY_S)
+        raise task.retry(countdown=DB_RETRY_S, max_retries=None) from None
+
+
+def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     try:
         message = parse_message(args, kwargs)
     except BadMessage as exc:

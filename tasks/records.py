@@ -15,6 +15,7 @@ QUEUED: Final = "queued"
 RUNNING: Final = "running"
 RETRYING: Final = "retrying"
 SKIPPED: Final = "skipped"  # an attempt not made: the model was cooling down
+LOST: Final = "lost"  # an attempt cut off by a worker that died
 SUCCEEDED: Final = "succeeded"
 FAILED: Final = "failed"
 REJECTED: Final = "rejected"

@@ -6,16 +6,19 @@ started again, and usage is keyed by job id.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.records import (
     FAILED,
     FINAL_STATUSES,
+    LOST,
     QUEUED,
     REJECTED,
     RETRYING,
@@ -91,10 +94,31 @@ class UsageRow:
     avg_latency_ms: float
 
 
+MAX_STORED_REJECTED_REQUEST = 64 * 1024
+
+
+def _storable(request: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A rejected request as it can be kept: strict JSON (no NaN), and small. Anything else is described
+    rather than stored, so that recording the rejection cannot itself fail."""
+    if request is None:
+        return None
+    try:
+        encoded = json.dumps(request, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return {"not_stored": f"not strict JSON ({type(exc).__name__})", "fields": sorted(map(str, request))[:50]}
+    if len(encoded) > MAX_STORED_REJECTED_REQUEST:
+        return {"not_stored": f"{len(encoded):,} bytes", "fields": sorted(map(str, request))[:50]}
+    return request
+
+
 def _elapsed_ms(since: datetime, now: datetime) -> float:
     if since.tzinfo is None:  # SQLite hands back naive timestamps
         now = now.replace(tzinfo=None)
     return (now - since).total_seconds() * 1000.0
+
+
+# What a lost or restarting database raises: the work is retried later, never acknowledged as done.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 
 
 class JobStore:
@@ -242,6 +266,7 @@ class JobStore:
 
     def reject(self, job_id: str, kind: str, error: str, request: dict[str, Any] | None = None) -> None:
         """Record a job as rejected, creating its row when the message named an id we never stored."""
+        request = _storable(request)
         now = utcnow()
         with self._sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
@@ -271,6 +296,12 @@ class JobStore:
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None or record.status in FINAL_STATUSES:
                 return None
+            # An attempt still open here was cut off by a worker that died: close it for the record.
+            session.execute(
+                update(AttemptRecord)
+                .where(AttemptRecord.job_id == job_id, AttemptRecord.status == RUNNING)
+                .values(status=LOST, error="the worker was lost during this attempt", finished_at=now)
+            )
             record.status = RUNNING
             record.started_at = record.started_at or now
             record.attempts += 1
@@ -405,6 +436,19 @@ class JobStore:
                 return False
             record.tier, record.queue, record.status = tier, queue, RETRYING
             return True
+
+    def stale(self, older_than: datetime, limit: int = 10_000) -> list[JobView]:
+        """Jobs not final whose last sign of life is older than ``older_than``: the candidates a broker
+        may have lost (queued or retrying messages) or a dead worker left (running)."""
+        last_seen = func.coalesce(JobRecord.started_at, JobRecord.created_at)
+        with self.session() as session:
+            rows = session.scalars(
+                select(JobRecord)
+                .where(JobRecord.status.not_in(FINAL_STATUSES), last_seen < older_than)
+                .order_by(JobRecord.created_at)
+                .limit(limit)
+            )
+            return [JobView.of(row) for row in rows]
 
     def fail(self, job_id: str, error: str) -> None:
         now = utcnow()

@@ -6,6 +6,7 @@ Requests are strict (no silent coercion, no unknown fields, no NaN) and every li
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
@@ -37,10 +38,16 @@ ModelId = Annotated[
 TierName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _no_nul(value: str) -> str:
-    # Postgres text cannot hold NUL, and no tokenizer wants it: refuse it here rather than fail on write.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+    # Postgres text cannot hold NUL, and no model wants terminal control codes: refuse them here (tab,
+    # newline and carriage return are text) rather than fail on write or feed escape sequences to logs.
+    found = _CONTROL.search(value)
+    if found:
+        kind = "NUL characters" if found.group() == "\x00" else "control characters"
+        raise ValueError(f"must not contain {kind} (found U+{ord(found.group()):04X} at {found.start()})")
     return value
 
 

@@ -10,6 +10,7 @@ from broker.cli.db import db
 from broker.cli.demo import demo
 from broker.cli.flower import flower
 from broker.cli.models import models
+from broker.cli.requeue import requeue
 from broker.cli.status import status
 from broker.cli.submit import result, submit
 from broker.cli.usage import usage
@@ -23,7 +24,7 @@ def cli(log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (submit, result, worker, status, usage, flower, db, models, demo):
+for command in (submit, result, worker, status, usage, requeue, flower, db, models, demo):
     cli.add_command(command)
 
 if __name__ == "__main__":

@@ -120,6 +120,8 @@ def _json_option(name: str, value: str) -> Any:
         return json.loads(value)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"{name}: not valid JSON ({exc.msg} at character {exc.pos})", field=name) from None
+    except RecursionError:
+        raise InvalidRequest(f"{name}: JSON nested too deeply", field=name) from None
 
 
 @click.command()

@@ -1,0 +1,246 @@
+"""Nothing lost, nothing doubled, nothing hostile gets through: on the real Redis, Postgres and workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+from kombu import Connection, Exchange, Producer
+from sqlalchemy import create_engine, text
+
+from broker.cli.main import cli
+from broker.client import Router
+from broker.settings import Settings
+from tasks.errors import InvalidRequest
+from tasks.schemas import GenerateResult
+from tests.conftest import WorkerProcess
+from workers.state import collect
+
+pytestmark = pytest.mark.integration
+
+BROKER = "redis://127.0.0.1:6379/9"
+TOKEN = "hf_RELIABILITY_sentinel_0a9b8c7d"
+
+
+@pytest.fixture(scope="module")
+def env(cluster_env: dict[str, str]) -> dict[str, str]:
+    client = redis.Redis.from_url(BROKER)
+    client.flushdb()
+    client.close()
+    return {**cluster_env, "LLM_ROUTER_BROKER_URL": BROKER, "HUGGINGFACE_API_KEY": TOKEN}
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Callable[..., WorkerProcess], env: dict[str, str]) -> WorkerProcess:
+    return start_worker("fast,balanced,quality", "reliability", env=env)
+
+
+@pytest.fixture(scope="module")
+def router(cluster_settings: Settings) -> Iterator[Router]:
+    with Router(cluster_settings.model_copy(update={"broker_url": BROKER})) as router:
+        yield router
+
+
+@pytest.fixture(scope="module")
+def db(pg_url: str) -> Iterator[Callable[..., list[dict[str, Any]]]]:
+    engine = create_engine(pg_url)
+
+    def rows(sql: str, **params: Any) -> list[dict[str, Any]]:
+        with engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(text(sql), params)]
+
+    yield rows
+    engine.dispose()
+
+
+def test_a_worker_process_killed_mid_job_leaves_the_job_to_finish_exactly_once(
+    worker: WorkerProcess, router: Router, db: Callable[..., list[dict[str, Any]]]
+) -> None:
+    job = router.generate("Once upon a time, in a city of queues,", tier="fast", max_tokens=120, seed=11)
+    deadline = time.monotonic() + 60
+    while job.status() != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.02)
+    (child,) = collect(worker.process.pid)  # the pool process running the model
+    os.kill(child["pid"], signal.SIGKILL)
+
+    result = job.wait(timeout=120)
+    assert isinstance(result, GenerateResult) and result.usage.completion_tokens > 0
+    assert worker.alive()
+    attempts = db("SELECT number, status, error FROM attempts WHERE job_id = :id ORDER BY number", id=job.id)
+    assert [a["status"] for a in attempts] == ["lost", "succeeded"]
+    assert "worker was lost" in attempts[0]["error"]
+    assert db("SELECT count(*) AS n FROM usage WHERE job_id = :id", id=job.id)[0]["n"] == 1
+    (row,) = db("SELECT status, attempts FROM jobs WHERE id = :id", id=job.id)
+    assert row == {"status": "succeeded", "attempts": 2}
+
+
+def test_requeue_stale_recovers_jobs_whose_messages_the_broker_lost(
+    worker: WorkerProcess, router: Router, env: dict[str, str]
+) -> None:
+    # A job recorded as queued whose message never reached a queue: what a broker restart without
+    # persistence leaves behind.
+    parsed, planned = router.prepare({"kind": "embed", "input": "a message the broker lost", "tier": "quality"})
+    job_id = str(uuid.uuid4())
+    router.store.create_job(
+        job_id=job_id,
+        kind="embed",
+        request=parsed.model_dump(mode="json", exclude_none=True),
+        tier=planned.tier,
+        queue=planned.queue,
+    )
+    lost = router.get(job_id)
+    time.sleep(1.5)
+    assert lost.status() == "queued"
+    dry = CliRunner().invoke(cli, ["requeue", "--stale", "--older-than", "1s", "--dry-run", "--json"], env=env)
+    assert dry.exit_code == 0 and lost.id in dry.output and json.loads(dry.output)["requeued"] == 0
+    done = CliRunner().invoke(cli, ["requeue", "--stale", "--older-than", "1s", "--json"], env=env)
+    assert done.exit_code == 0 and json.loads(done.output)["requeued"] >= 1
+    lost.wait(timeout=60)
+    # Requeueing again cannot run it twice: the worker skips a job that already ended.
+    CliRunner().invoke(cli, ["requeue", "--stale", "--older-than", "1s"], env=env)
+    assert len([a for a in lost.attempts() if a.status == "succeeded"]) == 1
+
+
+HUGE = "x" * 10_000_000
+NESTED = "[" * 10_000 + "]" * 10_000
+
+ROUTER_CASES: list[tuple[str, dict[str, Any], str]] = [
+    # (kind, request fields, words of the error)
+    ("generate", {"prompt": HUGE}, "prompt"),  # a 10 MB prompt
+    ("generate", {"prompt": "hi", "max_tokens": -5}, "max_tokens"),  # negative
+    ("generate", {"prompt": "hi", "max_tokens": 10**12}, "max_tokens"),  # huge
+    ("generate", {"prompt": "hi", "temperature": float("nan")}, "temperature"),  # NaN
+    ("generate", {"prompt": "hi", "top_p": float("inf")}, "top_p"),  # infinity
+    ("generate", {"prompt": "ring \x07 the bell"}, "control characters"),  # control character
+    ("generate", {"prompt": "escape \x1b[2J sequences"}, "control characters"),  # terminal escape
+    ("generate", {"prompt": "nul \x00 byte"}, "NUL"),  # Postgres cannot hold it
+    ("generate", {"prompt": "hi", "model": "../../etc/passwd"}, "model"),  # path traversal
+    ("generate", {"prompt": "hi", "model": "/etc/passwd"}, "model"),  # absolute path
+    ("generate", {"prompt": "hi", "model": "x'; DROP TABLE jobs; --"}, "model"),  # SQL in a model name
+    ("generate", {"prompt": "hi", "tier": "fast'; DELETE FROM jobs; --"}, "tier"),  # SQL in a tier
+    ("generate", {"prompt": "hi", "tier": "platinum"}, "tier"),  # unknown tier
+    ("generate", {"prompt": {"$gt": ""}}, "prompt"),  # an object where text belongs
+    ("generate", {"messages": [{"role": "root", "content": "x"}]}, "role"),  # bad chat role
+    ("generate", {"messages": [{"role": "user", "content": "x"}] * 1000}, "messages"),  # too many messages
+    ("embed", {"input": ["a"] * 100_000}, "input"),  # a huge embed list
+    ("embed", {"input": [[[["deep"]]]]}, "input.0"),  # nested lists
+    ("classify", {"input": ["ok", 42]}, "input.1"),  # mixed types
+    ("classify", {"input": "hi", "__class__": "x"}, "__class__"),  # unknown field
+]
+
+
+@pytest.mark.parametrize(("kind", "fields", "words"), ROUTER_CASES)
+def test_hostile_input_through_the_router(router: Router, kind: str, fields: dict[str, Any], words: str) -> None:
+    before = router.store.status_counts()
+    with pytest.raises(InvalidRequest) as caught:
+        router.submit({"kind": kind, **fields})
+    assert words in str(caught.value)
+    assert len(str(caught.value)) < 2_000  # a clear message, not the input echoed back
+    assert router.store.status_counts() == before
+
+
+CLI_CASES: list[tuple[list[str], str]] = [
+    (["generate", "hi", "--params", NESTED], "nested too deeply"),  # deeply nested JSON
+    (["generate", "hi", "--max-tokens", "-1"], "max_tokens"),
+    (["generate", "hi", "--temperature", "nan"], "temperature"),
+    (["generate", "hi", "--model", "../../etc"], "model"),
+    (["generate", "hi\x1b]0;pwned\x07"], "control characters"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "words"), CLI_CASES)
+def test_hostile_input_through_the_cli(env: dict[str, str], arguments: list[str], words: str) -> None:
+    outcome = CliRunner().invoke(cli, ["submit", *arguments], env=env)
+    assert outcome.exit_code == 2 and words in outcome.output, outcome.output
+
+
+def _publish(body: bytes, content_type: str, task: str, task_id: str) -> None:
+    with Connection(BROKER) as connection:
+        Producer(connection).publish(
+            body,
+            exchange=Exchange("llm-router", type="direct"),
+            routing_key="fast",
+            content_type=content_type,
+            content_encoding="utf-8" if content_type == "application/json" else "binary",
+            headers={"task": task, "id": task_id, "lang": "py", "argsrepr": "", "kwargsrepr": ""},
+        )
+
+
+def test_hostile_broker_messages_are_refused_or_rejected_and_the_worker_stays_up(
+    worker: WorkerProcess, router: Router, db: Callable[..., list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    cwd_before = set(os.listdir(worker.log_path.parent))
+    ids = [str(uuid.uuid4()) for _ in range(6)]
+    cases: list[tuple[str, Callable[[], None]]] = [
+        (
+            "pickle payload",
+            lambda: _publish(
+                pickle.dumps(([ids[0]], {}, {})), "application/x-python-serialize", "tasks.generate", ids[0]
+            ),
+        ),
+        ("not JSON", lambda: _publish(b"\xff\xfe not json", "application/json", "tasks.generate", ids[1])),
+        ("deeply nested JSON", lambda: _publish(NESTED.encode(), "application/json", "tasks.embed", ids[2])),
+        ("unknown task", lambda: router.app.send_task("os.system", args=["rm -rf /"], queue="fast")),
+        (
+            "NaN in the request",
+            lambda: router.app.send_task(
+                "tasks.generate",
+                kwargs={"job_id": ids[3], "request": {"prompt": "x", "temperature": float("nan")}},
+                queue="fast",
+            ),
+        ),
+        (
+            "path traversal model",
+            lambda: router.app.send_task(
+                "tasks.embed",
+                kwargs={"job_id": ids[4], "request": {"input": "x", "model": "../../../etc/passwd"}},
+                queue="fast",
+            ),
+        ),
+        (
+            "a huge prompt",
+            lambda: router.app.send_task(
+                "tasks.generate", kwargs={"job_id": ids[5], "request": {"prompt": "y" * 1_000_000}}, queue="fast"
+            ),
+        ),
+    ]
+    for _, send in cases:
+        send()
+    after = router.embed("still serving after the hostile messages", tier="fast", use_cache=False)
+    after.wait(timeout=60)
+    assert worker.alive()
+    for job_id, words in ((ids[3], "temperature"), (ids[4], "model"), (ids[5], "prompt")):
+        (row,) = db("SELECT status, error FROM jobs WHERE id = :id", id=job_id)
+        assert row["status"] == "rejected" and words in row["error"]
+    assert db("SELECT count(*) AS n FROM jobs WHERE id IN (:a, :b, :c)", a=ids[0], b=ids[1], c=ids[2])[0]["n"] == 0
+    assert set(os.listdir(worker.log_path.parent)) == cwd_before  # nothing written beside the logs
+    counted = len(ROUTER_CASES) + len(CLI_CASES) + len(cases)
+    assert counted >= 25, counted
+
+
+def test_secrets_appear_in_no_log_record_or_status(
+    worker: WorkerProcess, env: dict[str, str], db: Callable[..., list[dict[str, Any]]]
+) -> None:
+    assert TOKEN not in worker.log()
+    for table in ("jobs", "attempts", "usage"):
+        assert TOKEN not in json.dumps(db(f"SELECT * FROM {table}"), default=str)
+    status = CliRunner().invoke(
+        cli,
+        ["status", "--json"],
+        env={
+            **env,
+            "LLM_ROUTER_DATABASE_URL": env["LLM_ROUTER_DATABASE_URL"].replace("postgres@", "postgres:pg-secret-pass@"),
+        },
+    )
+    assert "pg-secret-pass" not in status.output and TOKEN not in status.output
