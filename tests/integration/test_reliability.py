@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -53,7 +54,7 @@ def router(cluster_settings: Settings) -> Iterator[Router]:
 
 @pytest.fixture(scope="module")
 def db(pg_url: str) -> Iterator[Callable[..., list[dict[str, Any]]]]:
-    engine = create_engine(pg_url)
+    engine = create_engine(pg_url, pool_pre_ping=True)  # survives the Postgres restart below
 
     def rows(sql: str, **params: Any) -> list[dict[str, Any]]:
         with engine.connect() as connection:
@@ -244,3 +245,92 @@ def test_secrets_appear_in_no_log_record_or_status(
         },
     )
     assert "pg-secret-pass" not in status.output and TOKEN not in status.output
+
+
+def _postgres(action: str) -> None:
+    version = os.listdir("/etc/postgresql")[0]
+    extra = ["-m", "fast"] if action == "stop" else []
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, *extra], check=True, timeout=60
+    )
+
+
+def test_postgres_restarted_while_jobs_run(
+    worker: WorkerProcess, router: Router, db: Callable[..., list[dict[str, Any]]]
+) -> None:
+    jobs = [router.generate(f"Restart story {i}:", tier="fast", max_tokens=24, seed=i) for i in range(6)]
+    deadline = time.monotonic() + 60
+    while jobs[0].status() != "succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    _postgres("stop")  # the worker is mid-way through the batch
+    try:
+        time.sleep(4)
+        assert worker.alive()
+    finally:
+        _postgres("start")
+    for job in jobs:
+        assert isinstance(job.wait(timeout=120), GenerateResult)
+    assert worker.alive()
+    ids = {f"j{i}": job.id for i, job in enumerate(jobs)}
+    placeholders = ", ".join(f":{name}" for name in ids)
+    rows = db(f"SELECT status, attempts FROM jobs WHERE id IN ({placeholders})", **ids)
+    assert [row["status"] for row in rows] == ["succeeded"] * len(jobs)
+    usage = db(f"SELECT job_id FROM usage WHERE job_id IN ({placeholders})", **ids)
+    assert len(usage) == len(jobs)  # written once each, after the database came back
+    assert "database unavailable" in worker.log()
+
+
+def _restart_redis() -> None:
+    """Restart the machine's Redis (no persistence): every message held by the broker is lost."""
+    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], timeout=30, check=False)
+    deadline = time.monotonic() + 30
+    while subprocess.run(["redis-cli", "-h", "127.0.0.1", "ping"], capture_output=True, check=False).returncode == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1.0)
+    subprocess.run(
+        [
+            "redis-server",
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        check=True,
+        timeout=30,
+    )
+    while subprocess.run(["redis-cli", "-h", "127.0.0.1", "ping"], capture_output=True, check=False).returncode != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_redis_restarted_workers_reconnect_and_lost_jobs_are_recovered(
+    worker: WorkerProcess, router: Router, env: dict[str, str], db: Callable[..., list[dict[str, Any]]]
+) -> None:
+    jobs = [router.generate(f"Broker restart story {i}:", tier="fast", max_tokens=24, seed=i) for i in range(4)]
+    _restart_redis()  # the queued messages vanish with it
+    assert worker.alive()
+
+    # New work flows once the worker has reconnected by itself.
+    deadline = time.monotonic() + 60
+    fresh = router.embed("after the broker came back", tier="fast", use_cache=False)
+    fresh.wait(timeout=60)
+    assert time.monotonic() < deadline
+
+    # The database still knows every job: requeue what the broker lost.
+    time.sleep(1.5)
+    outcome = CliRunner().invoke(cli, ["requeue", "--stale", "--older-than", "1s", "--json"], env=env)
+    assert outcome.exit_code == 0, outcome.output
+    for job in jobs:
+        assert isinstance(job.wait(timeout=120), GenerateResult)
+    ids = {f"j{i}": job.id for i, job in enumerate(jobs)}
+    placeholders = ", ".join(f":{name}" for name in ids)
+    assert len(db(f"SELECT job_id FROM usage WHERE job_id IN ({placeholders})", **ids)) == len(jobs)
+    assert worker.alive()
