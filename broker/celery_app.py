@@ -24,7 +24,7 @@ class RouterCelery(Celery):
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
     if not settings.uses_embedded_broker:
-        return {}
+        return {"visibility_timeout": settings.visibility_timeout_s}
     folder = settings.broker_folder
     for name in ("queue", "control", "processed"):
         (folder / name).mkdir(parents=True, exist_ok=True)

@@ -50,3 +50,10 @@ def test_importing_the_client_does_not_import_torch() -> None:
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_redis_lease_outlasts_the_longest_countdown() -> None:
+    from broker.celery_app import broker_transport_options
+
+    options = broker_transport_options(Settings(broker_url="redis://127.0.0.1:6379/0"))
+    assert options == {"visibility_timeout": 7200}  # > an hour: a rate-limit deferral never looks abandoned
