@@ -48,12 +48,17 @@ def pg_url() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    client = redis.Redis.from_url(REDIS_TEST_URL)
+def empty_redis_db(url: str) -> str:
+    """Empty the Redis database a test module uses as its broker, and return its URL."""
+    client = redis.Redis.from_url(url)
     client.flushdb()
     client.close()
-    return REDIS_TEST_URL
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return empty_redis_db(REDIS_TEST_URL)
 
 
 @pytest.fixture(scope="session")

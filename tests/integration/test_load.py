@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import create_engine, text
 
 from broker.settings import Settings
 from tasks.usage_report import percentile
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, empty_redis_db
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
 
@@ -72,9 +71,7 @@ def env(
     for model in MODELS.values():
         lines += [f'[models."{model}"]', 'provider = "hf-inference"']
     config.write_text("\n".join(lines) + "\n")
-    client = redis.Redis.from_url(BROKER)
-    client.flushdb()
-    client.close()
+    empty_redis_db(BROKER)
     return {
         **cluster_env,
         "LLM_ROUTER_BROKER_URL": BROKER,

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from broker.cli.main import cli
 from broker.client import Router
 from broker.settings import Settings
-from tests.conftest import REPO, WorkerProcess
+from tests.conftest import REPO, WorkerProcess, empty_redis_db
 
 pytestmark = pytest.mark.integration
 
@@ -33,9 +33,7 @@ FLOWER_AUTH = "ops:flower-pass-7f6e"
 
 @pytest.fixture(scope="module")
 def env(cluster_env: dict[str, str]) -> dict[str, str]:
-    client = redis.Redis.from_url(BROKER)
-    client.flushdb()
-    client.close()
+    empty_redis_db(BROKER)
     return {**cluster_env, "LLM_ROUTER_BROKER_URL": BROKER, "HUGGINGFACE_API_KEY": TOKEN}
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from click.testing import CliRunner
 from kombu import Connection, Exchange, Producer
 from sqlalchemy import create_engine, text
@@ -24,7 +23,7 @@ from broker.client import Router
 from broker.settings import Settings
 from tasks.errors import InvalidRequest
 from tasks.schemas import GenerateResult
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, empty_redis_db
 from workers.state import collect
 
 pytestmark = pytest.mark.integration
@@ -35,9 +34,7 @@ TOKEN = "hf_RELIABILITY_sentinel_0a9b8c7d"
 
 @pytest.fixture(scope="module")
 def env(cluster_env: dict[str, str]) -> dict[str, str]:
-    client = redis.Redis.from_url(BROKER)
-    client.flushdb()
-    client.close()
+    empty_redis_db(BROKER)
     return {**cluster_env, "LLM_ROUTER_BROKER_URL": BROKER, "HUGGINGFACE_API_KEY": TOKEN}
 
 

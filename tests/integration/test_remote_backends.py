@@ -19,7 +19,7 @@ from broker.client import Router
 from broker.settings import Settings
 from tasks.errors import JobFailed
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, empty_redis_db
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
 
@@ -100,9 +100,7 @@ def server() -> Iterator[InferenceServer]:
 def remote_env(server: InferenceServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     config = tmp_path_factory.mktemp("remote") / "catalogue.toml"
     config.write_text(_catalogue(server.url))
-    client = redis.Redis.from_url(BROKER)
-    client.flushdb()
-    client.close()
+    empty_redis_db(BROKER)
     return {
         "LLM_ROUTER_BROKER_URL": BROKER,
         "LLM_ROUTER_CONFIG": str(config),

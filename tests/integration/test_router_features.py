@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from click.testing import CliRunner
 
 from broker.cli.main import cli
@@ -18,7 +17,7 @@ from broker.client import Router
 from broker.settings import Settings
 from tasks.errors import JobFailed
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, empty_redis_db
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
 
@@ -79,9 +78,7 @@ def env(server: InferenceServer, tmp_path_factory: pytest.TempPathFactory) -> di
     ):
         text += f'[models."org/{model}"]\nprovider = "hf-inference"\n'
     config.write_text(text)
-    client = redis.Redis.from_url(BROKER)
-    client.flushdb()
-    client.close()
+    empty_redis_db(BROKER)
     return {
         "LLM_ROUTER_BROKER_URL": BROKER,
         "LLM_ROUTER_CONFIG": str(config),
