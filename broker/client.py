@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from broker.settings import Settings
 from tasks.cache import cache_key
 from tasks.database import make_engine, upgrade
 from tasks.errors import InvalidRequest, JobFailed, JobRejected, JobTimeout, RouterError
-from tasks.records import FAILED, REJECTED, SUCCEEDED
+from tasks.records import FAILED, QUEUED, REJECTED, SUCCEEDED
 from tasks.repository import AttemptView, JobStore, JobView
 from tasks.schemas import (
     ClassifyRequest,
@@ -41,6 +42,14 @@ class EnqueueFailed(RouterError):
 
 class UnknownJob(RouterError, LookupError):
     pass
+
+
+@dataclass(frozen=True)
+class BatchSubmission:
+    batch_id: str
+    jobs: dict[int, Job]  # by the request's position
+    errors: dict[int, str]  # invalid requests, by position
+    inserted: int  # records created now (0 for requests submitted before)
 
 
 class Job:
@@ -198,6 +207,51 @@ class Router:
             self.store.fail(job_id, "could not enqueue: the broker refused the message")
             raise
         return Job(self.store, job_id, kind, self.settings.wait_poll_s)
+
+    def batch(
+        self, requests: list[dict[str, Any]], *, batch_id: str | None = None, job_ids: list[str] | None = None
+    ) -> BatchSubmission:
+        """Submit many jobs at once: each request is validated on its own, the valid ones are recorded in one
+        transaction under ``batch_id`` and enqueued. A request that is invalid is reported in ``errors`` (by
+        position) and does not stop the others. With ``job_ids`` (deterministic ids), submitting the same
+        requests again records nothing twice; jobs already recorded but still queued are published again.
+        """
+        batch_id = batch_id or str(uuid.uuid4())
+        ids = job_ids or [str(uuid.uuid4()) for _ in requests]
+        if len(ids) != len(requests):
+            raise InvalidRequest("job_ids: one id per request is required", field="job_ids")
+        rows: list[dict[str, Any]] = []
+        errors: dict[int, str] = {}
+        jobs: dict[int, Job] = {}
+        for position, (request, job_id) in enumerate(zip(requests, ids, strict=True)):
+            try:
+                parsed, planned = self.prepare({**request, "batch_id": batch_id})
+            except InvalidRequest as exc:
+                errors[position] = str(exc)
+                continue
+            stored = parsed.model_dump(mode="json", exclude_none=True)
+            rows.append(
+                {
+                    "job_id": job_id,
+                    "kind": parsed.kind,
+                    "request": stored,
+                    "tier": planned.tier,
+                    "queue": planned.queue,
+                    "cache_key": cache_key(parsed, planned.tier),
+                }
+            )
+            jobs[position] = Job(self.store, job_id, parsed.kind, self.settings.wait_poll_s)
+        inserted = self.store.create_jobs(rows)
+        known = self.store.statuses([row["job_id"] for row in rows if row["job_id"] not in inserted])
+        for row in rows:
+            again = row["job_id"] in known and known[row["job_id"]].status == QUEUED
+            if row["job_id"] in inserted or again:
+                self._publish(row["job_id"], row["kind"], row["queue"])
+        return BatchSubmission(batch_id=batch_id, jobs=jobs, errors=errors, inserted=len(inserted))
+
+    def batch_progress(self, batch_id: str) -> dict[str, int]:
+        """Jobs of a batch by status."""
+        return self.store.batch_counts(batch_id)
 
     def _publish(self, job_id: str, kind: str, queue: str) -> None:
         try:

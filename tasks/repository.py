@@ -158,6 +158,52 @@ class JobStore:
                 )
             )
 
+    def create_jobs(self, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert many queued jobs in one transaction, skipping ids that exist; returns the ids inserted.
+
+        Each row has ``job_id``, ``kind``, ``request``, ``tier``, ``queue`` and ``cache_key``. Bulk producers
+        choose deterministic ids, so that submitting the same lines again cannot create a second record."""
+        if not rows:
+            return set()
+        with self._sessions.begin() as session:
+            wanted = [row["job_id"] for row in rows]
+            existing = set(session.scalars(select(JobRecord.id).where(JobRecord.id.in_(wanted))))
+            new = [row for row in rows if row["job_id"] not in existing]
+            session.add_all(
+                JobRecord(
+                    id=row["job_id"],
+                    kind=row["kind"],
+                    status=QUEUED,
+                    tier=row["tier"],
+                    queue=row["queue"],
+                    requested_model=row["request"].get("model"),
+                    request=row["request"],
+                    batch_id=row["request"].get("batch_id"),
+                    cache_key=row["cache_key"],
+                    cached=False,
+                    attempts=0,
+                )
+                for row in new
+            )
+            return {row["job_id"] for row in new}
+
+    def statuses(self, job_ids: list[str]) -> dict[str, JobView]:
+        """Views of the given jobs (those that exist), in chunks the database accepts."""
+        found: dict[str, JobView] = {}
+        with self.session() as session:
+            for start in range(0, len(job_ids), 1000):
+                chunk = job_ids[start : start + 1000]
+                for record in session.scalars(select(JobRecord).where(JobRecord.id.in_(chunk))):
+                    found[record.id] = JobView.of(record)
+        return found
+
+    def batch_counts(self, batch_id: str) -> dict[str, int]:
+        with self.session() as session:
+            rows = session.execute(
+                select(JobRecord.status, func.count()).where(JobRecord.batch_id == batch_id).group_by(JobRecord.status)
+            )
+            return {status: int(count) for status, count in rows}
+
     # ---- the result cache --------------------------------------------------------------------------------
 
     def find_cached(self, cache_key: str, max_age_s: float) -> JobView | None:

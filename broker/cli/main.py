@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from broker.cli.batch import batch
 from broker.cli.db import db
 from broker.cli.demo import demo
 from broker.cli.flower import flower
@@ -24,7 +25,7 @@ def cli(log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (submit, result, worker, status, usage, requeue, flower, db, models, demo):
+for command in (submit, result, batch, worker, status, usage, requeue, flower, db, models, demo):
     cli.add_command(command)
 
 if __name__ == "__main__":
