@@ -125,12 +125,28 @@ def _json_option(name: str, value: str) -> Any:
 
 
 @click.command()
-@click.argument("job_id")
+@click.argument("job_id", required=False)
+@click.option("--batch", "batch_id", help="Show a batch's progress instead of one job.")
 @click.option("--wait", is_flag=True, help="Wait until the job ends.")
 @click.option("--timeout", type=float, default=300.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def result(job_id: str, wait: bool, timeout: float, as_json: bool) -> None:
-    """Show a job's state and, once it succeeded, its result."""
+def result(job_id: str | None, batch_id: str | None, wait: bool, timeout: float, as_json: bool) -> None:
+    """Show a job's state and, once it succeeded, its result (or a batch's progress with --batch)."""
+    if batch_id is not None:
+        with Router() as router:
+            counts = router.batch_progress(batch_id)
+        if not counts:
+            fail(f"--batch: no job is recorded under batch {batch_id}", code=EXIT_INVALID, as_json=as_json)
+        if as_json:
+            emit_json({"batch_id": batch_id, "jobs": sum(counts.values()), "by_status": counts})
+        else:
+            click.echo(
+                f"batch {batch_id}: {sum(counts.values())} jobs, "
+                + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+            )
+        return
+    if job_id is None:
+        fail("give a JOB_ID, or --batch BATCH_ID", code=EXIT_INVALID, as_json=as_json)
     try:
         job = Router().get(job_id)
     except UnknownJob as exc:

@@ -87,6 +87,15 @@ def test_a_thousand_lines_with_three_bad_ones(
     assert "line 101" in done.stderr and "997 succeeded" in done.stderr
     assert "done" in done.stderr and "ETA" in done.stderr  # progress, as plain lines when not a terminal
     assert _batch_jobs(pg_url, "thousand") == (997, 997)
+    progress = subprocess.run(
+        [sys.executable, "-m", "broker.cli.main", "result", "--batch", "thousand", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert json.loads(progress.stdout) == {"batch_id": "thousand", "jobs": 997, "by_status": {"succeeded": 997}}
 
 
 def test_an_interrupted_batch_resumes_without_duplicates(
