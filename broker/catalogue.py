@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tasks.errors import ConfigurationError
 from tasks.schemas import Kind
 
-Provider = Literal["local", "hf-inference", "openai", "tei"]
+Provider = Literal["local", "hf-inference", "openai", "tei", "echo"]
 Pool = Literal["cpu", "gpu"]
 
 

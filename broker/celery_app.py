@@ -24,7 +24,9 @@ class RouterCelery(Celery):
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
     if not settings.uses_embedded_broker:
-        return {"visibility_timeout": settings.visibility_timeout_s}
+        # "priority": every poll asks for the queues in the worker's order, interactive lanes first; the
+        # default round robin would let a bulk lane take turns with them.
+        return {"visibility_timeout": settings.visibility_timeout_s, "queue_order_strategy": "priority"}
     folder = settings.broker_folder
     for name in ("queue", "control", "processed"):
         (folder / name).mkdir(parents=True, exist_ok=True)

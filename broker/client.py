@@ -14,8 +14,9 @@ from typing import Any
 
 from broker.catalogue import Catalogue, load_catalogue
 from broker.celery_app import RouterCelery, create_app
+from broker.packing import pack
 from broker.queues import TASK_NAMES
-from broker.routing import Route, route
+from broker.routing import Route, queue_for_tier, route
 from broker.settings import Settings
 from tasks.cache import cache_key
 from tasks.database import make_engine, upgrade
@@ -212,7 +213,8 @@ class Router:
         self, requests: list[dict[str, Any]], *, batch_id: str | None = None, job_ids: list[str] | None = None
     ) -> BatchSubmission:
         """Submit many jobs at once: each request is validated on its own, the valid ones are recorded in one
-        transaction under ``batch_id`` and enqueued. A request that is invalid is reported in ``errors`` (by
+        transaction under ``batch_id`` and enqueued in the bulk lane of their tier, many jobs per message
+        (workers take interactive jobs first). A request that is invalid is reported in ``errors`` (by
         position) and does not stop the others. With ``job_ids`` (deterministic ids), submitting the same
         requests again records nothing twice; jobs already recorded but still queued are published again.
         """
@@ -236,17 +238,20 @@ class Router:
                     "kind": parsed.kind,
                     "request": stored,
                     "tier": planned.tier,
-                    "queue": planned.queue,
+                    "queue": queue_for_tier(planned.tier, "bulk"),
                     "cache_key": cache_key(parsed, planned.tier),
                 }
             )
             jobs[position] = Job(self.store, job_id, parsed.kind, self.settings.wait_poll_s)
         inserted = self.store.create_jobs(rows)
         known = self.store.statuses([row["job_id"] for row in rows if row["job_id"] not in inserted])
-        for row in rows:
-            again = row["job_id"] in known and known[row["job_id"]].status == QUEUED
-            if row["job_id"] in inserted or again:
-                self._publish(row["job_id"], row["kind"], row["queue"])
+        due = [
+            row
+            for row in rows
+            if row["job_id"] in inserted or (row["job_id"] in known and known[row["job_id"]].status == QUEUED)
+        ]
+        for packet in pack(due, self.settings.bulk_message_jobs, self.settings.bulk_message_inputs):
+            self._publish_many(packet.job_ids, packet.kind, packet.queue)
         return BatchSubmission(batch_id=batch_id, jobs=jobs, errors=errors, inserted=len(inserted))
 
     def batch_progress(self, batch_id: str) -> dict[str, int]:
@@ -258,6 +263,23 @@ class Router:
             self.app.send_task(TASK_NAMES[kind], args=[job_id], task_id=job_id, queue=queue, routing_key=queue)
         except Exception as exc:  # kombu and the transports raise many kinds; all mean "not enqueued"
             raise EnqueueFailed(f"job {job_id} could not be enqueued on {self.settings.safe_broker_url()}") from exc
+
+    def _publish_many(self, job_ids: list[str], kind: str, queue: str) -> None:
+        if len(job_ids) == 1:
+            self._publish(job_ids[0], kind, queue)
+            return
+        try:
+            self.app.send_task(
+                TASK_NAMES[kind],
+                kwargs={"job_ids": job_ids},
+                task_id=f"{job_ids[0]}+{len(job_ids) - 1}",
+                queue=queue,
+                routing_key=queue,
+            )
+        except Exception as exc:
+            raise EnqueueFailed(
+                f"{len(job_ids)} jobs from {job_ids[0]} could not be enqueued on {self.settings.safe_broker_url()}"
+            ) from exc
 
     def requeue_stale(self, older_than_s: float, *, dry_run: bool = False) -> list[JobView]:
         """Publish again every job that is not final and showed no sign of life for ``older_than_s``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from broker.catalogue import Catalogue
 from tasks.errors import InvalidRequest
@@ -20,8 +21,18 @@ class Route:
     chain: tuple[str, ...]
 
 
-def queue_for_tier(tier: str) -> str:
-    return tier
+Lane = Literal["interactive", "bulk"]
+BULK_SUFFIX = ".bulk"
+
+
+def queue_for_tier(tier: str, lane: Lane = "interactive") -> str:
+    """A tier has two queues: ``fast`` for interactive jobs and ``fast.bulk`` for batch jobs, which
+    workers take only when no interactive job of their tiers waits."""
+    return tier if lane == "interactive" else f"{tier}{BULK_SUFFIX}"
+
+
+def lane_of(queue: str | None) -> Lane:
+    return "bulk" if queue is not None and queue.endswith(BULK_SUFFIX) else "interactive"
 
 
 def auto_tier(prompt_chars: int, max_tokens: int, catalogue: Catalogue) -> str:

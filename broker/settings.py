@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # Redis: how long a delivered, unacknowledged message waits before it is handed out again (the lease of
     # a worker that died). Longer than the longest countdown (a rate-limit deferral: up to an hour).
     visibility_timeout_s: int = Field(default=7200, ge=60)
+    # Router.batch packs bulk jobs into messages of at most this many jobs and inputs: few messages per
+    # job, and a bulk message short enough that an interactive job waits little behind it.
+    bulk_message_jobs: int = Field(default=64, ge=1, le=1024)
+    bulk_message_inputs: int = Field(default=256, ge=1, le=100_000)
     wait_poll_s: float = 0.05
     sqlite_busy_timeout_s: float = 30.0
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from broker.routing import Route, chain_for, queue_for_tier, route
+from broker.routing import Route, chain_for, lane_of, queue_for_tier, route
 from tasks.cache import cache_key
 from tasks.errors import InvalidRequest, RouterError
 from tasks.messages import Cursor, JobMessage
@@ -110,7 +110,9 @@ class _Step:
         reschedule: Reschedule,
     ):
         self.runtime, self.job_id, self.request = runtime, job.id, request
-        self.tier, self.queue, self.chain = planned.tier, planned.queue, planned.chain
+        # Retries and fallbacks stay in the job's lane: a bulk job never jumps the interactive queue.
+        self.lane = lane_of(job.queue)
+        self.tier, self.queue, self.chain = planned.tier, queue_for_tier(planned.tier, self.lane), planned.chain
         self.first_tier = first.tier
         self.worker, self.reschedule = worker, reschedule
         self.scale = runtime.settings.retry_delay_scale
@@ -228,7 +230,7 @@ class _Step:
             order = catalogue.ordered_tiers
             hops = order.index(self.tier) - order.index(self.first_tier) if self.first_tier in order else 0
             if target is not None and hops < self.runtime.settings.max_tier_hops:
-                queue = queue_for_tier(target)
+                queue = queue_for_tier(target, self.lane)
                 if self.runtime.store.escalate(self.job_id, target, queue):
                     self.reschedule(self.job_id, queue, Cursor(), 0.0)
                     log.info("job %s falls back from tier %s to %s", self.job_id, self.tier, target)

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections import Counter
 from typing import Any
 
 from billiard import current_process
 from celery import Task, shared_task, signals
 from celery.worker.control import inspect_command
 
-from tasks.execution import run_job
-from tasks.messages import BadMessage, Cursor, parse_message
+from broker.draining import Drained, Drainer
+from broker.queues import TASK_NAMES
+from tasks.execution import Reschedule
+from tasks.groups import run_jobs
+from tasks.messages import BadBulkMessage, BadMessage, Cursor, JobMessage, parse_messages
 from tasks.repository import DATABASE_UNAVAILABLE
 from tasks.schemas import Kind
 
@@ -56,18 +61,62 @@ def _handle(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, 
 
 
 def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    runtime = current_runtime(task.app)
+    messages = _parse(runtime, kind, args, kwargs)
+    if isinstance(messages, str):
+        return messages
+    drained: list[Drained] = []
+    profile = runtime.profile
+    if kind != "generate" and profile.max_batch > len(messages) and task.request.delivery_info:
+        # Dynamic batching: the jobs already waiting in this worker's queues join this one's model call.
+        queues = list(task.app.amqp.queues.consume_from or task.app.amqp.queues)
+        drained = _drainer(task.app).take(queues, profile.max_batch - len(messages), profile.max_wait_ms)
+    began = time.perf_counter()
     try:
-        message = parse_message(args, kwargs)
+        by_kind: dict[Kind, list[JobMessage]] = {kind: messages}
+        for item in drained:
+            parsed = _parse(runtime, item.kind, item.args, item.kwargs)  # type: ignore[arg-type]
+            if not isinstance(parsed, str):
+                by_kind.setdefault(item.kind, []).extend(parsed)  # type: ignore[arg-type]
+        outcomes: list[str] = []
+        for each_kind, jobs in by_kind.items():
+            outcomes += run_jobs(runtime, each_kind, jobs, task.request.hostname, _rescheduler(task, each_kind))
+    except BaseException:
+        for item in drained:
+            item.give_back()
+        raise
+    finally:
+        if runtime.registry.version != runtime.published_version:
+            publish_state(runtime)
+    for item in drained:
+        item.ack()
+    summary = outcomes[0] if len(outcomes) == 1 else " ".join(f"{k}={v}" for k, v in sorted(Counter(outcomes).items()))
+    _drainer(task.app).report(drained, task.request.hostname, summary, time.perf_counter() - began)
+    return summary
+
+
+def _parse(runtime: Any, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[JobMessage] | str:
+    """The jobs of a message, or what became of a bad message (recorded rejected when it names jobs)."""
+    try:
+        return parse_messages(args, kwargs)
+    except BadBulkMessage as exc:
+        for job_id in exc.job_ids:
+            runtime.store.reject(job_id, kind, f"bad message: {exc}")
+        log.error("rejected a bulk %s message: %s", kind, exc)
+        return "rejected"
     except BadMessage as exc:
         if exc.job_id is not None:
-            current_runtime(task.app).store.reject(exc.job_id, kind, f"bad message: {exc}")
+            runtime.store.reject(exc.job_id, kind, f"bad message: {exc}")
             return "rejected"
         log.error("dropped a %s message that names no job: %s", kind, exc)
         return "dropped"
 
+
+def _rescheduler(task: JobTask, kind: Kind) -> Reschedule:
     def reschedule(job_id: str, queue: str, cursor: Cursor, delay_s: float) -> None:
         # A new message with a countdown: the worker holds it without occupying an execution slot.
-        task.apply_async(
+        task.app.send_task(
+            TASK_NAMES[kind],
             kwargs={"job_id": job_id, "cursor": cursor.as_json()},
             countdown=delay_s,
             queue=queue,
@@ -75,12 +124,17 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
             task_id=f"{job_id}:{cursor.position}.{cursor.retry}",
         )
 
-    runtime = current_runtime(task.app)
-    try:
-        return run_job(runtime, kind, message, task.request.hostname, reschedule)
-    finally:
-        if runtime.registry.version != runtime.published_version:
-            publish_state(runtime)
+    return reschedule
+
+
+_drainers: dict[int, Drainer] = {}
+
+
+def _drainer(app: Any) -> Drainer:
+    drainer = _drainers.get(id(app))
+    if drainer is None:
+        drainer = _drainers[id(app)] = Drainer(app)
+    return drainer
 
 
 @shared_task(bind=True, base=JobTask, name="tasks.generate")

@@ -1,8 +1,9 @@
 """Parsing what arrives on a queue. A message is untrusted input like any other.
 
-The client sends ``[job_id]``; a hand-written producer may send ``job_id`` and the whole ``request``
-as keyword arguments. Anything else is a bad message: recorded ``rejected`` when it names a usable job id,
-logged and dropped when it does not. A bad message never raises out of the task.
+The client sends ``[job_id]`` for one job, or ``job_ids=[…]`` for a bulk message of many jobs of one kind;
+a hand-written producer may send ``job_id`` and the whole ``request`` as keyword arguments. Anything else is
+a bad message: recorded ``rejected`` when it names a usable job id, logged and dropped when it does not.
+A bad message never raises out of the task.
 """
 
 from __future__ import annotations
@@ -47,6 +48,36 @@ def _job_id(value: Any) -> str | None:
         return str(uuid.UUID(value))
     except ValueError:
         return None
+
+
+MAX_JOBS_PER_MESSAGE = 1024
+
+
+class BadBulkMessage(BadMessage):
+    """A bulk message that cannot be run; ``job_ids`` lists the ids that could be read, to record them."""
+
+    def __init__(self, reason: str, job_ids: list[str]):
+        super().__init__(reason)
+        self.job_ids = job_ids
+
+
+def parse_messages(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[JobMessage]:
+    """The jobs a message carries: one, or many for a bulk message."""
+    if "job_ids" not in kwargs:
+        return [parse_message(args, kwargs)]
+    raw = kwargs["job_ids"]
+    if not isinstance(raw, list):
+        raise BadMessage(f"job_ids: expected a list of UUID strings, got {type(raw).__name__}")
+    ids = [job_id for job_id in map(_job_id, raw[:MAX_JOBS_PER_MESSAGE]) if job_id is not None]
+    if args or set(kwargs) != {"job_ids"}:
+        raise BadBulkMessage("unexpected arguments: a bulk message carries job_ids=[…] and nothing else", ids)
+    if not 1 <= len(raw) <= MAX_JOBS_PER_MESSAGE:
+        raise BadBulkMessage(f"job_ids: expected 1 to {MAX_JOBS_PER_MESSAGE} ids, got {len(raw)}", ids)
+    if len(ids) != len(raw):
+        raise BadBulkMessage(f"job_ids: {len(raw) - len(ids)} of {len(raw)} entries are not UUID strings", ids)
+    if len(set(ids)) != len(ids):
+        raise BadBulkMessage("job_ids: an id appears twice", sorted(set(ids)))
+    return [JobMessage(job_id=job_id, request=None) for job_id in ids]
 
 
 def parse_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobMessage:

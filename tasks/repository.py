@@ -111,7 +111,7 @@ def _storable(request: dict[str, Any] | None) -> dict[str, Any] | None:
     return request
 
 
-def _elapsed_ms(since: datetime, now: datetime) -> float:
+def elapsed_ms(since: datetime, now: datetime) -> float:
     if since.tzinfo is None:  # SQLite hands back naive timestamps
         now = now.replace(tzinfo=None)
     return (now - since).total_seconds() * 1000.0
@@ -124,10 +124,10 @@ DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 class JobStore:
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
 
     def session(self) -> Session:
-        return self._sessions()
+        return self.sessions()
 
     # ---- producer side -----------------------------------------------------------------------------------
 
@@ -141,7 +141,7 @@ class JobStore:
         queue: str,
         cache_key: str | None = None,
     ) -> None:
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             session.add(
                 JobRecord(
                     id=job_id,
@@ -165,7 +165,7 @@ class JobStore:
         choose deterministic ids, so that submitting the same lines again cannot create a second record."""
         if not rows:
             return set()
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             wanted = [row["job_id"] for row in rows]
             existing = set(session.scalars(select(JobRecord.id).where(JobRecord.id.in_(wanted))))
             new = [row for row in rows if row["job_id"] not in existing]
@@ -222,7 +222,7 @@ class JobStore:
         self, *, job_id: str, kind: str, request: dict[str, Any], tier: str, queue: str, cache_key: str, source: JobView
     ) -> None:
         """A job answered from the cache at submit time: written succeeded, never enqueued."""
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             record = JobRecord(
                 id=job_id,
                 kind=kind,
@@ -241,7 +241,7 @@ class JobStore:
 
     def succeed_from_cache(self, job_id: str, source: JobView) -> bool:
         """Answer a queued job from a cached result; False when it already ended."""
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None or record.status in FINAL_STATUSES:
                 return False
@@ -256,7 +256,7 @@ class JobStore:
         record.model_used = source.model_used
         record.result = {**(source.result or {}), "cached": True, "tier": record.tier}
         record.finished_at = now
-        record.latency_ms = _elapsed_ms(record.created_at or now, now)
+        record.latency_ms = elapsed_ms(record.created_at or now, now)
         session.flush()
         # A hit costs no tokens; usage counts it as a request and a hit (the seed's cacheHits).
         session.add(
@@ -314,7 +314,7 @@ class JobStore:
         """Record a job as rejected, creating its row when the message named an id we never stored."""
         request = _storable(request)
         now = utcnow()
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None:
                 session.add(
@@ -338,7 +338,7 @@ class JobStore:
     ) -> int | None:
         """Mark the job running and open an attempt; None when the job already ended (a redelivery)."""
         now = utcnow()
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None or record.status in FINAL_STATUSES:
                 return None
@@ -376,7 +376,7 @@ class JobStore:
         latency_ms: float | None = None,
     ) -> None:
         """Close an attempt as failed; ``delay_s`` is the policy's wait before the retry it led to."""
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             session.execute(
                 update(AttemptRecord)
                 .where(AttemptRecord.job_id == job_id, AttemptRecord.number == number)
@@ -391,7 +391,7 @@ class JobStore:
             )
 
     def mark_retrying(self, job_id: str) -> None:
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             session.execute(
                 update(JobRecord)
                 .where(JobRecord.id == job_id, JobRecord.status.not_in(FINAL_STATUSES))
@@ -409,7 +409,7 @@ class JobStore:
     ) -> None:
         now = utcnow()
         usage: Usage = result.usage
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None or record.status in FINAL_STATUSES:
                 return
@@ -418,7 +418,7 @@ class JobStore:
             record.result = result.model_dump(mode="json")
             record.error = None
             record.finished_at = now
-            record.latency_ms = _elapsed_ms(record.created_at, now)
+            record.latency_ms = elapsed_ms(record.created_at, now)
             session.execute(
                 update(AttemptRecord)
                 .where(AttemptRecord.job_id == job_id, AttemptRecord.number == number)
@@ -454,7 +454,7 @@ class JobStore:
     ) -> None:
         """Record that a model was passed over (cooling down), so the job's path explains itself."""
         now = utcnow()
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None or record.status in FINAL_STATUSES:
                 return
@@ -476,7 +476,7 @@ class JobStore:
 
     def escalate(self, job_id: str, tier: str, queue: str) -> bool:
         """Move a job to another tier's queue (tier fallback); False when it already ended."""
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None or record.status in FINAL_STATUSES:
                 return False
@@ -498,12 +498,12 @@ class JobStore:
 
     def fail(self, job_id: str, error: str) -> None:
         now = utcnow()
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None or record.status in FINAL_STATUSES:
                 return
             record.status, record.error, record.finished_at = FAILED, error, now
-            record.latency_ms = _elapsed_ms(record.created_at, now)
+            record.latency_ms = elapsed_ms(record.created_at, now)
 
     # ---- reports -----------------------------------------------------------------------------------------
 

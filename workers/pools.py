@@ -9,15 +9,22 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from broker.catalogue import Catalogue
+from broker.queues import LANES, queue_names
+from broker.routing import Lane
 from tasks.errors import ConfigurationError
 from workers.device import DeviceChoice, resolve_device
 from workers.registry import Quantize
 from workers.runtime import WorkerProfile
 
 PoolName = Literal["cpu", "gpu"]
+LaneChoice = Literal["both", "interactive", "bulk"]
+# A worker that serves only bulk lanes runs at this niceness, so that on a shared machine the processes
+# serving interactive jobs get the CPU the moment they need it (Linux lets a process lower, never raise,
+# its own priority).
+BULK_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,10 @@ def plan_pool(
     cores: int | None = None,
     quantize: Quantize = "none",
     max_memory_bytes: int | None = None,
+    lanes: LaneChoice = "both",
+    max_batch: int = 64,
+    max_wait_ms: float = 0.0,
+    niceness: int | None = None,
 ) -> PoolPlan:
     chosen = queues or catalogue.tiers_of_pool(pool)
     unknown = [name for name in chosen if name not in catalogue.tiers]
@@ -48,6 +59,16 @@ def plan_pool(
         )
     if not chosen:
         raise ConfigurationError(f"--pool {pool}: no tier of the catalogue uses this pool; pass --queues")
+    if not 1 <= max_batch <= 4096:
+        raise ConfigurationError(f"--max-batch: must be between 1 and 4096, got {max_batch}")
+    if not 0 <= max_wait_ms <= 10_000:
+        raise ConfigurationError(f"--max-wait-ms: must be between 0 and 10000, got {max_wait_ms:g}")
+    served: tuple[Lane, ...] = LANES if lanes == "both" else (lanes,)
+    names = queue_names(chosen, served)
+    nice = niceness if niceness is not None else (BULK_NICENESS if lanes == "bulk" else 0)
+    if not 0 <= nice <= 19:
+        raise ConfigurationError(f"--nice: must be between 0 and 19, got {nice}")
+    batching: dict[str, Any] = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "niceness": nice}
     cores = cores or os.cpu_count() or 1
     if pool == "gpu":
         resolved = resolve_device(device or "cuda")
@@ -57,14 +78,15 @@ def plan_pool(
             raise ConfigurationError(
                 "--quantize: 8-bit dynamic quantisation runs on the CPU only (the gpu pool uses fp16)"
             )
-        profile = WorkerProfile("gpu", resolved, max(1, cores), quantize, max_memory_bytes)
-        return PoolPlan(chosen, "solo", 1, profile)
+        profile = WorkerProfile("gpu", resolved, max(1, cores), quantize, max_memory_bytes, **batching)
+        return PoolPlan(names, "solo", 1, profile)
     resolved = resolve_device(device or "cpu")
     count = concurrency or 1
     if count < 1:
         raise ConfigurationError("--concurrency: must be at least 1")
     threads = max(1, cores // count)
-    return PoolPlan(chosen, "prefork", count, WorkerProfile("cpu", resolved, threads, quantize, max_memory_bytes))
+    profile = WorkerProfile("cpu", resolved, threads, quantize, max_memory_bytes, **batching)
+    return PoolPlan(names, "prefork", count, profile)
 
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}

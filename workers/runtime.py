@@ -38,6 +38,11 @@ class WorkerProfile:
     torch_threads: int | None = None
     quantize: Quantize = "none"
     max_memory_bytes: int | None = None
+    # Dynamic batching: waiting embed/classify jobs are taken into one model call of up to max_batch
+    # inputs; max_wait_ms is how long a short batch waits for more (0: take only what already waits).
+    max_batch: int = 64
+    max_wait_ms: float = 0.0
+    niceness: int = 0
 
 
 @dataclass

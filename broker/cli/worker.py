@@ -23,6 +23,24 @@ from tasks.errors import ConfigurationError
     help="8-bit dynamic quantisation of Linear layers (cpu).",
 )
 @click.option("--max-memory", help="Cap on loaded model weights (e.g. 8GB); least recently used models unload.")
+@click.option(
+    "--lanes",
+    type=click.Choice(["both", "interactive", "bulk"]),
+    default="both",
+    show_default=True,
+    help="Which lanes of the tiers to serve; with both, interactive jobs are always taken first.",
+)
+@click.option(
+    "--max-batch", type=int, default=64, show_default=True, help="Most inputs run through a model in one call."
+)
+@click.option(
+    "--max-wait-ms",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="How long a short embed/classify batch waits for more jobs (0: only those already waiting).",
+)
+@click.option("--nice", "niceness", type=int, help="CPU niceness of the worker (default 10 for --lanes bulk, else 0).")
 @click.option("--hostname", "-n", help="Celery node name (default: POOL-PID@host).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 def worker(
@@ -32,6 +50,10 @@ def worker(
     device: str | None,
     quantize: str,
     max_memory: str | None,
+    lanes: str,
+    max_batch: int,
+    max_wait_ms: float,
+    niceness: int | None,
     hostname: str | None,
     loglevel: str,
 ) -> None:
@@ -52,6 +74,10 @@ def worker(
             device=device,  # type: ignore[arg-type]
             quantize=quantize,  # type: ignore[arg-type]
             max_memory_bytes=parse_size(max_memory) if max_memory else None,
+            lanes=lanes,  # type: ignore[arg-type]
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            niceness=niceness,
         )
     except ConfigurationError as exc:
         fail(str(exc), code=EXIT_INVALID)
@@ -59,6 +85,8 @@ def worker(
     if engine.dialect.name == "sqlite":
         upgrade(engine)  # embedded mode: nobody else runs migrations
     engine.dispose()
+    if plan.profile.niceness:
+        os.nice(plan.profile.niceness)  # before the pool forks, so every process inherits it
     app.worker_profile = plan.profile  # type: ignore[attr-defined]
     app.worker_main(
         [

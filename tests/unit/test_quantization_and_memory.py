@@ -87,7 +87,7 @@ def test_bad_sizes_and_pool_options_are_refused() -> None:
 def test_cpu_pool_divides_torch_threads_between_processes() -> None:
     plan = plan_pool("cpu", CATALOGUE, concurrency=2, cores=8, quantize="8bit")
     assert (plan.execution_pool, plan.concurrency, plan.profile.torch_threads) == ("prefork", 2, 4)
-    assert plan.queues == ["fast", "balanced"] and plan.profile.quantize == "8bit"
+    assert plan.queues == ["fast", "balanced", "fast.bulk", "balanced.bulk"] and plan.profile.quantize == "8bit"
 
 
 def test_gpu_pool_needs_cuda_unless_told_cpu() -> None:
@@ -99,4 +99,4 @@ def test_gpu_pool_needs_cuda_unless_told_cpu() -> None:
         with pytest.raises(ConfigurationError, match="no GPU"):
             plan_pool("gpu", CATALOGUE)
     plan = plan_pool("gpu", CATALOGUE, device="cpu")
-    assert (plan.execution_pool, plan.concurrency, plan.queues) == ("solo", 1, ["quality"])
+    assert (plan.execution_pool, plan.concurrency, plan.queues) == ("solo", 1, ["quality", "quality.bulk"])

@@ -56,4 +56,5 @@ def test_redis_lease_outlasts_the_longest_countdown() -> None:
     from broker.celery_app import broker_transport_options
 
     options = broker_transport_options(Settings(broker_url="redis://127.0.0.1:6379/0"))
-    assert options == {"visibility_timeout": 7200}  # > an hour: a rate-limit deferral never looks abandoned
+    assert options["visibility_timeout"] == 7200  # > an hour: a rate-limit deferral never looks abandoned
+    assert options["queue_order_strategy"] == "priority"  # interactive lanes are always asked for first

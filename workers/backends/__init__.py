@@ -15,7 +15,13 @@ if TYPE_CHECKING:
 def _local(runtime: WorkerRuntime) -> Backend:
     from workers.backends.local import LocalBackend
 
-    return LocalBackend(runtime.registry)
+    return LocalBackend(runtime.registry, runtime.profile.max_batch)
+
+
+def _echo(runtime: WorkerRuntime) -> Backend:
+    from workers.backends.echo import EchoBackend
+
+    return EchoBackend()
 
 
 def _hf_inference(runtime: WorkerRuntime) -> Backend:
@@ -41,6 +47,7 @@ BACKENDS: dict[str, Callable[[WorkerRuntime], Backend]] = {
     "hf-inference": _hf_inference,
     "openai": _openai,
     "tei": _tei,
+    "echo": _echo,
 }
 
 

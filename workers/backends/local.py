@@ -5,9 +5,9 @@ torch errors become ours here (``ModelFailed``); nothing above this module catch
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -28,6 +28,7 @@ from tasks.schemas import (
 from workers.registry import LoadedModel, ModelRegistry
 
 BATCH_SIZE = 64
+T = TypeVar("T")
 
 
 @contextmanager
@@ -49,8 +50,9 @@ def _length_sorted_batches(texts: list[str], size: int) -> Iterator[list[int]]:
 class LocalBackend:
     provider = "local"
 
-    def __init__(self, registry: ModelRegistry):
+    def __init__(self, registry: ModelRegistry, batch_size: int = BATCH_SIZE):
         self._registry = registry
+        self._batch_size = batch_size
 
     # ---- generation --------------------------------------------------------------------------------------
 
@@ -123,53 +125,78 @@ class LocalBackend:
             "repetition_penalty": repetition_penalty,
         }
 
-    # ---- embeddings --------------------------------------------------------------------------------------
+    # ---- embeddings and classification: one request, or many run through the model together ------------
 
     def embed(self, model_id: str, request: EmbedRequest) -> EmbedResult:
-        loaded = self._registry.get(model_id, "embed")
-        texts = list(request.input)
-        vectors: list[list[float]] = [[] for _ in texts]
-        tokens = 0
-        with _model_errors(model_id), loaded.lock:
-            for indices in _length_sorted_batches(texts, BATCH_SIZE):
-                batch = self._tokenize(loaded, [texts[i] for i in indices])
-                hidden = loaded.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-                normalised = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
-                tokens += int(batch["attention_mask"].sum())
-                for row, index in enumerate(indices):
-                    vectors[index] = normalised[row].tolist()
-        return EmbedResult(
-            model=model_id,
-            data=[Embedding(index=i, embedding=vector) for i, vector in enumerate(vectors)],
-            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
-        )
+        return self.embed_many(model_id, [request])[0]
 
-    # ---- classification ----------------------------------------------------------------------------------
+    def embed_many(self, model_id: str, requests: list[EmbedRequest]) -> list[EmbedResult]:
+        """Every input of every request in one length-sorted pass; each request gets its own result."""
+        loaded = self._registry.get(model_id, "embed")
+
+        def forward(batch: Any) -> list[list[float]]:
+            hidden = loaded.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled.float(), p=2, dim=1).tolist()  # type: ignore[no-any-return]
+
+        outputs = self._run_texts(model_id, loaded, requests, forward)
+        return [
+            EmbedResult(
+                model=model_id,
+                data=[Embedding(index=i, embedding=vector) for i, vector in enumerate(vectors)],
+                usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+            )
+            for vectors, tokens in outputs
+        ]
 
     def classify(self, model_id: str, request: ClassifyRequest) -> ClassifyResult:
+        return self.classify_many(model_id, [request])[0]
+
+    def classify_many(self, model_id: str, requests: list[ClassifyRequest]) -> list[ClassifyResult]:
         loaded = self._registry.get(model_id, "classify")
-        texts = list(request.input)
-        results: list[list[LabelScore]] = [[] for _ in texts]
         id2label = loaded.model.config.id2label
         multi_label = loaded.model.config.problem_type == "multi_label_classification"
-        tokens = 0
+
+        def forward(batch: Any) -> list[list[LabelScore]]:
+            logits = loaded.model(**batch).logits.float()
+            scores = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
+            ranked = [sorted(enumerate(row), key=lambda pair: pair[1], reverse=True) for row in scores.tolist()]
+            return [[LabelScore(label=str(id2label[i]), score=score) for i, score in row] for row in ranked]
+
+        outputs = self._run_texts(model_id, loaded, requests, forward)
+        return [
+            ClassifyResult(
+                model=model_id,
+                labels=labels[0],
+                data=[Classification(index=i, labels=scores) for i, scores in enumerate(labels)],
+                usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+            )
+            for labels, tokens in outputs
+        ]
+
+    def _run_texts(
+        self,
+        model_id: str,
+        loaded: LoadedModel,
+        requests: list[EmbedRequest] | list[ClassifyRequest],
+        forward: Callable[[Any], list[T]],
+    ) -> list[tuple[list[T], int]]:
+        """Run ``forward`` over all texts of all requests in length-sorted batches; per request, its outputs
+        in input order and its token count."""
+        owners = [(r, i) for r, request in enumerate(requests) for i in range(len(request.input))]
+        texts = [requests[r].input[i] for r, i in owners]
+        outputs: list[list[Any]] = [[None] * len(request.input) for request in requests]
+        tokens = [0] * len(requests)
         with _model_errors(model_id), loaded.lock:
-            for indices in _length_sorted_batches(texts, BATCH_SIZE):
+            for indices in _length_sorted_batches(texts, self._batch_size):
                 batch = self._tokenize(loaded, [texts[i] for i in indices])
-                logits = loaded.model(**batch).logits.float()
-                scores = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
-                tokens += int(batch["attention_mask"].sum())
-                for row, index in enumerate(indices):
-                    ranked = sorted(enumerate(scores[row].tolist()), key=lambda pair: pair[1], reverse=True)
-                    results[index] = [LabelScore(label=str(id2label[i]), score=score) for i, score in ranked]
-        return ClassifyResult(
-            model=model_id,
-            labels=results[0],
-            data=[Classification(index=i, labels=labels) for i, labels in enumerate(results)],
-            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
-        )
+                lengths = batch["attention_mask"].sum(dim=1).tolist()
+                for index, output, length in zip(indices, forward(batch), lengths, strict=True):
+                    request_index, input_index = owners[index]
+                    outputs[request_index][input_index] = output
+                    tokens[request_index] += int(length)
+        return list(zip(outputs, tokens, strict=True))
 
     @staticmethod
     def _tokenize(loaded: LoadedModel, texts: list[str]) -> Any:

@@ -1,0 +1,126 @@
+"""Taking waiting messages straight from the worker's queues, so that jobs which wait at the same time run
+through the model together (dynamic batching).
+
+Celery hands a worker process one message at a time. When that message holds an embed or classify job, the
+process also takes the messages already waiting in its own queues (interactive lanes first), up to the
+pool's ``max_batch`` and for at most ``max_wait_ms``. They are taken unacknowledged: they are acknowledged
+only once their jobs are recorded, given back if the work fails, and handed out again by the broker's
+visibility timeout if the process dies.
+
+A message that is not due yet (a retry's countdown) is published again with its ETA and acknowledged;
+a message of a task this project does not know is given back untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from broker.queues import TASK_NAMES
+
+log = logging.getLogger(__name__)
+KIND_OF_TASK = {name: kind for kind, name in TASK_NAMES.items()}
+
+
+@dataclass
+class Drained:
+    kind: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    task_id: str | None
+    message: Any
+
+    def ack(self) -> None:
+        self.message.ack()
+
+    def give_back(self) -> None:
+        self.message.requeue()
+
+
+class Drainer:
+    """One broker connection per worker process, opened on first use (after the fork)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self._pid: int | None = None
+        self._connection: Any = None
+
+    def _channel(self) -> Any:
+        if self._pid != os.getpid():
+            self._connection = self.app.connection_for_read()
+            self._pid = os.getpid()
+        return self._connection.default_channel
+
+    def take(self, queues: list[str], room: int, wait_ms: float) -> list[Drained]:
+        """Up to ``room`` messages of our tasks from ``queues`` (in order), waiting at most ``wait_ms`` for
+        them to arrive."""
+        taken: list[Drained] = []
+        foreign: list[Any] = []
+        deadline = time.monotonic() + wait_ms / 1000.0
+        channel = self._channel()
+        while len(taken) < room and len(foreign) < room:
+            got = False
+            for queue in queues:
+                message = channel.basic_get(queue=queue, no_ack=False)
+                if message is None:
+                    continue
+                got = True
+                if KIND_OF_TASK.get((message.headers or {}).get("task") or "") is None:
+                    foreign.append(message)  # given back below, or the next get would return it again
+                else:
+                    drained = self._accept(message, queue)
+                    if drained is not None:
+                        taken.append(drained)
+                break  # start again from the first queue: interactive lanes stay first
+            if not got:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.001)
+        for message in foreign:
+            message.requeue()
+        return taken
+
+    def _accept(self, message: Any, queue: str) -> Drained | None:
+        headers = message.headers or {}
+        name = headers["task"]
+        kind = KIND_OF_TASK[name]
+        # JSON only, checked before decoding: kombu would decode any serializer (pickle included) here.
+        body: Any = None
+        if message.content_type == "application/json":
+            try:
+                body = message.decode()
+            except Exception:
+                body = None
+        if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], list) and isinstance(body[1], dict)):
+            log.error("refusing a %s message that is not a JSON task message (%s)", name, message.content_type)
+            message.ack()  # what Celery does with content it refuses
+            return None
+        args, kwargs, _ = body
+        eta = headers.get("eta")
+        if eta and datetime.fromisoformat(eta).astimezone(UTC) > datetime.now(UTC):
+            # Not due: publish it again with its ETA, so that the worker holds it until then.
+            self.app.send_task(
+                name,
+                args=args,
+                kwargs=kwargs,
+                eta=datetime.fromisoformat(eta),
+                task_id=headers.get("id"),
+                queue=queue,
+                routing_key=queue,
+            )
+            message.ack()
+            return None
+        return Drained(kind, tuple(args), kwargs, headers.get("id"), message)
+
+    def report(self, drained: list[Drained], hostname: str | None, outcome: str, runtime_s: float) -> None:
+        """Tell monitors (Flower) that the drained messages ran, as Celery does for the ones it delivers."""
+        if not drained:
+            return
+        with self.app.events.default_dispatcher(hostname=hostname) as dispatcher:
+            for item in drained:
+                if item.task_id:
+                    dispatcher.send("task-succeeded", uuid=item.task_id, result=repr(outcome), runtime=runtime_s)

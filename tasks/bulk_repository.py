@@ -1,0 +1,185 @@
+"""The repository's writes for jobs run together: a group of jobs starts in one transaction and ends in
+one, however many jobs it holds. The same rules as ``JobStore``'s one-job writes hold: a job in a final
+state is never started again, an attempt left open by a dead worker is closed as lost, one usage row per job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Table, bindparam, insert, select, update
+
+from tasks.records import (
+    FAILED,
+    FINAL_STATUSES,
+    LOST,
+    RUNNING,
+    SUCCEEDED,
+    AttemptRecord,
+    JobRecord,
+    UsageRecord,
+    utcnow,
+)
+from tasks.repository import JobStore, elapsed_ms
+from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+
+Result = GenerateResult | EmbedResult | ClassifyResult
+
+JOBS: Table = JobRecord.__table__  # type: ignore[assignment]
+ATTEMPTS: Table = AttemptRecord.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Started:
+    job_id: str
+    number: int
+    created_at: datetime
+
+
+class BulkStore:
+    def __init__(self, store: JobStore):
+        self._sessions = store.sessions
+
+    def cached_keys(self, keys: list[str], max_age_s: float) -> set[str]:
+        """Which of these cache keys a succeeded job answered within ``max_age_s``."""
+        if not keys:
+            return set()
+        oldest = utcnow() - timedelta(seconds=max_age_s)
+        with self._sessions() as session:
+            return set(
+                session.scalars(
+                    select(JobRecord.cache_key).where(
+                        JobRecord.cache_key.in_(keys), JobRecord.status == SUCCEEDED, JobRecord.finished_at >= oldest
+                    )
+                )
+            )
+
+    def start(
+        self, job_ids: list[str], *, model: str, provider: str, tier: str | None, worker: str | None
+    ) -> list[Started]:
+        """Mark the jobs running and open an attempt for each; jobs that already ended are left out."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            session.execute(
+                update(AttemptRecord)
+                .where(AttemptRecord.job_id.in_(job_ids), AttemptRecord.status == RUNNING)
+                .values(status=LOST, error="the worker was lost during this attempt", finished_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            rows = session.execute(
+                update(JobRecord)
+                .where(JobRecord.id.in_(job_ids), JobRecord.status.not_in(FINAL_STATUSES))
+                .values(status=RUNNING, started_at=now, attempts=JobRecord.attempts + 1)
+                .returning(JobRecord.id, JobRecord.attempts, JobRecord.created_at)
+                .execution_options(synchronize_session=False)
+            ).all()
+            started = [Started(job_id, number, created_at) for job_id, number, created_at in rows]
+            if started:
+                session.execute(
+                    insert(AttemptRecord),
+                    [
+                        {
+                            "job_id": job.job_id,
+                            "number": job.number,
+                            "status": RUNNING,
+                            "model": model,
+                            "provider": provider,
+                            "tier": tier,
+                            "worker": worker,
+                            "started_at": now,
+                        }
+                        for job in started
+                    ],
+                )
+            return started
+
+    def succeed(self, outcomes: list[tuple[Started, Result]], *, provider: str, model_latency_ms: float) -> None:
+        """Record each job's result, close its attempt and write its usage row, all in one transaction."""
+        if not outcomes:
+            return
+        now = utcnow()
+        with self._sessions.begin() as session:
+            connection = session.connection()
+            connection.execute(
+                update(JOBS)
+                .where(JOBS.c.id == bindparam("b_id"), JOBS.c.status == RUNNING)
+                .values(
+                    status=SUCCEEDED,
+                    model_used=bindparam("b_model"),
+                    result=bindparam("b_result"),
+                    error=None,
+                    finished_at=now,
+                    latency_ms=bindparam("b_latency"),
+                ),
+                [
+                    {
+                        "b_id": job.job_id,
+                        "b_model": result.model,
+                        "b_result": result.model_dump(mode="json"),
+                        "b_latency": elapsed_ms(job.created_at, now),
+                    }
+                    for job, result in outcomes
+                ],
+            )
+            connection.execute(
+                update(ATTEMPTS)
+                .where(ATTEMPTS.c.job_id == bindparam("b_job"), ATTEMPTS.c.number == bindparam("b_number"))
+                .values(
+                    status=SUCCEEDED,
+                    finished_at=now,
+                    latency_ms=model_latency_ms,
+                    prompt_tokens=bindparam("b_prompt"),
+                    completion_tokens=bindparam("b_completion"),
+                    total_tokens=bindparam("b_total"),
+                ),
+                [
+                    {
+                        "b_job": job.job_id,
+                        "b_number": job.number,
+                        "b_prompt": result.usage.prompt_tokens,
+                        "b_completion": result.usage.completion_tokens,
+                        "b_total": result.usage.total_tokens,
+                    }
+                    for job, result in outcomes
+                ],
+            )
+            ids = [job.job_id for job, _ in outcomes]
+            counted = set(session.scalars(select(UsageRecord.job_id).where(UsageRecord.job_id.in_(ids))))
+            kind_tier = {
+                job_id: (kind, tier)
+                for job_id, kind, tier in session.execute(
+                    select(JobRecord.id, JobRecord.kind, JobRecord.tier).where(JobRecord.id.in_(ids))
+                )
+            }
+            fresh = [
+                {
+                    "job_id": job.job_id,
+                    "kind": kind_tier[job.job_id][0],
+                    "tier": kind_tier[job.job_id][1],
+                    "model": result.model,
+                    "provider": provider,
+                    "prompt_tokens": result.usage.prompt_tokens,
+                    "completion_tokens": result.usage.completion_tokens,
+                    "total_tokens": result.usage.total_tokens,
+                    "cached": False,
+                    "latency_ms": elapsed_ms(job.created_at, now),
+                    "created_at": now,
+                }
+                for job, result in outcomes
+                if job.job_id not in counted
+            ]
+            if fresh:
+                session.execute(insert(UsageRecord), fresh)
+
+    def fail_attempts(self, started: list[Started], error: str, *, latency_ms: float) -> None:
+        """Close the attempts of a group whose model call failed; each job then runs on its own."""
+        if not started:
+            return
+        with self._sessions.begin() as session:
+            session.connection().execute(
+                update(ATTEMPTS)
+                .where(ATTEMPTS.c.job_id == bindparam("b_job"), ATTEMPTS.c.number == bindparam("b_number"))
+                .values(status=FAILED, error=error, latency_ms=latency_ms, finished_at=utcnow()),
+                [{"b_job": job.job_id, "b_number": job.number} for job in started],
+            )

@@ -1,0 +1,133 @@
+"""Running several jobs of one kind together: the jobs of a bulk message, or interactive jobs that were
+waiting at the same time (dynamic batching).
+
+Jobs that can share a model call (same tier, same first model, a backend that runs many requests at once,
+no cooldown or rate limit in the way, no cached answer) start in one transaction, go through the model in
+one call and are recorded in one transaction; each still gets its own attempt, result and usage row.
+Every other job, and every job of a group whose shared call failed, takes the one-job path of
+``tasks.execution``, with its retries, fallbacks and cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from broker.routing import chain_for, route
+from tasks.bulk_repository import BulkStore, Started
+from tasks.cache import cache_key
+from tasks.errors import InvalidRequest
+from tasks.execution import Request, Reschedule, run_job
+from tasks.messages import Cursor, JobMessage
+from tasks.schemas import Kind, parse_request
+
+if TYPE_CHECKING:
+    from workers.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Group:
+    tier: str
+    model_id: str
+    provider: str
+    members: list[tuple[JobMessage, Request]] = field(default_factory=list)
+
+
+def run_jobs(
+    runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage], worker: str | None, reschedule: Reschedule
+) -> list[str]:
+    """Run every job of ``messages``; returns what became of each (as ``run_job`` does)."""
+    if len(messages) == 1:
+        return [run_job(runtime, kind, messages[0], worker, reschedule)]
+    groups, alone = _plan(runtime, kind, messages)
+    outcomes: list[str] = []
+    for group in groups:
+        outcomes += _run_group(runtime, kind, group, worker, reschedule)
+    for message in alone:
+        outcomes.append(run_job(runtime, kind, message, worker, reschedule))
+    return outcomes
+
+
+def _batch_call(runtime: WorkerRuntime, kind: Kind, provider: str) -> Any:
+    return getattr(runtime.backend(provider), f"{kind}_many", None)
+
+
+def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tuple[list[_Group], list[JobMessage]]:
+    catalogue = runtime.catalogue
+    alone = [m for m in messages if m.request is not None or m.cursor != Cursor()]
+    fresh = [m for m in messages if m.request is None and m.cursor == Cursor()]
+    views = runtime.store.statuses([m.job_id for m in fresh])
+    candidates: list[tuple[JobMessage, Request, str, str, str, str]] = []
+    for message in fresh:
+        view = views.get(message.job_id)
+        if view is None or view.is_final or not isinstance(view.request, dict):
+            alone.append(message)  # the one-job path rejects or skips it with the right message
+            continue
+        try:
+            request = parse_request({**view.request, "kind": kind})
+            first = route(request, catalogue)
+        except InvalidRequest:
+            alone.append(message)
+            continue
+        planned = chain_for(request, view.tier or first.tier, catalogue)
+        model_id = planned.chain[0]
+        provider: str = catalogue.model_spec(model_id).provider
+        shareable = (
+            view.tier == first.tier
+            and _batch_call(runtime, kind, provider) is not None
+            and not runtime.limit_rules(planned.tier, provider, model_id)
+            and runtime.cooldowns.remaining_s(model_id) <= 0
+        )
+        if not shareable:
+            alone.append(message)
+            continue
+        candidates.append((message, request, planned.tier, model_id, provider, cache_key(request, first.tier)))
+    keys = [key for _, request, *_, key in candidates if request.use_cache]
+    answered = BulkStore(runtime.store).cached_keys(keys, runtime.settings.cache_ttl_s)
+    groups: dict[tuple[str, str, str], _Group] = {}
+    for message, request, tier, model_id, provider, key in candidates:
+        if request.use_cache and key in answered:
+            alone.append(message)  # the one-job path answers it from the cache
+            continue
+        group = groups.setdefault((tier, model_id, provider), _Group(tier, model_id, provider))
+        group.members.append((message, request))
+    return list(groups.values()), alone
+
+
+def _run_group(
+    runtime: WorkerRuntime, kind: Kind, group: _Group, worker: str | None, reschedule: Reschedule
+) -> list[str]:
+    bulk = BulkStore(runtime.store)
+    by_id = {message.job_id: (message, request) for message, request in group.members}
+    started = bulk.start(list(by_id), model=group.model_id, provider=group.provider, tier=group.tier, worker=worker)
+    if not started:
+        return []
+    began = time.perf_counter()
+    try:
+        results = _batch_call(runtime, kind, group.provider)(group.model_id, [by_id[j.job_id][1] for j in started])
+    except Exception as exc:  # one bad input must not sink the others: each job runs again on its own
+        latency_ms = (time.perf_counter() - began) * 1000.0
+        reason = f"the shared call failed ({type(exc).__name__}: {exc}); each job runs on its own"
+        bulk.fail_attempts(started, reason, latency_ms=latency_ms)
+        log.warning("%d %s jobs on %s: %s", len(started), kind, group.model_id, reason)
+        return [run_job(runtime, kind, by_id[job.job_id][0], worker, reschedule) for job in started]
+    latency_ms = (time.perf_counter() - began) * 1000.0
+    runtime.cooldowns.record(group.model_id, ok=True)
+    outcomes: list[tuple[Started, Any]] = [
+        (job, result.model_copy(update={"tier": group.tier})) for job, result in zip(started, results, strict=True)
+    ]
+    bulk.succeed(outcomes, provider=group.provider, model_latency_ms=latency_ms)
+    log.info(
+        "%d jobs succeeded together kind=%s tier=%s model=%s inputs=%d model_ms=%.0f",
+        len(started),
+        kind,
+        group.tier,
+        group.model_id,
+        sum(len(getattr(by_id[job.job_id][1], "input", [])) for job in started),
+        latency_ms,
+    )
+    return ["succeeded"] * len(started)
