@@ -56,13 +56,14 @@ class Drainer:
         return self._connection.default_channel
 
     def take(self, queues: list[str], room: int, wait_ms: float) -> list[Drained]:
-        """Up to ``room`` messages of our tasks from ``queues`` (in order), waiting at most ``wait_ms`` for
-        them to arrive."""
+        """Messages of our tasks from ``queues`` (in order) holding up to ``room`` jobs, waiting at most
+        ``wait_ms`` for them to arrive."""
         taken: list[Drained] = []
         foreign: list[Any] = []
+        jobs = 0
         deadline = time.monotonic() + wait_ms / 1000.0
         channel = self._channel()
-        while len(taken) < room and len(foreign) < room:
+        while jobs < room and len(foreign) < room:
             got = False
             for queue in queues:
                 message = channel.basic_get(queue=queue, no_ack=False)
@@ -75,6 +76,8 @@ class Drainer:
                     drained = self._accept(message, queue)
                     if drained is not None:
                         taken.append(drained)
+                        ids = drained.kwargs.get("job_ids")
+                        jobs += len(ids) if isinstance(ids, list) else 1
                 break  # start again from the first queue: interactive lanes stay first
             if not got:
                 if time.monotonic() >= deadline:

@@ -19,6 +19,7 @@ from celery.worker.control import inspect_command
 
 from broker.draining import Drained, Drainer
 from broker.queues import TASK_NAMES
+from broker.routing import lane_of
 from tasks.execution import Reschedule
 from tasks.groups import run_jobs
 from tasks.messages import BadBulkMessage, BadMessage, Cursor, JobMessage, parse_messages
@@ -69,7 +70,10 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
     profile = runtime.profile
     if kind != "generate" and profile.max_batch > len(messages) and task.request.delivery_info:
         # Dynamic batching: the jobs already waiting in this worker's queues join this one's model call.
+        # An interactive job takes only interactive ones with it: bulk work must not lengthen its wait.
         queues = list(task.app.amqp.queues.consume_from or task.app.amqp.queues)
+        if lane_of(task.request.delivery_info.get("routing_key")) == "interactive":
+            queues = [queue for queue in queues if lane_of(queue) == "interactive"]
         drained = _drainer(task.app).take(queues, profile.max_batch - len(messages), profile.max_wait_ms)
     began = time.perf_counter()
     try:

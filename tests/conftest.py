@@ -118,7 +118,13 @@ def start_worker(
     started: list[WorkerProcess] = []
     logs = tmp_path_factory.mktemp("worker-logs")
 
-    def start(queues: str, name: str, env: dict[str, str] | None = None, timeout_s: float = 120.0) -> WorkerProcess:
+    def start(
+        queues: str,
+        name: str,
+        env: dict[str, str] | None = None,
+        timeout_s: float = 120.0,
+        options: tuple[str, ...] = (),
+    ) -> WorkerProcess:
         nodename = f"{name}-{uuid.uuid4().hex[:6]}@localhost"
         log_path = logs / f"{name}.log"
         command = [
@@ -134,6 +140,7 @@ def start_worker(
             "1",
             "--hostname",
             nodename,
+            *options,
         ]
         with log_path.open("wb") as log:
             process = subprocess.Popen(

@@ -1,0 +1,139 @@
+"""Bulk lanes and jobs run together, on the real services: a bulk batch waits behind interactive jobs, and
+jobs that share a model call get the same answers as jobs run one by one, each with its own records."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from broker.client import Router
+from broker.settings import Settings
+from tasks.schemas import ClassifyResult, EmbedResult
+from tests.conftest import WorkerProcess, empty_redis_db
+
+pytestmark = pytest.mark.integration
+
+BROKER = "redis://127.0.0.1:6379/6"
+SENTENCES = [
+    "I love this product, it works perfectly.",
+    "Terrible service, I want my money back.",
+    "The weather is fine.",
+    "A quick brown fox jumps over the lazy dog while the river keeps flowing past the old mill.",
+    "Great!",
+    "This is the worst film I have seen in years and the sound was broken too.",
+    "Queues, workers and databases keep the jobs safe.",
+    "Paris is the capital of France.",
+    "I am not sure how I feel about the new design of the website, some parts are nice.",
+    "Awful.",
+    "The cat sleeps on the warm window sill every afternoon.",
+    "Thank you so much for the quick and friendly help!",
+] * 3
+
+
+@pytest.fixture(scope="module")
+def env(cluster_env: dict[str, str]) -> dict[str, str]:
+    empty_redis_db(BROKER)
+    return {**cluster_env, "LLM_ROUTER_BROKER_URL": BROKER}
+
+
+@pytest.fixture(scope="module")
+def settings(cluster_settings: Settings) -> Settings:
+    return cluster_settings.model_copy(update={"broker_url": BROKER})
+
+
+def _attempts(pg_url: str, job_ids: list[str]) -> list[dict[str, Any]]:
+    engine = create_engine(pg_url)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT a.job_id, a.number, a.status, a.started_at, a.total_tokens, u.total_tokens AS usage_tokens "
+                "FROM attempts a LEFT JOIN usage u ON u.job_id = a.job_id WHERE a.job_id = ANY(:ids)"
+            ),
+            {"ids": job_ids},
+        )
+        found = [dict(row._mapping) for row in rows]
+    engine.dispose()
+    return found
+
+
+def _same(one: EmbedResult | ClassifyResult, other: EmbedResult | ClassifyResult) -> None:
+    if isinstance(one, EmbedResult):
+        assert isinstance(other, EmbedResult)
+        for a, b in zip(one.data, other.data, strict=True):
+            assert max(abs(x - y) for x, y in zip(a.embedding, b.embedding, strict=True)) < 1e-5
+    else:
+        assert isinstance(other, ClassifyResult)
+        for a, b in zip(one.data, other.data, strict=True):
+            assert [s.label for s in a.labels] == [s.label for s in b.labels]
+            assert max(abs(x.score - y.score) for x, y in zip(a.labels, b.labels, strict=True)) < 1e-5
+    assert one.usage.total_tokens == other.usage.total_tokens
+
+
+def test_jobs_run_together_answer_as_jobs_run_one_by_one(
+    start_worker: Callable[..., WorkerProcess], env: dict[str, str], settings: Settings, pg_url: str
+) -> None:
+    worker = start_worker("fast", "together", env=env)
+    with Router(settings) as router:
+        alone: dict[tuple[str, int], Any] = {}
+        for kind in ("embed", "classify"):
+            for i, sentence in enumerate(SENTENCES[:12]):
+                alone[kind, i] = router.submit({"kind": kind, "input": sentence, "use_cache": False}).wait(60)
+
+        # A bulk batch: many jobs per message, run through the model together.
+        requests = [
+            {"kind": kind, "input": sentence, "use_cache": False}
+            for kind in ("embed", "classify")
+            for sentence in SENTENCES
+        ]
+        submitted = router.batch(requests)
+        batched = {position: job.wait(120) for position, job in submitted.jobs.items()}
+        for position, request in enumerate(requests):
+            _same(alone[request["kind"], position % len(SENTENCES) % 12], batched[position])
+
+        # Interactive jobs that wait while the worker is busy join one model call (dynamic batching).
+        busy = router.generate("Write a long story about a lighthouse keeper.", max_tokens=48, use_cache=False)
+        waiting = [router.embed(sentence, use_cache=False) for sentence in SENTENCES[:12]]
+        busy.wait(120)
+        for i, job in enumerate(waiting):
+            _same(alone["embed", i], job.wait(60))
+
+    bulk_ids = [job.id for job in submitted.jobs.values()]
+    rows = _attempts(pg_url, bulk_ids)
+    assert len(rows) == len(bulk_ids)  # one attempt each
+    assert all(r["status"] == "succeeded" and r["usage_tokens"] == r["total_tokens"] > 0 for r in rows)
+    assert len({r["started_at"] for r in rows}) <= 4  # a group starts in one transaction: one timestamp
+    waited = _attempts(pg_url, [job.id for job in waiting])
+    assert len({r["started_at"] for r in waited}) < len(waiting)  # the waiting ones were run together
+    assert "jobs succeeded together kind=embed" in worker.log()
+    assert "jobs succeeded together kind=classify" in worker.log()
+
+
+def test_interactive_jobs_behind_500_bulk_jobs_start_first(
+    start_worker: Callable[..., WorkerProcess], env: dict[str, str], settings: Settings, pg_url: str
+) -> None:
+    # One job per message and no dynamic batching: this is the order in which the worker takes messages.
+    start_worker("balanced", "lanes", env=env, options=("--max-batch", "1"))
+    with Router(settings.model_copy(update={"bulk_message_jobs": 1})) as router:
+        bulk = router.batch([{"kind": "embed", "input": f"bulk sentence {i}", "tier": "balanced"} for i in range(500)])
+        deadline = time.monotonic() + 120
+        while router.batch_progress(bulk.batch_id).get("succeeded", 0) < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        waiting_bulk = redis.Redis.from_url(BROKER).llen("balanced.bulk")
+        interactive = [router.embed(f"interactive request {i}", tier="balanced") for i in range(5)]
+        for job in interactive:
+            job.wait(120)
+        while router.batch_progress(bulk.batch_id).get("succeeded", 0) < 500:
+            assert time.monotonic() < deadline + 180, router.batch_progress(bulk.batch_id)
+            time.sleep(0.2)
+        submitted_at = min(job.record().created_at for job in interactive)
+    assert waiting_bulk >= 400  # hundreds of bulk messages were queued in front of them
+    last_interactive = max(r["started_at"] for r in _attempts(pg_url, [job.id for job in interactive]))
+    bulk_starts = [r["started_at"] for r in _attempts(pg_url, [job.id for job in bulk.jobs.values()])]
+    overtaken = [t for t in bulk_starts if submitted_at < t < last_interactive]
+    assert len(overtaken) <= 1, overtaken  # at most the bulk job already in hand when they arrived
