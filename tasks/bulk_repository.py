@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from tasks.records import (
     FAILED,
@@ -35,6 +38,15 @@ class Started:
     job_id: str
     number: int
     created_at: datetime
+
+
+def _insert_ignoring_duplicates(session: Session, table: Table) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["job_id"])
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["job_id"])
+    raise NotImplementedError(f"bulk usage rows on {dialect}")
 
 
 class BulkStore:
@@ -94,7 +106,9 @@ class BulkStore:
                 )
             return started
 
-    def succeed(self, outcomes: list[tuple[Started, Result]], *, provider: str, model_latency_ms: float) -> None:
+    def succeed(
+        self, outcomes: list[tuple[Started, Result]], *, kind: str, tier: str, provider: str, model_latency_ms: float
+    ) -> None:
         """Record each job's result, close its attempt and write its usage row, all in one transaction."""
         if not outcomes:
             return
@@ -144,33 +158,27 @@ class BulkStore:
                     for job, result in outcomes
                 ],
             )
-            ids = [job.job_id for job, _ in outcomes]
-            counted = set(session.scalars(select(UsageRecord.job_id).where(UsageRecord.job_id.in_(ids))))
-            kind_tier = {
-                job_id: (kind, tier)
-                for job_id, kind, tier in session.execute(
-                    select(JobRecord.id, JobRecord.kind, JobRecord.tier).where(JobRecord.id.in_(ids))
-                )
-            }
-            fresh = [
-                {
-                    "job_id": job.job_id,
-                    "kind": kind_tier[job.job_id][0],
-                    "tier": kind_tier[job.job_id][1],
-                    "model": result.model,
-                    "provider": provider,
-                    "prompt_tokens": result.usage.prompt_tokens,
-                    "completion_tokens": result.usage.completion_tokens,
-                    "total_tokens": result.usage.total_tokens,
-                    "cached": False,
-                    "latency_ms": elapsed_ms(job.created_at, now),
-                    "created_at": now,
-                }
-                for job, result in outcomes
-                if job.job_id not in counted
-            ]
-            if fresh:
-                session.execute(insert(UsageRecord), fresh)
+            # One usage row per job: a redelivered group finds its rows and adds none.
+            usage = _insert_ignoring_duplicates(session, UsageRecord.__table__)  # type: ignore[arg-type]
+            session.execute(
+                usage,
+                [
+                    {
+                        "job_id": job.job_id,
+                        "kind": kind,
+                        "tier": tier,
+                        "model": result.model,
+                        "provider": provider,
+                        "prompt_tokens": result.usage.prompt_tokens,
+                        "completion_tokens": result.usage.completion_tokens,
+                        "total_tokens": result.usage.total_tokens,
+                        "cached": False,
+                        "latency_ms": elapsed_ms(job.created_at, now),
+                        "created_at": now,
+                    }
+                    for job, result in outcomes
+                ],
+            )
 
     def fail_attempts(self, started: list[Started], error: str, *, latency_ms: float) -> None:
         """Close the attempts of a group whose model call failed; each job then runs on its own."""

@@ -61,6 +61,7 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
     alone = [m for m in messages if m.request is not None or m.cursor != Cursor()]
     fresh = [m for m in messages if m.request is None and m.cursor == Cursor()]
     views = runtime.store.statuses([m.job_id for m in fresh])
+    usable: dict[tuple[str, str, str], bool] = {}  # (tier, model, provider) → can share a call now
     candidates: list[tuple[JobMessage, Request, str, str, str, str]] = []
     for message in fresh:
         view = views.get(message.job_id)
@@ -76,13 +77,14 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
         planned = chain_for(request, view.tier or first.tier, catalogue)
         model_id = planned.chain[0]
         provider: str = catalogue.model_spec(model_id).provider
-        shareable = (
-            view.tier == first.tier
-            and _batch_call(runtime, kind, provider) is not None
-            and not runtime.limit_rules(planned.tier, provider, model_id)
-            and runtime.cooldowns.remaining_s(model_id) <= 0
-        )
-        if not shareable:
+        route_key = (planned.tier, model_id, provider)
+        if route_key not in usable:
+            usable[route_key] = (
+                _batch_call(runtime, kind, provider) is not None
+                and not runtime.limit_rules(planned.tier, provider, model_id)
+                and runtime.cooldowns.remaining_s(model_id) <= 0
+            )
+        if view.tier != first.tier or not usable[route_key]:
             alone.append(message)
             continue
         candidates.append((message, request, planned.tier, model_id, provider, cache_key(request, first.tier)))
@@ -120,7 +122,7 @@ def _run_group(
     outcomes: list[tuple[Started, Any]] = [
         (job, result.model_copy(update={"tier": group.tier})) for job, result in zip(started, results, strict=True)
     ]
-    bulk.succeed(outcomes, provider=group.provider, model_latency_ms=latency_ms)
+    bulk.succeed(outcomes, kind=kind, tier=group.tier, provider=group.provider, model_latency_ms=latency_ms)
     log.info(
         "%d jobs succeeded together kind=%s tier=%s model=%s inputs=%d model_ms=%.0f",
         len(started),

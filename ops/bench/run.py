@@ -1,0 +1,381 @@
+"""Benchmark the cluster against the model alone and against bare Celery, in one run on this machine.
+
+    python ops/bench/run.py --n 10000 --json OUT.json [--redis redis://127.0.0.1:6379/5]
+
+Uses the real Redis (broker, one database emptied first) and a fresh PostgreSQL database it drops after.
+Every figure is measured in this run:
+
+(a) the model alone: MiniLM-L6 embedding N sentences (8-20 words) in one process, in batches of 64 sorted
+    by length, as sentence-transformers' ``encode`` does; the reference;
+(b) the same N sentences through the cluster as one job per sentence (``Router.batch``, one worker pool
+    serving both lanes), from the first submission to the last job recorded in PostgreSQL;
+(c) the same as N/64 jobs of 64 inputs each;
+(d) no-op jobs per second through the whole path (enqueue → worker → job, attempt and usage rows in
+    PostgreSQL), on the ``echo`` provider, submitted as a bulk batch; and, for comparison, submitted one
+    by one as interactive jobs;
+(e) a bare Celery no-op task on the same broker (Celery's defaults, JSON, one prefork process);
+(f) p95 latency (created → recorded) of single interactive embed jobs submitted every 50 ms while a bulk
+    batch of N embed jobs runs, and (g) the same on an idle cluster. Measured twice: with one worker
+    serving both lanes, and with a worker per lane (the bulk one at niceness 10) on the same two cores.
+
+It prints a table and writes JSON with every figure and the ratios ``embed_per_job_ratio`` = b/a,
+``embed_batched_ratio`` = c/a, ``noop_vs_celery_ratio`` = d/e and ``interactive_p95_ratio`` = f/g.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+from sqlalchemy import create_engine, text
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from broker.client import Router  # noqa: E402
+from broker.settings import Settings  # noqa: E402
+from ops.bench.quantization import sentences  # noqa: E402
+from tasks.database import upgrade  # noqa: E402
+from workers.bundled.prepare import MINILM_ID, prepare_models  # noqa: E402
+
+ECHO_TIER = """
+[tiers.noop]
+pool = "cpu"
+generate = ["echo"]
+embed = ["echo"]
+classify = ["echo"]
+
+[models.echo]
+provider = "echo"
+"""
+
+
+def model_alone(texts: list[str], models_dir: Path, batch_size: int = 64) -> dict[str, float]:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    path = models_dir / MINILM_ID
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    with torch.inference_mode():  # warm-up, as a running worker is warm
+        model(**tokenizer(texts[:batch_size], padding=True, truncation=True, return_tensors="pt"))
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = tokenizer(
+                [texts[i] for i in order[start : start + batch_size]],
+                padding=True,
+                truncation=True,
+                return_tensors="pt",
+            )
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), p=2, dim=1)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "per_s": len(texts) / seconds}
+
+
+class Cluster:
+    """Worker processes on the benchmark's broker and database; every one is stopped on exit."""
+
+    def __init__(self, env: dict[str, str], logs: Path):
+        self.env, self.logs = env, logs
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, *arguments: str, ready: str = "ready: tiers=") -> None:
+        log_path = self.logs / f"{name}.log"
+        command = [sys.executable, "-m", "broker.cli.main", "worker", "--hostname", f"{name}@bench", *arguments]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.processes.append(process)
+        self._wait_for(process, log_path, ready)
+
+    def start_command(self, name: str, command: list[str], ready: str, cwd: Path) -> None:
+        log_path = self.logs / f"{name}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+        self.processes.append(process)
+        self._wait_for(process, log_path, ready)
+
+    @staticmethod
+    def _wait_for(process: subprocess.Popen[bytes], log_path: Path, ready: str) -> None:
+        deadline = time.monotonic() + 180
+        while ready not in log_path.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{log_path.name}: not ready\n{log_path.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
+@contextmanager
+def bench_database(admin: str, url_template: str) -> Iterator[str]:
+    name = f"llmr_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    url = url_template.format(database=name)
+    engine = create_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def last_finished(database_url: str, batch_id: str) -> tuple[int, float]:
+    """How many jobs of the batch succeeded, and when the last was recorded (epoch seconds)."""
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        count, last = connection.execute(
+            text(
+                "SELECT count(*), extract(epoch FROM max(finished_at)) FROM jobs "
+                "WHERE batch_id = :b AND status = 'succeeded'"
+            ),
+            {"b": batch_id},
+        ).one()
+    engine.dispose()
+    return int(count), float(last or 0.0)
+
+
+def run_batch(router: Router, requests: list[dict[str, Any]], chunk: int, timeout_s: float) -> dict[str, float]:
+    """Submit ``requests`` as one bulk batch in chunks; return the rate from first submission to last record."""
+    batch_id = str(uuid.uuid4())
+    started = time.time()
+    for start in range(0, len(requests), chunk):
+        submitted = router.batch(requests[start : start + chunk], batch_id=batch_id)
+        if submitted.errors:
+            raise RuntimeError(f"invalid benchmark requests: {list(submitted.errors.values())[:3]}")
+    submit_s = time.time() - started
+    deadline = time.monotonic() + timeout_s
+    while router.batch_progress(batch_id).get("succeeded", 0) < len(requests):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"batch not done after {timeout_s}s: {router.batch_progress(batch_id)}")
+        time.sleep(0.25)
+    count, last = last_finished(str(router.settings.database_url), batch_id)
+    seconds = last - started
+    inputs = sum(len(r["input"]) if isinstance(r["input"], list) else 1 for r in requests)
+    return {"jobs": count, "inputs": inputs, "submit_s": submit_s, "seconds": seconds, "per_s": inputs / seconds}
+
+
+def interactive_latencies(router: Router, count: int, every_s: float, until: threading.Event | None) -> list[float]:
+    """Submit single interactive embed jobs every ``every_s`` (``count`` of them, or until ``until`` is set),
+    and return their latencies (ms, created → recorded)."""
+    jobs = []
+    for i in range(count):
+        if until is not None and until.is_set():
+            break
+        jobs.append(router.embed(f"An interactive request number {i} from a web page.", use_cache=False))
+        time.sleep(every_s)
+    latencies = []
+    for job in jobs:
+        job.wait(timeout=300)
+        latencies.append(float(job.record().latency_ms or 0.0))
+    return latencies
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def _bulk_producer(settings: dict[str, Any], requests: list[dict[str, Any]], chunk: int, out: Any) -> None:
+    with Router(Settings(**settings)) as router:
+        out.put(run_batch(router, requests, chunk, timeout_s=1800))
+
+
+def latency_under_bulk(router: Router, bulk: list[dict[str, Any]], chunk: int) -> dict[str, float]:
+    """Interactive latency on an idle cluster, then while a bulk batch runs. The batch is submitted by a
+    process of its own, as a batch job and a web backend are in production (and share no interpreter lock)."""
+    interactive_latencies(router, 10, 0.05, None)  # warm-up: first calls of a fresh process are slow
+    idle = interactive_latencies(router, 100, 0.05, None)
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    settings = router.settings.model_dump(include={"broker_url", "database_url", "config", "models_dir"})
+    producer = context.Process(target=_bulk_producer, args=(settings, bulk, chunk, out))
+    producer.start()
+    done = threading.Event()
+    figures: dict[str, Any] = {}
+
+    def collect() -> None:
+        figures.update(out.get())
+        done.set()
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    time.sleep(1.0)  # the bulk batch is recorded and queued first
+    busy = interactive_latencies(router, 100_000, 0.05, done)
+    collector.join()
+    producer.join()
+    return {
+        "idle_p95_ms": p95(idle),
+        "idle_p50_ms": statistics.median(idle),
+        "busy_p95_ms": p95(busy),
+        "busy_p50_ms": statistics.median(busy),
+        "busy_samples": len(busy),
+        "bulk_per_s": figures["per_s"],
+    }
+
+
+def bare_celery(env: dict[str, str], broker: str, n: int, cluster: Cluster) -> dict[str, float]:
+    os.environ["BENCH_BROKER_URL"] = broker
+    from ops.bench.bare_celery import COUNTER, app
+
+    client = redis.Redis.from_url(broker)
+    client.delete(COUNTER)
+    command = [sys.executable, "-m", "celery", "-A", "bare_celery", "worker", "-c", "1", "--pool", "prefork"]
+    command += ["--without-gossip", "--without-mingle", "-l", "INFO"]
+    cluster.start_command("bare-celery", command, "ready.", REPO / "ops" / "bench")
+    started = time.time()
+    for _ in range(n):
+        app.send_task("bench.noop")
+    submit_s = time.time() - started
+    deadline = time.monotonic() + 600
+    while int(client.get(COUNTER) or 0) < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError("bare Celery tasks not done after 600 s")
+        time.sleep(0.01)
+    seconds = time.time() - started
+    cluster.stop()
+    return {"tasks": n, "submit_s": submit_s, "seconds": seconds, "per_s": n / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/5", help="emptied before use")
+    parser.add_argument("--pg-admin", default="host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+    parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
+    parser.add_argument("--chunk", type=int, default=1000, help="requests per Router.batch call")
+    args = parser.parse_args()
+    n = args.n
+
+    models_dir = Settings().models_dir
+    prepare_models(models_dir)
+    texts = sentences(n)
+    print(f"(a) model alone: {n} sentences …", flush=True)
+    a = model_alone(texts, models_dir)
+
+    redis.Redis.from_url(args.redis).flushdb()
+    work = Path(tempfile.mkdtemp(prefix="llmr-bench-"))
+    catalogue = work / "catalogue.toml"
+    catalogue.write_text((REPO / "broker" / "catalogue.toml").read_text() + ECHO_TIER)
+    results: dict[str, Any] = {"n": n, "cores": os.cpu_count(), "model_alone": a}
+    with bench_database(args.pg_admin, args.pg_url) as database_url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER_")}
+        env.update(
+            LLM_ROUTER_BROKER_URL=args.redis,
+            LLM_ROUTER_DATABASE_URL=database_url,
+            LLM_ROUTER_CONFIG=str(catalogue),
+            LLM_ROUTER_MODELS_DIR=str(models_dir),
+            LLM_ROUTER_VAR_DIR=str(work / "var"),
+            HF_HUB_OFFLINE="1",
+            BENCH_BROKER_URL=args.redis,
+            PYTHONPATH=str(REPO),
+        )
+        settings = Settings(broker_url=args.redis, database_url=database_url, config=catalogue, models_dir=models_dir)
+        cluster = Cluster(env, work)
+        with Router(settings) as router:
+            try:
+                one_each = [{"kind": "embed", "input": t, "tier": "fast", "use_cache": False} for t in texts]
+                of_64 = [
+                    {"kind": "embed", "input": texts[i : i + 64], "tier": "fast", "use_cache": False}
+                    for i in range(0, n, 64)
+                ]
+                cluster.start("shared", "--queues", "fast")
+                print("(b) one job per sentence …", flush=True)
+                results["embed_per_job"] = run_batch(router, one_each, args.chunk, 1800)
+                print("(c) jobs of 64 inputs …", flush=True)
+                results["embed_batched"] = run_batch(router, of_64, args.chunk, 1800)
+                print("(f, g) interactive latency, one worker for both lanes …", flush=True)
+                results["latency_one_worker"] = latency_under_bulk(router, one_each, args.chunk)
+                cluster.stop()
+
+                cluster.start("interactive", "--queues", "fast", "--lanes", "interactive")
+                cluster.start("bulk", "--queues", "fast", "--lanes", "bulk")
+                print("(f, g) interactive latency, a worker per lane …", flush=True)
+                results["latency_worker_per_lane"] = latency_under_bulk(router, one_each, args.chunk)
+                cluster.stop()
+
+                cluster.start("noop", "--queues", "noop")
+                print("(d) no-op jobs …", flush=True)
+                noop = [
+                    {"kind": "classify", "input": f"no-op {i}", "tier": "noop", "use_cache": False} for i in range(n)
+                ]
+                results["noop_bulk"] = run_batch(router, noop, args.chunk, 1800)
+                single = min(n, 2000)
+                started = time.time()
+                jobs = [router.classify(f"single no-op {i}", tier="noop", use_cache=False) for i in range(single)]
+                for job in jobs:
+                    job.wait(timeout=600)
+                results["noop_interactive"] = {"jobs": single, "per_s": single / (time.time() - started)}
+                cluster.stop()
+                print("(e) bare Celery no-op tasks …", flush=True)
+                results["bare_celery"] = bare_celery(env, args.redis, n, cluster)
+            finally:
+                cluster.stop()
+
+    split, shared = results["latency_worker_per_lane"], results["latency_one_worker"]
+    results.update(
+        embed_per_job_ratio=results["embed_per_job"]["per_s"] / a["per_s"],
+        embed_batched_ratio=results["embed_batched"]["per_s"] / a["per_s"],
+        noop_vs_celery_ratio=results["noop_bulk"]["per_s"] / results["bare_celery"]["per_s"],
+        interactive_p95_ratio=split["busy_p95_ms"] / split["idle_p95_ms"],
+        interactive_p95_ratio_one_worker=shared["busy_p95_ms"] / shared["idle_p95_ms"],
+    )
+    rows = [
+        ("(a) model alone, batch 64", f"{a['per_s']:.0f} sentences/s", "reference"),
+        ("(b) one job per sentence", f"{results['embed_per_job']['per_s']:.0f} sentences/s",
+         f"b/a = {results['embed_per_job_ratio']:.2f} (target ≥ 0.8)"),
+        ("(c) jobs of 64 inputs", f"{results['embed_batched']['per_s']:.0f} sentences/s",
+         f"c/a = {results['embed_batched_ratio']:.2f} (target ≥ 0.9)"),
+        ("(d) no-op jobs, bulk batch", f"{results['noop_bulk']['per_s']:.0f} jobs/s",
+         f"d/e = {results['noop_vs_celery_ratio']:.2f} (target ≥ 0.5)"),
+        ("    no-op jobs, one by one", f"{results['noop_interactive']['per_s']:.0f} jobs/s",
+         f"/e = {results['noop_interactive']['per_s'] / results['bare_celery']['per_s']:.2f}"),
+        ("(e) bare Celery no-op", f"{results['bare_celery']['per_s']:.0f} tasks/s", "reference"),
+        ("(g) idle p95, worker per lane", f"{split['idle_p95_ms']:.0f} ms", f"p50 {split['idle_p50_ms']:.0f} ms"),
+        ("(f) p95 under bulk, worker per lane", f"{split['busy_p95_ms']:.0f} ms",
+         f"f/g = {results['interactive_p95_ratio']:.2f} (target ≤ 2), {split['busy_samples']} jobs"),
+        ("(g) idle p95, one worker", f"{shared['idle_p95_ms']:.0f} ms", f"p50 {shared['idle_p50_ms']:.0f} ms"),
+        ("(f) p95 under bulk, one worker", f"{shared['busy_p95_ms']:.0f} ms",
+         f"f/g = {results['interactive_p95_ratio_one_worker']:.2f}, {shared['busy_samples']} jobs"),
+    ]  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    print(f"\nN = {n}, {os.cpu_count()} cores")
+    for label, figure, note in rows:
+        print(f"{label:<{width}}  {figure:>18}  {note}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"\nwritten {args.json}")
+
+
+if __name__ == "__main__":
+    main()
