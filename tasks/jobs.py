@@ -19,7 +19,7 @@ from celery.worker.control import inspect_command
 
 from broker.draining import Drained, Drainer
 from broker.queues import TASK_NAMES
-from broker.routing import lane_of
+from broker.routing import lane_of, queue_for_tier
 from tasks.execution import Reschedule
 from tasks.groups import run_jobs
 from tasks.messages import BadBulkMessage, BadMessage, Cursor, JobMessage, parse_messages
@@ -181,7 +181,7 @@ def publish_state(runtime: Any) -> None:
 def _preload(app: Any) -> None:
     runtime = current_runtime(app)
     queues = set(app.amqp.queues.consume_from or app.amqp.queues)
-    tiers = [tier for tier in runtime.catalogue.ordered_tiers if tier in queues]
+    tiers = [tier for tier in runtime.catalogue.ordered_tiers if queues & {tier, queue_for_tier(tier, "bulk")}]
     problems = runtime.registry.preload(runtime.catalogue.models_of_tiers(tiers))
     for problem in problems:
         log.error("preload: %s", problem)

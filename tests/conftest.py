@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from kombu import Connection, Exchange, Producer
 
 from broker.settings import Settings
 
@@ -160,3 +161,17 @@ def start_worker(
     yield start
     for worker in started:
         worker.stop()
+
+
+def publish_raw(redis_url: str, queue: str, body: bytes, content_type: str, task: str) -> None:
+    """Publish a hand-made message straight to a queue, bypassing Celery's client."""
+    task_id = str(uuid.uuid4())
+    with Connection(redis_url) as connection:
+        Producer(connection).publish(
+            body,
+            exchange=Exchange("llm-router", type="direct"),
+            routing_key=queue,
+            content_type=content_type,
+            content_encoding="binary" if content_type != "application/json" else "utf-8",
+            headers={"task": task, "id": task_id, "lang": "py", "argsrepr": "", "kwargsrepr": ""},
+        )

@@ -49,6 +49,7 @@ def plan_pool(
     max_batch: int = 64,
     max_wait_ms: float = 0.0,
     niceness: int | None = None,
+    torch_threads: int | None = None,
 ) -> PoolPlan:
     chosen = queues or catalogue.tiers_of_pool(pool)
     unknown = [name for name in chosen if name not in catalogue.tiers]
@@ -84,7 +85,9 @@ def plan_pool(
     count = concurrency or 1
     if count < 1:
         raise ConfigurationError("--concurrency: must be at least 1")
-    threads = max(1, cores // count)
+    if torch_threads is not None and torch_threads < 1:
+        raise ConfigurationError(f"--torch-threads: must be at least 1, got {torch_threads}")
+    threads = torch_threads or max(1, cores // count)
     profile = WorkerProfile("cpu", resolved, threads, quantize, max_memory_bytes, **batching)
     return PoolPlan(names, "prefork", count, profile)
 

@@ -40,6 +40,11 @@ from tasks.errors import ConfigurationError
     show_default=True,
     help="How long a short embed/classify batch waits for more jobs (0: only those already waiting).",
 )
+@click.option(
+    "--torch-threads",
+    type=int,
+    help="Threads per process for torch (cpu pool; default LLM_ROUTER_TORCH_THREADS, else cores / processes).",
+)
 @click.option("--nice", "niceness", type=int, help="CPU niceness of the worker (default 10 for --lanes bulk, else 0).")
 @click.option("--hostname", "-n", help="Celery node name (default: POOL-PID@host).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
@@ -54,6 +59,7 @@ def worker(
     max_batch: int,
     max_wait_ms: float,
     niceness: int | None,
+    torch_threads: int | None,
     hostname: str | None,
     loglevel: str,
 ) -> None:
@@ -78,6 +84,7 @@ def worker(
             max_batch=max_batch,
             max_wait_ms=max_wait_ms,
             niceness=niceness,
+            torch_threads=torch_threads or settings.torch_threads,
         )
     except ConfigurationError as exc:
         fail(str(exc), code=EXIT_INVALID)

@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 import redis
-from kombu import Connection, Exchange, Producer
 from sqlalchemy import create_engine, text
 
 from broker.client import Router
 from broker.settings import Settings
 from tasks.errors import JobRejected
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, publish_raw
 
 pytestmark = pytest.mark.integration
 
@@ -99,20 +98,6 @@ def test_a_tier_job_is_consumed_only_by_workers_of_that_queue(
     client.close()
 
 
-def _publish_raw(redis_url: str, queue: str, body: bytes, content_type: str, task: str) -> None:
-    """Publish a hand-made message straight to a queue, bypassing Celery's client."""
-    task_id = str(uuid.uuid4())
-    with Connection(redis_url) as connection:
-        Producer(connection).publish(
-            body,
-            exchange=Exchange("llm-router", type="direct"),
-            routing_key=queue,
-            content_type=content_type,
-            content_encoding="binary" if content_type != "application/json" else "utf-8",
-            headers={"task": task, "id": task_id, "lang": "py", "argsrepr": "", "kwargsrepr": ""},
-        )
-
-
 def test_malformed_messages_are_recorded_and_the_worker_keeps_serving(
     workers: dict[str, WorkerProcess], router: Router, db: Callable[..., list[dict[str, Any]]], redis_url: str
 ) -> None:
@@ -128,10 +113,10 @@ def test_malformed_messages_are_recorded_and_the_worker_keeps_serving(
     app.send_task("tasks.classify", args=["not-a-uuid"], queue="fast")
     # An unknown task name, a pickle payload, and a body that is not JSON.
     app.send_task("tasks.nope", args=[str(uuid.uuid4())], queue="fast")
-    _publish_raw(
+    publish_raw(
         redis_url, "fast", b"\x80\x04\x95\x00cos\nsystem\n.", "application/x-python-serialize", "tasks.generate"
     )
-    _publish_raw(redis_url, "fast", b"{not json", "application/json", "tasks.generate")
+    publish_raw(redis_url, "fast", b"{not json", "application/json", "tasks.generate")
 
     after = router.embed("the worker still serves", tier="fast").wait(timeout=60)
     assert isinstance(after, EmbedResult)

@@ -1,0 +1,82 @@
+"""The dynamic-batching accumulator on the real Redis: which waiting messages it takes, in which order, and
+what it does with those it must not run now."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from broker.celery_app import RouterCelery, create_app
+from broker.draining import Drainer
+from broker.settings import Settings
+from tests.conftest import empty_redis_db, publish_raw
+
+pytestmark = pytest.mark.integration
+
+BROKER = "redis://127.0.0.1:6379/4"
+
+
+@pytest.fixture
+def app(cluster_settings: Settings) -> Iterator[RouterCelery]:
+    empty_redis_db(BROKER)
+    app = create_app(cluster_settings.model_copy(update={"broker_url": BROKER}))
+    yield app
+    app.close()
+
+
+def _ids(n: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
+def test_it_takes_interactive_messages_first_and_counts_jobs(app: RouterCelery) -> None:
+    bulk, interactive = _ids(3), _ids(2)
+    app.send_task("tasks.embed", kwargs={"job_ids": bulk}, queue="fast.bulk", routing_key="fast.bulk")
+    for job_id in interactive:
+        app.send_task("tasks.classify", args=[job_id], queue="fast", routing_key="fast")
+    drainer = Drainer(app)
+    taken = drainer.take(["fast", "fast.bulk"], room=10, wait_ms=0)
+    assert [(d.kind, d.args, d.kwargs) for d in taken] == [
+        ("classify", (interactive[0],), {}),
+        ("classify", (interactive[1],), {}),
+        ("embed", (), {"job_ids": bulk}),
+    ]
+    client = redis.Redis.from_url(BROKER)
+    assert client.hlen("unacked") == 3  # taken, not acknowledged: a dead process's messages come back
+    for item in taken:
+        item.ack()
+    assert client.hlen("unacked") == 0
+
+    for job_id in _ids(5):
+        app.send_task("tasks.embed", args=[job_id], queue="fast", routing_key="fast")
+    assert len(drainer.take(["fast"], room=2, wait_ms=0)) == 2  # room counts jobs
+    again = drainer.take(["fast"], room=64, wait_ms=0)
+    assert len(again) == 3
+    for item in again:
+        item.give_back()
+    assert client.llen("fast") == 3
+
+
+def test_what_it_must_not_run_now_is_given_back_republished_or_refused(
+    app: RouterCelery, caplog: pytest.LogCaptureFixture
+) -> None:
+    later, runnable = _ids(2)
+    app.send_task("tasks.embed", args=[later], countdown=600, queue="fast", routing_key="fast")
+    app.send_task("tasks.nope", args=[str(uuid.uuid4())], queue="fast", routing_key="fast")
+    publish_raw(BROKER, "fast", b"\x80\x04\x95\x00cos\nsystem\n.", "application/x-python-serialize", "tasks.embed")
+    app.send_task("tasks.embed", args=[runnable], queue="fast", routing_key="fast")
+
+    taken = Drainer(app).take(["fast"], room=10, wait_ms=0)
+    assert [d.args for d in taken] == [(runnable,)]
+    assert "refusing a tasks.embed message" in caplog.text  # the pickle: acknowledged, never decoded
+    client = redis.Redis.from_url(BROKER)
+    waiting = [json.loads(raw) for raw in client.lrange("fast", 0, -1)]
+    names = sorted(m["headers"]["task"] for m in waiting)
+    assert names == ["tasks.embed", "tasks.nope"]  # the unknown task given back, the countdown published again
+    (republished,) = [m for m in waiting if m["headers"]["task"] == "tasks.embed"]
+    assert republished["headers"]["eta"] is not None  # still due in ten minutes, not now
+    for item in taken:
+        item.ack()
