@@ -7,8 +7,8 @@ pool's ``max_batch`` and for at most ``max_wait_ms``. They are taken unacknowled
 only once their jobs are recorded, given back if the work fails, and handed out again by the broker's
 visibility timeout if the process dies.
 
-A message that is not due yet (a retry's countdown) is published again with its ETA and acknowledged;
-a message of a task this project does not know is given back untouched.
+A message that is not due yet (a retry's countdown) and a message of a task this project does not know are
+given back untouched, for Celery's own consumer.
 """
 
 from __future__ import annotations
@@ -41,6 +41,17 @@ class Drained:
         self.message.requeue()
 
 
+def _runnable_now(headers: dict[str, Any]) -> bool:
+    """One of our tasks, and due: a retry's countdown is left to Celery, which holds it until its ETA."""
+    if KIND_OF_TASK.get(headers.get("task") or "") is None:
+        return False
+    eta = headers.get("eta")
+    try:
+        return not eta or datetime.fromisoformat(eta).astimezone(UTC) <= datetime.now(UTC)
+    except (TypeError, ValueError):
+        return False
+
+
 class Drainer:
     """One broker connection per worker process, opened on first use (after the fork)."""
 
@@ -59,21 +70,21 @@ class Drainer:
         """Messages of our tasks from ``queues`` (in order) holding up to ``room`` jobs, waiting at most
         ``wait_ms`` for them to arrive."""
         taken: list[Drained] = []
-        foreign: list[Any] = []
+        held: list[Any] = []
         jobs = 0
         deadline = time.monotonic() + wait_ms / 1000.0
         channel = self._channel()
-        while jobs < room and len(foreign) < room:
+        while jobs < room and len(held) < room:
             got = False
             for queue in queues:
                 message = channel.basic_get(queue=queue, no_ack=False)
                 if message is None:
                     continue
                 got = True
-                if KIND_OF_TASK.get((message.headers or {}).get("task") or "") is None:
-                    foreign.append(message)  # given back below, or the next get would return it again
+                if not _runnable_now(message.headers or {}):
+                    held.append(message)  # given back below, or the next get would return it again
                 else:
-                    drained = self._accept(message, queue)
+                    drained = self._accept(message)
                     if drained is not None:
                         taken.append(drained)
                         ids = drained.kwargs.get("job_ids")
@@ -83,11 +94,11 @@ class Drainer:
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(0.001)
-        for message in foreign:
+        for message in held:
             message.requeue()
         return taken
 
-    def _accept(self, message: Any, queue: str) -> Drained | None:
+    def _accept(self, message: Any) -> Drained | None:
         headers = message.headers or {}
         name = headers["task"]
         kind = KIND_OF_TASK[name]
@@ -103,20 +114,6 @@ class Drainer:
             message.ack()  # what Celery does with content it refuses
             return None
         args, kwargs, _ = body
-        eta = headers.get("eta")
-        if eta and datetime.fromisoformat(eta).astimezone(UTC) > datetime.now(UTC):
-            # Not due: publish it again with its ETA, so that the worker holds it until then.
-            self.app.send_task(
-                name,
-                args=args,
-                kwargs=kwargs,
-                eta=datetime.fromisoformat(eta),
-                task_id=headers.get("id"),
-                queue=queue,
-                routing_key=queue,
-            )
-            message.ack()
-            return None
         return Drained(kind, tuple(args), kwargs, headers.get("id"), message)
 
     def report(self, drained: list[Drained], hostname: str | None, outcome: str, runtime_s: float) -> None:

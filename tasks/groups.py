@@ -21,12 +21,17 @@ from tasks.cache import cache_key
 from tasks.errors import InvalidRequest
 from tasks.execution import Request, Reschedule, run_job
 from tasks.messages import Cursor, JobMessage
-from tasks.schemas import Kind, parse_request
+from tasks.schemas import GenerateRequest, Kind, parse_request
 
 if TYPE_CHECKING:
     from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
+
+
+# Generations share a call only in small groups: a batch runs as long as its longest answer.
+MAX_GENERATIONS_TOGETHER = 8
+SHARED_GENERATION_PARAMETERS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop"}
 
 
 @dataclass
@@ -35,6 +40,16 @@ class _Group:
     model_id: str
     provider: str
     members: list[tuple[JobMessage, Request]] = field(default_factory=list)
+
+
+def _parameters(request: Request) -> str | None:
+    """What must be equal for generations to share a call; None when this one must run alone (a seeded
+    sample is reproducible only on its own)."""
+    if not isinstance(request, GenerateRequest):
+        return ""
+    if request.seed is not None and request.temperature != 0:
+        return None
+    return request.model_dump_json(include=SHARED_GENERATION_PARAMETERS)
 
 
 def run_jobs(
@@ -84,20 +99,22 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
                 and not runtime.limit_rules(planned.tier, provider, model_id)
                 and runtime.cooldowns.remaining_s(model_id) <= 0
             )
-        if view.tier != first.tier or not usable[route_key]:
+        if view.tier != first.tier or not usable[route_key] or _parameters(request) is None:
             alone.append(message)
             continue
         candidates.append((message, request, planned.tier, model_id, provider, cache_key(request, first.tier)))
     keys = [key for _, request, *_, key in candidates if request.use_cache]
     answered = BulkStore(runtime.store).cached_keys(keys, runtime.settings.cache_ttl_s)
-    groups: dict[tuple[str, str, str], _Group] = {}
+    groups: dict[tuple[str, str, str, str | None], list[_Group]] = {}
     for message, request, tier, model_id, provider, key in candidates:
         if request.use_cache and key in answered:
             alone.append(message)  # the one-job path answers it from the cache
             continue
-        group = groups.setdefault((tier, model_id, provider), _Group(tier, model_id, provider))
-        group.members.append((message, request))
-    return list(groups.values()), alone
+        chunks = groups.setdefault((tier, model_id, provider, _parameters(request)), [])
+        if not chunks or (kind == "generate" and len(chunks[-1].members) >= MAX_GENERATIONS_TOGETHER):
+            chunks.append(_Group(tier, model_id, provider))
+        chunks[-1].members.append((message, request))
+    return [group for chunks in groups.values() for group in chunks], alone
 
 
 def _run_group(
@@ -110,7 +127,12 @@ def _run_group(
         return []
     began = time.perf_counter()
     try:
-        results = _batch_call(runtime, kind, group.provider)(group.model_id, [by_id[j.job_id][1] for j in started])
+        call = _batch_call(runtime, kind, group.provider)
+        requests = [by_id[job.job_id][1] for job in started]
+        if kind == "generate":
+            results = call(group.model_id, requests, runtime.catalogue.defaults)
+        else:
+            results = call(group.model_id, requests)
     except Exception as exc:  # one bad input must not sink the others: each job runs again on its own
         latency_ms = (time.perf_counter() - began) * 1000.0
         reason = f"the shared call failed ({type(exc).__name__}: {exc}); each job runs on its own"

@@ -95,12 +95,22 @@ def test_jobs_run_together_answer_as_jobs_run_one_by_one(
         for position, request in enumerate(requests):
             _same(alone[request["kind"], position % len(SENTENCES) % 12], batched[position])
 
-        # Interactive jobs that wait while the worker is busy join one model call (dynamic batching).
+        prompts = ["Once upon a time", "The capital of France is", "List three colours:\n1.", "Dear diary,"]
+        greedy = {"temperature": 0.0, "max_tokens": 8, "use_cache": False}
+        written = [router.generate(prompt, **greedy).wait(120) for prompt in prompts]
+
+        # Interactive jobs that wait while the worker is busy join one model call (dynamic batching); for
+        # generation, left-padded prompts with the same parameters.
         busy = router.generate("Write a long story about a lighthouse keeper.", max_tokens=48, use_cache=False)
         waiting = [router.embed(sentence, use_cache=False) for sentence in SENTENCES[:12]]
         busy.wait(120)
         for i, job in enumerate(waiting):
             _same(alone["embed", i], job.wait(60))
+        busy = router.generate("Write a long story about a lighthouse keeper.", max_tokens=48, use_cache=False)
+        stories = [router.generate(prompt, **greedy) for prompt in prompts]
+        for job, one_by_one in zip(stories, written, strict=True):
+            together: Any = job.wait(120)
+            assert (together.text, together.usage) == (one_by_one.text, one_by_one.usage)  # type: ignore[union-attr]
 
     bulk_ids = [job.id for job in submitted.jobs.values()]
     rows = _attempts(pg_url, bulk_ids)
@@ -111,6 +121,8 @@ def test_jobs_run_together_answer_as_jobs_run_one_by_one(
     assert len({r["started_at"] for r in waited}) < len(waiting)  # the waiting ones were run together
     assert "jobs succeeded together kind=embed" in worker.log()
     assert "jobs succeeded together kind=classify" in worker.log()
+    assert "jobs succeeded together kind=generate" in worker.log()
+    assert len({r["started_at"] for r in _attempts(pg_url, [job.id for job in stories])}) < len(stories)
 
 
 def test_interactive_jobs_behind_500_bulk_jobs_start_first(

@@ -40,6 +40,10 @@ def _model_errors(model_id: str) -> Iterator[None]:
         raise ModelFailed(f"model {model_id!r} failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
+def _token_ids(value: int | list[int] | None) -> list[int]:
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
+
+
 def _length_sorted_batches(texts: list[str], size: int) -> Iterator[list[int]]:
     """Indices in batches of similar length, so padding wastes little of each forward pass."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -57,39 +61,71 @@ class LocalBackend:
     # ---- generation --------------------------------------------------------------------------------------
 
     def generate(self, model_id: str, request: GenerateRequest, defaults: GenerationDefaults) -> GenerateResult:
+        return self.generate_many(model_id, [request], defaults)[0]
+
+    def generate_many(
+        self, model_id: str, requests: list[GenerateRequest], defaults: GenerationDefaults
+    ) -> list[GenerateResult]:
+        """Prompts that share their generation parameters (the first request's apply to all) in one
+        ``generate`` call, left-padded so that every prompt ends where its continuation starts."""
         loaded = self._registry.get(model_id, "generate")
         tokenizer = loaded.tokenizer
-        max_new_tokens = request.max_tokens or defaults.max_tokens
+        first = requests[0]
+        max_new_tokens = first.max_tokens or defaults.max_tokens
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         with _model_errors(model_id), loaded.lock:
-            input_ids = self._encode_prompt(loaded, request, max_new_tokens)
-            settings = self._sampling(request, defaults)
-            if request.seed is not None:
-                torch.manual_seed(request.seed)
+            prompts = [self._encode_prompt(loaded, request, max_new_tokens)[0] for request in requests]
+            width = max(len(ids) for ids in prompts)
+            input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=loaded.device)
+            attention_mask = torch.zeros_like(input_ids)
+            for row, ids in enumerate(prompts):
+                input_ids[row, width - len(ids) :] = ids
+                attention_mask[row, width - len(ids) :] = 1
+            if first.seed is not None:
+                torch.manual_seed(first.seed)
             output = loaded.model.generate(
                 input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
+                attention_mask=attention_mask,
                 max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                stop_strings=request.stop,
-                tokenizer=tokenizer if request.stop else None,
-                **settings,
+                pad_token_id=pad_id,
+                stop_strings=first.stop,
+                tokenizer=tokenizer if first.stop else None,
+                **self._sampling(first, defaults),
             )
-        new_tokens = output[0, input_ids.shape[1] :]
+        limits = (max_new_tokens, set(_token_ids(loaded.model.generation_config.eos_token_id)) | {pad_id})
+        return [
+            self._generated(model_id, tokenizer, request, output[row, width:].tolist(), len(prompts[row]), limits)
+            for row, request in enumerate(requests)
+        ]
+
+    @staticmethod
+    def _generated(
+        model_id: str,
+        tokenizer: Any,
+        request: GenerateRequest,
+        generated: list[int],
+        prompt_tokens: int,
+        limits: tuple[int, set[int]],
+    ) -> GenerateResult:
+        max_new_tokens, ends = limits
+        # A row that ended before the others was padded: its completion ends at its first end token.
+        cut_at = next((i + 1 for i, token in enumerate(generated) if token in ends), len(generated))
+        new_tokens = generated[:cut_at]
+        ended = bool(new_tokens) and new_tokens[-1] in ends
+        finish_reason: Any = "length" if len(new_tokens) >= max_new_tokens and not ended else "stop"
         text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-        finish_reason: Any = "length" if len(new_tokens) >= max_new_tokens else "stop"
         for stop in request.stop or []:
             cut = text.find(stop)
             if cut >= 0:
                 text, finish_reason = text[:cut], "stop"
-        prompt_tokens, completion_tokens = int(input_ids.shape[1]), len(new_tokens)
         return GenerateResult(
             text=text,
             model=model_id,
             finish_reason=finish_reason,
             usage=Usage(
                 prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
+                completion_tokens=len(new_tokens),
+                total_tokens=prompt_tokens + len(new_tokens),
             ),
         )
 
