@@ -60,7 +60,7 @@ def test_status_with_a_worker_up(worker: WorkerProcess, router: Router, env: dic
     assert report["broker"]["ok"] and report["broker"]["queues"]["quality"] >= 1  # type: ignore[index]
     assert report["database"]["ok"] and report["database"]["revision"] == "0002"  # type: ignore[index]
     info = report["workers"][worker.nodename]  # type: ignore[index]
-    assert info["queues"] == ["balanced", "fast"]
+    assert info["queues"] == ["balanced", "balanced.bulk", "fast", "fast.bulk"]
     (process,) = info["processes"]
     assert process["device"] == "cpu" and process["rss_mb"] > 100
     assert {m["model"] for m in process["models"]} == {
