@@ -14,8 +14,8 @@ from typing import Any
 
 from broker.catalogue import Catalogue, load_catalogue
 from broker.celery_app import RouterCelery, create_app
-from broker.packing import pack
-from broker.queues import TASK_NAMES
+from broker.packing import input_count, pack
+from broker.queues import INPUTS_HEADER, TASK_NAMES
 from broker.routing import Route, queue_for_tier, route
 from broker.settings import Settings
 from tasks.cache import cache_key
@@ -203,7 +203,7 @@ class Router:
             return Job(self.store, job_id, kind, self.settings.wait_poll_s)
         self.store.create_job(**common, cache_key=key)
         try:
-            self._publish(job_id, kind, planned.queue)
+            self._publish(job_id, kind, planned.queue, input_count(stored))
         except EnqueueFailed:
             self.store.fail(job_id, "could not enqueue: the broker refused the message")
             raise
@@ -251,22 +251,31 @@ class Router:
             if row["job_id"] in inserted or (row["job_id"] in known and known[row["job_id"]].status == QUEUED)
         ]
         for packet in pack(due, self.settings.bulk_message_jobs, self.settings.bulk_message_inputs):
-            self._publish_many(packet.job_ids, packet.kind, packet.queue)
+            self._publish_many(packet.job_ids, packet.kind, packet.queue, packet.inputs)
         return BatchSubmission(batch_id=batch_id, jobs=jobs, errors=errors, inserted=len(inserted))
 
     def batch_progress(self, batch_id: str) -> dict[str, int]:
         """Jobs of a batch by status."""
         return self.store.batch_counts(batch_id)
 
-    def _publish(self, job_id: str, kind: str, queue: str) -> None:
+    def _publish(self, job_id: str, kind: str, queue: str, inputs: int) -> None:
+        # The input count travels as a header (a number, nothing of the input): the worker's accumulator
+        # sizes its batches with it.
         try:
-            self.app.send_task(TASK_NAMES[kind], args=[job_id], task_id=job_id, queue=queue, routing_key=queue)
+            self.app.send_task(
+                TASK_NAMES[kind],
+                args=[job_id],
+                task_id=job_id,
+                queue=queue,
+                routing_key=queue,
+                headers={INPUTS_HEADER: inputs},
+            )
         except Exception as exc:  # kombu and the transports raise many kinds; all mean "not enqueued"
             raise EnqueueFailed(f"job {job_id} could not be enqueued on {self.settings.safe_broker_url()}") from exc
 
-    def _publish_many(self, job_ids: list[str], kind: str, queue: str) -> None:
+    def _publish_many(self, job_ids: list[str], kind: str, queue: str, inputs: int) -> None:
         if len(job_ids) == 1:
-            self._publish(job_ids[0], kind, queue)
+            self._publish(job_ids[0], kind, queue, inputs)
             return
         try:
             self.app.send_task(
@@ -275,6 +284,7 @@ class Router:
                 task_id=f"{job_ids[0]}+{len(job_ids) - 1}",
                 queue=queue,
                 routing_key=queue,
+                headers={INPUTS_HEADER: inputs},
             )
         except Exception as exc:
             raise EnqueueFailed(
@@ -290,7 +300,8 @@ class Router:
         stale = self.store.stale(datetime.now(UTC) - timedelta(seconds=older_than_s))
         if not dry_run:
             for job in stale:
-                self._publish(job.id, job.kind, job.queue or job.tier or self.catalogue.ordered_tiers[0])
+                queue = job.queue or job.tier or self.catalogue.ordered_tiers[0]
+                self._publish(job.id, job.kind, queue, input_count(job.request or {}))
         return stale
 
     def get_when_recorded(self, job_id: str, timeout: float = 30.0) -> Job:

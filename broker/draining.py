@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from broker.queues import TASK_NAMES
+from broker.queues import INPUTS_HEADER, TASK_NAMES
 
 log = logging.getLogger(__name__)
 KIND_OF_TASK = {name: kind for kind, name in TASK_NAMES.items()}
@@ -39,6 +39,11 @@ class Drained:
 
     def give_back(self) -> None:
         self.message.requeue()
+
+
+def inputs_of(headers: dict[str, Any]) -> int:
+    count = headers.get(INPUTS_HEADER)
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
 
 
 def _runnable_now(headers: dict[str, Any]) -> bool:
@@ -67,8 +72,9 @@ class Drainer:
         return self._connection.default_channel
 
     def take(self, queues: list[str], room: int, wait_ms: float) -> list[Drained]:
-        """Messages of our tasks from ``queues`` (in order) holding up to ``room`` jobs, waiting at most
-        ``wait_ms`` for them to arrive."""
+        """Messages of our tasks from ``queues`` (in order) holding up to ``room`` inputs (the count their
+        producer put in a header; one when absent), waiting at most ``wait_ms`` for them to arrive. The last
+        message taken may overfill ``room``: a message is never split."""
         taken: list[Drained] = []
         held: list[Any] = []
         jobs = 0
@@ -87,8 +93,7 @@ class Drainer:
                     drained = self._accept(message)
                     if drained is not None:
                         taken.append(drained)
-                        ids = drained.kwargs.get("job_ids")
-                        jobs += len(ids) if isinstance(ids, list) else 1
+                        jobs += inputs_of(message.headers or {})
                 break  # start again from the first queue: interactive lanes stay first
             if not got:
                 if time.monotonic() >= deadline:

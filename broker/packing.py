@@ -11,11 +11,17 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass
 class Packet:
     kind: str
     queue: str
     job_ids: list[str]
+    inputs: int = 0
+
+
+def input_count(request: dict[str, Any]) -> int:
+    """How many texts a request runs through the model: what a worker's ``--max-batch`` counts."""
+    return len(_texts(request))
 
 
 def _texts(request: dict[str, Any]) -> list[str]:
@@ -44,9 +50,10 @@ def pack(rows: list[dict[str, Any]], max_jobs: int, max_inputs: int) -> list[Pac
         )
         if current is not None and fits:
             current.job_ids.append(row["job_id"])
+            current.inputs += size
             inputs += size
             continue
-        current = Packet(row["kind"], row["queue"], [row["job_id"]])
+        current = Packet(row["kind"], row["queue"], [row["job_id"]], size)
         packets.append(current)
         inputs = size
     return packets

@@ -26,4 +26,7 @@ def tier_queues(catalogue: Catalogue) -> list[Queue]:
     return [Queue(name, EXCHANGE, routing_key=name, durable=True) for name in queue_names(catalogue.ordered_tiers)]
 
 
+# A message header with the number of texts its jobs run through the model (absent: one).
+INPUTS_HEADER = "llm_router_inputs"
+
 TASK_NAMES = {"generate": "tasks.generate", "embed": "tasks.embed", "classify": "tasks.classify"}

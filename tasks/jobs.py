@@ -17,8 +17,8 @@ from billiard import current_process
 from celery import Task, shared_task, signals
 from celery.worker.control import inspect_command
 
-from broker.draining import Drained, Drainer
-from broker.queues import TASK_NAMES
+from broker.draining import Drained, Drainer, inputs_of
+from broker.queues import INPUTS_HEADER, TASK_NAMES
 from broker.routing import lane_of, queue_for_tier
 from tasks.execution import Reschedule
 from tasks.groups import MAX_GENERATIONS_TOGETHER, run_jobs
@@ -69,13 +69,14 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
     drained: list[Drained] = []
     profile = runtime.profile
     room = min(profile.max_batch, MAX_GENERATIONS_TOGETHER) if kind == "generate" else profile.max_batch
-    if room > len(messages) and task.request.delivery_info:
+    in_hand = max(inputs_of({INPUTS_HEADER: getattr(task.request, INPUTS_HEADER, None)}), len(messages))
+    if room > in_hand and task.request.delivery_info:
         # Dynamic batching: the jobs already waiting in this worker's queues join this one's model call.
         # An interactive job takes only interactive ones with it: bulk work must not lengthen its wait.
         queues = list(task.app.amqp.queues.consume_from or task.app.amqp.queues)
         if lane_of(task.request.delivery_info.get("routing_key")) == "interactive":
             queues = [queue for queue in queues if lane_of(queue) == "interactive"]
-        drained = _drainer(task.app).take(queues, room - len(messages), profile.max_wait_ms)
+        drained = _drainer(task.app).take(queues, room - in_hand, profile.max_wait_ms)
     began = time.perf_counter()
     try:
         by_kind: dict[Kind, list[JobMessage]] = {kind: messages}

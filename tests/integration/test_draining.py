@@ -12,6 +12,7 @@ import redis
 
 from broker.celery_app import RouterCelery, create_app
 from broker.draining import Drainer
+from broker.queues import INPUTS_HEADER
 from broker.settings import Settings
 from tests.conftest import empty_redis_db, publish_raw
 
@@ -52,12 +53,20 @@ def test_it_takes_interactive_messages_first_and_counts_jobs(app: RouterCelery) 
 
     for job_id in _ids(5):
         app.send_task("tasks.embed", args=[job_id], queue="fast", routing_key="fast")
-    assert len(drainer.take(["fast"], room=2, wait_ms=0)) == 2  # room counts jobs
+    assert len(drainer.take(["fast"], room=2, wait_ms=0)) == 2  # room counts inputs: one per message here
     again = drainer.take(["fast"], room=64, wait_ms=0)
     assert len(again) == 3
     for item in again:
         item.give_back()
     assert client.llen("fast") == 3
+    client.delete("fast")
+
+    # Producers put each message's input count in a header: three messages of 40 inputs fill a room of 64
+    # with two (a message is never split), and leave the third waiting.
+    for job_id in _ids(3):
+        app.send_task("tasks.embed", args=[job_id], queue="fast", routing_key="fast", headers={INPUTS_HEADER: 40})
+    assert len(drainer.take(["fast"], room=64, wait_ms=0)) == 2
+    assert client.llen("fast") == 1
 
 
 def test_what_it_must_not_run_now_is_given_back_or_refused(app: RouterCelery) -> None:

@@ -30,6 +30,7 @@ def test_similar_lengths_travel_together_and_inputs_are_capped() -> None:
     rows = [_row(f"j{i}", "embed", ["w " * (n + 1)] * 3) for i, n in enumerate([9, 1, 8, 2, 7, 3])]
     packets = pack(rows, max_jobs=64, max_inputs=6)  # two jobs of three inputs each per message
     assert [p.job_ids for p in packets] == [["j1", "j3"], ["j5", "j4"], ["j2", "j0"]]
+    assert [p.inputs for p in packets] == [6, 6, 6]
 
 
 def test_generation_jobs_travel_one_per_message() -> None:
