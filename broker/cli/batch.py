@@ -130,7 +130,7 @@ def batch(
                     click.echo(f"error: {errors[line_id]}", err=True)
                 else:
                     job_ids[line_id] = ids[position]
-        outcomes = _wait(router, job_ids, len(errors), timeout)
+        outcomes = _wait(router, batch_id, job_ids, len(errors), timeout)
     failed = _write(target, order, errors, job_ids, outcomes)
     click.echo(
         f"{len(job_ids) - failed} succeeded, {failed} failed, {len(errors)} invalid; results in {target} "
@@ -140,19 +140,25 @@ def batch(
     sys.exit(1 if failed or errors else 0)
 
 
-def _wait(router: Any, job_ids: dict[str, str], invalid: int, timeout: float) -> dict[str, Any]:
+def _wait(router: Any, batch_id: str, job_ids: dict[str, str], invalid: int, timeout: float) -> dict[str, Any]:
+    """Follow the batch by its counts (one small query a poll, however long the file), then read every
+    job once; a job the counts called done but that is not (a batch id reused) is waited for too."""
     progress = Progress(len(job_ids) + invalid)
-    pending = list(job_ids.values())
-    views: dict[str, Any] = {}
     deadline = time.monotonic() + timeout
+    views: dict[str, Any] = {}
+    pending = list(job_ids.values())
     while True:
-        views.update(router.store.statuses(pending))
-        pending = [job_id for job_id in pending if views.get(job_id) is None or views[job_id].status not in FINAL]
-        failed = sum(1 for view in views.values() if view.status in ("failed", "rejected")) + invalid
-        done = len(job_ids) - len(pending) + invalid
-        progress.show(done, failed, final=not pending)
-        if not pending or time.monotonic() > deadline:
-            return views
+        counts = router.store.batch_counts(batch_id)
+        ended = min(len(job_ids), sum(counts.get(status, 0) for status in FINAL))
+        failed = min(ended, counts.get("failed", 0) + counts.get("rejected", 0)) + invalid
+        if ended >= len(job_ids) or time.monotonic() > deadline:
+            views.update(router.store.statuses(pending))
+            pending = [job_id for job_id in pending if views.get(job_id) is None or views[job_id].status not in FINAL]
+            if not pending or time.monotonic() > deadline:
+                failed = sum(1 for view in views.values() if view.status in ("failed", "rejected")) + invalid
+                progress.show(len(job_ids) - len(pending) + invalid, failed, final=True)
+                return views
+        progress.show(ended + invalid, failed)
         time.sleep(0.5)
 
 
