@@ -151,7 +151,7 @@ def _run_group(
         kind,
         group.tier,
         group.model_id,
-        sum(len(getattr(by_id[job.job_id][1], "input", [])) for job in started),
+        sum(len(getattr(by_id[job.job_id][1], "input", None) or [None]) for job in started),
         latency_ms,
     )
     return ["succeeded"] * len(started)

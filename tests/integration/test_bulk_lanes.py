@@ -3,6 +3,8 @@ jobs that share a model call get the same answers as jobs run one by one, each w
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +17,7 @@ from broker.client import Router
 from broker.settings import Settings
 from tasks.schemas import ClassifyResult, EmbedResult
 from tests.conftest import WorkerProcess, empty_redis_db
+from workers.state import collect
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +152,38 @@ def test_interactive_jobs_behind_500_bulk_jobs_start_first(
     bulk_starts = [r["started_at"] for r in _attempts(pg_url, [job.id for job in bulk.jobs.values()])]
     overtaken = [t for t in bulk_starts if submitted_at < t < last_interactive]
     assert len(overtaken) <= 1, overtaken  # at most the bulk job already in hand when they arrived
+
+
+def test_jobs_taken_into_a_batch_survive_a_killed_process(
+    start_worker: Callable[..., WorkerProcess], env: dict[str, str], settings: Settings, pg_url: str
+) -> None:
+    greedy = {"tier": "quality", "temperature": 0.0, "max_tokens": 150, "use_cache": False}
+    with Router(settings) as router:
+        # Queued before any worker serves the tier: the first process takes one and the other three with it.
+        jobs = [router.generate(f"Story number {i}: once upon a time", **greedy) for i in range(4)]
+        worker = start_worker("quality", "killable", env=env)
+        deadline = time.monotonic() + 120
+        while not all(job.status() == "running" for job in jobs):  # one group: they start together
+            assert time.monotonic() < deadline, [job.status() for job in jobs]
+            time.sleep(0.02)
+        (child,) = collect(worker.process.pid)
+        os.kill(child["pid"], signal.SIGKILL)
+        # Celery hands the message it delivered back at once; the messages taken into the batch stay unacked
+        # until the broker's lease ends. The database still holds their jobs as running: requeue them now.
+        time.sleep(2.0)
+        requeued = {job.id for job in router.requeue_stale(1.0)}
+        assert len(requeued & {job.id for job in jobs}) >= 3
+        for job in jobs:
+            job.wait(180)
+    assert worker.alive()
+    rows = _attempts(pg_url, [job.id for job in jobs])
+    for job in jobs:
+        statuses = sorted(r["status"] for r in rows if r["job_id"] == job.id)
+        assert statuses == ["lost", "succeeded"], statuses  # the cut-off attempt, then one that finished
+    engine = create_engine(pg_url)
+    with engine.connect() as connection:
+        counts = connection.execute(
+            text("SELECT count(*) FROM usage WHERE job_id = ANY(:ids) GROUP BY job_id"), {"ids": [j.id for j in jobs]}
+        ).scalars()
+        assert sorted(counts) == [1, 1, 1, 1]  # exactly once each
+    engine.dispose()
