@@ -13,12 +13,15 @@ given back untouched, for Celery's own consumer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from kombu.message import Message
 
 from broker.queues import INPUTS_HEADER, TASK_NAMES
 
@@ -35,10 +38,19 @@ class Drained:
     message: Any
 
     def ack(self) -> None:
-        self.message.ack()
+        _settle(self.message, "ack")
 
     def give_back(self) -> None:
-        self.message.requeue()
+        _settle(self.message, "requeue")
+
+
+def _settle(message: Any, how: str) -> None:
+    """Acknowledge or give back a taken message. A broker connection lost meanwhile has already handed the
+    message back to the queue; its redelivery finds its jobs final and is ignored, so this only logs."""
+    try:
+        getattr(message, how)()
+    except Exception as exc:  # kombu and the transports raise many kinds; all mean "the channel is gone"
+        log.warning("could not %s a drained message (%s); the broker hands it out again", how, type(exc).__name__)
 
 
 def inputs_of(headers: dict[str, Any]) -> int:
@@ -66,15 +78,32 @@ class Drainer:
         self._connection: Any = None
 
     def _channel(self) -> Any:
-        if self._pid != os.getpid():
-            self._connection = self.app.connection_for_read()
+        if self._pid != os.getpid() or self._connection is None:
+            # No heartbeats: nothing would send them between two takes, and a broker that missed them
+            # would close the connection under the messages this process holds.
+            self._connection = self.app.connection_for_read(heartbeat=0)
             self._pid = os.getpid()
         return self._connection.default_channel
+
+    def _reset(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # already broken: nothing left to release
+                connection.release()
 
     def take(self, queues: list[str], room: int, wait_ms: float) -> list[Drained]:
         """Messages of our tasks from ``queues`` (in order) holding up to ``room`` inputs (the count their
         producer put in a header; one when absent), waiting at most ``wait_ms`` for them to arrive. The last
-        message taken may overfill ``room``: a message is never split."""
+        message taken may overfill ``room``: a message is never split. A broker error ends the take with
+        nothing: the message in hand runs alone and the broker hands the others out again."""
+        try:
+            return self._take(queues, room, wait_ms)
+        except Exception as exc:
+            log.warning("dynamic batching skipped: the broker connection failed (%s)", type(exc).__name__)
+            self._reset()
+            return []
+
+    def _take(self, queues: list[str], room: int, wait_ms: float) -> list[Drained]:
         taken: list[Drained] = []
         held: list[Any] = []
         jobs = 0
@@ -83,9 +112,11 @@ class Drainer:
         while jobs < room and len(held) < room:
             got = False
             for queue in queues:
-                message = channel.basic_get(queue=queue, no_ack=False)
-                if message is None:
+                raw = channel.basic_get(queue=queue, no_ack=False)
+                if raw is None:
                     continue
+                # py-amqp hands back its own raw message; kombu's virtual transports (Redis) a kombu one.
+                message = raw if isinstance(raw, Message) else channel.message_to_python(raw)
                 got = True
                 if not _runnable_now(message.headers or {}):
                     held.append(message)  # given back below, or the next get would return it again
@@ -100,7 +131,7 @@ class Drainer:
                     break
                 time.sleep(0.001)
         for message in held:
-            message.requeue()
+            _settle(message, "requeue")
         return taken
 
     def _accept(self, message: Any) -> Drained | None:
@@ -116,7 +147,7 @@ class Drainer:
                 body = None
         if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], list) and isinstance(body[1], dict)):
             log.error("refusing a %s message that is not a JSON task message (%s)", name, message.content_type)
-            message.ack()  # what Celery does with content it refuses
+            _settle(message, "ack")  # what Celery does with content it refuses
             return None
         args, kwargs, _ = body
         return Drained(kind, tuple(args), kwargs, headers.get("id"), message)

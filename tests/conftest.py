@@ -62,6 +62,31 @@ def redis_url() -> str:
     return empty_redis_db(REDIS_TEST_URL)
 
 
+def rabbitmqctl(*args: str) -> str:
+    return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+@pytest.fixture(scope="session")
+def rabbit_url() -> Iterator[str]:
+    """A RabbitMQ virtual host of this test session on the machine's broker, deleted afterwards."""
+    vhost = f"llmr_test_{uuid.uuid4().hex[:10]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    rabbitmqctl("delete_vhost", vhost)
+
+
+def rabbit_queue_counts(url: str) -> dict[str, tuple[int, int]]:
+    """(ready, unacknowledged) messages per queue of the virtual host in ``url``."""
+    import json
+
+    vhost = url.rsplit("/", 1)[1]
+    out = rabbitmqctl(
+        "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged", "--formatter", "json"
+    )
+    return {q["name"]: (int(q["messages_ready"]), int(q["messages_unacknowledged"])) for q in json.loads(out or "[]")}
+
+
 @pytest.fixture(scope="session")
 def cluster_env(
     pg_url: str, redis_url: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
