@@ -227,6 +227,8 @@ class Router:
         jobs: dict[int, Job] = {}
         for position, (request, job_id) in enumerate(zip(requests, ids, strict=True)):
             try:
+                if not isinstance(request, dict):
+                    raise InvalidRequest(f"request: expected a JSON object, got {type(request).__name__}")
                 parsed, planned = self.prepare({**request, "batch_id": batch_id})
             except InvalidRequest as exc:
                 errors[position] = str(exc)
@@ -240,16 +242,23 @@ class Router:
                     "tier": planned.tier,
                     "queue": queue_for_tier(planned.tier, "bulk"),
                     "cache_key": cache_key(parsed, planned.tier),
+                    "position": position,
                 }
             )
             jobs[position] = Job(self.store, job_id, parsed.kind, self.settings.wait_poll_s)
         inserted = self.store.create_jobs(rows)
         known = self.store.statuses([row["job_id"] for row in rows if row["job_id"] not in inserted])
-        due = [
-            row
-            for row in rows
-            if row["job_id"] in inserted or (row["job_id"] in known and known[row["job_id"]].status == QUEUED)
-        ]
+        due = []
+        for row in rows:
+            before = known.get(row["job_id"])
+            if before is not None and (before.kind != row["kind"] or before.request != row["request"]):
+                # A deterministic id already names another request: answering with its result would be wrong.
+                errors[row["position"]] = (
+                    f"job_ids: job {row['job_id']} is already recorded with another request; give this one a new id"
+                )
+                del jobs[row["position"]]
+            elif row["job_id"] in inserted or (before is not None and before.status == QUEUED):
+                due.append(row)
         for packet in pack(due, self.settings.bulk_message_jobs, self.settings.bulk_message_inputs):
             self._publish_many(packet.job_ids, packet.kind, packet.queue, packet.inputs)
         return BatchSubmission(batch_id=batch_id, jobs=jobs, errors=errors, inserted=len(inserted))

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Table, bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from tasks.records import (
     FAILED,
@@ -24,7 +21,7 @@ from tasks.records import (
     UsageRecord,
     utcnow,
 )
-from tasks.repository import JobStore, elapsed_ms
+from tasks.repository import JobStore, elapsed_ms, insert_ignoring_duplicates
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 
 Result = GenerateResult | EmbedResult | ClassifyResult
@@ -38,15 +35,6 @@ class Started:
     job_id: str
     number: int
     created_at: datetime
-
-
-def _insert_ignoring_duplicates(session: Session, table: Table) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["job_id"])
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["job_id"])
-    raise NotImplementedError(f"bulk usage rows on {dialect}")
 
 
 class BulkStore:
@@ -159,7 +147,7 @@ class BulkStore:
                 ],
             )
             # One usage row per job: a redelivered group finds its rows and adds none.
-            usage = _insert_ignoring_duplicates(session, UsageRecord.__table__)  # type: ignore[arg-type]
+            usage = insert_ignoring_duplicates(session, UsageRecord.__table__, "job_id")  # type: ignore[arg-type]
             session.execute(
                 usage,
                 [

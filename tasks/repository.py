@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, Table, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -117,6 +118,16 @@ def elapsed_ms(since: datetime, now: datetime) -> float:
     return (now - since).total_seconds() * 1000.0
 
 
+def insert_ignoring_duplicates(session: Session, table: Table, column: str) -> Any:
+    """An INSERT that skips rows whose ``column`` (a unique key) is already taken."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=[column])
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=[column])
+    raise NotImplementedError(f"inserts that skip duplicates on {dialect}")
+
+
 # What a lost or restarting database raises: the work is retried later, never acknowledged as done.
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 
@@ -162,30 +173,30 @@ class JobStore:
         """Insert many queued jobs in one transaction, skipping ids that exist; returns the ids inserted.
 
         Each row has ``job_id``, ``kind``, ``request``, ``tier``, ``queue`` and ``cache_key``. Bulk producers
-        choose deterministic ids, so that submitting the same lines again cannot create a second record."""
+        choose deterministic ids, so that submitting the same lines again cannot create a second record; two
+        producers racing on the same ids insert each one once (``ON CONFLICT DO NOTHING``, not a read first)."""
         if not rows:
             return set()
+        values = [
+            {
+                "id": row["job_id"],
+                "kind": row["kind"],
+                "status": QUEUED,
+                "tier": row["tier"],
+                "queue": row["queue"],
+                "requested_model": row["request"].get("model"),
+                "request": row["request"],
+                "batch_id": row["request"].get("batch_id"),
+                "cache_key": row["cache_key"],
+                "cached": False,
+                "attempts": 0,
+                "created_at": utcnow(),
+            }
+            for row in rows
+        ]
         with self.sessions.begin() as session:
-            wanted = [row["job_id"] for row in rows]
-            existing = set(session.scalars(select(JobRecord.id).where(JobRecord.id.in_(wanted))))
-            new = [row for row in rows if row["job_id"] not in existing]
-            session.add_all(
-                JobRecord(
-                    id=row["job_id"],
-                    kind=row["kind"],
-                    status=QUEUED,
-                    tier=row["tier"],
-                    queue=row["queue"],
-                    requested_model=row["request"].get("model"),
-                    request=row["request"],
-                    batch_id=row["request"].get("batch_id"),
-                    cache_key=row["cache_key"],
-                    cached=False,
-                    attempts=0,
-                )
-                for row in new
-            )
-            return {row["job_id"] for row in new}
+            statement = insert_ignoring_duplicates(session, JobRecord.__table__, "id")  # type: ignore[arg-type]
+            return set(session.scalars(statement.returning(JobRecord.id), values))
 
     def statuses(self, job_ids: list[str]) -> dict[str, JobView]:
         """Views of the given jobs (those that exist), in chunks the database accepts."""

@@ -1,60 +1,93 @@
 """``llm-router batch IN.jsonl -o OUT.jsonl``: one job per line, progress while they run, one result line
 per input line in input order, and a re-run after an interruption that submits nothing twice.
 
-Each job's id is derived from the batch id and the line's id, and the batch id from the input and output
-paths (or ``--batch-id``): running the same command again finds the jobs already recorded instead of
-creating new ones, and waits for them.
+Each job's id is derived from the batch id, the line's identity (its ``id``, or its line number when it has
+none) and the line's content. Running the same command again finds the jobs already recorded instead of
+creating new ones, and waits for them; a line whose content changed since is a new job, never answered with
+the result of the line it replaced. The batch id is derived from the input path (or given as
+``--batch-id``), so correcting a mistyped output path resumes the same batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import click
 
-from broker.cli.output import EXIT_INVALID, fail
+from broker.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, fail
 
 NAMESPACE = uuid.UUID("6f1c2a52-0d4e-4c35-9a7e-3b8e5d2f9c41")
 FINAL = {"succeeded", "failed", "rejected"}
 
 
-def read_lines(
-    source: TextIO, defaults: dict[str, Any]
-) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, str], list[str]]:
-    """(line id, request) pairs; errors by key for lines that are not a JSON object; every key in file order
-    (a line's id, or its line number for a line that could not be read)."""
-    requests: list[tuple[str, dict[str, Any]]] = []
-    errors: dict[str, str] = {}
-    order: list[str] = []
+@dataclass(frozen=True)
+class Line:
+    """One input line: its number, the id it gave (a string or an integer; None when it gave none), and
+    the request read from it or the reason it could not be read."""
+
+    number: int
+    given_id: str | int | None
+    request: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """What names the line inside its batch: an id and a line number never collide."""
+        return f"line:{self.number}" if self.given_id is None else f"id:{json.dumps(self.given_id)}"
+
+    def job_id(self, batch_id: str) -> str:
+        content = hashlib.sha256(json.dumps(self.request, sort_keys=True).encode()).hexdigest()
+        return str(uuid.uuid5(NAMESPACE, f"{batch_id}\n{self.identity}\n{content}"))
+
+    def output(self) -> dict[str, Any]:
+        return {"line": self.number, "id": self.given_id}
+
+
+def _line_id(line: dict[str, Any]) -> tuple[str | int | None, str | None]:
+    if "id" not in line:
+        return None, None
+    value = line.pop("id")
+    if isinstance(value, str) and 0 < len(value) <= 200:
+        return value, None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, None
+    return None, "id: expected a string of 1 to 200 characters or an integer"
+
+
+def read_lines(source: TextIO, defaults: dict[str, Any]) -> list[Line]:
+    """Every non-blank line in file order, read or with the reason it could not be."""
+    lines: list[Line] = []
     seen: set[str] = set()
     for number, raw in enumerate(source, start=1):
         if not raw.strip():
             continue
-        problem: str | None
         try:
-            line = json.loads(raw)
+            parsed = json.loads(raw)
         except (json.JSONDecodeError, RecursionError) as exc:
-            problem = f"line {number}: not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})"
-            line = None
-        else:
-            problem = None if isinstance(line, dict) else f"line {number}: expected a JSON object"
-        line_id = str(line.pop("id", number)) if isinstance(line, dict) else str(number)
-        if problem is None and line_id in seen:
-            problem = f"line {number}: id {line_id!r} is used by an earlier line"
-        if problem is not None:
-            key = f"{line_id}@line{number}"
-            errors[key] = problem
-            order.append(key)
+            lines.append(
+                Line(number, None, error=f"line {number}: not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})")
+            )
             continue
-        seen.add(line_id)
-        order.append(line_id)
-        requests.append((line_id, {**defaults, **line}))  # type: ignore[dict-item]
-    return requests, errors, order
+        if not isinstance(parsed, dict):
+            lines.append(Line(number, None, error=f"line {number}: expected a JSON object"))
+            continue
+        given_id, problem = _line_id(parsed)
+        line = Line(number, given_id, request={**defaults, **parsed})
+        if problem is None and line.identity in seen:
+            problem = f"id {given_id!r} is used by an earlier line"
+        if problem is not None:
+            lines.append(Line(number, given_id, error=f"line {number}: {problem}"))
+            continue
+        seen.add(line.identity)
+        lines.append(line)
+    return lines
 
 
 class Progress:
@@ -87,15 +120,30 @@ class Progress:
         self.stream.flush()
 
 
+def _scratch(target: Path) -> Path:
+    return target.with_name(target.name + ".partial")
+
+
+def _check_writable(target: Path) -> None:
+    """Fail before any job is submitted when the results could not be written."""
+    try:
+        with _scratch(target).open("a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        fail(f"-o/--output: cannot write {target}: {exc.strerror or exc}", code=EXIT_INVALID)
+
+
 @click.command()
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", "target", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--kind", type=click.Choice(["generate", "embed", "classify"]), help="For lines without one.")
 @click.option("--tier", help="For lines without one.")
 @click.option("--model", help="For lines without one.")
-@click.option("--batch-id", help="Default: derived from the input and output paths (so a re-run resumes).")
-@click.option("--chunk", type=int, default=500, show_default=True, help="Lines recorded per transaction.")
-@click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Seconds to wait for the jobs.")
+@click.option("--batch-id", help="Default: derived from the input path (so a re-run resumes).")
+@click.option(
+    "--chunk", type=click.IntRange(min=1), default=500, show_default=True, help="Lines recorded per transaction."
+)
+@click.option("--timeout", type=click.FloatRange(min=0), default=24 * 3600, show_default=True, help="Seconds to wait.")
 def batch(
     source: Path,
     target: Path,
@@ -106,41 +154,48 @@ def batch(
     chunk: int,
     timeout: float,
 ) -> None:
-    """Run every line of SOURCE (JSON Lines) as a job and write one result line per input line to OUTPUT."""
+    """Run every line of SOURCE (JSON Lines) as a job and write one result line per input line to OUTPUT.
+
+    Exit status: 0 every line succeeded, 1 some line failed or was invalid, 2 bad arguments, 3 the database
+    or broker cannot be reached, 4 lines were still running when --timeout passed."""
     from broker.client import Router
 
-    defaults = {key: value for key, value in (("kind", kind), ("tier", tier), ("model", model)) if value}
-    with source.open(encoding="utf-8") as handle:
-        requests, errors, order = read_lines(handle, defaults)
-    batch_id = batch_id or str(uuid.uuid5(NAMESPACE, f"{source.resolve()}\n{target.resolve()}"))
+    batch_id = batch_id or str(uuid.uuid5(NAMESPACE, str(source.resolve())))
     if len(batch_id) > 64:
         fail("--batch-id: at most 64 characters", code=EXIT_INVALID)
+    _check_writable(target)
+    defaults = {key: value for key, value in (("kind", kind), ("tier", tier), ("model", model)) if value}
+    with source.open(encoding="utf-8-sig") as handle:  # utf-8-sig: a byte-order mark is not part of line 1
+        lines = read_lines(handle, defaults)
+    errors: dict[int, str] = {line.number: line.error for line in lines if line.error is not None}
     for message in errors.values():
         click.echo(f"error: {message}", err=True)
 
-    job_ids: dict[str, str] = {}
+    valid = [line for line in lines if line.error is None]
+    job_ids: dict[int, str] = {}
     with Router() as router:
-        for start in range(0, len(requests), chunk):
-            part = requests[start : start + chunk]
-            ids = [str(uuid.uuid5(NAMESPACE, f"{batch_id}\n{line_id}")) for line_id, _ in part]
-            submitted = router.batch([request for _, request in part], batch_id=batch_id, job_ids=ids)
-            for position, (line_id, _) in enumerate(part):
+        for start in range(0, len(valid), chunk):
+            part = valid[start : start + chunk]
+            ids = [line.job_id(batch_id) for line in part]
+            submitted = router.batch([line.request or {} for line in part], batch_id=batch_id, job_ids=ids)
+            for position, line in enumerate(part):
                 if position in submitted.errors:
-                    errors[line_id] = f"line id {line_id}: {submitted.errors[position]}"
-                    click.echo(f"error: {errors[line_id]}", err=True)
+                    errors[line.number] = f"line {line.number}: {submitted.errors[position]}"
+                    click.echo(f"error: {errors[line.number]}", err=True)
                 else:
-                    job_ids[line_id] = ids[position]
-        outcomes = _wait(router, batch_id, job_ids, len(errors), timeout)
-    failed = _write(target, order, errors, job_ids, outcomes)
+                    job_ids[line.number] = ids[position]
+        views = _wait(router, batch_id, job_ids, len(errors), timeout)
+    failed, pending = _write(target, lines, errors, job_ids, views)
     click.echo(
-        f"{len(job_ids) - failed} succeeded, {failed} failed, {len(errors)} invalid; results in {target} "
-        f"(batch {batch_id})",
+        f"{len(job_ids) - failed - pending} succeeded, {failed} failed, {len(errors)} invalid"
+        + (f", {pending} still running after {timeout:g}s" if pending else "")
+        + f"; results in {target} (batch {batch_id})",
         err=True,
     )
-    sys.exit(1 if failed or errors else 0)
+    sys.exit(EXIT_FAILED if failed or errors else EXIT_TIMEOUT if pending else 0)
 
 
-def _wait(router: Any, batch_id: str, job_ids: dict[str, str], invalid: int, timeout: float) -> dict[str, Any]:
+def _wait(router: Any, batch_id: str, job_ids: dict[int, str], invalid: int, timeout: float) -> dict[str, Any]:
     """Follow the batch by its counts (one small query a poll, however long the file), then read every
     job once; a job the counts called done but that is not (a batch id reused) is waited for too."""
     progress = Progress(len(job_ids) + invalid)
@@ -163,27 +218,28 @@ def _wait(router: Any, batch_id: str, job_ids: dict[str, str], invalid: int, tim
 
 
 def _write(
-    target: Path, order: list[str], errors: dict[str, str], job_ids: dict[str, str], views: dict[str, Any]
-) -> int:
-    """One line per input line, in input order; returns how many jobs did not succeed."""
-    failed = 0
-    scratch = target.with_name(target.name + ".partial")
+    target: Path, lines: list[Line], errors: dict[int, str], job_ids: dict[int, str], views: dict[str, Any]
+) -> tuple[int, int]:
+    """One line per input line, in input order; returns how many jobs failed and how many had not ended."""
+    failed = pending = 0
+    scratch = _scratch(target)
     with scratch.open("w", encoding="utf-8") as out:
-        for key in order:
-            if key in errors:
-                record: dict[str, Any] = {"id": key.split("@line", 1)[0], "status": "invalid", "error": errors[key]}
+        for line in lines:
+            record = line.output()
+            if line.number in errors:
+                record.update(status="invalid", error=errors[line.number])
             else:
-                view = views.get(job_ids[key])
+                job_id = job_ids[line.number]
+                view = views.get(job_id)
                 if view is not None and view.status == "succeeded":
-                    record = {"id": key, "status": "succeeded", "job_id": view.id, "result": view.result}
-                else:
+                    record.update(status="succeeded", job_id=job_id, result=view.result)
+                elif view is not None and view.status in FINAL:
                     failed += 1
-                    record = {
-                        "id": key,
-                        "status": view.status if view else "missing",
-                        "job_id": job_ids[key],
-                        "error": view.error if view else "no record",
-                    }
+                    record.update(status=view.status, job_id=job_id, error=view.error)
+                else:
+                    pending += 1
+                    status = view.status if view is not None else "missing"
+                    record.update(status=status, job_id=job_id, error="not finished when the wait ended")
             out.write(json.dumps(record) + "\n")
     scratch.replace(target)
-    return failed
+    return failed, pending

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from broker.cli.batch import batch
 from broker.cli.db import db
 from broker.cli.demo import demo
 from broker.cli.flower import flower
 from broker.cli.models import models
+from broker.cli.output import EXIT_UNAVAILABLE, fail
 from broker.cli.requeue import requeue
 from broker.cli.status import status
 from broker.cli.submit import result, submit
@@ -18,7 +21,33 @@ from broker.cli.usage import usage
 from broker.cli.worker import worker
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class RouterCli(click.Group):
+    """Turns an unreachable database or broker into one line naming it, and exit status 3, in every command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from broker.client import EnqueueFailed
+        from tasks.repository import DATABASE_UNAVAILABLE
+
+        try:
+            return super().invoke(ctx)
+        except DATABASE_UNAVAILABLE as exc:
+            fail(f"the database cannot be reached ({_database()}): {_first_line(exc)}", code=EXIT_UNAVAILABLE)
+        except (EnqueueFailed, KombuOperationalError, ConnectionError) as exc:
+            fail(f"the broker cannot be reached: {_first_line(exc)}", code=EXIT_UNAVAILABLE)
+
+
+def _database() -> str:
+    from broker.settings import Settings
+
+    return Settings().safe_database_url()
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+
+
+@click.group(cls=RouterCli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="WARNING", show_default=True, help="Log level for this command.")
 def cli(log_level: str) -> None:
     """Route generation, embedding and classification jobs to Hugging Face models through Celery."""

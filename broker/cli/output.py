@@ -11,8 +11,11 @@ from typing import Any, NoReturn
 
 import click
 
-EXIT_INVALID = 2
-EXIT_FAILED = 1
+# Exit codes, one meaning each (documented in the README).
+EXIT_FAILED = 1  # a job failed or was rejected (a batch: some line did not succeed)
+EXIT_INVALID = 2  # the command's own input is invalid: nothing was submitted
+EXIT_UNAVAILABLE = 3  # the database or the broker cannot be reached
+EXIT_TIMEOUT = 4  # the wait ended before the job (or every line of a batch) did
 
 
 def _default(value: Any) -> Any:

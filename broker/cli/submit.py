@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from broker.cli.output import EXIT_INVALID, emit_json, fail
+from broker.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, emit_json, fail
 from broker.client import Job, Result, Router, UnknownJob
 from tasks.errors import ConfigurationError, InvalidRequest, JobError, JobRejected, JobTimeout
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
@@ -54,9 +54,9 @@ def _finish(job: Job, wait: bool, timeout: float, as_json: bool) -> None:
     try:
         result = job.wait(timeout=timeout)
     except JobTimeout as exc:
-        fail(str(exc), as_json=as_json, id=job.id, status=exc.status)
+        fail(str(exc), code=EXIT_TIMEOUT, as_json=as_json, id=job.id, status=exc.status)
     except JobError as exc:
-        code = EXIT_INVALID if isinstance(exc, JobRejected) else 1
+        code = EXIT_INVALID if isinstance(exc, JobRejected) else EXIT_FAILED
         fail(str(exc), code=code, as_json=as_json, id=job.id, status=exc.status)
     if as_json:
         emit_json(_job_json(job, result))
