@@ -73,6 +73,10 @@ class Catalogue(_Frozen):
     def _consistent(self) -> Catalogue:
         if not self.tiers:
             raise ValueError("tiers: at least one tier is required")
+        repeated = sorted({name for name in self.tier_order if self.tier_order.count(name) > 1})
+        if repeated:
+            # A tier named twice would escalate into itself: a failing job would loop forever.
+            raise ValueError(f"tier_order: names {', '.join(map(repr, repeated))} more than once; each tier once")
         for name in self.tier_order:
             if name not in self.tiers:
                 raise ValueError(f"tier_order: names tier {name!r}, which [tiers] does not define")

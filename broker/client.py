@@ -301,16 +301,17 @@ class Router:
             ) from exc
 
     def requeue_stale(self, older_than_s: float, *, dry_run: bool = False) -> list[JobView]:
-        """Publish again every job that is not final and showed no sign of life for ``older_than_s``.
-
-        The database is the source of truth: this recovers jobs whose messages a broker lost (a restart
-        without persistence) or whose worker died. A job that ends meanwhile is not run twice: a worker
-        skips a message for a job in a final state."""
+        """Publish again every job that is lost since ``older_than_s`` at least: running under a lease its
+        worker stopped renewing (it died), or queued or retrying with its message due that long ago (a broker
+        lost it). The database is the source of truth. A job that a live worker runs, or that waits for a
+        retry's or deferral's countdown, is left alone; a job that ends meanwhile is not run twice: a worker
+        skips a message for a job in a final state or under another live worker's lease."""
         stale = self.store.stale(datetime.now(UTC) - timedelta(seconds=older_than_s))
         if not dry_run:
             for job in stale:
                 queue = job.queue or job.tier or self.catalogue.ordered_tiers[0]
                 self._publish(job.id, job.kind, queue, input_count(job.request or {}))
+            self.store.set_due([job.id for job in stale], 0.0)  # due now: the next requeue leaves them be
         return stale
 
     def get_when_recorded(self, job_id: str, timeout: float = 30.0) -> Job:

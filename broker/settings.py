@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     cooldown_s: float = Field(default=60.0, ge=0.0)
     cache_ttl_s: float = Field(default=86_400.0, ge=0.0)
     max_tier_hops: int = Field(default=2, ge=0, le=10)
+    # How long a worker process's claim on a running job holds without renewal (renewed every third of it):
+    # a job whose worker died is taken over by its next message once this has passed.
+    lease_s: float = Field(default=30.0, ge=3.0, le=3600.0)
     # Redis: how long a delivered, unacknowledged message waits before it is handed out again (the lease of
     # a worker that died). Longer than the longest countdown (a rate-limit deferral: up to an hour).
     visibility_timeout_s: int = Field(default=7200, ge=60)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 
 from tasks.records import (
     FAILED,
@@ -21,7 +21,7 @@ from tasks.records import (
     UsageRecord,
     utcnow,
 )
-from tasks.repository import JobStore, elapsed_ms, insert_ignoring_duplicates
+from tasks.repository import JobStore, Lease, elapsed_ms, insert_ignoring_duplicates
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 
 Result = GenerateResult | EmbedResult | ClassifyResult
@@ -56,21 +56,34 @@ class BulkStore:
             )
 
     def start(
-        self, job_ids: list[str], *, model: str, provider: str, tier: str | None, worker: str | None
+        self, job_ids: list[str], *, model: str, provider: str, tier: str | None, worker: str | None, lease: Lease
     ) -> list[Started]:
-        """Mark the jobs running and open an attempt for each; jobs that already ended are left out."""
+        """Mark the jobs running under ``lease`` and open an attempt for each. Jobs that already ended, and
+        jobs running under another process's unexpired lease, are left out (the one-job path sorts those)."""
         now = utcnow()
+        free = JobRecord.status.not_in(FINAL_STATUSES) & ~(
+            (JobRecord.status == RUNNING) & (JobRecord.lease_until > now) & (JobRecord.lease_owner != lease.owner)
+        )
         with self._sessions.begin() as session:
+            taken = session.scalars(select(JobRecord.id).where(JobRecord.id.in_(job_ids), free).with_for_update()).all()
+            if not taken:
+                return []
             session.execute(
                 update(AttemptRecord)
-                .where(AttemptRecord.job_id.in_(job_ids), AttemptRecord.status == RUNNING)
+                .where(AttemptRecord.job_id.in_(taken), AttemptRecord.status == RUNNING)
                 .values(status=LOST, error="the worker was lost during this attempt", finished_at=now)
                 .execution_options(synchronize_session=False)
             )
             rows = session.execute(
                 update(JobRecord)
-                .where(JobRecord.id.in_(job_ids), JobRecord.status.not_in(FINAL_STATUSES))
-                .values(status=RUNNING, started_at=now, attempts=JobRecord.attempts + 1)
+                .where(JobRecord.id.in_(taken))
+                .values(
+                    status=RUNNING,
+                    started_at=func.coalesce(JobRecord.started_at, now),
+                    attempts=JobRecord.attempts + 1,
+                    lease_owner=lease.owner,
+                    lease_until=now + timedelta(seconds=lease.seconds),
+                )
                 .returning(JobRecord.id, JobRecord.attempts, JobRecord.created_at)
                 .execution_options(synchronize_session=False)
             ).all()

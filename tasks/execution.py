@@ -19,7 +19,7 @@ from broker.routing import Route, chain_for, lane_of, queue_for_tier, route
 from tasks.cache import cache_key
 from tasks.errors import InvalidRequest, RouterError
 from tasks.messages import Cursor, JobMessage
-from tasks.repository import JobView
+from tasks.repository import Busy, JobView
 from tasks.schemas import (
     ClassifyRequest,
     ClassifyResult,
@@ -40,6 +40,11 @@ Request = GenerateRequest | EmbedRequest | ClassifyRequest
 Result = GenerateResult | EmbedResult | ClassifyResult
 # (job id, queue, where to resume, seconds to wait): publishes the job again.
 Reschedule = Callable[[str, str, Cursor, float], None]
+
+
+def busy_recheck_s(lease_remaining_s: float) -> float:
+    """When a put-off duplicate looks again: just after the lease could run out, at least a second on."""
+    return max(1.0, lease_remaining_s + 0.5)
 
 
 def _describe(exc: BaseException) -> str:
@@ -85,7 +90,7 @@ def run_job(runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str
         return "succeeded"
     # The recorded tier wins: a tier fallback moved the job to another tier's queue.
     planned = chain_for(request, job.tier or first.tier, runtime.catalogue)
-    step = _Step(runtime, job, request, planned, first, worker, reschedule)
+    step = _Step(runtime, job, request, planned, worker, reschedule)
     return step.run(message.cursor)
 
 
@@ -105,7 +110,6 @@ class _Step:
         job: JobView,
         request: Request,
         planned: Route,
-        first: Route,
         worker: str | None,
         reschedule: Reschedule,
     ):
@@ -113,7 +117,8 @@ class _Step:
         # Retries and fallbacks stay in the job's lane: a bulk job never jumps the interactive queue.
         self.lane = lane_of(job.queue)
         self.tier, self.queue, self.chain = planned.tier, queue_for_tier(planned.tier, self.lane), planned.chain
-        self.first_tier = first.tier
+        self.tier_hops = job.tier_hops
+        self.lease = runtime.lease
         self.worker, self.reschedule = worker, reschedule
         self.scale = runtime.settings.retry_delay_scale
 
@@ -145,14 +150,21 @@ class _Step:
                     continue
             wait_s = self.runtime.limiter.acquire(self.runtime.limit_rules(self.tier, provider, model_id))
             if wait_s > 0:
-                self.reschedule(self.job_id, self.queue, Cursor(position, retry, model_id), wait_s)
+                self._put_off(Cursor(position, retry, model_id), wait_s)
                 log.info("job %s deferred %.1fs: rate limit of tier %s / %s", self.job_id, wait_s, self.tier, provider)
                 return "deferred"
             number = store.start_attempt(
-                self.job_id, model=model_id, provider=provider, tier=self.tier, worker=self.worker
+                self.job_id, model=model_id, provider=provider, tier=self.tier, worker=self.worker, lease=self.lease
             )
             if number is None:
                 return store.status(self.job_id) or "unknown"
+            if isinstance(number, Busy):
+                # A duplicate message (a resume, a requeue) of a job a live worker runs: look again once its
+                # lease could have run out. The job ends once; this message then finds it final.
+                delay = busy_recheck_s(number.remaining_s)
+                self.reschedule(self.job_id, self.queue, cursor, delay)
+                log.info("job %s is running on %s; its message is put off %.1fs", self.job_id, number.owner, delay)
+                return "deferred"
             started = time.perf_counter()
             try:
                 result = self._call(provider, model_id)
@@ -170,7 +182,7 @@ class _Step:
                         delay_s=decision.delay_s,
                         latency_ms=latency_ms,
                     )
-                    store.mark_retrying(self.job_id)
+                    store.mark_retrying(self.job_id, decision.delay_s * self.scale)
                     resume = Cursor(position=position, retry=retry + 1, model=decision.model or model_id)
                     self.reschedule(self.job_id, self.queue, resume, decision.delay_s * self.scale)
                     log.info(
@@ -214,6 +226,11 @@ class _Step:
             return "succeeded"
         return self._chain_spent(errors, cooling)
 
+    def _put_off(self, resume: Cursor, delay_s: float) -> None:
+        """Publish the job again after ``delay_s``, noting when it is due so it is never taken for lost."""
+        self.runtime.store.set_due([self.job_id], delay_s)
+        self.reschedule(self.job_id, self.queue, resume, delay_s)
+
     def _note_failure(self, model_id: str, exc: RouterError) -> None:
         policy, cooldowns = self.runtime.policy, self.runtime.cooldowns
         seconds = policy.cooldown_s_for(exc)
@@ -227,9 +244,7 @@ class _Step:
         catalogue = self.runtime.catalogue
         if self.request.fallback == "tier":
             target = catalogue.next_tier(self.tier, self.request.kind)
-            order = catalogue.ordered_tiers
-            hops = order.index(self.tier) - order.index(self.first_tier) if self.first_tier in order else 0
-            if target is not None and hops < self.runtime.settings.max_tier_hops:
+            if target is not None and self.tier_hops < self.runtime.settings.max_tier_hops:
                 queue = queue_for_tier(target, self.lane)
                 if self.runtime.store.escalate(self.job_id, target, queue):
                     self.reschedule(self.job_id, queue, Cursor(), 0.0)
@@ -238,7 +253,7 @@ class _Step:
         if cooling and len(cooling) == len(errors):
             # Every model left was only cooling down: wait for the first to come back rather than fail.
             delay = min(cooling)
-            self.reschedule(self.job_id, self.queue, Cursor(), delay)
+            self._put_off(Cursor(), delay)
             log.info("job %s waits %.1fs for a model to come back from its cooldown", self.job_id, delay)
             return "deferred"
         return self._fail(errors)

@@ -24,6 +24,7 @@ from tasks.messages import Cursor, JobMessage
 from tasks.schemas import GenerateRequest, Kind, parse_request
 
 if TYPE_CHECKING:
+    from broker.catalogue import GenerationDefaults
     from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,14 @@ class _Group:
     members: list[tuple[JobMessage, Request]] = field(default_factory=list)
 
 
-def _parameters(request: Request) -> str | None:
-    """What must be equal for generations to share a call; None when this one must run alone (a seeded
-    sample is reproducible only on its own)."""
+def _parameters(request: Request, defaults: GenerationDefaults) -> str | None:
+    """What must be equal for generations to share a call; None when this one must run alone. A greedy
+    (temperature 0) or seeded generation promises the same text whatever else the worker does, and a
+    left-padded batch changes the arithmetic (padding, reduced-precision sums), so it runs on its own."""
     if not isinstance(request, GenerateRequest):
         return ""
-    if request.seed is not None and request.temperature != 0:
+    temperature = defaults.temperature if request.temperature is None else request.temperature
+    if temperature == 0 or request.seed is not None:
         return None
     return request.model_dump_json(include=SHARED_GENERATION_PARAMETERS)
 
@@ -99,7 +102,7 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
                 and not runtime.limit_rules(planned.tier, provider, model_id)
                 and runtime.cooldowns.remaining_s(model_id) <= 0
             )
-        if view.tier != first.tier or not usable[route_key] or _parameters(request) is None:
+        if view.tier != first.tier or not usable[route_key] or _parameters(request, catalogue.defaults) is None:
             alone.append(message)
             continue
         candidates.append((message, request, planned.tier, model_id, provider, cache_key(request, first.tier)))
@@ -110,7 +113,7 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
         if request.use_cache and key in answered:
             alone.append(message)  # the one-job path answers it from the cache
             continue
-        chunks = groups.setdefault((tier, model_id, provider, _parameters(request)), [])
+        chunks = groups.setdefault((tier, model_id, provider, _parameters(request, catalogue.defaults)), [])
         if not chunks or (kind == "generate" and len(chunks[-1].members) >= MAX_GENERATIONS_TOGETHER):
             chunks.append(_Group(tier, model_id, provider))
         chunks[-1].members.append((message, request))
@@ -122,9 +125,14 @@ def _run_group(
 ) -> list[str]:
     bulk = BulkStore(runtime.store)
     by_id = {message.job_id: (message, request) for message, request in group.members}
-    started = bulk.start(list(by_id), model=group.model_id, provider=group.provider, tier=group.tier, worker=worker)
+    started = bulk.start(
+        list(by_id), model=group.model_id, provider=group.provider, tier=group.tier, worker=worker, lease=runtime.lease
+    )
+    # A job left out ended meanwhile or runs elsewhere: the one-job path ignores or puts off its message.
+    left_out = [message for job_id, (message, _) in by_id.items() if job_id not in {job.job_id for job in started}]
+    outcomes = [run_job(runtime, kind, message, worker, reschedule) for message in left_out]
     if not started:
-        return []
+        return outcomes
     began = time.perf_counter()
     try:
         call = _batch_call(runtime, kind, group.provider)
@@ -138,13 +146,13 @@ def _run_group(
         reason = f"the shared call failed ({type(exc).__name__}: {exc}); each job runs on its own"
         bulk.fail_attempts(started, reason, latency_ms=latency_ms)
         log.warning("%d %s jobs on %s: %s", len(started), kind, group.model_id, reason)
-        return [run_job(runtime, kind, by_id[job.job_id][0], worker, reschedule) for job in started]
+        return outcomes + [run_job(runtime, kind, by_id[job.job_id][0], worker, reschedule) for job in started]
     latency_ms = (time.perf_counter() - began) * 1000.0
     runtime.cooldowns.record(group.model_id, ok=True)
-    outcomes: list[tuple[Started, Any]] = [
+    answers: list[tuple[Started, Any]] = [
         (job, result.model_copy(update={"tier": group.tier})) for job, result in zip(started, results, strict=True)
     ]
-    bulk.succeed(outcomes, kind=kind, tier=group.tier, provider=group.provider, model_latency_ms=latency_ms)
+    bulk.succeed(answers, kind=kind, tier=group.tier, provider=group.provider, model_latency_ms=latency_ms)
     log.info(
         "%d jobs succeeded together kind=%s tier=%s model=%s inputs=%d model_ms=%.0f",
         len(started),
@@ -154,4 +162,4 @@ def _run_group(
         sum(len(getattr(by_id[job.job_id][1], "input", None) or [None]) for job in started),
         latency_ms,
     )
-    return ["succeeded"] * len(started)
+    return outcomes + ["succeeded"] * len(started)

@@ -52,6 +52,14 @@ class JobRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The worker process running the job ("host:pid") and until when its lease holds; the process renews
+    # it while it runs, so a job whose lease ran out was left by a worker that died.
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None]
+    # When a waiting job's message is due (creation, or the end of a retry's or deferral's countdown): a
+    # queued or retrying job long past it has lost its message.
+    due_at: Mapped[datetime | None]
+    tier_hops: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (Index("ix_jobs_cache_key_status", "cache_key", "status"),)
 

@@ -7,6 +7,7 @@ started again, and usage is keyed by job id.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -55,6 +56,7 @@ class JobView:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    tier_hops: int = 0
 
     @property
     def is_final(self) -> bool:
@@ -63,6 +65,35 @@ class JobView:
     @classmethod
     def of(cls, record: JobRecord) -> JobView:
         return cls(**{name: getattr(record, name) for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Busy:
+    """A job that a live worker process is running now: it must not be started a second time."""
+
+    owner: str
+    remaining_s: float
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who takes a job (``owner``: "host:pid"), for how long, and how to tell whether another owner is
+    still alive (a process on this host can be checked at once; one elsewhere only by its lease)."""
+
+    owner: str
+    seconds: float
+    alive: Callable[[str], bool]
+
+
+def leased_elsewhere(record: JobRecord, lease: Lease, now: datetime) -> Busy | None:
+    """The running job's live lease held by another process, if any."""
+    owner, until = record.lease_owner, record.lease_until
+    if record.status != RUNNING or owner is None or until is None or owner == lease.owner:
+        return None
+    until = until if until.tzinfo else until.replace(tzinfo=now.tzinfo)  # SQLite keeps no time zone
+    if until <= now or not lease.alive(owner):
+        return None
+    return Busy(owner, (until - now).total_seconds())
 
 
 @dataclass(frozen=True)
@@ -345,14 +376,18 @@ class JobStore:
                 record.status, record.error, record.finished_at = REJECTED, error, now
 
     def start_attempt(
-        self, job_id: str, *, model: str, provider: str, tier: str | None, worker: str | None
-    ) -> int | None:
-        """Mark the job running and open an attempt; None when the job already ended (a redelivery)."""
+        self, job_id: str, *, model: str, provider: str, tier: str | None, worker: str | None, lease: Lease
+    ) -> int | Busy | None:
+        """Mark the job running under ``lease`` and open an attempt; None when the job already ended (a
+        redelivery), ``Busy`` when a live worker process runs it now (a duplicate message)."""
         now = utcnow()
         with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None or record.status in FINAL_STATUSES:
                 return None
+            busy = leased_elsewhere(record, lease, now)
+            if busy is not None:
+                return busy
             # An attempt still open here was cut off by a worker that died: close it for the record.
             session.execute(
                 update(AttemptRecord)
@@ -361,6 +396,7 @@ class JobStore:
             )
             record.status = RUNNING
             record.started_at = record.started_at or now
+            record.lease_owner, record.lease_until = lease.owner, now + timedelta(seconds=lease.seconds)
             record.attempts += 1
             session.add(
                 AttemptRecord(
@@ -375,6 +411,17 @@ class JobStore:
                 )
             )
             return record.attempts
+
+    def renew_leases(self, owner: str, seconds: float) -> int:
+        """Extend the lease of every job ``owner`` is running; returns how many."""
+        with self.sessions.begin() as session:
+            result = session.execute(
+                update(JobRecord)
+                .where(JobRecord.lease_owner == owner, JobRecord.status == RUNNING)
+                .values(lease_until=utcnow() + timedelta(seconds=seconds))
+                .execution_options(synchronize_session=False)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
 
     def fail_attempt(
         self,
@@ -401,12 +448,22 @@ class JobStore:
                 )
             )
 
-    def mark_retrying(self, job_id: str) -> None:
+    def mark_retrying(self, job_id: str, delay_s: float) -> None:
+        """The job waits ``delay_s`` for its retry's message."""
+        self.set_due([job_id], delay_s, status=RETRYING)
+
+    def set_due(self, job_ids: list[str], delay_s: float, *, status: str | None = None) -> None:
+        """Note when the job's next message is due (a retry, a deferral, a requeue), so that a job waiting
+        for it is never taken for lost; ``status`` also changes a job not final (to ``retrying``)."""
+        values: dict[str, Any] = {"due_at": utcnow() + timedelta(seconds=delay_s)}
+        if status is not None:
+            values["status"] = status
         with self.sessions.begin() as session:
             session.execute(
                 update(JobRecord)
-                .where(JobRecord.id == job_id, JobRecord.status.not_in(FINAL_STATUSES))
-                .values(status=RETRYING)
+                .where(JobRecord.id.in_(job_ids), JobRecord.status.not_in(FINAL_STATUSES))
+                .values(**values)
+                .execution_options(synchronize_session=False)
             )
 
     def succeed(
@@ -492,18 +549,23 @@ class JobStore:
             if record is None or record.status in FINAL_STATUSES:
                 return False
             record.tier, record.queue, record.status = tier, queue, RETRYING
+            record.tier_hops += 1
+            record.due_at = utcnow()
             return True
 
     def stale(self, older_than: datetime, limit: int = 10_000) -> list[JobView]:
-        """Jobs not final whose last sign of life is older than ``older_than``: the candidates a broker
-        may have lost (queued or retrying messages) or a dead worker left (running)."""
-        last_seen = func.coalesce(JobRecord.started_at, JobRecord.created_at)
+        """Jobs that are lost: running under a lease that ran out before ``older_than`` (its worker died), or
+        queued or retrying with a message due before ``older_than`` (a broker lost it). A job that a live
+        worker runs, or that waits for a retry's or deferral's countdown, is never stale."""
+        running_lost = (JobRecord.status == RUNNING) & (
+            func.coalesce(JobRecord.lease_until, JobRecord.started_at, JobRecord.created_at) < older_than
+        )
+        waiting_lost = (JobRecord.status.in_([QUEUED, RETRYING])) & (
+            func.coalesce(JobRecord.due_at, JobRecord.created_at) < older_than
+        )
         with self.session() as session:
             rows = session.scalars(
-                select(JobRecord)
-                .where(JobRecord.status.not_in(FINAL_STATUSES), last_seen < older_than)
-                .order_by(JobRecord.created_at)
-                .limit(limit)
+                select(JobRecord).where(running_lost | waiting_lost).order_by(JobRecord.created_at).limit(limit)
             )
             return [JobView.of(row) for row in rows]
 

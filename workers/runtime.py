@@ -17,12 +17,13 @@ import redis
 from broker.catalogue import Catalogue
 from broker.settings import Settings
 from tasks.database import make_engine
-from tasks.repository import JobStore
+from tasks.repository import JobStore, Lease
 from tasks.retry import DEFAULT_DOWNGRADES, RetryPolicy
 from workers.backends import make_backend
 from workers.backends.base import Backend
 from workers.backends.remote import RemoteDeps
 from workers.cooldown import Cooldowns, LocalCooldowns, RedisCooldowns
+from workers.leases import LeaseKeeper, lease_for_this_process
 from workers.rate_limits import RateLimiter, Rule, window_rules
 from workers.registry import ModelRegistry, Quantize
 
@@ -55,6 +56,7 @@ class WorkerRuntime:
     policy: RetryPolicy
     limiter: RateLimiter
     cooldowns: Cooldowns
+    lease: Lease
     _backends: dict[str, Backend] = field(default_factory=dict)
     _http: Any = None
     published_version: int = -1  # the registry version last written for `llm-router status`
@@ -126,6 +128,9 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
         torch.get_num_threads(),
         settings.safe_database_url(),
     )
+    store = JobStore(engine)
+    lease = lease_for_this_process(settings.lease_s)
+    LeaseKeeper(store, lease).start()
     return WorkerRuntime(
-        settings, catalogue, profile, JobStore(engine), registry, policy, RateLimiter(redis_url), cooldowns
+        settings, catalogue, profile, store, registry, policy, RateLimiter(redis_url), cooldowns, lease
     )

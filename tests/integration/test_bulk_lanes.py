@@ -98,8 +98,19 @@ def test_jobs_run_together_answer_as_jobs_run_one_by_one(
         for position, request in enumerate(requests):
             _same(alone[request["kind"], position % len(SENTENCES) % 12], batched[position])
 
-        prompts = ["Once upon a time", "The capital of France is", "List three colours:\n1.", "Dear diary,"]
-        greedy = {"temperature": 0.0, "max_tokens": 8, "use_cache": False}
+        # Greedy generation gives the same text whatever else the worker does: 8 prompts of different
+        # lengths, 48 tokens, run one at a time, then all waiting together behind a busy job.
+        prompts = [
+            "Once upon a time",
+            "The capital of France is",
+            "List three colours:\n1.",
+            "Dear diary,",
+            "Write one sentence about the sea.",
+            "Explain in a few words why the sky is blue, as you would to a child who keeps asking.",
+            "Hi",
+            "Give me a short recipe for a cheese sandwich, step by step, with the ingredients first.",
+        ]
+        greedy = {"temperature": 0.0, "max_tokens": 48, "use_cache": False}
         written = [router.generate(prompt, **greedy).wait(120) for prompt in prompts]
 
         # Interactive jobs that wait while the worker is busy join one model call (dynamic batching); for
@@ -110,10 +121,17 @@ def test_jobs_run_together_answer_as_jobs_run_one_by_one(
         for i, job in enumerate(waiting):
             _same(alone["embed", i], job.wait(60))
         busy = router.generate("Write a long story about a lighthouse keeper.", max_tokens=48, use_cache=False)
-        stories = [router.generate(prompt, **greedy) for prompt in prompts]
-        for job, one_by_one in zip(stories, written, strict=True):
-            together: Any = job.wait(120)
-            assert (together.text, together.usage) == (one_by_one.text, one_by_one.usage)  # type: ignore[union-attr]
+        again = [router.generate(prompt, **greedy) for prompt in prompts]
+        for job, one_by_one in zip(again, written, strict=True):
+            under_load: Any = job.wait(180)
+            assert (under_load.text, under_load.usage) == (one_by_one.text, one_by_one.usage)  # type: ignore[union-attr]
+        busy.wait(120)
+        # Sampled generations with equal parameters do share a left-padded call.
+        busy = router.generate("Write a long story about a lighthouse keeper.", max_tokens=48, use_cache=False)
+        sampled = {"temperature": 0.8, "max_tokens": 8, "use_cache": False}
+        stories = [router.generate(prompt, **sampled) for prompt in prompts[:4]]
+        for job in stories:
+            assert job.wait(120).usage.completion_tokens > 0  # type: ignore[union-attr]
 
     bulk_ids = [job.id for job in submitted.jobs.values()]
     rows = _attempts(pg_url, bulk_ids)
@@ -126,6 +144,8 @@ def test_jobs_run_together_answer_as_jobs_run_one_by_one(
     assert "jobs succeeded together kind=classify" in worker.log()
     assert "jobs succeeded together kind=generate" in worker.log()
     assert len({r["started_at"] for r in _attempts(pg_url, [job.id for job in stories])}) < len(stories)
+    greedy_starts = [r["started_at"] for r in _attempts(pg_url, [job.id for job in again])]
+    assert len(set(greedy_starts)) == len(again)  # each greedy one ran on its own
 
 
 def test_interactive_jobs_behind_500_bulk_jobs_start_first(
@@ -157,11 +177,12 @@ def test_interactive_jobs_behind_500_bulk_jobs_start_first(
 def test_jobs_taken_into_a_batch_survive_a_killed_process(
     start_worker: Callable[..., WorkerProcess], env: dict[str, str], settings: Settings, pg_url: str
 ) -> None:
-    greedy = {"tier": "quality", "temperature": 0.0, "max_tokens": 150, "use_cache": False}
+    # Sampled (greedy generations run alone), long enough to be cut off.
+    sampled = {"tier": "quality", "temperature": 0.7, "max_tokens": 150, "use_cache": False}
     with Router(settings) as router:
         # Queued before any worker serves the tier: the first process takes one and the other three with it.
-        jobs = [router.generate(f"Story number {i}: once upon a time", **greedy) for i in range(4)]
-        worker = start_worker("quality", "killable", env=env)
+        jobs = [router.generate(f"Story number {i}: once upon a time", **sampled) for i in range(4)]
+        worker = start_worker("quality", "killable", env={**env, "LLM_ROUTER_LEASE_S": "3"})
         deadline = time.monotonic() + 120
         while not all(job.status() == "running" for job in jobs):  # one group: they start together
             assert time.monotonic() < deadline, [job.status() for job in jobs]
@@ -169,8 +190,9 @@ def test_jobs_taken_into_a_batch_survive_a_killed_process(
         (child,) = collect(worker.process.pid)
         os.kill(child["pid"], signal.SIGKILL)
         # Celery hands the message it delivered back at once; the messages taken into the batch stay unacked
-        # until the broker's lease ends. The database still holds their jobs as running: requeue them now.
-        time.sleep(2.0)
+        # until the broker's lease ends. The database holds their jobs as running under the dead process's lease:
+        # once it has run out (3 s), requeue them.
+        time.sleep(4.5)
         requeued = {job.id for job in router.requeue_stale(1.0)}
         assert len(requeued & {job.id for job in jobs}) >= 3
         for job in jobs:

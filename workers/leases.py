@@ -1,0 +1,61 @@
+"""The lease a worker process holds on the jobs it runs, and the thread that keeps it.
+
+A job is started under a lease ("host:pid", until when). The process renews the lease of all its running
+jobs every third of the lease, in one statement, for as long as it lives; a duplicate message of a job whose
+lease holds is put off instead of running the job a second time. A process that dies stops renewing: its
+jobs' leases run out and the next message (a redelivery, a requeue) takes them over. On the same host a
+dead process is known at once, so a killed pool process's job is taken over without waiting for its lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from tasks.repository import JobStore, Lease
+
+log = logging.getLogger(__name__)
+
+
+def process_alive(owner: str) -> bool:
+    """Whether the process named by a lease may still be alive: False only when it is known dead."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine: only its lease can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lease_for_this_process(seconds: float) -> Lease:
+    return Lease(owner=f"{socket.gethostname()}:{os.getpid()}", seconds=seconds, alive=process_alive)
+
+
+class LeaseKeeper:
+    """Renews this process's leases in a daemon thread, started once per process (after the fork)."""
+
+    def __init__(self, store: JobStore, lease: Lease):
+        self._store, self._lease = store, lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="llm-router-lease", daemon=True)
+
+    def start(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        interval = self._lease.seconds / 3.0
+        while not self._stop.wait(interval):
+            try:
+                self._store.renew_leases(self._lease.owner, self._lease.seconds)
+            except Exception as exc:  # the database may be restarting: the next round tries again
+                log.warning("could not renew job leases (%s)", type(exc).__name__)
