@@ -41,17 +41,22 @@ class ModelSpec(_Frozen):
     api_key_env: str | None = None  # remote providers: the variable holding this model's key, instead of HF's
 
 
+# Limits a moving window can count: beyond these a limit means "none" and would only overflow the store.
+PerMinute = Annotated[int, Field(ge=1, le=1_000_000)]
+PerHour = Annotated[int, Field(ge=1, le=60_000_000)]
+
+
 class ProviderSpec(_Frozen):
     """Limits of a remote provider, per API key, across every tier that uses it."""
 
-    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
-    requests_per_hour: Annotated[int, Field(ge=1)] | None = None
+    requests_per_minute: PerMinute | None = None
+    requests_per_hour: PerHour | None = None
 
 
 class TierSpec(_Frozen):
     pool: Pool = "cpu"
-    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
-    requests_per_hour: Annotated[int, Field(ge=1)] | None = None
+    requests_per_minute: PerMinute | None = None
+    requests_per_hour: PerHour | None = None
     generate: list[str] = []
     embed: list[str] = []
     classify: list[str] = []

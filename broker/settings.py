@@ -7,6 +7,7 @@ Variables carry the prefix ``LLM_ROUTER_``; the Hugging Face ones keep the names
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -92,6 +93,16 @@ class Settings(BaseSettings):
             return self.hf_api_key
         value = os.environ.get(variable)
         return SecretStr(value) if value else None
+
+    def secrets(self, key_variables: Iterable[str | None] = ()) -> list[str]:
+        """Every secret this process may hold: the Hub token, models' keys, passwords in the URLs."""
+        values = [self.hf_api_key, self.flower_basic_auth, *(self.api_key(v) for v in key_variables if v)]
+        found = [value.get_secret_value() for value in values if value is not None]
+        for url in (self.broker_url, self.database_url, self.redis_url):
+            password = make_url(url).password if url and "://" in url and "@" in url else None
+            if password:
+                found.append(str(password))
+        return found
 
     def safe_database_url(self) -> str:
         """The database URL with any password masked, for logs and status output."""

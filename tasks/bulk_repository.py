@@ -21,6 +21,7 @@ from tasks.records import (
     UsageRecord,
     utcnow,
 )
+from tasks.redaction import redact
 from tasks.repository import JobStore, Lease, elapsed_ms, insert_ignoring_duplicates
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 
@@ -50,7 +51,10 @@ class BulkStore:
             return set(
                 session.scalars(
                     select(JobRecord.cache_key).where(
-                        JobRecord.cache_key.in_(keys), JobRecord.status == SUCCEEDED, JobRecord.finished_at >= oldest
+                        JobRecord.cache_key.in_(keys),
+                        JobRecord.status == SUCCEEDED,
+                        JobRecord.cached.is_(False),  # the age of an answer counts from when it was computed
+                        JobRecord.finished_at >= oldest,
                     )
                 )
             )
@@ -189,6 +193,6 @@ class BulkStore:
             session.connection().execute(
                 update(ATTEMPTS)
                 .where(ATTEMPTS.c.job_id == bindparam("b_job"), ATTEMPTS.c.number == bindparam("b_number"))
-                .values(status=FAILED, error=error, latency_ms=latency_ms, finished_at=utcnow()),
+                .values(status=FAILED, error=redact(error), latency_ms=latency_ms, finished_at=utcnow()),
                 [{"b_job": job.job_id, "b_number": job.number} for job in started],
             )

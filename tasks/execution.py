@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from redis.exceptions import RedisError
+
 from broker.routing import Route, chain_for, lane_of, queue_for_tier, route
 from tasks.cache import cache_key
 from tasks.errors import InvalidRequest, RouterError
@@ -32,6 +34,7 @@ from tasks.schemas import (
 )
 
 if TYPE_CHECKING:
+    from workers.cooldown import Cooldowns
     from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,16 @@ Request = GenerateRequest | EmbedRequest | ClassifyRequest
 Result = GenerateResult | EmbedResult | ClassifyResult
 # (job id, queue, where to resume, seconds to wait): publishes the job again.
 Reschedule = Callable[[str, str, Cursor, float], None]
+
+
+def record_health(cooldowns: Cooldowns, model_id: str, *, ok: bool) -> bool:
+    """Count a call towards the model's health. Best effort: once a call was made its outcome must be
+    recorded whatever happens to the cooldown store, so a store failure here only costs the count."""
+    try:
+        return cooldowns.record(model_id, ok=ok)
+    except RedisError as exc:
+        log.warning("call to %s not counted: cooldown store unavailable (%s)", model_id, type(exc).__name__)
+        return False
 
 
 def busy_recheck_s(lease_remaining_s: float) -> float:
@@ -210,7 +223,7 @@ class _Step:
                 errors.append(f"{model_id}: internal error: {type(exc).__name__}")
                 return self._fail(errors)
             latency_ms = (time.perf_counter() - started) * 1000.0
-            cooldowns.record(model_id, ok=True)
+            record_health(cooldowns, model_id, ok=True)
             result = result.model_copy(update={"tier": self.tier})
             store.succeed(self.job_id, number, result=result, provider=provider, model_latency_ms=latency_ms)
             log.info(
@@ -234,10 +247,14 @@ class _Step:
     def _note_failure(self, model_id: str, exc: RouterError) -> None:
         policy, cooldowns = self.runtime.policy, self.runtime.cooldowns
         seconds = policy.cooldown_s_for(exc)
-        if seconds is None and policy.counts_against_model(exc) and cooldowns.record(model_id, ok=False):
+        if seconds is None and policy.counts_against_model(exc) and record_health(cooldowns, model_id, ok=False):
             seconds = policy.cooldown_s
         if seconds:
-            cooldowns.cool(model_id, seconds * self.scale)
+            try:
+                cooldowns.cool(model_id, seconds * self.scale)
+            except RedisError as failure:
+                log.warning("model %s not cooled down: cooldown store unavailable (%s)", model_id, failure)
+                return
             log.warning("model %s cooled down for %.1fs after %s", model_id, seconds, type(exc).__name__)
 
     def _chain_spent(self, errors: list[str], cooling: list[float]) -> str:

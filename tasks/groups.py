@@ -19,7 +19,7 @@ from broker.routing import chain_for, route
 from tasks.bulk_repository import BulkStore, Started
 from tasks.cache import cache_key
 from tasks.errors import InvalidRequest
-from tasks.execution import Request, Reschedule, run_job
+from tasks.execution import Request, Reschedule, record_health, run_job
 from tasks.messages import Cursor, JobMessage
 from tasks.schemas import GenerateRequest, Kind, parse_request
 
@@ -148,7 +148,7 @@ def _run_group(
         log.warning("%d %s jobs on %s: %s", len(started), kind, group.model_id, reason)
         return outcomes + [run_job(runtime, kind, by_id[job.job_id][0], worker, reschedule) for job in started]
     latency_ms = (time.perf_counter() - began) * 1000.0
-    runtime.cooldowns.record(group.model_id, ok=True)
+    record_health(runtime.cooldowns, group.model_id, ok=True)
     answers: list[tuple[Started, Any]] = [
         (job, result.model_copy(update={"tier": group.tier})) for job, result in zip(started, results, strict=True)
     ]

@@ -16,6 +16,7 @@ from typing import Any
 from billiard import current_process
 from celery import Task, shared_task, signals
 from celery.worker.control import inspect_command
+from redis.exceptions import RedisError
 
 from broker.draining import Drained, Drainer, inputs_of
 from broker.queues import INPUTS_HEADER, TASK_NAMES
@@ -58,6 +59,13 @@ def _handle(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, 
         # The database is down or restarting: hand the same message back with a countdown, so nothing
         # is lost and no worker slot waits. The job row is written once the database answers again.
         log.warning("database unavailable (%s); %s message retried in %ss", type(exc).__name__, kind, DB_RETRY_S)
+        raise task.retry(countdown=DB_RETRY_S, max_retries=None) from None
+    except RedisError as exc:
+        # The shared store of rate limits and cooldowns is unreachable: without it the cluster cannot keep
+        # its limits (a provider's quota, a paid API), so the job waits for it, like for the database.
+        log.warning(
+            "rate-limit store unavailable (%s); %s message retried in %ss", type(exc).__name__, kind, DB_RETRY_S
+        )
         raise task.retry(countdown=DB_RETRY_S, max_retries=None) from None
 
 

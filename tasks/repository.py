@@ -32,6 +32,7 @@ from tasks.records import (
     UsageRecord,
     utcnow,
 )
+from tasks.redaction import redact
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult, Usage
 
 
@@ -249,12 +250,18 @@ class JobStore:
     # ---- the result cache --------------------------------------------------------------------------------
 
     def find_cached(self, cache_key: str, max_age_s: float) -> JobView | None:
-        """The newest succeeded job with this key, finished less than ``max_age_s`` ago."""
+        """The newest job with this key whose answer a model computed less than ``max_age_s`` ago. Jobs
+        answered from the cache are not sources: the age counts from when the answer was computed."""
         oldest = utcnow() - timedelta(seconds=max_age_s)
         with self.session() as session:
             record = session.scalars(
                 select(JobRecord)
-                .where(JobRecord.cache_key == cache_key, JobRecord.status == SUCCEEDED, JobRecord.finished_at >= oldest)
+                .where(
+                    JobRecord.cache_key == cache_key,
+                    JobRecord.status == SUCCEEDED,
+                    JobRecord.cached.is_(False),
+                    JobRecord.finished_at >= oldest,
+                )
                 .order_by(JobRecord.finished_at.desc())
                 .limit(1)
             ).first()
@@ -354,7 +361,7 @@ class JobStore:
 
     def reject(self, job_id: str, kind: str, error: str, request: dict[str, Any] | None = None) -> None:
         """Record a job as rejected, creating its row when the message named an id we never stored."""
-        request = _storable(request)
+        request, error = _storable(request), redact(error)
         now = utcnow()
         with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
@@ -434,6 +441,7 @@ class JobStore:
         latency_ms: float | None = None,
     ) -> None:
         """Close an attempt as failed; ``delay_s`` is the policy's wait before the retry it led to."""
+        error = redact(error)
         with self.sessions.begin() as session:
             session.execute(
                 update(AttemptRecord)
@@ -536,7 +544,7 @@ class JobStore:
                     provider=provider,
                     tier=tier,
                     worker=worker,
-                    error=reason,
+                    error=redact(reason),
                     started_at=now,
                     finished_at=now,
                 )
@@ -570,7 +578,7 @@ class JobStore:
             return [JobView.of(row) for row in rows]
 
     def fail(self, job_id: str, error: str) -> None:
-        now = utcnow()
+        now, error = utcnow(), redact(error)
         with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None or record.status in FINAL_STATUSES:

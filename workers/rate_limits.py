@@ -39,7 +39,8 @@ def window_rules(key: tuple[str, ...], per_minute: int | None, per_hour: int | N
 
 class RateLimiter:
     def __init__(self, redis_url: str | None):
-        self._storage = storage_from_string(redis_url or "memory://")
+        options = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0} if redis_url else {}
+        self._storage = storage_from_string(redis_url or "memory://", **options)
         self._limiter = MovingWindowRateLimiter(self._storage)
 
     def acquire(self, rules: list[Rule]) -> float:

@@ -17,6 +17,7 @@ import redis
 from broker.catalogue import Catalogue
 from broker.settings import Settings
 from tasks.database import make_engine
+from tasks.redaction import install_log_redaction
 from tasks.repository import JobStore, Lease
 from tasks.retry import DEFAULT_DOWNGRADES, RetryPolicy
 from workers.backends import make_backend
@@ -28,6 +29,8 @@ from workers.rate_limits import RateLimiter, Rule, window_rules
 from workers.registry import ModelRegistry, Quantize
 
 log = logging.getLogger(__name__)
+# A shared-state call that takes longer has failed: the job's message is handed back rather than held.
+REDIS_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,13 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
     downgrades = DEFAULT_DOWNGRADES if catalogue.downgrades is None else catalogue.downgrades
     policy = RetryPolicy(max_retries=settings.max_retries, downgrades=dict(downgrades), cooldown_s=settings.cooldown_s)
     redis_url = settings.resolved_redis_url
-    cooldowns: Cooldowns = RedisCooldowns(redis.Redis.from_url(redis_url)) if redis_url else LocalCooldowns()
+    cooldowns: Cooldowns = (
+        RedisCooldowns(
+            redis.Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+        )
+        if redis_url
+        else LocalCooldowns()
+    )
     log.info(
         "worker runtime pid=%s pool=%s device=%s torch_threads=%s database=%s",
         os.getpid(),
@@ -128,6 +137,7 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
         torch.get_num_threads(),
         settings.safe_database_url(),
     )
+    install_log_redaction(settings.secrets(catalogue.models[m].api_key_env for m in catalogue.models))
     store = JobStore(engine)
     lease = lease_for_this_process(settings.lease_s)
     LeaseKeeper(store, lease).start()

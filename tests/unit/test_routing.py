@@ -83,6 +83,14 @@ def test_model_outside_the_named_tier_is_refused() -> None:
         ("[tiers.fast\n", ["x.toml", "not valid TOML"]),  # broken TOML
         ("default_tier = 'nope'\n[tiers.fast]\n[tiers.balanced]\n[tiers.quality]\n", ["default_tier", "nope"]),
         ("[tiers.fast]\nrequests_per_minute = 0\n", ["requests_per_minute"]),
+        # a limit no window can count (it overflowed Redis on every job)
+        ("[tiers.fast]\nrequests_per_minute = 100000000000000000000\n", ["tiers.fast.requests_per_minute"]),
+        (
+            "[providers.openai]\nrequests_per_hour = 100000000000\n[tiers.fast]\n",
+            ["providers.openai.requests_per_hour"],
+        ),
+        # a tier named twice would escalate into itself forever
+        ("tier_order = ['fast', 'fast']\n[tiers.fast]\n", ["tier_order", "'fast' more than once"]),
     ],
 )
 def test_bad_catalogue_names_file_key_and_reason(text: str, words: list[str]) -> None:

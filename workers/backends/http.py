@@ -27,6 +27,7 @@ from tasks.errors import (
     ServerError,
     Unauthorised,
 )
+from tasks.redaction import redact
 
 
 def make_client(timeout_s: float) -> httpx.Client:
@@ -55,16 +56,17 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, (when - current).total_seconds())
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(response: httpx.Response, secrets: list[str]) -> str:
+    """The server's own error text, secrets taken out before it is cut (a cut token would still leak)."""
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return response.text[:200]
+        return redact(response.text, secrets)[:200]
     if isinstance(body, dict):
         error = body.get("error", body.get("message", body.get("detail", "")))
         if isinstance(error, dict):
             error = error.get("message", "")
-        return str(error)[:200]
+        return redact(str(error), secrets)[:200]
     return ""
 
 
@@ -77,9 +79,11 @@ def _estimated_time(response: httpx.Response) -> float | None:
     return float(value) if isinstance(value, (int, float)) and value >= 0 else None
 
 
-def error_for_response(response: httpx.Response, provider: str, model_id: str) -> RouterError:
+def error_for_response(
+    response: httpx.Response, provider: str, model_id: str, secrets: list[str] | None = None
+) -> RouterError:
     status = response.status_code
-    detail = _error_text(response)
+    detail = _error_text(response, secrets or [])
     message = f"{provider} answered {status} for {model_id}" + (f": {detail}" if detail else "")
     if status == 503:
         hint = _estimated_time(response)
@@ -118,6 +122,10 @@ class HttpCaller:
         self._token = token
         self._model_tokens = model_tokens or {}
 
+    def _secrets(self) -> list[str]:
+        tokens = [self._token, *self._model_tokens.values()]
+        return [token.get_secret_value() for token in tokens if token is not None]
+
     def _auth(self, model_id: str | None) -> dict[str, str]:
         token = self._model_tokens.get(model_id, self._token) if model_id else self._token
         return {} if token is None else {"Authorization": f"Bearer {token.get_secret_value()}"}
@@ -131,7 +139,7 @@ class HttpCaller:
         except httpx.TransportError as exc:
             raise NetworkError(f"{self.provider} connection failed for {model_id} ({type(exc).__name__})") from exc
         if response.status_code >= 400:
-            raise error_for_response(response, self.provider, model_id)
+            raise error_for_response(response, self.provider, model_id, self._secrets())
         try:
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
