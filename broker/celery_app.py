@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        worker_proc_alive_timeout=settings.process_start_timeout_s,
         task_queues=queues,
         task_default_queue=queues[0].name,
         task_default_exchange=EXCHANGE.name,

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # How long a worker process's claim on a running job holds without renewal (renewed every third of it):
     # a job whose worker died is taken over by its next message once this has passed.
     lease_s: float = Field(default=30.0, ge=3.0, le=3600.0)
+    # How long a new worker process may take to start, loading its models, before Celery kills it as hung
+    # (Celery's default, 4 s, kills every replacement of a pool process that loads a model).
+    process_start_timeout_s: float = Field(default=600.0, ge=4.0)
     # Redis: how long a delivered, unacknowledged message waits before it is handed out again (the lease of
     # a worker that died). Longer than the longest countdown (a rate-limit deferral: up to an hour).
     visibility_timeout_s: int = Field(default=7200, ge=60)
