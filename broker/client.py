@@ -15,7 +15,7 @@ from typing import Any
 from broker.catalogue import Catalogue, load_catalogue
 from broker.celery_app import RouterCelery, create_app
 from broker.packing import input_count, pack
-from broker.queues import INPUTS_HEADER, TASK_NAMES
+from broker.queues import INPUTS_HEADER, TASK_NAMES, queue_names
 from broker.routing import Route, queue_for_tier, route
 from broker.settings import Settings
 from tasks.cache import cache_key
@@ -51,6 +51,12 @@ class BatchSubmission:
     jobs: dict[int, Job]  # by the request's position
     errors: dict[int, str]  # invalid requests, by position
     inserted: int  # records created now (0 for requests submitted before)
+
+
+@dataclass(frozen=True)
+class Requeue:
+    requeued: list[JobView]  # published again (or, in a dry run, that would be)
+    unroutable: list[JobView]  # lost, but on a queue this catalogue no longer serves: left for an operator
 
 
 class Job:
@@ -300,19 +306,30 @@ class Router:
                 f"{len(job_ids)} jobs from {job_ids[0]} could not be enqueued on {self.settings.safe_broker_url()}"
             ) from exc
 
-    def requeue_stale(self, older_than_s: float, *, dry_run: bool = False) -> list[JobView]:
+    def requeue_stale(self, older_than_s: float, *, dry_run: bool = False) -> Requeue:
         """Publish again every job that is lost since ``older_than_s`` at least: running under a lease its
         worker stopped renewing (it died), or queued or retrying with its message due that long ago (a broker
         lost it). The database is the source of truth. A job that a live worker runs, or that waits for a
         retry's or deferral's countdown, is left alone; a job that ends meanwhile is not run twice: a worker
-        skips a message for a job in a final state or under another live worker's lease."""
-        stale = self.store.stale(datetime.now(UTC) - timedelta(seconds=older_than_s))
-        if not dry_run:
-            for job in stale:
-                queue = job.queue or job.tier or self.catalogue.ordered_tiers[0]
+        skips a message for a job in a final state or under another live worker's lease. A job whose queue
+        this catalogue does not serve (its tier was renamed or removed) is reported, not published: no
+        worker would ever take it."""
+        served = set(queue_names(self.catalogue.ordered_tiers))
+        requeued: list[JobView] = []
+        unroutable: list[JobView] = []
+        for job in self.store.stale(datetime.now(UTC) - timedelta(seconds=older_than_s)):
+            queue = job.queue or job.tier or self.catalogue.ordered_tiers[0]
+            (requeued if queue in served else unroutable).append(job)
+            if queue not in served or dry_run:
+                continue
+            try:
                 self._publish(job.id, job.kind, queue, input_count(job.request or {}))
-            self.store.set_due([job.id for job in stale], 0.0)  # due now: the next requeue leaves them be
-        return stale
+            except EnqueueFailed:
+                self.store.set_due([done.id for done in requeued[:-1]], 0.0)
+                raise
+        if not dry_run:
+            self.store.set_due([job.id for job in requeued], 0.0)  # due now: the next requeue leaves them be
+        return Requeue(requeued, unroutable)
 
     def get_when_recorded(self, job_id: str, timeout: float = 30.0) -> Job:
         """``get`` for a job that a worker records itself (a message from another producer)."""

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from broker.cli.output import EXIT_INVALID, emit_json, fail
 from broker.cli.usage import parse_since
+
+if TYPE_CHECKING:
+    from tasks.repository import JobView
 
 
 @click.command()
@@ -26,11 +31,20 @@ def requeue(stale: bool, older_than: str, dry_run: bool, as_json: bool) -> None:
     except click.BadParameter as exc:
         fail(f"--older-than: {exc.message}", code=EXIT_INVALID, as_json=as_json)
     with Router() as router:
-        jobs = router.requeue_stale(seconds, dry_run=dry_run)
-    rows = [{"id": job.id, "kind": job.kind, "status": job.status, "queue": job.queue} for job in jobs]
+        outcome = router.requeue_stale(seconds, dry_run=dry_run)
+    rows = [_row(job) for job in outcome.requeued]
+    left = [_row(job) for job in outcome.unroutable]
     if as_json:
-        emit_json({"requeued": 0 if dry_run else len(rows), "jobs": rows})
+        emit_json({"requeued": 0 if dry_run else len(rows), "jobs": rows, "unroutable": left})
         return
     for row in rows:
         click.echo(f"{row['id']} {row['status']} → {row['queue']}")
+    for row in left:
+        click.echo(f"{row['id']} {row['status']} left: queue {row['queue']!r} is not in the catalogue")
     click.echo(f"{'would requeue' if dry_run else 'requeued'} {len(rows)} job(s)")
+    if left:
+        click.echo(f"left {len(left)} job(s) on queues no tier of the catalogue serves", err=True)
+
+
+def _row(job: JobView) -> dict[str, str | None]:
+    return {"id": job.id, "kind": job.kind, "status": job.status, "queue": job.queue or job.tier}

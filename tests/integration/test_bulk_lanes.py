@@ -193,7 +193,7 @@ def test_jobs_taken_into_a_batch_survive_a_killed_process(
         # until the broker's lease ends. The database holds their jobs as running under the dead process's lease:
         # once it has run out (3 s), requeue them.
         time.sleep(4.5)
-        requeued = {job.id for job in router.requeue_stale(1.0)}
+        requeued = {job.id for job in router.requeue_stale(1.0).requeued}
         assert len(requeued & {job.id for job in jobs}) >= 3
         for job in jobs:
             job.wait(180)

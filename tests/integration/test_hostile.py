@@ -95,7 +95,7 @@ def test_a_live_job_is_never_run_twice(
         time.sleep(0.05)
     time.sleep(1.5)
     # A requeue while it runs finds nothing stale; a duplicate message (a batch resumed at once) is put off.
-    assert job.id not in {stale.id for stale in router.requeue_stale(1.0)}
+    assert job.id not in {stale.id for stale in router.requeue_stale(1.0).requeued}
     router._publish(job.id, "generate", "fast", 1)
     job.wait(timeout=120)
     assert [a["status"] for a in _attempts(pg_url, job.id)] == ["succeeded"]
@@ -115,9 +115,21 @@ def test_requeue_leaves_jobs_that_wait_for_a_rate_limit(
         time.sleep(0.2)
     time.sleep(3.5)
     ids = {job.id for job in jobs}
-    assert not ids & {stale.id for stale in router.requeue_stale(3.0)}  # they wait; none is lost
+    assert not ids & {stale.id for stale in router.requeue_stale(3.0).requeued}  # they wait; none is lost
     assert sum(job.status() == "succeeded" for job in jobs) == 1
     worker.stop()
+
+
+def test_requeue_reports_a_lost_job_whose_tier_the_catalogue_no_longer_has(router: Router) -> None:
+    orphan, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    router.store.create_job(job_id=orphan, kind="embed", request={"input": ["x"]}, tier="retired", queue="retired")
+    router.store.create_job(job_id=kept, kind="embed", request={"input": ["y"]}, tier="fast", queue="fast")
+    time.sleep(1.2)
+    outcome = router.requeue_stale(1.0)  # publishes what a worker can take, reports the rest, raises nothing
+    assert orphan in {job.id for job in outcome.unroutable} and orphan not in {job.id for job in outcome.requeued}
+    assert kept in {job.id for job in outcome.requeued}
+    again = router.requeue_stale(1.0)  # the one published is due now; the orphan is still reported
+    assert kept not in {job.id for job in again.requeued} and orphan in {job.id for job in again.unroutable}
 
 
 def test_a_cache_entry_expires_ttl_after_its_answer_was_computed(pg_url: str) -> None:
