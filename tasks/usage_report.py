@@ -7,11 +7,16 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Text, and_, case, func, select, type_coerce
+from sqlalchemy.orm import Session, aliased
 
 from tasks.records import FAILED, REJECTED, SKIPPED, SUCCEEDED, AttemptRecord, JobRecord, UsageRecord
 from tasks.repository import JobStore
+
+_FRACTIONS = (0.50, 0.95)
+_HEAD_CHARS = 100  # a cause is an identifier: no need to group on more of the error
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
@@ -54,92 +59,189 @@ class UsageReport:
     models: list[ModelUsage] = field(default_factory=list)
 
 
-def _cause(error: str | None) -> str:
-    if not error:
+def _cause(head: str | None) -> str:
+    """The cause a failure is counted under: the error's leading identifier (``ModelNotFound: …``)."""
+    if head is None:
         return "unknown"
-    head = error.split(":", 1)[0].strip()
+    head = head.strip()
     return head if head.isidentifier() else "other"
 
 
 def usage_report(store: JobStore, since: datetime | None = None) -> UsageReport:
+    """Every figure is aggregated by the database: the rows fetched number the statuses, causes and models,
+    never the jobs, so neither time in Python nor memory grows with the tables."""
+    jobs_window = [JobRecord.created_at >= since] if since is not None else []
+    usage_window = [UsageRecord.created_at >= since] if since is not None else []
     with store.session() as session:
-        jobs_query = select(JobRecord.id, JobRecord.status, JobRecord.error)
-        usage_query = select(UsageRecord)
-        attempts_query = select(
-            AttemptRecord.job_id,
-            AttemptRecord.number,
-            AttemptRecord.status,
-            AttemptRecord.model,
-            AttemptRecord.tier,
-            AttemptRecord.error,
-            AttemptRecord.delay_s,
-        ).join(JobRecord, JobRecord.id == AttemptRecord.job_id)
-        if since is not None:
-            jobs_query = jobs_query.where(JobRecord.created_at >= since)
-            usage_query = usage_query.where(UsageRecord.created_at >= since)
-            attempts_query = attempts_query.where(JobRecord.created_at >= since)
-        jobs = session.execute(jobs_query).all()
-        usage = session.scalars(usage_query).all()
-        attempts = session.execute(attempts_query.order_by(AttemptRecord.job_id, AttemptRecord.number)).all()
+        postgres = session.get_bind().dialect.name == "postgresql"
+        by_status = {
+            status: count
+            for status, count in session.execute(
+                select(JobRecord.status, func.count()).where(*jobs_window).group_by(JobRecord.status)
+            ).all()
+        }
+        retries = session.scalar(
+            select(func.count())
+            .select_from(AttemptRecord)
+            .join(JobRecord, JobRecord.id == AttemptRecord.job_id)
+            .where(AttemptRecord.delay_s.is_not(None), *jobs_window)
+        )
+        failures = _failures(session, jobs_window, postgres)
+        if by_status.get(REJECTED):
+            failures = {"rejected (bad input)": by_status[REJECTED], **failures}
+        models = _models(session, usage_window, postgres)
+        model_fallbacks = _model_fallbacks(session, jobs_window)
+        tier_fallbacks = _tier_fallbacks(session, jobs_window)
 
-    by_status: dict[str, int] = defaultdict(int)
-    for _, status, _ in jobs:
-        by_status[status] += 1
+    hits = sum(model.cache_hits for model in models)
+    answered = sum(model.requests for model in models)
+    return UsageReport(
+        since=since,
+        jobs=sum(by_status.values()),
+        by_status=by_status,
+        requests=answered - hits,
+        cache_hits=hits,
+        cache_hit_rate=100.0 * hits / answered if answered else 0.0,
+        prompt_tokens=sum(model.prompt_tokens for model in models),
+        completion_tokens=sum(model.completion_tokens for model in models),
+        total_tokens=sum(model.total_tokens for model in models),
+        retries=retries or 0,
+        model_fallbacks=model_fallbacks,
+        tier_fallbacks=tier_fallbacks,
+        failures_by_cause=failures,
+        models=models,
+    )
 
-    per_job: dict[str, list[tuple[str, str | None, str | None, str | None, float | None]]] = defaultdict(list)
-    for job_id, _, status, model, tier, error, delay_s in attempts:
-        per_job[job_id].append((status, model, tier, error, delay_s))
+
+def _failures(session: Session, jobs_window: list[ColumnElement[bool]], postgres: bool) -> dict[str, int]:
+    """Failed jobs by the cause of their last attempt that ran (the job's own error if none ran), grouped in
+    SQL by the error's text before its first colon."""
+    last_error = (
+        select(AttemptRecord.error)
+        .where(AttemptRecord.job_id == JobRecord.id, AttemptRecord.status != SKIPPED)
+        .order_by(AttemptRecord.number.desc())
+        .limit(1)
+        .correlate(JobRecord)
+        .scalar_subquery()
+    )
+    error = type_coerce(func.nullif(func.coalesce(last_error, JobRecord.error), ""), Text)
+    colon = (func.strpos if postgres else func.instr)(error.concat(":"), ":")
+    head = func.substr(error, 1, func.least(colon - 1, _HEAD_CHARS) if postgres else func.min(colon - 1, _HEAD_CHARS))
+    rows = session.execute(
+        select(head, func.count()).where(JobRecord.status == FAILED, *jobs_window).group_by(head)
+    ).all()
     failures: dict[str, int] = defaultdict(int)
-    failed_ids = {job_id for job_id, status, _ in jobs if status == FAILED}
-    for job_id, status, error in jobs:
-        if status == REJECTED:
-            failures["rejected (bad input)"] += 1
-        elif status == FAILED:
-            tried = [a for a in per_job.get(job_id, []) if a[0] != SKIPPED]
-            failures[_cause(tried[-1][3] if tried else error)] += 1
-    retries = sum(1 for steps in per_job.values() for step in steps if step[4] is not None)
-    model_fallbacks = tier_fallbacks = 0
-    for job_id, steps in per_job.items():
-        tried = [step for step in steps if step[0] != SKIPPED]
-        if any(step[0] == SUCCEEDED for step in tried) and job_id not in failed_ids:
-            model_fallbacks += tried[0][1] != tried[-1][1] if tried else 0
-        tier_fallbacks += len({step[2] for step in steps}) > 1
+    for cause, count in rows:
+        failures[_cause(cause)] += count
+    return dict(failures)
 
-    groups: dict[tuple[str | None, str, str], list[UsageRecord]] = defaultdict(list)
-    for row in usage:
-        groups[(row.tier, row.kind, row.model)].append(row)
+
+def _models(session: Session, usage_window: list[ColumnElement[bool]], postgres: bool) -> list[ModelUsage]:
+    """Counts, tokens and latency percentiles per (tier, kind, model); latencies of computed answers only."""
+    computed = case((UsageRecord.cached.is_(False), UsageRecord.latency_ms))  # NULL otherwise: not counted
+    sums = [
+        func.count(),
+        func.sum(case((UsageRecord.cached.is_(True), 1), else_=0)),
+        func.sum(UsageRecord.prompt_tokens),
+        func.sum(UsageRecord.completion_tokens),
+        func.sum(UsageRecord.total_tokens),
+    ]
+    latency: list[ColumnElement[Any]]
+    if postgres:
+        # percentile_disc is the nearest-rank percentile of ``percentile``; ordered-set aggregates skip NULLs.
+        latency = [func.percentile_disc(fraction).within_group(computed) for fraction in _FRACTIONS]
+    else:
+        latency = [func.count(computed)]
+    groups = (UsageRecord.tier, UsageRecord.kind, UsageRecord.model)
+    rows = session.execute(select(*groups, *sums, *latency).where(*usage_window).group_by(*groups)).all()
     models = []
-    for (tier, kind, model), rows in sorted(groups.items(), key=lambda item: tuple(str(k) for k in item[0])):
-        latencies = [row.latency_ms for row in rows if not row.cached and row.latency_ms is not None]
+    for tier, kind, model, requests, hits, prompt, completion, total, *figures in rows:
+        if postgres:
+            p50, p95 = figures
+        else:
+            p50, p95 = (
+                _nth_latency(session, usage_window, (tier, kind, model), figures[0], fraction)
+                for fraction in _FRACTIONS
+            )
         models.append(
             ModelUsage(
                 tier=tier,
                 kind=kind,
                 model=model,
-                requests=len(rows),
-                cache_hits=sum(row.cached for row in rows),
-                prompt_tokens=sum(row.prompt_tokens for row in rows),
-                completion_tokens=sum(row.completion_tokens for row in rows),
-                total_tokens=sum(row.total_tokens for row in rows),
-                p50_ms=percentile(latencies, 0.50),
-                p95_ms=percentile(latencies, 0.95),
+                requests=requests,
+                cache_hits=hits or 0,
+                prompt_tokens=prompt or 0,
+                completion_tokens=completion or 0,
+                total_tokens=total or 0,
+                p50_ms=p50,
+                p95_ms=p95,
             )
         )
-    hits = sum(row.cached for row in usage)
-    answered = len(usage)
-    return UsageReport(
-        since=since,
-        jobs=len(jobs),
-        by_status=dict(by_status),
-        requests=answered - hits,
-        cache_hits=hits,
-        cache_hit_rate=100.0 * hits / answered if answered else 0.0,
-        prompt_tokens=sum(row.prompt_tokens for row in usage),
-        completion_tokens=sum(row.completion_tokens for row in usage),
-        total_tokens=sum(row.total_tokens for row in usage),
-        retries=retries,
-        model_fallbacks=model_fallbacks,
-        tier_fallbacks=tier_fallbacks,
-        failures_by_cause=dict(failures),
-        models=models,
+    return sorted(models, key=lambda m: (str(m.tier), m.kind, m.model))
+
+
+def _nth_latency(
+    session: Session,
+    usage_window: list[ColumnElement[bool]],
+    group: tuple[str | None, str, str],
+    count: int,
+    fraction: float,
+) -> float | None:
+    """SQLite has no percentile aggregate: the nearest-rank value is read with one indexed row."""
+    if not count:
+        return None
+    tier, kind, model = group
+    return session.scalar(
+        select(UsageRecord.latency_ms)
+        .where(
+            UsageRecord.tier.is_(None) if tier is None else UsageRecord.tier == tier,
+            UsageRecord.kind == kind,
+            UsageRecord.model == model,
+            UsageRecord.cached.is_(False),
+            UsageRecord.latency_ms.is_not(None),
+            *usage_window,
+        )
+        .order_by(UsageRecord.latency_ms)
+        .offset(max(0, math.ceil(fraction * count) - 1))
+        .limit(1)
     )
+
+
+def _model_fallbacks(session: Session, jobs_window: list[ColumnElement[bool]]) -> int:
+    """Jobs answered (and not failed) whose last attempt that ran used another model than their first."""
+    ran = (
+        select(
+            AttemptRecord.job_id,
+            func.min(AttemptRecord.number).label("first"),
+            func.max(AttemptRecord.number).label("last"),
+        )
+        .join(JobRecord, JobRecord.id == AttemptRecord.job_id)
+        .where(AttemptRecord.status != SKIPPED, JobRecord.status != FAILED, *jobs_window)
+        .group_by(AttemptRecord.job_id)
+        .having(func.count() > 1, func.max(case((AttemptRecord.status == SUCCEEDED, 1), else_=0)) == 1)
+        .subquery()
+    )
+    first, last = aliased(AttemptRecord), aliased(AttemptRecord)
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(ran)
+            .join(first, and_(first.job_id == ran.c.job_id, first.number == ran.c.first))
+            .join(last, and_(last.job_id == ran.c.job_id, last.number == ran.c.last))
+            .where(first.model.is_distinct_from(last.model))
+        )
+        or 0
+    )
+
+
+def _tier_fallbacks(session: Session, jobs_window: list[ColumnElement[bool]]) -> int:
+    """Jobs whose attempts name more than one tier."""
+    moved = (
+        select(AttemptRecord.job_id)
+        .join(JobRecord, JobRecord.id == AttemptRecord.job_id)
+        .where(*jobs_window)
+        .group_by(AttemptRecord.job_id)
+        .having(func.min(AttemptRecord.tier) != func.max(AttemptRecord.tier))  # cheaper than count(distinct)
+        .subquery()
+    )
+    return session.scalar(select(func.count()).select_from(moved)) or 0

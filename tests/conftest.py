@@ -8,14 +8,15 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-import psycopg
 import pytest
 import redis
 from kombu import Connection, Exchange, Producer
 
 from broker.settings import Settings
+from ops.bench.database import bench_database
 
 PG_ADMIN = os.environ.get("LLM_ROUTER_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 PG_URL_TEMPLATE = os.environ.get("LLM_ROUTER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
@@ -32,21 +33,16 @@ def models_dir() -> Path:
     return folder
 
 
+def fresh_database() -> AbstractContextManager[str]:
+    """A new Postgres database migrated to head, dropped afterwards: for tests that count every row."""
+    return bench_database(PG_ADMIN, PG_URL_TEMPLATE, prefix="llmr_test")
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    """A fresh Postgres database for this test session, migrated to head, dropped afterwards."""
-    from tasks.database import make_engine, upgrade
-
-    name = f"llmr_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = PG_URL_TEMPLATE.format(database=name)
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    yield url
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A fresh Postgres database for this test session."""
+    with fresh_database() as url:
+        yield url
 
 
 def empty_redis_db(url: str) -> str:

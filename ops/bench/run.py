@@ -35,12 +35,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import redis
 from sqlalchemy import create_engine, text
 
@@ -49,8 +46,8 @@ sys.path.insert(0, str(REPO))
 
 from broker.client import Router  # noqa: E402
 from broker.settings import Settings  # noqa: E402
+from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
 from ops.bench.quantization import sentences  # noqa: E402
-from tasks.database import upgrade  # noqa: E402
 from workers.bundled.prepare import MINILM_ID, prepare_models  # noqa: E402
 
 # One pool for (b), (c) and the one-worker latency: a process per core, one torch thread each (on two
@@ -142,22 +139,6 @@ class Cluster:
                 process.kill()
                 process.wait()
         self.processes.clear()
-
-
-@contextmanager
-def bench_database(admin: str, url_template: str) -> Iterator[str]:
-    name = f"llmr_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    url = url_template.format(database=name)
-    engine = create_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    try:
-        yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def last_finished(database_url: str, batch_id: str) -> tuple[int, float]:
@@ -282,8 +263,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/5", help="emptied before use")
-    parser.add_argument("--pg-admin", default="host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-    parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
+    parser.add_argument("--pg-admin", default=ADMIN)
+    parser.add_argument("--pg-url", default=URL_TEMPLATE)
     parser.add_argument("--chunk", type=int, default=1000, help="requests per Router.batch call")
     args = parser.parse_args()
     n = args.n
