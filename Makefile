@@ -31,6 +31,7 @@ lint: install
 	$(BIN)/ruff check broker tasks workers tests ops
 	$(BIN)/ruff format --check broker tasks workers tests ops
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf var .pytest_cache

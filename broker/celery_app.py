@@ -43,7 +43,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings | None = None, catalogue: Catalogue | None = None) -> RouterCelery:
     settings = settings or Settings()
     catalogue = catalogue or load_catalogue(settings.config)
-    app = RouterCelery("llm_router", include=["tasks.jobs"])
+    app = RouterCelery("llm_router", include=["workers.celery_tasks"])
     app.router_settings = settings
     app.catalogue = catalogue
     queues = tier_queues(catalogue)

@@ -24,6 +24,15 @@ REDIS_TEST_URL = os.environ.get("LLM_ROUTER_TEST_REDIS_URL", "redis://127.0.0.1:
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test's folder is its marker: ``unit`` (no services, seconds) or ``integration`` (real Redis,
+    Postgres, RabbitMQ and worker subprocesses)."""
+    for item in items:
+        folder = item.path.parent.name
+        if folder in ("unit", "integration"):
+            item.add_marker(folder)
+
+
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     from workers.bundled.prepare import prepare_models

@@ -19,7 +19,6 @@ from broker.settings import Settings
 from tasks.database import make_engine
 from tasks.redaction import install_log_redaction
 from tasks.repository import JobStore, Lease
-from tasks.retry import DEFAULT_DOWNGRADES, RetryPolicy
 from workers.backends import make_backend
 from workers.backends.base import Backend
 from workers.backends.remote import RemoteDeps
@@ -27,6 +26,7 @@ from workers.cooldown import Cooldowns, LocalCooldowns, RedisCooldowns
 from workers.leases import LeaseKeeper, lease_for_this_process
 from workers.rate_limits import RateLimiter, Rule, window_rules
 from workers.registry import ModelRegistry, Quantize
+from workers.retry import DEFAULT_DOWNGRADES, RetryPolicy
 
 log = logging.getLogger(__name__)
 # A shared-state call that takes longer has failed: the job's message is handed back rather than held.

@@ -21,8 +21,6 @@ from broker.settings import Settings
 from tasks import limits
 from tasks.errors import InvalidRequest
 
-pytestmark = pytest.mark.integration
-
 # A broker database of its own that no worker consumes, so any message enqueued by mistake stays visible.
 QUIET_BROKER = "redis://127.0.0.1:6379/12"
 QUEUES = ("fast", "balanced", "quality")

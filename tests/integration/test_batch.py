@@ -22,8 +22,6 @@ from broker.client import Router
 from broker.settings import Settings
 from tests.conftest import REPO, WorkerProcess, empty_redis_db
 
-pytestmark = pytest.mark.integration
-
 BROKER = "redis://127.0.0.1:6379/7"
 
 

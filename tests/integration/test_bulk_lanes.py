@@ -19,8 +19,6 @@ from tasks.schemas import ClassifyResult, EmbedResult
 from tests.conftest import WorkerProcess, empty_redis_db
 from workers.state import collect
 
-pytestmark = pytest.mark.integration
-
 BROKER = "redis://127.0.0.1:6379/6"
 SENTENCES = [
     "I love this product, it works perfectly.",

@@ -17,8 +17,6 @@ from tasks.errors import JobRejected
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 from tests.conftest import WorkerProcess, publish_raw
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def workers(start_worker: Callable[..., WorkerProcess]) -> dict[str, WorkerProcess]:
@@ -52,9 +50,10 @@ def test_all_three_kinds_succeed_and_are_recorded(
         temperature=0.0,
         max_tokens=30,
     )
+    at_once = chat.status()  # submitting only records and publishes: the model has not answered yet
     vectors = router.embed(["A man is playing a guitar.", "Someone is strumming a guitar."], tier="fast")
     labels = router.classify("I love this!", tier="fast")
-    assert chat.status() in ("queued", "running", "succeeded")  # returns at once
+    assert at_once in ("queued", "running")
 
     generated = chat.wait(timeout=120)
     assert isinstance(generated, GenerateResult) and "Paris" in generated.text

@@ -11,12 +11,10 @@ import pytest
 import redis
 
 from broker.celery_app import RouterCelery, create_app
-from broker.draining import Drainer
 from broker.queues import INPUTS_HEADER
 from broker.settings import Settings
 from tests.conftest import empty_redis_db, publish_raw
-
-pytestmark = pytest.mark.integration
+from workers.draining import Drainer
 
 BROKER = "redis://127.0.0.1:6379/4"
 

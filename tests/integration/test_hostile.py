@@ -21,8 +21,6 @@ from tasks.repository import JobStore
 from tasks.schemas import Embedding, EmbedResult, Usage
 from tests.conftest import WorkerProcess, empty_redis_db
 
-pytestmark = pytest.mark.integration
-
 BROKER = "redis://127.0.0.1:6379/5"
 CATALOGUE = """
 default_tier = "fast"

@@ -23,11 +23,9 @@ from tests.conftest import WorkerProcess, empty_redis_db
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
 
-pytestmark = pytest.mark.integration
-
 BROKER = "redis://127.0.0.1:6379/8"
 JOBS, PRODUCERS = 5_000, 4
-LIMIT_PER_MINUTE = 60_000
+LIMIT_PER_MINUTE = 60_000  # never reached: the limiter runs on every call under load without deferring any
 MODELS = {"generate": "org/load-gen", "embed": "org/load-embed", "classify": "org/load-cls"}
 
 
@@ -99,6 +97,7 @@ def _produce(env: dict[str, str], index: int, count: int) -> list[str]:
     return ids
 
 
+@pytest.mark.slow
 def test_five_thousand_mixed_jobs_all_end_and_add_up(
     start_worker: Callable[..., WorkerProcess],
     env: dict[str, str],
@@ -141,6 +140,12 @@ def test_five_thousand_mixed_jobs_all_end_and_add_up(
         usage = int(
             connection.execute(text("SELECT count(*) FROM usage WHERE job_id = ANY(:ids)"), {"ids": ids}).scalar_one()
         )
+        made = int(  # attempts that called the API (not skipped for a cooldown, not cut off by a lost worker)
+            connection.execute(
+                text("SELECT count(*) FROM attempts WHERE job_id = ANY(:ids) AND status IN ('succeeded', 'failed')"),
+                {"ids": ids},
+            ).scalar_one()
+        )
         retried = int(
             connection.execute(
                 text("SELECT count(*) FROM attempts WHERE job_id = ANY(:ids) AND delay_s IS NOT NULL"), {"ids": ids}
@@ -156,8 +161,8 @@ def test_five_thousand_mixed_jobs_all_end_and_add_up(
     assert usage == counts.get("succeeded", 0)  # one usage row per succeeded job
     assert retried > 0.05 * JOBS  # the 503s and 429s really happened and were retried
     assert all(worker.alive() for worker in workers)
-    calls = sorted(call.at for call in server.calls)
-    assert all(later - earlier >= 60.0 for earlier, later in zip(calls, calls[LIMIT_PER_MINUTE:], strict=False))
+    calls = server.calls
+    assert len(calls) == made  # every API call is recorded as one attempt, and no attempt is invented
 
     latencies = [latency for status, latency in rows if status == "succeeded" and latency is not None]
     report = {

@@ -15,8 +15,6 @@ from broker.client import Job, Router
 from broker.settings import Settings
 from tests.conftest import WorkerProcess, rabbit_queue_counts
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def env(cluster_env: dict[str, str], rabbit_url: str) -> dict[str, str]:
@@ -46,6 +44,7 @@ def _requests(n: int, offset: int) -> list[dict[str, Any]]:
     return requests
 
 
+@pytest.mark.slow
 def test_200_mixed_jobs_from_two_producers_all_succeed_once_and_leave_no_message(
     workers: list[WorkerProcess], cluster_settings: Settings, rabbit_url: str, pg_url: str
 ) -> None:

@@ -22,11 +22,9 @@ from broker.cli.main import cli
 from broker.client import Router
 from broker.settings import Settings
 from tasks.errors import InvalidRequest
-from tasks.schemas import GenerateResult
-from tests.conftest import WorkerProcess, empty_redis_db
+from tasks.schemas import EmbedResult, GenerateResult
+from tests.conftest import REPO, WorkerProcess, empty_redis_db
 from workers.state import collect
-
-pytestmark = pytest.mark.integration
 
 BROKER = "redis://127.0.0.1:6379/9"
 TOKEN = "hf_RELIABILITY_sentinel_0a9b8c7d"
@@ -112,6 +110,7 @@ def test_requeue_stale_recovers_jobs_whose_messages_the_broker_lost(
 
 HUGE = "x" * 10_000_000
 NESTED = "[" * 10_000 + "]" * 10_000
+JSON = "application/json"
 
 ROUTER_CASES: list[tuple[str, dict[str, Any], str]] = [
     # (kind, request fields, words of the error)
@@ -178,7 +177,7 @@ def _publish(body: bytes, content_type: str, task: str, task_id: str) -> None:
 def test_hostile_broker_messages_are_refused_or_rejected_and_the_worker_stays_up(
     worker: WorkerProcess, router: Router, db: Callable[..., list[dict[str, Any]]], tmp_path: Path
 ) -> None:
-    cwd_before = set(os.listdir(worker.log_path.parent))
+    cwd_before = set(os.listdir(REPO))  # the worker's working directory
     ids = [str(uuid.uuid4()) for _ in range(6)]
     cases: list[tuple[str, Callable[[], None]]] = [
         (
@@ -187,8 +186,11 @@ def test_hostile_broker_messages_are_refused_or_rejected_and_the_worker_stays_up
                 pickle.dumps(([ids[0]], {}, {})), "application/x-python-serialize", "tasks.generate", ids[0]
             ),
         ),
-        ("not JSON", lambda: _publish(b"\xff\xfe not json", "application/json", "tasks.generate", ids[1])),
-        ("deeply nested JSON", lambda: _publish(NESTED.encode(), "application/json", "tasks.embed", ids[2])),
+        ("not JSON", lambda: _publish(f'\xff\xfe [["{ids[1]}"]'.encode("latin-1"), JSON, "tasks.generate", ids[1])),
+        (
+            "deeply nested JSON",
+            lambda: _publish(f'[["{ids[2]}"], {{"request": {NESTED}}}, {{}}]'.encode(), JSON, "tasks.embed", ids[2]),
+        ),
         ("unknown task", lambda: router.app.send_task("os.system", args=["rm -rf /"], queue="fast")),
         (
             "NaN in the request",
@@ -221,10 +223,9 @@ def test_hostile_broker_messages_are_refused_or_rejected_and_the_worker_stays_up
     for job_id, words in ((ids[3], "temperature"), (ids[4], "model"), (ids[5], "prompt")):
         (row,) = db("SELECT status, error FROM jobs WHERE id = :id", id=job_id)
         assert row["status"] == "rejected" and words in row["error"]
+    # Each carries its job id, but in a body no worker may decode: refused, nothing recorded, nothing run.
     assert db("SELECT count(*) AS n FROM jobs WHERE id IN (:a, :b, :c)", a=ids[0], b=ids[1], c=ids[2])[0]["n"] == 0
-    assert set(os.listdir(worker.log_path.parent)) == cwd_before  # nothing written beside the logs
-    counted = len(ROUTER_CASES) + len(CLI_CASES) + len(cases)
-    assert counted >= 25, counted
+    assert set(os.listdir(REPO)) == cwd_before
 
 
 def test_secrets_appear_in_no_log_record_or_status(
@@ -252,6 +253,7 @@ def _postgres(action: str) -> None:
     )
 
 
+@pytest.mark.slow
 def test_postgres_restarted_while_jobs_run(
     worker: WorkerProcess, router: Router, db: Callable[..., list[dict[str, Any]]]
 ) -> None:
@@ -308,6 +310,7 @@ def _restart_redis() -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_redis_restarted_workers_reconnect_and_lost_jobs_are_recovered(
     worker: WorkerProcess, router: Router, env: dict[str, str], db: Callable[..., list[dict[str, Any]]]
 ) -> None:
@@ -316,10 +319,8 @@ def test_redis_restarted_workers_reconnect_and_lost_jobs_are_recovered(
     assert worker.alive()
 
     # New work flows once the worker has reconnected by itself.
-    deadline = time.monotonic() + 60
     fresh = router.embed("after the broker came back", tier="fast", use_cache=False)
-    fresh.wait(timeout=60)
-    assert time.monotonic() < deadline
+    assert isinstance(fresh.wait(timeout=60), EmbedResult)
 
     # The database still knows every job: requeue what the broker lost.
     time.sleep(1.5)

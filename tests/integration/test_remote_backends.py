@@ -23,8 +23,6 @@ from tests.conftest import WorkerProcess, empty_redis_db
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
 
-pytestmark = pytest.mark.integration
-
 BROKER = "redis://127.0.0.1:6379/13"  # a broker database of its own: this worker has its own catalogue
 TOKEN = "hf_TESTtoken_9f8e7d6c5b4a_never_logged"
 MODEL_KEY = "sk-own-key-for-one-model-4b3a2c1d"  # a model's own key, named by api_key_env in the catalogue

@@ -21,8 +21,6 @@ from tests.conftest import WorkerProcess, empty_redis_db
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
 
-pytestmark = pytest.mark.integration
-
 BROKER = "redis://127.0.0.1:6379/14"
 SCALE = 0.1
 LIMIT_PER_MINUTE = 3

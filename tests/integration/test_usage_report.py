@@ -18,8 +18,6 @@ from tasks.repository import JobStore
 from tasks.usage_report import usage_report
 from tests.conftest import fresh_database
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from tasks.messages import BadBulkMessage, BadMessage, parse_message, parse_messages
+from workers.messages import BadBulkMessage, BadMessage, parse_message, parse_messages
 
 ID = str(uuid.uuid4())
 

@@ -16,7 +16,7 @@ from tasks.errors import (
     ServerError,
     Unauthorised,
 )
-from tasks.retry import RetryPolicy
+from workers.retry import RetryPolicy
 
 POLICY = RetryPolicy()
 MODEL = "org/model"

@@ -18,10 +18,10 @@ from tasks.errors import (
     ServerError,
     Unauthorised,
 )
-from tasks.retry import RetryPolicy
 from tasks.schemas import parse_request
 from tasks.usage_report import percentile
 from workers.cooldown import LocalCooldowns, failing
+from workers.retry import RetryPolicy
 
 
 def _key(routed: str = "fast", **fields: object) -> str:

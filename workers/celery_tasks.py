@@ -1,7 +1,7 @@
 """The Celery tasks ``tasks.generate``, ``tasks.embed`` and ``tasks.classify``.
 
 Each takes the job id (and, from hand-written producers, optionally the request). The body parses the
-message and hands the job to ``tasks.execution``; a bad message is recorded and acknowledged, never
+message and hands the job to ``workers.execution``; a bad message is recorded and acknowledged, never
 raised, so a worker keeps serving whatever arrives.
 """
 
@@ -11,30 +11,34 @@ import logging
 import os
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billiard import current_process
 from celery import Task, shared_task, signals
 from celery.worker.control import inspect_command
 from redis.exceptions import RedisError
 
-from broker.draining import Drained, Drainer, inputs_of
 from broker.queues import INPUTS_HEADER, TASK_NAMES
 from broker.routing import lane_of, queue_for_tier
-from tasks.execution import Reschedule
-from tasks.groups import MAX_GENERATIONS_TOGETHER, run_jobs
-from tasks.messages import BadBulkMessage, BadMessage, Cursor, JobMessage, parse_messages
 from tasks.repository import DATABASE_UNAVAILABLE
 from tasks.schemas import Kind
+from workers.draining import Drained, Drainer, inputs_of
+from workers.execution import Reschedule
+from workers.groups import MAX_GENERATIONS_TOGETHER, run_jobs
+from workers.messages import BadBulkMessage, BadMessage, Cursor, JobMessage, parse_messages
+
+if TYPE_CHECKING:
+    from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 DB_RETRY_S = 5
 
 # One runtime per process, keyed by pid so a forked child never reuses its parent's connections.
-_runtimes: dict[int, Any] = {}
+_runtimes: dict[int, WorkerRuntime] = {}
 
 
-def current_runtime(app: Any) -> Any:
+def current_runtime(app: Any) -> WorkerRuntime:
+    # Imported here: the Celery app loads this module in every process, and the runtime brings torch.
     runtime = _runtimes.get(os.getpid())
     if runtime is None:
         from workers.runtime import WorkerProfile, build_runtime
@@ -109,7 +113,7 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
     return summary
 
 
-def _parse(runtime: Any, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[JobMessage] | str:
+def _parse(runtime: WorkerRuntime, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[JobMessage] | str:
     """The jobs of a message, or what became of a bad message (recorded rejected when it names jobs)."""
     try:
         return parse_messages(args, kwargs)
@@ -171,7 +175,7 @@ def _main_pid() -> int:
     return os.getpid() if current_process().name == "MainProcess" else os.getppid()
 
 
-def publish_state(runtime: Any) -> None:
+def publish_state(runtime: WorkerRuntime) -> None:
     from workers.state import publish
 
     profile = runtime.profile

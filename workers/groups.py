@@ -5,7 +5,7 @@ Jobs that can share a model call (same tier, same first model, a backend that ru
 no cooldown or rate limit in the way, no cached answer) start in one transaction, go through the model in
 one call and are recorded in one transaction; each still gets its own attempt, result and usage row.
 Every other job, and every job of a group whose shared call failed, takes the one-job path of
-``tasks.execution``, with its retries, fallbacks and cache.
+``workers.execution``, with its retries, fallbacks and cache.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from broker.routing import chain_for, route
 from tasks.bulk_repository import BulkStore, Started
 from tasks.cache import cache_key
 from tasks.errors import InvalidRequest
-from tasks.execution import Request, Reschedule, record_health, run_job
-from tasks.messages import Cursor, JobMessage
 from tasks.schemas import GenerateRequest, Kind, parse_request
+from workers.execution import Request, Reschedule, record_health, run_job
+from workers.messages import Cursor, JobMessage
 
 if TYPE_CHECKING:
     from broker.catalogue import GenerationDefaults
