@@ -32,6 +32,7 @@ from tasks.schemas import (
     parse_request,
 )
 from workers.messages import Cursor, JobMessage
+from workers.retry import after_chain
 
 if TYPE_CHECKING:
     from workers.cooldown import Cooldowns
@@ -258,20 +259,25 @@ class _Step:
             log.warning("model %s cooled down for %.1fs after %s", model_id, seconds, type(exc).__name__)
 
     def _chain_spent(self, errors: list[str], cooling: list[float]) -> str:
-        catalogue = self.runtime.catalogue
-        if self.request.fallback == "tier":
-            target = catalogue.next_tier(self.tier, self.request.kind)
-            if target is not None and self.tier_hops < self.runtime.settings.max_tier_hops:
-                queue = queue_for_tier(target, self.lane)
-                if self.runtime.store.escalate(self.job_id, target, queue):
-                    self.reschedule(self.job_id, queue, Cursor(), 0.0)
-                    log.info("job %s falls back from tier %s to %s", self.job_id, self.tier, target)
-                    return "retrying"
-        if cooling and len(cooling) == len(errors):
-            # Every model left was only cooling down: wait for the first to come back rather than fail.
-            delay = min(cooling)
-            self._put_off(Cursor(), delay)
-            log.info("job %s waits %.1fs for a model to come back from its cooldown", self.job_id, delay)
+        catalogue, settings = self.runtime.catalogue, self.runtime.settings
+        end = after_chain(
+            fallback=self.request.fallback,
+            next_tier=catalogue.next_tier(self.tier, self.request.kind),
+            tier_hops=self.tier_hops,
+            max_tier_hops=settings.max_tier_hops,
+            cooling_s=cooling,
+            tried=len(errors),
+        )
+        if end.action == "escalate" and end.tier is not None:
+            queue = queue_for_tier(end.tier, self.lane)
+            if self.runtime.store.escalate(self.job_id, end.tier, queue):
+                self.reschedule(self.job_id, queue, Cursor(), 0.0)
+                log.info("job %s falls back from tier %s to %s", self.job_id, self.tier, end.tier)
+                return "retrying"
+            return self.runtime.store.status(self.job_id) or "unknown"  # it ended meanwhile: nothing to move
+        if end.action == "wait":
+            self._put_off(Cursor(), end.delay_s)
+            log.info("job %s waits %.1fs for a model to come back from its cooldown", self.job_id, end.delay_s)
             return "deferred"
         return self._fail(errors)
 

@@ -97,3 +97,25 @@ class RetryPolicy:
     def counts_against_model(failure: RouterError) -> bool:
         """Whether a failure says something about the model's health (not about the input)."""
         return not isinstance(failure, RemoteRejected) and isinstance(failure, (TransientError, ModelFailed))
+
+
+@dataclass(frozen=True)
+class ChainEnd:
+    """What becomes of a job once every model of its tier's chain was tried or passed over."""
+
+    action: Literal["escalate", "wait", "fail"]
+    tier: str | None = None  # escalate: the tier it moves to
+    delay_s: float = 0.0  # wait: until the first cooling model is back
+
+
+def after_chain(
+    *, fallback: str, next_tier: str | None, tier_hops: int, max_tier_hops: int, cooling_s: list[float], tried: int
+) -> ChainEnd:
+    """Escalate to the next tier when the request allows it and hops are left; else, when every model was
+    only cooling down (``cooling_s`` holds one entry per model passed over, ``tried`` counts all), wait
+    for the first to come back; else fail."""
+    if fallback == "tier" and next_tier is not None and tier_hops < max_tier_hops:
+        return ChainEnd("escalate", tier=next_tier)
+    if cooling_s and len(cooling_s) == tried:
+        return ChainEnd("wait", delay_s=min(cooling_s))
+    return ChainEnd("fail")
