@@ -28,17 +28,11 @@ def _broker(app: Any) -> dict[str, Any]:
 
 
 def _database(url: str) -> dict[str, Any]:
-    from alembic.runtime.migration import MigrationContext
-    from sqlalchemy import text
-
-    from tasks.database import make_engine
+    from tasks.database import make_engine, schema_revision
 
     engine = make_engine(url)
     try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-            revision = MigrationContext.configure(connection).get_current_revision()
-        return {"ok": True, "revision": revision}
+        return {"ok": True, "revision": schema_revision(engine)}
     except Exception as exc:
         return {"ok": False, "error": type(exc).__name__}
     finally:
