@@ -1,0 +1,101 @@
+"""What the store hands out: read-only views of jobs and attempts, and the lease a worker holds on a job."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tasks.records import FINAL_STATUSES, RUNNING, JobRecord
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A read-only snapshot of a job record."""
+
+    id: str
+    kind: str
+    status: str
+    tier: str | None
+    queue: str | None
+    requested_model: str | None
+    model_used: str | None
+    request: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: str | None
+    latency_ms: float | None
+    cached: bool
+    attempts: int
+    batch_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    tier_hops: int = 0
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobView:
+        return cls(**{name: getattr(record, name) for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Busy:
+    """A job that a live worker process is running now: it must not be started a second time."""
+
+    owner: str
+    remaining_s: float
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who takes a job (``owner``: "host:pid"), for how long, and how to tell whether another owner is
+    still alive (a process on this host can be checked at once; one elsewhere only by its lease)."""
+
+    owner: str
+    seconds: float
+    alive: Callable[[str], bool]
+
+
+def leased_elsewhere(record: JobRecord, lease: Lease, now: datetime) -> Busy | None:
+    """The running job's live lease held by another process, if any."""
+    owner, until = record.lease_owner, record.lease_until
+    if record.status != RUNNING or owner is None or until is None or owner == lease.owner:
+        return None
+    until = until if until.tzinfo else until.replace(tzinfo=now.tzinfo)  # SQLite keeps no time zone
+    if until <= now or not lease.alive(owner):
+        return None
+    return Busy(owner, (until - now).total_seconds())
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    number: int
+    status: str
+    model: str | None
+    provider: str | None
+    tier: str | None
+    worker: str | None
+    error: str | None
+    http_status: int | None
+    delay_s: float | None
+    latency_ms: float | None
+    total_tokens: int | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    model: str
+    tier: str | None
+    kind: str
+    requests: int
+    cache_hits: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    avg_latency_ms: float
