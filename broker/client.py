@@ -21,8 +21,7 @@ from broker.settings import Settings
 from tasks.cache import cache_key
 from tasks.database import make_engine, upgrade
 from tasks.errors import InvalidRequest, JobFailed, JobRejected, JobTimeout, RouterError
-from tasks.records import FAILED, QUEUED, REJECTED, SUCCEEDED
-from tasks.repository import AttemptView, JobStore, JobView
+from tasks.records import Status
 from tasks.schemas import (
     ClassifyRequest,
     ClassifyResult,
@@ -33,6 +32,7 @@ from tasks.schemas import (
     parse_request,
     parse_result,
 )
+from tasks.store import AttemptView, JobStore, JobView, NewJob
 
 Result = GenerateResult | EmbedResult | ClassifyResult
 
@@ -103,11 +103,11 @@ class Job:
 
     @staticmethod
     def _outcome(view: JobView) -> Result | None:
-        if view.status == SUCCEEDED and view.result is not None:
+        if view.status == Status.SUCCEEDED and view.result is not None:
             return parse_result(view.result)
-        if view.status == FAILED:
+        if view.status == Status.FAILED:
             raise JobFailed(view.id, view.status, view.error)
-        if view.status == REJECTED:
+        if view.status == Status.REJECTED:
             raise JobRejected(view.id, view.status, view.error)
         return None
 
@@ -228,7 +228,8 @@ class Router:
         ids = job_ids or [str(uuid.uuid4()) for _ in requests]
         if len(ids) != len(requests):
             raise InvalidRequest("job_ids: one id per request is required", field="job_ids")
-        rows: list[dict[str, Any]] = []
+        rows: list[NewJob] = []
+        positions: dict[str, int] = {}
         errors: dict[int, str] = {}
         jobs: dict[int, Job] = {}
         for position, (request, job_id) in enumerate(zip(requests, ids, strict=True)):
@@ -240,30 +241,22 @@ class Router:
                 errors[position] = str(exc)
                 continue
             stored = parsed.model_dump(mode="json", exclude_none=True)
-            rows.append(
-                {
-                    "job_id": job_id,
-                    "kind": parsed.kind,
-                    "request": stored,
-                    "tier": planned.tier,
-                    "queue": queue_for_tier(planned.tier, "bulk"),
-                    "cache_key": cache_key(parsed, planned.tier),
-                    "position": position,
-                }
-            )
+            queue = queue_for_tier(planned.tier, "bulk")
+            rows.append(NewJob(job_id, parsed.kind, stored, planned.tier, queue, cache_key(parsed, planned.tier)))
+            positions[job_id] = position
             jobs[position] = Job(self.store, job_id, parsed.kind, self.settings.wait_poll_s)
         inserted = self.store.create_jobs(rows)
-        known = self.store.statuses([row["job_id"] for row in rows if row["job_id"] not in inserted])
+        known = self.store.statuses([row.job_id for row in rows if row.job_id not in inserted])
         due = []
         for row in rows:
-            before = known.get(row["job_id"])
-            if before is not None and (before.kind != row["kind"] or before.request != row["request"]):
+            before = known.get(row.job_id)
+            if before is not None and (before.kind != row.kind or before.request != row.request):
                 # A deterministic id already names another request: answering with its result would be wrong.
-                errors[row["position"]] = (
-                    f"job_ids: job {row['job_id']} is already recorded with another request; give this one a new id"
+                errors[positions[row.job_id]] = (
+                    f"job_ids: job {row.job_id} is already recorded with another request; give this one a new id"
                 )
-                del jobs[row["position"]]
-            elif row["job_id"] in inserted or (before is not None and before.status == QUEUED):
+                del jobs[positions[row.job_id]]
+            elif row.job_id in inserted or (before is not None and before.status == Status.QUEUED):
                 due.append(row)
         for packet in pack(due, self.settings.bulk_message_jobs, self.settings.bulk_message_inputs):
             self._publish_many(packet.job_ids, packet.kind, packet.queue, packet.inputs)

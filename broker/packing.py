@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.store import NewJob
+
 
 @dataclass
 class Packet:
@@ -29,31 +31,31 @@ def _texts(request: dict[str, Any]) -> list[str]:
     return value if isinstance(value, list) else [str(value or request.get("prompt") or "")]
 
 
-def pack(rows: list[dict[str, Any]], max_jobs: int, max_inputs: int) -> list[Packet]:
-    """Rows have ``job_id``, ``kind``, ``queue`` and ``request`` (as stored)."""
+def pack(jobs: list[NewJob], max_jobs: int, max_inputs: int) -> list[Packet]:
+    """Packets of the jobs' ids, in the order they are best sent."""
 
-    def order(row: dict[str, Any]) -> tuple[str, str, str, int]:
-        texts = _texts(row["request"])
-        return row["kind"], row["queue"], str(row["request"].get("model", "")), sum(map(len, texts)) // len(texts)
+    def order(job: NewJob) -> tuple[str, str, str, int]:
+        texts = _texts(job.request)
+        return job.kind, job.queue, str(job.request.get("model", "")), sum(map(len, texts)) // len(texts)
 
     packets: list[Packet] = []
     current: Packet | None = None
     inputs = 0
-    for row in sorted(rows, key=order):
-        size = len(_texts(row["request"]))
+    for job in sorted(jobs, key=order):
+        size = len(_texts(job.request))
         fits = (
             current is not None
-            and current.kind == row["kind"] != "generate"
-            and current.queue == row["queue"]
+            and current.kind == job.kind != "generate"
+            and current.queue == job.queue
             and len(current.job_ids) < max_jobs
             and inputs + size <= max_inputs
         )
         if current is not None and fits:
-            current.job_ids.append(row["job_id"])
+            current.job_ids.append(job.job_id)
             current.inputs += size
             inputs += size
             continue
-        current = Packet(row["kind"], row["queue"], [row["job_id"]], size)
+        current = Packet(job.kind, job.queue, [job.job_id], size)
         packets.append(current)
         inputs = size
     return packets

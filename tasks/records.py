@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar, Final
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
@@ -11,15 +12,27 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JsonColumn = JSON().with_variant(JSONB(), "postgresql")
 
-QUEUED: Final = "queued"
-RUNNING: Final = "running"
-RETRYING: Final = "retrying"
-SKIPPED: Final = "skipped"  # an attempt not made: the model was cooling down
-LOST: Final = "lost"  # an attempt cut off by a worker that died
-SUCCEEDED: Final = "succeeded"
-FAILED: Final = "failed"
-REJECTED: Final = "rejected"
-FINAL_STATUSES: Final = frozenset({SUCCEEDED, FAILED, REJECTED})
+
+class Status(StrEnum):
+    """What a job or an attempt is, as stored; and what running a job's message came to."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SKIPPED = "skipped"  # an attempt not made: the model was cooling down
+    LOST = "lost"  # an attempt cut off by a worker that died
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    # Never stored: the job's message was put off (a rate limit, a cooling chain, a duplicate of a live job).
+    DEFERRED = "deferred"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES: Final = frozenset({Status.SUCCEEDED, Status.FAILED, Status.REJECTED})
 
 
 def utcnow() -> datetime:

@@ -20,8 +20,8 @@ from redis.exceptions import RedisError
 
 from broker.queues import INPUTS_HEADER, TASK_NAMES
 from broker.routing import lane_of, queue_for_tier
-from tasks.repository import DATABASE_UNAVAILABLE
 from tasks.schemas import Kind
+from tasks.store import DATABASE_UNAVAILABLE
 from workers.draining import Drained, Drainer, inputs_of
 from workers.execution import Reschedule
 from workers.groups import MAX_GENERATIONS_TOGETHER, run_jobs

@@ -20,7 +20,6 @@ from redis.exceptions import RedisError
 from broker.routing import Route, chain_for, lane_of, queue_for_tier, route
 from tasks.cache import cache_key
 from tasks.errors import InvalidRequest, RouterError
-from tasks.repository import Busy, JobView
 from tasks.schemas import (
     ClassifyRequest,
     ClassifyResult,
@@ -31,6 +30,7 @@ from tasks.schemas import (
     Kind,
     parse_request,
 )
+from tasks.store import Busy, JobView
 from workers.messages import Cursor, JobMessage
 from workers.retry import after_chain
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from broker.routing import chain_for, route
-from tasks.bulk_repository import BulkStore, Started
 from tasks.cache import cache_key
 from tasks.errors import InvalidRequest
 from tasks.schemas import GenerateRequest, Kind, parse_request
+from tasks.store import Started
 from workers.execution import Request, Reschedule, record_health, run_job
 from workers.messages import Cursor, JobMessage
 
@@ -107,7 +107,7 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
             continue
         candidates.append((message, request, planned.tier, model_id, provider, cache_key(request, first.tier)))
     keys = [key for _, request, *_, key in candidates if request.use_cache]
-    answered = BulkStore(runtime.store).cached_keys(keys, runtime.settings.cache_ttl_s)
+    answered = runtime.store.cached_keys(keys, runtime.settings.cache_ttl_s)
     groups: dict[tuple[str, str, str, str | None], list[_Group]] = {}
     for message, request, tier, model_id, provider, key in candidates:
         if request.use_cache and key in answered:
@@ -123,9 +123,9 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
 def _run_group(
     runtime: WorkerRuntime, kind: Kind, group: _Group, worker: str | None, reschedule: Reschedule
 ) -> list[str]:
-    bulk = BulkStore(runtime.store)
+    store = runtime.store
     by_id = {message.job_id: (message, request) for message, request in group.members}
-    started = bulk.start(
+    started = store.start_group(
         list(by_id), model=group.model_id, provider=group.provider, tier=group.tier, worker=worker, lease=runtime.lease
     )
     # A job left out ended meanwhile or runs elsewhere: the one-job path ignores or puts off its message.
@@ -144,7 +144,7 @@ def _run_group(
     except Exception as exc:  # one bad input must not sink the others: each job runs again on its own
         latency_ms = (time.perf_counter() - began) * 1000.0
         reason = f"the shared call failed ({type(exc).__name__}: {exc}); each job runs on its own"
-        bulk.fail_attempts(started, reason, latency_ms=latency_ms)
+        store.fail_group_attempts(started, reason, latency_ms=latency_ms)
         log.warning("%d %s jobs on %s: %s", len(started), kind, group.model_id, reason)
         return outcomes + [run_job(runtime, kind, by_id[job.job_id][0], worker, reschedule) for job in started]
     latency_ms = (time.perf_counter() - began) * 1000.0
@@ -152,7 +152,7 @@ def _run_group(
     answers: list[tuple[Started, Any]] = [
         (job, result.model_copy(update={"tier": group.tier})) for job, result in zip(started, results, strict=True)
     ]
-    bulk.succeed(answers, kind=kind, tier=group.tier, provider=group.provider, model_latency_ms=latency_ms)
+    store.succeed_group(answers, kind=kind, tier=group.tier, provider=group.provider, model_latency_ms=latency_ms)
     log.info(
         "%d jobs succeeded together kind=%s tier=%s model=%s inputs=%d model_ms=%.0f",
         len(started),

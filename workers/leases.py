@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 
-from tasks.repository import JobStore, Lease
+from tasks.store import JobStore, Lease
 
 log = logging.getLogger(__name__)
 

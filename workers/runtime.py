@@ -18,7 +18,7 @@ from broker.catalogue import Catalogue
 from broker.settings import Settings
 from tasks.database import make_engine
 from tasks.redaction import install_log_redaction
-from tasks.repository import JobStore, Lease
+from tasks.store import JobStore, Lease
 from workers.backends import make_backend
 from workers.backends.base import Backend
 from workers.backends.remote import RemoteDeps

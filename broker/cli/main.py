@@ -26,7 +26,7 @@ class RouterCli(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         from broker.client import EnqueueFailed
-        from tasks.repository import DATABASE_UNAVAILABLE
+        from tasks.store import DATABASE_UNAVAILABLE
 
         try:
             return super().invoke(ctx)

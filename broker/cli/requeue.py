@@ -10,7 +10,7 @@ from broker.cli.output import EXIT_INVALID, emit_json, fail
 from broker.cli.usage import parse_since
 
 if TYPE_CHECKING:
-    from tasks.repository import JobView
+    from tasks.store import JobView
 
 
 @click.command()

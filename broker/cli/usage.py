@@ -31,14 +31,13 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
 def usage(since: str | None, as_json: bool) -> None:
     """Usage of the whole cluster: requests, cache hit rate, tokens, failures, latency, fallbacks."""
     from broker.client import Router
-    from tasks.usage_report import usage_report
 
     try:
         start = parse_since(since) if since else None
     except click.BadParameter as exc:
         fail(f"--since: {exc.message}", code=EXIT_INVALID, as_json=as_json)
     with Router() as router:
-        report = usage_report(router.store, start)
+        report = router.store.usage_report(start)
     if as_json:
         emit_json(report)
         return

@@ -33,8 +33,7 @@ sys.path.insert(0, str(REPO))
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
 from tasks.database import make_engine  # noqa: E402
 from tasks.records import AttemptRecord, JobRecord, UsageRecord  # noqa: E402
-from tasks.repository import JobStore  # noqa: E402
-from tasks.usage_report import usage_report  # noqa: E402
+from tasks.store import JobStore  # noqa: E402
 
 FILL = [
     """INSERT INTO jobs (id, kind, status, tier, queue, request, error, cached, attempts, created_at)
@@ -112,7 +111,7 @@ def main() -> None:
                 for statement in FILL:
                     connection.execute(text(statement), {"first": filled + 1, "last": size})
             filled = size
-            report = measure(lambda: usage_report(store))
+            report = measure(lambda: store.usage_report())
             rows = measure(lambda: read_rows(store))
             results.append(
                 {

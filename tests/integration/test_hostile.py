@@ -17,8 +17,8 @@ from broker.client import Router
 from broker.settings import Settings
 from tasks.database import make_engine
 from tasks.records import utcnow
-from tasks.repository import JobStore
 from tasks.schemas import Embedding, EmbedResult, Usage
+from tasks.store import JobStore
 from tests.conftest import WorkerProcess, empty_redis_db
 
 BROKER = "redis://127.0.0.1:6379/5"

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from broker.settings import Settings
-from tasks.usage_report import percentile
+from tasks.store import percentile
 from tests.conftest import WorkerProcess, empty_redis_db
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply

@@ -14,8 +14,7 @@ from sqlalchemy import event
 
 from tasks.database import make_engine, upgrade
 from tasks.records import AttemptRecord, JobRecord, UsageRecord, utcnow
-from tasks.repository import JobStore
-from tasks.usage_report import usage_report
+from tasks.store import JobStore
 from tests.conftest import fresh_database
 
 
@@ -99,7 +98,7 @@ def _seed(store: JobStore) -> None:
 
 def test_the_report_counts_every_figure_exactly(store: JobStore) -> None:
     _seed(store)
-    report = usage_report(store, since=utcnow() - timedelta(days=1))
+    report = store.usage_report(since=utcnow() - timedelta(days=1))
     assert report.jobs == 27
     assert report.by_status == {"succeeded": 22, "failed": 4, "rejected": 1}
     assert report.failures_by_cause == {
@@ -119,7 +118,7 @@ def test_the_report_counts_every_figure_exactly(store: JobStore) -> None:
     }
     assert [m.model for m in report.models] == ["org/embed", "org/b"]  # sorted by (tier, kind, model) as text
 
-    everything = usage_report(store)
+    everything = store.usage_report()
     assert everything.jobs == 28 and everything.retries == 2 and everything.tier_fallbacks == 2
     assert {(m.tier, m.model): m.p50_ms for m in everything.models}[("balanced", "org/b")] == 400.0
 
@@ -133,7 +132,7 @@ def _fetched_rows(store: JobStore) -> int:
 
     event.listen(store.engine, "after_cursor_execute", count)
     try:
-        usage_report(store)
+        store.usage_report()
     finally:
         event.remove(store.engine, "after_cursor_execute", count)
     return fetched

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from broker.packing import pack
 from broker.queues import queue_names
+from tasks.store import NewJob
 
 
-def _row(job_id: str, kind: str, text: str | list[str], queue: str = "fast.bulk") -> dict[str, Any]:
+def _row(job_id: str, kind: str, text: str | list[str], queue: str = "fast.bulk") -> NewJob:
     request = {"kind": kind, "prompt": text} if kind == "generate" else {"kind": kind, "input": text}
-    return {"job_id": job_id, "kind": kind, "queue": queue, "request": request}
+    return NewJob(job_id, kind, request, queue.split(".")[0], queue)
 
 
 def test_jobs_of_one_kind_and_queue_share_messages_up_to_the_limits() -> None:
@@ -20,10 +19,10 @@ def test_jobs_of_one_kind_and_queue_share_messages_up_to_the_limits() -> None:
     packets = pack(rows, max_jobs=4, max_inputs=100)
     assert sorted(len(p.job_ids) for p in packets) == [2, 2, 3, 4, 4]  # embed 4+4+2, classify 3, balanced 2
     for packet in packets:
-        kinds = {row["kind"] for row in rows if row["job_id"] in packet.job_ids}
-        queues = {row["queue"] for row in rows if row["job_id"] in packet.job_ids}
+        kinds = {row.kind for row in rows if row.job_id in packet.job_ids}
+        queues = {row.queue for row in rows if row.job_id in packet.job_ids}
         assert kinds == {packet.kind} and queues == {packet.queue}
-    assert sorted(job for p in packets for job in p.job_ids) == sorted(row["job_id"] for row in rows)
+    assert sorted(job for p in packets for job in p.job_ids) == sorted(row.job_id for row in rows)
 
 
 def test_similar_lengths_travel_together_and_inputs_are_capped() -> None:

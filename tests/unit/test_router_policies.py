@@ -19,7 +19,7 @@ from tasks.errors import (
     Unauthorised,
 )
 from tasks.schemas import parse_request
-from tasks.usage_report import percentile
+from tasks.store import percentile
 from workers.cooldown import LocalCooldowns, failing
 from workers.retry import RetryPolicy
 

@@ -7,7 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tasks.records import FINAL_STATUSES, RUNNING, JobRecord
+from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status
+
+
+def _fields(view: type, record: object) -> dict[str, Any]:
+    """The record's columns that the view holds."""
+    return {name: getattr(record, name) for name in view.__dataclass_fields__}  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class JobView:
 
     @classmethod
     def of(cls, record: JobRecord) -> JobView:
-        return cls(**{name: getattr(record, name) for name in cls.__dataclass_fields__})
+        return cls(**_fields(cls, record))
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class Lease:
 def leased_elsewhere(record: JobRecord, lease: Lease, now: datetime) -> Busy | None:
     """The running job's live lease held by another process, if any."""
     owner, until = record.lease_owner, record.lease_until
-    if record.status != RUNNING or owner is None or until is None or owner == lease.owner:
+    if record.status != Status.RUNNING or owner is None or until is None or owner == lease.owner:
         return None
     until = until if until.tzinfo else until.replace(tzinfo=now.tzinfo)  # SQLite keeps no time zone
     if until <= now or not lease.alive(owner):
@@ -86,6 +91,10 @@ class AttemptView:
     total_tokens: int | None
     started_at: datetime
     finished_at: datetime | None
+
+    @classmethod
+    def of(cls, record: AttemptRecord) -> AttemptView:
+        return cls(**_fields(cls, record))
 
 
 @dataclass(frozen=True)

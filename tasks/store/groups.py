@@ -1,6 +1,6 @@
-"""The repository's writes for jobs run together: a group of jobs starts in one transaction and ends in
-one, however many jobs it holds. The same rules as ``JobStore``'s one-job writes hold: a job in a final
-state is never started again, an attempt left open by a dead worker is closed as lost, one usage row per job.
+"""Writes for jobs run together: a group of jobs starts in one transaction and ends in one, however many
+jobs it holds. The same rules as the one-job writes hold: a job in a final state is never started again, an
+attempt left open by a dead worker is closed as lost, one usage row per job.
 """
 
 from __future__ import annotations
@@ -8,27 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 
-from tasks.records import (
-    FAILED,
-    FINAL_STATUSES,
-    LOST,
-    RUNNING,
-    SUCCEEDED,
-    AttemptRecord,
-    JobRecord,
-    UsageRecord,
-    utcnow,
-)
+from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status, utcnow
 from tasks.redaction import redact
-from tasks.repository import JobStore, Lease, elapsed_ms, insert_ignoring_duplicates
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+from tasks.store.attempts import LOST_ATTEMPT
+from tasks.store.base import ATTEMPTS, JOBS, USAGE, StoreBase, elapsed_ms, insert_ignoring_duplicates, usage_row
+from tasks.store.views import Lease
 
 Result = GenerateResult | EmbedResult | ClassifyResult
-
-JOBS: Table = JobRecord.__table__  # type: ignore[assignment]
-ATTEMPTS: Table = AttemptRecord.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -38,51 +27,33 @@ class Started:
     created_at: datetime
 
 
-class BulkStore:
-    def __init__(self, store: JobStore):
-        self._sessions = store.sessions
-
-    def cached_keys(self, keys: list[str], max_age_s: float) -> set[str]:
-        """Which of these cache keys a succeeded job answered within ``max_age_s``."""
-        if not keys:
-            return set()
-        oldest = utcnow() - timedelta(seconds=max_age_s)
-        with self._sessions() as session:
-            return set(
-                session.scalars(
-                    select(JobRecord.cache_key).where(
-                        JobRecord.cache_key.in_(keys),
-                        JobRecord.status == SUCCEEDED,
-                        JobRecord.cached.is_(False),  # the age of an answer counts from when it was computed
-                        JobRecord.finished_at >= oldest,
-                    )
-                )
-            )
-
-    def start(
+class GroupWrites(StoreBase):
+    def start_group(
         self, job_ids: list[str], *, model: str, provider: str, tier: str | None, worker: str | None, lease: Lease
     ) -> list[Started]:
         """Mark the jobs running under ``lease`` and open an attempt for each. Jobs that already ended, and
         jobs running under another process's unexpired lease, are left out (the one-job path sorts those)."""
         now = utcnow()
         free = JobRecord.status.not_in(FINAL_STATUSES) & ~(
-            (JobRecord.status == RUNNING) & (JobRecord.lease_until > now) & (JobRecord.lease_owner != lease.owner)
+            (JobRecord.status == Status.RUNNING)
+            & (JobRecord.lease_until > now)
+            & (JobRecord.lease_owner != lease.owner)
         )
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             taken = session.scalars(select(JobRecord.id).where(JobRecord.id.in_(job_ids), free).with_for_update()).all()
             if not taken:
                 return []
             session.execute(
                 update(AttemptRecord)
-                .where(AttemptRecord.job_id.in_(taken), AttemptRecord.status == RUNNING)
-                .values(status=LOST, error="the worker was lost during this attempt", finished_at=now)
+                .where(AttemptRecord.job_id.in_(taken), AttemptRecord.status == Status.RUNNING)
+                .values(status=Status.LOST, error=LOST_ATTEMPT, finished_at=now)
                 .execution_options(synchronize_session=False)
             )
             rows = session.execute(
                 update(JobRecord)
                 .where(JobRecord.id.in_(taken))
                 .values(
-                    status=RUNNING,
+                    status=Status.RUNNING,
                     started_at=func.coalesce(JobRecord.started_at, now),
                     attempts=JobRecord.attempts + 1,
                     lease_owner=lease.owner,
@@ -99,7 +70,7 @@ class BulkStore:
                         {
                             "job_id": job.job_id,
                             "number": job.number,
-                            "status": RUNNING,
+                            "status": Status.RUNNING,
                             "model": model,
                             "provider": provider,
                             "tier": tier,
@@ -111,20 +82,20 @@ class BulkStore:
                 )
             return started
 
-    def succeed(
+    def succeed_group(
         self, outcomes: list[tuple[Started, Result]], *, kind: str, tier: str, provider: str, model_latency_ms: float
     ) -> None:
         """Record each job's result, close its attempt and write its usage row, all in one transaction."""
         if not outcomes:
             return
         now = utcnow()
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             connection = session.connection()
             connection.execute(
                 update(JOBS)
-                .where(JOBS.c.id == bindparam("b_id"), JOBS.c.status == RUNNING)
+                .where(JOBS.c.id == bindparam("b_id"), JOBS.c.status == Status.RUNNING)
                 .values(
-                    status=SUCCEEDED,
+                    status=Status.SUCCEEDED,
                     model_used=bindparam("b_model"),
                     result=bindparam("b_result"),
                     error=None,
@@ -145,7 +116,7 @@ class BulkStore:
                 update(ATTEMPTS)
                 .where(ATTEMPTS.c.job_id == bindparam("b_job"), ATTEMPTS.c.number == bindparam("b_number"))
                 .values(
-                    status=SUCCEEDED,
+                    status=Status.SUCCEEDED,
                     finished_at=now,
                     latency_ms=model_latency_ms,
                     prompt_tokens=bindparam("b_prompt"),
@@ -164,35 +135,30 @@ class BulkStore:
                 ],
             )
             # One usage row per job: a redelivered group finds its rows and adds none.
-            usage = insert_ignoring_duplicates(session, UsageRecord.__table__, "job_id")  # type: ignore[arg-type]
-            session.execute(
-                usage,
-                [
-                    {
-                        "job_id": job.job_id,
-                        "kind": kind,
-                        "tier": tier,
-                        "model": result.model,
-                        "provider": provider,
-                        "prompt_tokens": result.usage.prompt_tokens,
-                        "completion_tokens": result.usage.completion_tokens,
-                        "total_tokens": result.usage.total_tokens,
-                        "cached": False,
-                        "latency_ms": elapsed_ms(job.created_at, now),
-                        "created_at": now,
-                    }
-                    for job, result in outcomes
-                ],
-            )
+            rows = [
+                usage_row(
+                    job_id=job.job_id,
+                    kind=kind,
+                    tier=tier,
+                    model=result.model,
+                    provider=provider,
+                    usage=result.usage,
+                    cached=False,
+                    latency_ms=elapsed_ms(job.created_at, now),
+                    now=now,
+                )
+                for job, result in outcomes
+            ]
+            session.execute(insert_ignoring_duplicates(session, USAGE, "job_id"), rows)
 
-    def fail_attempts(self, started: list[Started], error: str, *, latency_ms: float) -> None:
+    def fail_group_attempts(self, started: list[Started], error: str, *, latency_ms: float) -> None:
         """Close the attempts of a group whose model call failed; each job then runs on its own."""
         if not started:
             return
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             session.connection().execute(
                 update(ATTEMPTS)
                 .where(ATTEMPTS.c.job_id == bindparam("b_job"), ATTEMPTS.c.number == bindparam("b_number"))
-                .values(status=FAILED, error=redact(error), latency_ms=latency_ms, finished_at=utcnow()),
+                .values(status=Status.FAILED, error=redact(error), latency_ms=latency_ms, finished_at=utcnow()),
                 [{"b_job": job.job_id, "b_number": job.number} for job in started],
             )

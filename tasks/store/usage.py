@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Text, and_, case, func, select, type_coerce
 from sqlalchemy.orm import Session, aliased
 
-from tasks.records import FAILED, REJECTED, SKIPPED, SUCCEEDED, AttemptRecord, JobRecord, UsageRecord
-from tasks.repository import JobStore
+from tasks.records import AttemptRecord, JobRecord, Status, UsageRecord
+from tasks.store.base import StoreBase
+from tasks.store.views import UsageRow
 
 _FRACTIONS = (0.50, 0.95)
 _HEAD_CHARS = 100  # a cause is an identifier: no need to group on more of the error
@@ -67,50 +68,88 @@ def _cause(head: str | None) -> str:
     return head if head.isidentifier() else "other"
 
 
-def usage_report(store: JobStore, since: datetime | None = None) -> UsageReport:
-    """Every figure is aggregated by the database: the rows fetched number the statuses, causes and models,
-    never the jobs, so neither time in Python nor memory grows with the tables."""
-    jobs_window = [JobRecord.created_at >= since] if since is not None else []
-    usage_window = [UsageRecord.created_at >= since] if since is not None else []
-    with store.session() as session:
-        postgres = session.get_bind().dialect.name == "postgresql"
-        by_status = {
-            status: count
-            for status, count in session.execute(
-                select(JobRecord.status, func.count()).where(*jobs_window).group_by(JobRecord.status)
-            ).all()
-        }
-        retries = session.scalar(
-            select(func.count())
-            .select_from(AttemptRecord)
-            .join(JobRecord, JobRecord.id == AttemptRecord.job_id)
-            .where(AttemptRecord.delay_s.is_not(None), *jobs_window)
-        )
-        failures = _failures(session, jobs_window, postgres)
-        if by_status.get(REJECTED):
-            failures = {"rejected (bad input)": by_status[REJECTED], **failures}
-        models = _models(session, usage_window, postgres)
-        model_fallbacks = _model_fallbacks(session, jobs_window)
-        tier_fallbacks = _tier_fallbacks(session, jobs_window)
+class UsageReports(StoreBase):
+    def usage_report(self, since: datetime | None = None) -> UsageReport:
+        """Every figure is aggregated by the database: the rows fetched number the statuses, causes and models,
+        never the jobs, so neither time in Python nor memory grows with the tables."""
+        jobs_window = [JobRecord.created_at >= since] if since is not None else []
+        usage_window = [UsageRecord.created_at >= since] if since is not None else []
+        with self.session() as session:
+            postgres = session.get_bind().dialect.name == "postgresql"
+            by_status = {
+                status: count
+                for status, count in session.execute(
+                    select(JobRecord.status, func.count()).where(*jobs_window).group_by(JobRecord.status)
+                ).all()
+            }
+            retries = session.scalar(
+                select(func.count())
+                .select_from(AttemptRecord)
+                .join(JobRecord, JobRecord.id == AttemptRecord.job_id)
+                .where(AttemptRecord.delay_s.is_not(None), *jobs_window)
+            )
+            failures = _failures(session, jobs_window, postgres)
+            if by_status.get(Status.REJECTED):
+                failures = {"rejected (bad input)": by_status[Status.REJECTED], **failures}
+            models = _models(session, usage_window, postgres)
+            model_fallbacks = _model_fallbacks(session, jobs_window)
+            tier_fallbacks = _tier_fallbacks(session, jobs_window)
 
-    hits = sum(model.cache_hits for model in models)
-    answered = sum(model.requests for model in models)
-    return UsageReport(
-        since=since,
-        jobs=sum(by_status.values()),
-        by_status=by_status,
-        requests=answered - hits,
-        cache_hits=hits,
-        cache_hit_rate=100.0 * hits / answered if answered else 0.0,
-        prompt_tokens=sum(model.prompt_tokens for model in models),
-        completion_tokens=sum(model.completion_tokens for model in models),
-        total_tokens=sum(model.total_tokens for model in models),
-        retries=retries or 0,
-        model_fallbacks=model_fallbacks,
-        tier_fallbacks=tier_fallbacks,
-        failures_by_cause=failures,
-        models=models,
-    )
+        hits = sum(model.cache_hits for model in models)
+        answered = sum(model.requests for model in models)
+        return UsageReport(
+            since=since,
+            jobs=sum(by_status.values()),
+            by_status=by_status,
+            requests=answered - hits,
+            cache_hits=hits,
+            cache_hit_rate=100.0 * hits / answered if answered else 0.0,
+            prompt_tokens=sum(model.prompt_tokens for model in models),
+            completion_tokens=sum(model.completion_tokens for model in models),
+            total_tokens=sum(model.total_tokens for model in models),
+            retries=retries or 0,
+            model_fallbacks=model_fallbacks,
+            tier_fallbacks=tier_fallbacks,
+            failures_by_cause=failures,
+            models=models,
+        )
+
+    def usage_by_model(self) -> list[UsageRow]:
+        query = (
+            select(
+                UsageRecord.model,
+                UsageRecord.tier,
+                UsageRecord.kind,
+                func.count(UsageRecord.id),
+                func.sum(func.cast(UsageRecord.cached, type_=UsageRecord.prompt_tokens.type)),
+                func.sum(UsageRecord.prompt_tokens),
+                func.sum(UsageRecord.completion_tokens),
+                func.sum(UsageRecord.total_tokens),
+                func.avg(UsageRecord.latency_ms),
+            )
+            .group_by(UsageRecord.model, UsageRecord.tier, UsageRecord.kind)
+            .order_by(UsageRecord.tier, UsageRecord.kind, UsageRecord.model)
+        )
+        with self.session() as session:
+            return [
+                UsageRow(
+                    model=model,
+                    tier=tier,
+                    kind=kind,
+                    requests=int(n),
+                    cache_hits=int(hits or 0),
+                    prompt_tokens=int(p or 0),
+                    completion_tokens=int(c or 0),
+                    total_tokens=int(t or 0),
+                    avg_latency_ms=float(lat or 0.0),
+                )
+                for model, tier, kind, n, hits, p, c, t, lat in session.execute(query)
+            ]
+
+    def status_counts(self) -> dict[str, int]:
+        with self.session() as session:
+            rows = session.execute(select(JobRecord.status, func.count()).group_by(JobRecord.status))
+            return {status: int(count) for status, count in rows}
 
 
 def _failures(session: Session, jobs_window: list[ColumnElement[bool]], postgres: bool) -> dict[str, int]:
@@ -118,7 +157,7 @@ def _failures(session: Session, jobs_window: list[ColumnElement[bool]], postgres
     SQL by the error's text before its first colon."""
     last_error = (
         select(AttemptRecord.error)
-        .where(AttemptRecord.job_id == JobRecord.id, AttemptRecord.status != SKIPPED)
+        .where(AttemptRecord.job_id == JobRecord.id, AttemptRecord.status != Status.SKIPPED)
         .order_by(AttemptRecord.number.desc())
         .limit(1)
         .correlate(JobRecord)
@@ -128,7 +167,7 @@ def _failures(session: Session, jobs_window: list[ColumnElement[bool]], postgres
     colon = (func.strpos if postgres else func.instr)(error.concat(":"), ":")
     head = func.substr(error, 1, func.least(colon - 1, _HEAD_CHARS) if postgres else func.min(colon - 1, _HEAD_CHARS))
     rows = session.execute(
-        select(head, func.count()).where(JobRecord.status == FAILED, *jobs_window).group_by(head)
+        select(head, func.count()).where(JobRecord.status == Status.FAILED, *jobs_window).group_by(head)
     ).all()
     failures: dict[str, int] = defaultdict(int)
     for cause, count in rows:
@@ -216,9 +255,9 @@ def _model_fallbacks(session: Session, jobs_window: list[ColumnElement[bool]]) -
             func.max(AttemptRecord.number).label("last"),
         )
         .join(JobRecord, JobRecord.id == AttemptRecord.job_id)
-        .where(AttemptRecord.status != SKIPPED, JobRecord.status != FAILED, *jobs_window)
+        .where(AttemptRecord.status != Status.SKIPPED, JobRecord.status != Status.FAILED, *jobs_window)
         .group_by(AttemptRecord.job_id)
-        .having(func.count() > 1, func.max(case((AttemptRecord.status == SUCCEEDED, 1), else_=0)) == 1)
+        .having(func.count() > 1, func.max(case((AttemptRecord.status == Status.SUCCEEDED, 1), else_=0)) == 1)
         .subquery()
     )
     first, last = aliased(AttemptRecord), aliased(AttemptRecord)

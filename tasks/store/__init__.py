@@ -1,0 +1,40 @@
+"""The one store: every SQL statement of the project lives in this package, one module per concern.
+
+    jobs       jobs as a whole: created, read, rejected, failed, moved to another tier, found lost
+    attempts   one job's attempts on a worker, its result and usage
+    groups     the same for jobs run together, in one transaction per group
+    cache      answers reused for identical requests
+    usage      the usage report
+    base       sessions, and the one place a job or usage row is built
+
+Callers get read-only views (``views``) and never build queries themselves.
+"""
+
+from __future__ import annotations
+
+from tasks.store.attempts import AttemptWrites
+from tasks.store.base import DATABASE_UNAVAILABLE, NewJob
+from tasks.store.cache import ResultCache
+from tasks.store.groups import GroupWrites, Started
+from tasks.store.jobs import JobRecords
+from tasks.store.usage import ModelUsage, UsageReport, UsageReports, percentile
+from tasks.store.views import AttemptView, Busy, JobView, Lease, UsageRow
+
+__all__ = [
+    "DATABASE_UNAVAILABLE",
+    "AttemptView",
+    "Busy",
+    "JobStore",
+    "JobView",
+    "Lease",
+    "ModelUsage",
+    "NewJob",
+    "Started",
+    "UsageReport",
+    "UsageRow",
+    "percentile",
+]
+
+
+class JobStore(JobRecords, AttemptWrites, GroupWrites, ResultCache, UsageReports):
+    """Every read and write of jobs, attempts and usage, over one engine."""

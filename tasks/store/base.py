@@ -1,0 +1,135 @@
+"""What every part of the store shares: its sessions, and the one place a job or usage row is built."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status, UsageRecord, utcnow
+from tasks.schemas import Usage
+
+# What a lost or restarting database raises: the work is retried later, never acknowledged as done.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+
+JOBS: Table = JobRecord.__table__  # type: ignore[assignment]
+ATTEMPTS: Table = AttemptRecord.__table__  # type: ignore[assignment]
+USAGE: Table = UsageRecord.__table__  # type: ignore[assignment]
+
+MAX_STORED_REJECTED_REQUEST = 64 * 1024
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to record as queued: its request as stored, where it goes, and its cache key."""
+
+    job_id: str
+    kind: str
+    request: dict[str, Any]
+    tier: str
+    queue: str
+    cache_key: str | None = None
+
+
+class StoreBase:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self.sessions()
+
+
+def job_row(
+    *,
+    job_id: str,
+    kind: str,
+    request: dict[str, Any] | None,
+    status: Status = Status.QUEUED,
+    tier: str | None = None,
+    queue: str | None = None,
+    cache_key: str | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """A new job's columns, as ``insert(JobRecord)`` and ``JobRecord(**row)`` take them."""
+    now = utcnow()
+    return {
+        "id": job_id,
+        "kind": kind,
+        "status": status,
+        "tier": tier,
+        "queue": queue,
+        "requested_model": (request or {}).get("model"),
+        "request": request,
+        "batch_id": (request or {}).get("batch_id"),
+        "cache_key": cache_key,
+        "error": error,
+        "cached": False,
+        "attempts": 0,
+        "created_at": now,
+        "finished_at": now if status in FINAL_STATUSES else None,
+    }
+
+
+def usage_row(
+    *,
+    job_id: str,
+    kind: str,
+    tier: str | None,
+    model: str,
+    provider: str,
+    usage: Usage,
+    cached: bool,
+    latency_ms: float | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """A job's one usage row: what it cost (nothing for a cached answer) and how long the caller waited."""
+    return {
+        "job_id": job_id,
+        "kind": kind,
+        "tier": tier,
+        "model": model,
+        "provider": provider,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "cached": cached,
+        "latency_ms": latency_ms,
+        "created_at": now,
+    }
+
+
+def storable(request: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A rejected request as it can be kept: strict JSON (no NaN), and small. Anything else is described
+    rather than stored, so that recording the rejection cannot itself fail."""
+    if request is None:
+        return None
+    try:
+        encoded = json.dumps(request, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return {"not_stored": f"not strict JSON ({type(exc).__name__})", "fields": sorted(map(str, request))[:50]}
+    if len(encoded) > MAX_STORED_REJECTED_REQUEST:
+        return {"not_stored": f"{len(encoded):,} bytes", "fields": sorted(map(str, request))[:50]}
+    return request
+
+
+def elapsed_ms(since: datetime, now: datetime) -> float:
+    if since.tzinfo is None:  # SQLite hands back naive timestamps
+        now = now.replace(tzinfo=None)
+    return (now - since).total_seconds() * 1000.0
+
+
+def insert_ignoring_duplicates(session: Session, table: Table, column: str) -> Any:
+    """An INSERT that skips rows whose ``column`` (a unique key) is already taken."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=[column])
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=[column])
+    raise NotImplementedError(f"inserts that skip duplicates on {dialect}")

@@ -1,0 +1,86 @@
+"""The result cache: a job is answered by the newest identical request a model answered within the TTL.
+Jobs answered from the cache are never sources: an answer's age counts from when it was computed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, insert, select
+from sqlalchemy.orm import Session
+
+from tasks.records import FINAL_STATUSES, JobRecord, Status, UsageRecord, utcnow
+from tasks.schemas import Usage
+from tasks.store.base import StoreBase, elapsed_ms, job_row, usage_row
+from tasks.store.views import JobView
+
+
+def _sources(max_age_s: float) -> list[ColumnElement[bool]]:
+    oldest = utcnow() - timedelta(seconds=max_age_s)
+    return [JobRecord.status == Status.SUCCEEDED, JobRecord.cached.is_(False), JobRecord.finished_at >= oldest]
+
+
+class ResultCache(StoreBase):
+    def find_cached(self, cache_key: str, max_age_s: float) -> JobView | None:
+        """The newest job with this key whose answer a model computed less than ``max_age_s`` ago."""
+        with self.session() as session:
+            record = session.scalars(
+                select(JobRecord)
+                .where(JobRecord.cache_key == cache_key, *_sources(max_age_s))
+                .order_by(JobRecord.finished_at.desc())
+                .limit(1)
+            ).first()
+            return JobView.of(record) if record else None
+
+    def cached_keys(self, keys: list[str], max_age_s: float) -> set[str]:
+        """Which of these cache keys have an answer within ``max_age_s``."""
+        if not keys:
+            return set()
+        with self.session() as session:
+            return set(
+                session.scalars(select(JobRecord.cache_key).where(JobRecord.cache_key.in_(keys), *_sources(max_age_s)))
+            )
+
+    def record_cached(
+        self, *, job_id: str, kind: str, request: dict[str, Any], tier: str, queue: str, cache_key: str, source: JobView
+    ) -> None:
+        """A job answered from the cache at submit time: written succeeded, never enqueued."""
+        row = job_row(job_id=job_id, kind=kind, request=request, tier=tier, queue=queue, cache_key=cache_key)
+        with self.sessions.begin() as session:
+            session.execute(insert(JobRecord), [row])
+            record = session.get(JobRecord, job_id)
+            assert record is not None
+            self._answer_from(session, record, source)
+
+    def succeed_from_cache(self, job_id: str, source: JobView) -> bool:
+        """Answer a queued job from a cached result; False when it already ended."""
+        with self.sessions.begin() as session:
+            record = session.get(JobRecord, job_id, with_for_update=True)
+            if record is None or record.status in FINAL_STATUSES:
+                return False
+            self._answer_from(session, record, source)
+            return True
+
+    @staticmethod
+    def _answer_from(session: Session, record: JobRecord, source: JobView) -> None:
+        now = utcnow()
+        record.status = Status.SUCCEEDED
+        record.cached = True
+        record.model_used = source.model_used
+        record.result = {**(source.result or {}), "cached": True, "tier": record.tier}
+        record.finished_at = now
+        record.latency_ms = elapsed_ms(record.created_at or now, now)
+        session.flush()
+        # A hit costs no tokens; usage counts it as a request and a hit (the seed's cacheHits).
+        row = usage_row(
+            job_id=record.id,
+            kind=record.kind,
+            tier=record.tier,
+            model=source.model_used or "unknown",
+            provider="cache",
+            usage=Usage(),
+            cached=True,
+            latency_ms=record.latency_ms,
+            now=now,
+        )
+        session.execute(insert(UsageRecord), [row])

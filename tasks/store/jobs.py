@@ -1,0 +1,144 @@
+"""Jobs as a whole: created (one or many), read, rejected, failed, moved to another tier, found lost.
+
+Writes are idempotent where redelivery can repeat them: a job that reached a final state never changes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+
+from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status, utcnow
+from tasks.redaction import redact
+from tasks.store.base import JOBS, NewJob, StoreBase, elapsed_ms, insert_ignoring_duplicates, job_row, storable
+from tasks.store.views import AttemptView, JobView
+
+
+class JobRecords(StoreBase):
+    def create_job(
+        self, *, job_id: str, kind: str, request: dict[str, Any], tier: str, queue: str, cache_key: str | None = None
+    ) -> None:
+        self.create_jobs([NewJob(job_id, kind, request, tier, queue, cache_key)])
+
+    def create_jobs(self, jobs: list[NewJob]) -> set[str]:
+        """Insert many queued jobs in one transaction, skipping ids that exist; returns the ids inserted.
+
+        Bulk producers choose deterministic ids, so that submitting the same lines again cannot create a second
+        record; two producers racing on the same ids insert each one once (``ON CONFLICT DO NOTHING``, not a read
+        first)."""
+        if not jobs:
+            return set()
+        values = [
+            job_row(
+                job_id=job.job_id,
+                kind=job.kind,
+                request=job.request,
+                tier=job.tier,
+                queue=job.queue,
+                cache_key=job.cache_key,
+            )
+            for job in jobs
+        ]
+        with self.sessions.begin() as session:
+            statement = insert_ignoring_duplicates(session, JOBS, "id")
+            return set(session.scalars(statement.returning(JobRecord.id), values))
+
+    def get(self, job_id: str) -> JobView | None:
+        with self.session() as session:
+            record = session.get(JobRecord, job_id)
+            return JobView.of(record) if record else None
+
+    def status(self, job_id: str) -> str | None:
+        with self.session() as session:
+            return session.scalar(select(JobRecord.status).where(JobRecord.id == job_id))
+
+    def statuses(self, job_ids: list[str]) -> dict[str, JobView]:
+        """Views of the given jobs (those that exist), in chunks the database accepts."""
+        found: dict[str, JobView] = {}
+        with self.session() as session:
+            for start in range(0, len(job_ids), 1000):
+                chunk = job_ids[start : start + 1000]
+                for record in session.scalars(select(JobRecord).where(JobRecord.id.in_(chunk))):
+                    found[record.id] = JobView.of(record)
+        return found
+
+    def batch_counts(self, batch_id: str) -> dict[str, int]:
+        with self.session() as session:
+            rows = session.execute(
+                select(JobRecord.status, func.count()).where(JobRecord.batch_id == batch_id).group_by(JobRecord.status)
+            )
+            return {status: int(count) for status, count in rows}
+
+    def attempts(self, job_id: str) -> list[AttemptView]:
+        with self.session() as session:
+            rows = session.scalars(
+                select(AttemptRecord).where(AttemptRecord.job_id == job_id).order_by(AttemptRecord.number)
+            )
+            return [AttemptView.of(attempt) for attempt in rows]
+
+    def reject(self, job_id: str, kind: str, error: str, request: dict[str, Any] | None = None) -> None:
+        """Record a job as rejected, creating its row when the message named an id we never stored."""
+        request, error = storable(request), redact(error)
+        with self.sessions.begin() as session:
+            record = session.get(JobRecord, job_id, with_for_update=True)
+            if record is None:
+                row = job_row(job_id=job_id, kind=kind, request=request, status=Status.REJECTED, error=error)
+                session.execute(insert(JobRecord), [row])
+            elif record.status not in FINAL_STATUSES:
+                record.status, record.error, record.finished_at = Status.REJECTED, error, utcnow()
+
+    def fail(self, job_id: str, error: str) -> None:
+        now, error = utcnow(), redact(error)
+        with self.sessions.begin() as session:
+            record = session.get(JobRecord, job_id, with_for_update=True)
+            if record is None or record.status in FINAL_STATUSES:
+                return
+            record.status, record.error, record.finished_at = Status.FAILED, error, now
+            record.latency_ms = elapsed_ms(record.created_at, now)
+
+    def mark_retrying(self, job_id: str, delay_s: float) -> None:
+        """The job waits ``delay_s`` for its retry's message."""
+        self.set_due([job_id], delay_s, status=Status.RETRYING)
+
+    def set_due(self, job_ids: list[str], delay_s: float, *, status: Status | None = None) -> None:
+        """Note when the job's next message is due (a retry, a deferral, a requeue), so that a job waiting
+        for it is never taken for lost; ``status`` also changes a job not final (to ``retrying``)."""
+        values: dict[str, Any] = {"due_at": utcnow() + timedelta(seconds=delay_s)}
+        if status is not None:
+            values["status"] = status
+        with self.sessions.begin() as session:
+            session.execute(
+                update(JobRecord)
+                .where(JobRecord.id.in_(job_ids), JobRecord.status.not_in(FINAL_STATUSES))
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+
+    def escalate(self, job_id: str, tier: str, queue: str) -> bool:
+        """Move a job to another tier's queue (tier fallback); False when it already ended."""
+        with self.sessions.begin() as session:
+            record = session.get(JobRecord, job_id, with_for_update=True)
+            if record is None or record.status in FINAL_STATUSES:
+                return False
+            record.tier, record.queue, record.status = tier, queue, Status.RETRYING
+            record.tier_hops += 1
+            record.due_at = utcnow()
+            return True
+
+    def stale(self, older_than: datetime, limit: int = 10_000) -> list[JobView]:
+        """Jobs that are lost: running under a lease that ran out before ``older_than`` (its worker died), or
+        queued or retrying with a message due before ``older_than`` (a broker lost it). A job that a live
+        worker runs, or that waits for a retry's or deferral's countdown, is never stale."""
+        running_lost = (JobRecord.status == Status.RUNNING) & (
+            func.coalesce(JobRecord.lease_until, JobRecord.started_at, JobRecord.created_at) < older_than
+        )
+        waiting_lost = (JobRecord.status.in_([Status.QUEUED, Status.RETRYING])) & (
+            func.coalesce(JobRecord.due_at, JobRecord.created_at) < older_than
+        )
+        with self.session() as session:
+            rows = session.scalars(
+                select(JobRecord).where(running_lost | waiting_lost).order_by(JobRecord.created_at).limit(limit)
+            )
+            return [JobView.of(row) for row in rows]
