@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from broker.queues import INPUTS_HEADER, TASK_NAMES
 from broker.routing import lane_of, queue_for_tier
+from tasks.records import Status
 from tasks.schemas import Kind
 from tasks.store import DATABASE_UNAVAILABLE
 from workers.draining import Drained, Drainer, inputs_of
@@ -96,7 +97,7 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
             parsed = _parse(runtime, item.kind, item.args, item.kwargs)  # type: ignore[arg-type]
             if not isinstance(parsed, str):
                 by_kind.setdefault(item.kind, []).extend(parsed)  # type: ignore[arg-type]
-        outcomes: list[str] = []
+        outcomes: list[Status] = []
         for each_kind, jobs in by_kind.items():
             outcomes += run_jobs(runtime, each_kind, jobs, task.request.hostname, _rescheduler(task, each_kind))
     except BaseException:
@@ -108,7 +109,9 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
             publish_state(runtime)
     for item in drained:
         item.ack()
-    summary = outcomes[0] if len(outcomes) == 1 else " ".join(f"{k}={v}" for k, v in sorted(Counter(outcomes).items()))
+    summary = (
+        str(outcomes[0]) if len(outcomes) == 1 else " ".join(f"{k}={v}" for k, v in sorted(Counter(outcomes).items()))
+    )
     _drainer(task.app).report(drained, task.request.hostname, summary, time.perf_counter() - began)
     return summary
 
@@ -121,11 +124,11 @@ def _parse(runtime: WorkerRuntime, kind: Kind, args: tuple[Any, ...], kwargs: di
         for job_id in exc.job_ids:
             runtime.store.reject(job_id, kind, f"bad message: {exc}")
         log.error("rejected a bulk %s message: %s", kind, exc)
-        return "rejected"
+        return Status.REJECTED
     except BadMessage as exc:
         if exc.job_id is not None:
             runtime.store.reject(exc.job_id, kind, f"bad message: {exc}")
-            return "rejected"
+            return Status.REJECTED
         log.error("dropped a %s message that names no job: %s", kind, exc)
         return "dropped"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
@@ -20,6 +21,7 @@ from redis.exceptions import RedisError
 from broker.routing import Route, chain_for, lane_of, queue_for_tier, route
 from tasks.cache import cache_key
 from tasks.errors import InvalidRequest, RouterError
+from tasks.records import Status
 from tasks.schemas import (
     ClassifyRequest,
     ClassifyResult,
@@ -32,7 +34,7 @@ from tasks.schemas import (
 )
 from tasks.store import Busy, JobView
 from workers.messages import Cursor, JobMessage
-from workers.retry import after_chain
+from workers.retry import Action, after_chain
 
 if TYPE_CHECKING:
     from workers.cooldown import Cooldowns
@@ -65,18 +67,20 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_job(runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str | None, reschedule: Reschedule) -> str:
-    """Run one step of a job and return what became of it (a final status, ``retrying`` or ``deferred``)."""
+def run_job(
+    runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str | None, reschedule: Reschedule
+) -> Status:
+    """Run a job's message and return what became of it (a final status, ``retrying`` or ``deferred``)."""
     store = runtime.store
     job = store.get(message.job_id)
     if job is None and message.request is None:
         store.reject(
             message.job_id, kind, f"job_id: no job {message.job_id} is recorded and the message has no request"
         )
-        return "rejected"
+        return Status.REJECTED
     if job is not None and job.is_final:
         log.info("job %s is already %s; redelivery ignored", job.id, job.status)
-        return job.status
+        return Status(job.status)
 
     raw_request = message.request if job is None else job.request
     try:
@@ -85,7 +89,7 @@ def run_job(runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str
     except InvalidRequest as exc:
         store.reject(message.job_id, kind, str(exc), raw_request if isinstance(raw_request, dict) else None)
         log.info("job %s rejected: %s", message.job_id, exc)
-        return "rejected"
+        return Status.REJECTED
 
     key = cache_key(request, first.tier)
     if job is None:
@@ -101,11 +105,10 @@ def run_job(runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str
         assert job is not None
     fresh = message.cursor == Cursor() and job.tier == first.tier
     if fresh and request.use_cache and _answer_from_cache(runtime, job, key):
-        return "succeeded"
+        return Status.SUCCEEDED
     # The recorded tier wins: a tier fallback moved the job to another tier's queue.
     planned = chain_for(request, job.tier or first.tier, runtime.catalogue)
-    step = _Step(runtime, job, request, planned, worker, reschedule)
-    return step.run(message.cursor)
+    return _ChainRun(runtime, job, request, planned, worker, reschedule).run(message.cursor)
 
 
 def _answer_from_cache(runtime: WorkerRuntime, job: JobView, key: str) -> bool:
@@ -117,7 +120,22 @@ def _answer_from_cache(runtime: WorkerRuntime, job: JobView, key: str) -> bool:
     return True
 
 
-class _Step:
+@dataclass(frozen=True)
+class _Place:
+    """The model being tried, its position in the chain and its retries so far."""
+
+    position: int
+    retry: int
+    model: str
+
+    def cursor(self) -> Cursor:
+        return Cursor(self.position, self.retry, self.model)
+
+
+class _ChainRun:
+    """One message's run of a job along its tier's chain, from the message's cursor: each model is passed
+    over (cooling down), or tried under the rate limits, until one answers or a decision ends the run."""
+
     def __init__(
         self,
         runtime: WorkerRuntime,
@@ -127,118 +145,122 @@ class _Step:
         worker: str | None,
         reschedule: Reschedule,
     ):
-        self.runtime, self.job_id, self.request = runtime, job.id, request
+        self.runtime, self.store, self.job_id, self.request = runtime, runtime.store, job.id, request
         # Retries and fallbacks stay in the job's lane: a bulk job never jumps the interactive queue.
         self.lane = lane_of(job.queue)
         self.tier, self.queue, self.chain = planned.tier, queue_for_tier(planned.tier, self.lane), planned.chain
         self.tier_hops = job.tier_hops
-        self.lease = runtime.lease
         self.worker, self.reschedule = worker, reschedule
         self.scale = runtime.settings.retry_delay_scale
+        self.errors: list[str] = []  # one per model that failed or was passed over, for the job's error
+        self.cooling: list[float] = []  # seconds left of each model passed over
 
-    def run(self, cursor: Cursor) -> str:
-        store, policy, cooldowns = self.runtime.store, self.runtime.policy, self.runtime.cooldowns
+    def run(self, cursor: Cursor) -> Status:
         last = len(self.chain) if self.request.fallback != "none" else 1
-        errors: list[str] = []
-        cooling: list[float] = []
         retry = cursor.retry
         for position in range(cursor.position, last):
             resumed = position == cursor.position
-            model_id = cursor.model if resumed and cursor.model else self.chain[position]
-            provider = self.runtime.catalogue.model_spec(model_id).provider
+            at = _Place(position, retry, cursor.model if resumed and cursor.model else self.chain[position])
             # A retry of this job is the model's probe; fresh arrivals pass over a model that is cooling down.
-            if not (resumed and cursor.retry > 0):
-                remaining = cooldowns.remaining_s(model_id)
-                if remaining > 0:
-                    store.skip_attempt(
-                        self.job_id,
-                        model=model_id,
-                        provider=provider,
-                        tier=self.tier,
-                        worker=self.worker,
-                        reason=f"cooling down for another {remaining:.1f}s",
-                    )
-                    errors.append(f"{model_id}: cooling down")
-                    cooling.append(remaining)
-                    retry = 0
-                    continue
-            wait_s = self.runtime.limiter.acquire(self.runtime.limit_rules(self.tier, provider, model_id))
-            if wait_s > 0:
-                self._put_off(Cursor(position, retry, model_id), wait_s)
-                log.info("job %s deferred %.1fs: rate limit of tier %s / %s", self.job_id, wait_s, self.tier, provider)
-                return "deferred"
-            number = store.start_attempt(
-                self.job_id, model=model_id, provider=provider, tier=self.tier, worker=self.worker, lease=self.lease
-            )
-            if number is None:
-                return store.status(self.job_id) or "unknown"
-            if isinstance(number, Busy):
-                # A duplicate message (a resume, a requeue) of a job a live worker runs: look again once its
-                # lease could have run out. The job ends once; this message then finds it final.
-                delay = busy_recheck_s(number.remaining_s)
-                self.reschedule(self.job_id, self.queue, cursor, delay)
-                log.info("job %s is running on %s; its message is put off %.1fs", self.job_id, number.owner, delay)
-                return "deferred"
-            started = time.perf_counter()
-            try:
-                result = self._call(provider, model_id)
-            except RouterError as exc:
-                latency_ms = (time.perf_counter() - started) * 1000.0
-                self._note_failure(model_id, exc)
-                decision = policy.decide(exc, retry, model_id)
-                http_status = getattr(exc, "http_status", None)
-                if decision.action == "retry":
-                    store.fail_attempt(
-                        self.job_id,
-                        number,
-                        _describe(exc),
-                        http_status=http_status,
-                        delay_s=decision.delay_s,
-                        latency_ms=latency_ms,
-                    )
-                    store.mark_retrying(self.job_id, decision.delay_s * self.scale)
-                    resume = Cursor(position=position, retry=retry + 1, model=decision.model or model_id)
-                    self.reschedule(self.job_id, self.queue, resume, decision.delay_s * self.scale)
-                    log.info(
-                        "job %s attempt %s on %s: %s; retry in %.1fs%s",
-                        self.job_id,
-                        number,
-                        model_id,
-                        exc,
-                        decision.delay_s,
-                        f" on {decision.model}" if decision.model else "",
-                    )
-                    return "retrying"
-                store.fail_attempt(self.job_id, number, _describe(exc), http_status=http_status, latency_ms=latency_ms)
-                errors.append(f"{model_id}: {_describe(exc)}")
-                log.warning(
-                    "job %s attempt %s on %s failed (%s): %s", self.job_id, number, model_id, decision.reason, exc
-                )
-                if decision.action == "fail":
-                    return self._fail(errors)
-                retry = 0
-                continue
-            except Exception as exc:  # a bug must end the job, not leave it running forever
-                log.exception("job %s attempt %s on %s raised unexpectedly", self.job_id, number, model_id)
-                store.fail_attempt(self.job_id, number, f"internal error: {type(exc).__name__}")
-                errors.append(f"{model_id}: internal error: {type(exc).__name__}")
-                return self._fail(errors)
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            record_health(cooldowns, model_id, ok=True)
-            result = result.model_copy(update={"tier": self.tier})
-            store.succeed(self.job_id, number, result=result, provider=provider, model_latency_ms=latency_ms)
-            log.info(
-                "job %s succeeded kind=%s tier=%s model=%s attempts=%s tokens=%s model_ms=%.0f",
-                self.job_id,
-                self.request.kind,
-                self.tier,
-                model_id,
-                number,
-                result.usage.total_tokens,
-                latency_ms,
-            )
-            return "succeeded"
-        return self._chain_spent(errors, cooling)
+            probing = resumed and cursor.retry > 0
+            if probing or not self._passed_over(at.model):
+                outcome = self._attempt(at, cursor)
+                if outcome is not None:
+                    return outcome
+            retry = 0
+        return self._chain_spent()
+
+    def _passed_over(self, model_id: str) -> bool:
+        remaining = self.runtime.cooldowns.remaining_s(model_id)
+        if remaining <= 0:
+            return False
+        self.store.skip_attempt(
+            self.job_id,
+            model=model_id,
+            provider=self._provider(model_id),
+            tier=self.tier,
+            worker=self.worker,
+            reason=f"cooling down for another {remaining:.1f}s",
+        )
+        self.errors.append(f"{model_id}: cooling down")
+        self.cooling.append(remaining)
+        return True
+
+    def _attempt(self, at: _Place, message_cursor: Cursor) -> Status | None:
+        """Try ``at.model`` once; the run's outcome, or None to go on to the next model."""
+        model_id, provider = at.model, self._provider(at.model)
+        wait_s = self.runtime.limiter.acquire(self.runtime.limit_rules(self.tier, provider, model_id))
+        if wait_s > 0:
+            self._put_off(at.cursor(), wait_s)
+            log.info("job %s deferred %.1fs: rate limit of tier %s / %s", self.job_id, wait_s, self.tier, provider)
+            return Status.DEFERRED
+        number = self.store.start_attempt(
+            self.job_id, model=model_id, provider=provider, tier=self.tier, worker=self.worker, lease=self.runtime.lease
+        )
+        if number is None:
+            return self._ended_meanwhile()
+        if isinstance(number, Busy):
+            # A duplicate message (a resume, a requeue) of a job a live worker runs: look again once its
+            # lease could have run out. The job ends once; this message then finds it final.
+            delay = busy_recheck_s(number.remaining_s)
+            self.reschedule(self.job_id, self.queue, message_cursor, delay)
+            log.info("job %s is running on %s; its message is put off %.1fs", self.job_id, number.owner, delay)
+            return Status.DEFERRED
+        started = time.perf_counter()
+        try:
+            result = self._call(provider, model_id)
+        except RouterError as exc:
+            return self._failed(at, number, exc, (time.perf_counter() - started) * 1000.0)
+        except Exception as exc:  # a bug must end the job, not leave it running forever
+            log.exception("job %s attempt %s on %s raised unexpectedly", self.job_id, number, model_id)
+            self.store.fail_attempt(self.job_id, number, f"internal error: {type(exc).__name__}")
+            self.errors.append(f"{model_id}: internal error: {type(exc).__name__}")
+            return self._fail()
+        self._succeeded(number, model_id, provider, result, (time.perf_counter() - started) * 1000.0)
+        return Status.SUCCEEDED
+
+    def _failed(self, at: _Place, number: int, exc: RouterError, latency_ms: float) -> Status | None:
+        """Record a failed attempt and carry out the policy's decision; None: on to the next model."""
+        self._note_failure(at.model, exc)
+        decision = self.runtime.policy.decide(exc, at.retry, at.model)
+        retrying = decision.action is Action.RETRY
+        self.store.fail_attempt(
+            self.job_id,
+            number,
+            _describe(exc),
+            http_status=getattr(exc, "http_status", None),
+            delay_s=decision.delay_s if retrying else None,
+            latency_ms=latency_ms,
+        )
+        if retrying:
+            delay_s = decision.delay_s * self.scale
+            self.store.mark_retrying(self.job_id, delay_s)
+            resume = Cursor(position=at.position, retry=at.retry + 1, model=decision.model or at.model)
+            self.reschedule(self.job_id, self.queue, resume, delay_s)
+            on = f" on {decision.model}" if decision.model else ""
+            log.info("job %s attempt %s on %s: %s; retry in %.1fs%s", self.job_id, number, at.model, exc, delay_s, on)
+            return Status.RETRYING
+        self.errors.append(f"{at.model}: {_describe(exc)}")
+        log.warning("job %s attempt %s on %s failed (%s): %s", self.job_id, number, at.model, decision.reason, exc)
+        return self._fail() if decision.action is Action.FAIL else None
+
+    def _succeeded(self, number: int, model_id: str, provider: str, result: Result, latency_ms: float) -> None:
+        record_health(self.runtime.cooldowns, model_id, ok=True)
+        result = result.model_copy(update={"tier": self.tier})
+        self.store.succeed(self.job_id, number, result=result, provider=provider, model_latency_ms=latency_ms)
+        log.info(
+            "job %s succeeded kind=%s tier=%s model=%s attempts=%s tokens=%s model_ms=%.0f",
+            self.job_id,
+            self.request.kind,
+            self.tier,
+            model_id,
+            number,
+            result.usage.total_tokens,
+            latency_ms,
+        )
+
+    def _provider(self, model_id: str) -> str:
+        return self.runtime.catalogue.model_spec(model_id).provider
 
     def _put_off(self, resume: Cursor, delay_s: float) -> None:
         """Publish the job again after ``delay_s``, noting when it is due so it is never taken for lost."""
@@ -258,33 +280,37 @@ class _Step:
                 return
             log.warning("model %s cooled down for %.1fs after %s", model_id, seconds, type(exc).__name__)
 
-    def _chain_spent(self, errors: list[str], cooling: list[float]) -> str:
+    def _chain_spent(self) -> Status:
         catalogue, settings = self.runtime.catalogue, self.runtime.settings
-        end = after_chain(
+        decision = after_chain(
             fallback=self.request.fallback,
             next_tier=catalogue.next_tier(self.tier, self.request.kind),
             tier_hops=self.tier_hops,
             max_tier_hops=settings.max_tier_hops,
-            cooling_s=cooling,
-            tried=len(errors),
+            cooling_s=self.cooling,
+            tried=len(self.errors),
         )
-        if end.action == "escalate" and end.tier is not None:
-            queue = queue_for_tier(end.tier, self.lane)
-            if self.runtime.store.escalate(self.job_id, end.tier, queue):
-                self.reschedule(self.job_id, queue, Cursor(), 0.0)
-                log.info("job %s falls back from tier %s to %s", self.job_id, self.tier, end.tier)
-                return "retrying"
-            return self.runtime.store.status(self.job_id) or "unknown"  # it ended meanwhile: nothing to move
-        if end.action == "wait":
-            self._put_off(Cursor(), end.delay_s)
-            log.info("job %s waits %.1fs for a model to come back from its cooldown", self.job_id, end.delay_s)
-            return "deferred"
-        return self._fail(errors)
+        if decision.action is Action.NEXT_TIER and decision.tier is not None:
+            queue = queue_for_tier(decision.tier, self.lane)
+            if not self.store.escalate(self.job_id, decision.tier, queue):
+                return self._ended_meanwhile()  # nothing to move
+            self.reschedule(self.job_id, queue, Cursor(), 0.0)
+            log.info("job %s falls back from tier %s to %s", self.job_id, self.tier, decision.tier)
+            return Status.RETRYING
+        if decision.action is Action.WAIT:
+            self._put_off(Cursor(), decision.delay_s)
+            log.info("job %s waits %.1fs for a model to come back from its cooldown", self.job_id, decision.delay_s)
+            return Status.DEFERRED
+        return self._fail()
 
-    def _fail(self, errors: list[str]) -> str:
-        self.runtime.store.fail(self.job_id, "; ".join(errors) or "no model left to try")
-        log.warning("job %s failed: %s", self.job_id, "; ".join(errors))
-        return "failed"
+    def _ended_meanwhile(self) -> Status:
+        """The status of a job that another message ended while this one ran (its row is never removed)."""
+        return Status(self.store.status(self.job_id) or Status.FAILED)
+
+    def _fail(self) -> Status:
+        self.store.fail(self.job_id, "; ".join(self.errors) or "no model left to try")
+        log.warning("job %s failed: %s", self.job_id, "; ".join(self.errors))
+        return Status.FAILED
 
     def _call(self, provider: str, model_id: str) -> Result:
         backend = self.runtime.backend(provider)

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 from broker.routing import chain_for, route
 from tasks.cache import cache_key
 from tasks.errors import InvalidRequest
+from tasks.records import Status
 from tasks.schemas import GenerateRequest, Kind, parse_request
 from tasks.store import Started
+from workers.backends.base import ManyCall, many_call
 from workers.execution import Request, Reschedule, record_health, run_job
 from workers.messages import Cursor, JobMessage
 
@@ -57,12 +59,12 @@ def _parameters(request: Request, defaults: GenerationDefaults) -> str | None:
 
 def run_jobs(
     runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage], worker: str | None, reschedule: Reschedule
-) -> list[str]:
+) -> list[Status]:
     """Run every job of ``messages``; returns what became of each (as ``run_job`` does)."""
     if len(messages) == 1:
         return [run_job(runtime, kind, messages[0], worker, reschedule)]
     groups, alone = _plan(runtime, kind, messages)
-    outcomes: list[str] = []
+    outcomes: list[Status] = []
     for group in groups:
         outcomes += _run_group(runtime, kind, group, worker, reschedule)
     for message in alone:
@@ -70,8 +72,8 @@ def run_jobs(
     return outcomes
 
 
-def _batch_call(runtime: WorkerRuntime, kind: Kind, provider: str) -> Any:
-    return getattr(runtime.backend(provider), f"{kind}_many", None)
+def _many_call(runtime: WorkerRuntime, kind: Kind, provider: str) -> ManyCall | None:
+    return many_call(runtime.backend(provider), kind, runtime.catalogue.defaults)
 
 
 def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tuple[list[_Group], list[JobMessage]]:
@@ -98,7 +100,7 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
         route_key = (planned.tier, model_id, provider)
         if route_key not in usable:
             usable[route_key] = (
-                _batch_call(runtime, kind, provider) is not None
+                _many_call(runtime, kind, provider) is not None
                 and not runtime.limit_rules(planned.tier, provider, model_id)
                 and runtime.cooldowns.remaining_s(model_id) <= 0
             )
@@ -122,7 +124,7 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
 
 def _run_group(
     runtime: WorkerRuntime, kind: Kind, group: _Group, worker: str | None, reschedule: Reschedule
-) -> list[str]:
+) -> list[Status]:
     store = runtime.store
     by_id = {message.job_id: (message, request) for message, request in group.members}
     started = store.start_group(
@@ -135,12 +137,9 @@ def _run_group(
         return outcomes
     began = time.perf_counter()
     try:
-        call = _batch_call(runtime, kind, group.provider)
-        requests = [by_id[job.job_id][1] for job in started]
-        if kind == "generate":
-            results = call(group.model_id, requests, runtime.catalogue.defaults)
-        else:
-            results = call(group.model_id, requests)
+        call = _many_call(runtime, kind, group.provider)
+        assert call is not None  # the group was planned for a backend that has one
+        results = call(group.model_id, [by_id[job.job_id][1] for job in started])
     except Exception as exc:  # one bad input must not sink the others: each job runs again on its own
         latency_ms = (time.perf_counter() - began) * 1000.0
         reason = f"the shared call failed ({type(exc).__name__}: {exc}); each job runs on its own"
@@ -162,4 +161,4 @@ def _run_group(
         sum(len(getattr(by_id[job.job_id][1], "input", None) or [None]) for job in started),
         latency_ms,
     )
-    return outcomes + ["succeeded"] * len(started)
+    return outcomes + [Status.SUCCEEDED] * len(started)

@@ -1,4 +1,7 @@
-"""The retry policy: a pure function from (failure, attempt number) to a decision. No I/O, no clocks.
+"""What happens to a job after a failure, decided by pure functions that return a ``Decision``. No I/O, no
+clocks; ``workers.execution`` only carries the decision out and records it.
+
+After one failure, ``RetryPolicy.decide`` (failure, retries of this model so far):
 
     ModelLoading (503)           retry (on the downgraded model if mapped)  min(30, 5·(n+1)), or estimated_time ≤ 30
     RateLimited (429)            retry                                       min(60, 2ⁿ), or Retry-After ≤ 300
@@ -9,12 +12,16 @@
 
 Delays are in seconds before attempt n+1, n counted from 0 per model. After ``max_retries`` retries
 of one model, the next model of the chain is tried.
+
+Once every model of the tier's chain was tried or passed over, ``after_chain``: the next tier when the request
+allows it and hops are left; else, when every model was only cooling down, wait for the first to come back;
+else fail.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import StrEnum
 
 from tasks.errors import (
     ModelFailed,
@@ -35,14 +42,21 @@ DEFAULT_DOWNGRADES: dict[str, str] = {
     "gpt2-medium": "gpt2",
 }
 
-Action = Literal["retry", "next_model", "fail"]
+
+class Action(StrEnum):
+    RETRY = "retry"  # the same model (or its downgrade) again, after delay_s
+    NEXT_MODEL = "next_model"  # the next model of the tier's chain, now
+    NEXT_TIER = "next_tier"  # the next tier's chain, from its first model, now
+    WAIT = "wait"  # every model is cooling down: the chain again once the first is back, after delay_s
+    FAIL = "fail"
 
 
 @dataclass(frozen=True)
-class RetryDecision:
+class Decision:
     action: Action
     delay_s: float = 0.0
-    model: str | None = None  # the model the retry runs on (a downgrade), when it changes
+    model: str | None = None  # retry: the model it runs on, when it changes (a downgrade)
+    tier: str | None = None  # next_tier: the tier the job moves to
     reason: str = ""
 
 
@@ -73,17 +87,18 @@ class RetryPolicy:
             return min(self.rate_limited_cap_s, self.rate_limited_base_s * 2**retry)
         return min(self.other_cap_s, self.other_step_s * (retry + 1))
 
-    def decide(self, failure: RouterError, retry: int, model: str) -> RetryDecision:
+    def decide(self, failure: RouterError, retry: int, model: str) -> Decision:
+        """Retry, the next model, or fail, after ``failure`` of ``model`` that had ``retry`` retries."""
         if isinstance(failure, TransientError):
             if retry >= self.max_retries:
-                return RetryDecision("next_model", reason=f"{self.max_retries} retries spent")
+                return Decision(Action.NEXT_MODEL, reason=f"{self.max_retries} retries spent")
             target = None
             if isinstance(failure, ModelLoading) and self.downgrade_on_loading:
                 target = self.downgrades.get(model)
-            return RetryDecision("retry", self.delay_s(failure, retry), target, type(failure).__name__)
+            return Decision(Action.RETRY, self.delay_s(failure, retry), target, reason=type(failure).__name__)
         if isinstance(failure, (ModelNotFound, ModelFailed)):
-            return RetryDecision("next_model", reason=type(failure).__name__)
-        return RetryDecision("fail", reason=type(failure).__name__)
+            return Decision(Action.NEXT_MODEL, reason=type(failure).__name__)
+        return Decision(Action.FAIL, reason=type(failure).__name__)
 
     def cooldown_s_for(self, failure: RouterError) -> float | None:
         """How long this one failure cools the model down cluster-wide; None when it alone does not."""
@@ -99,23 +114,13 @@ class RetryPolicy:
         return not isinstance(failure, RemoteRejected) and isinstance(failure, (TransientError, ModelFailed))
 
 
-@dataclass(frozen=True)
-class ChainEnd:
-    """What becomes of a job once every model of its tier's chain was tried or passed over."""
-
-    action: Literal["escalate", "wait", "fail"]
-    tier: str | None = None  # escalate: the tier it moves to
-    delay_s: float = 0.0  # wait: until the first cooling model is back
-
-
 def after_chain(
     *, fallback: str, next_tier: str | None, tier_hops: int, max_tier_hops: int, cooling_s: list[float], tried: int
-) -> ChainEnd:
-    """Escalate to the next tier when the request allows it and hops are left; else, when every model was
-    only cooling down (``cooling_s`` holds one entry per model passed over, ``tried`` counts all), wait
-    for the first to come back; else fail."""
+) -> Decision:
+    """Next tier, wait, or fail, once the chain is spent. ``cooling_s`` holds one entry per model passed over
+    because it was cooling down; ``tried`` counts every model of the chain, tried or passed over."""
     if fallback == "tier" and next_tier is not None and tier_hops < max_tier_hops:
-        return ChainEnd("escalate", tier=next_tier)
+        return Decision(Action.NEXT_TIER, tier=next_tier, reason="chain spent")
     if cooling_s and len(cooling_s) == tried:
-        return ChainEnd("wait", delay_s=min(cooling_s))
-    return ChainEnd("fail")
+        return Decision(Action.WAIT, delay_s=min(cooling_s), reason="every model is cooling down")
+    return Decision(Action.FAIL, reason="chain spent")

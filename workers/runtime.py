@@ -10,7 +10,6 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 
@@ -21,7 +20,7 @@ from tasks.redaction import install_log_redaction
 from tasks.store import JobStore, Lease
 from workers.backends import make_backend
 from workers.backends.base import Backend
-from workers.backends.remote import RemoteDeps
+from workers.backends.context import BackendContext
 from workers.cooldown import Cooldowns, LocalCooldowns, RedisCooldowns
 from workers.leases import LeaseKeeper, lease_for_this_process
 from workers.rate_limits import RateLimiter, Rule, window_rules
@@ -60,8 +59,8 @@ class WorkerRuntime:
     limiter: RateLimiter
     cooldowns: Cooldowns
     lease: Lease
-    _backends: dict[str, Backend] = field(default_factory=dict)
-    _http: Any = None
+    backend_context: BackendContext
+    backends: dict[str, Backend] = field(default_factory=dict)  # by provider, built on first use
     published_version: int = -1  # the registry version last written for `llm-router status`
 
     def limit_rules(self, tier: str, provider: str, model_id: str) -> list[Rule]:
@@ -79,28 +78,9 @@ class WorkerRuntime:
         return rules
 
     def backend(self, provider: str) -> Backend:
-        if provider not in self._backends:
-            self._backends[provider] = make_backend(provider, self)
-        return self._backends[provider]
-
-    def remote_deps(self, provider: str, default_base_url: str | None) -> RemoteDeps:
-        from workers.backends.http import HttpCaller, make_client
-        from workers.backends.usage import TokenCounter
-
-        if self._http is None:
-            self._http = make_client(self.settings.request_timeout_s)
-        model_tokens = {
-            model_id: self.settings.api_key(spec.api_key_env)
-            for model_id, spec in self.catalogue.models.items()
-            if spec.api_key_env is not None
-        }
-        return RemoteDeps(
-            caller=HttpCaller(self._http, provider, self.settings.hf_api_key, model_tokens),
-            counter=TokenCounter(self.settings.models_dir, self.settings.hf_cache_dir),
-            catalogue=self.catalogue,
-            default_base_url=default_base_url,
-            wait_for_model=self.settings.hf_wait_for_model,
-        )
+        if provider not in self.backends:
+            self.backends[provider] = make_backend(provider, self.backend_context)
+        return self.backends[provider]
 
 
 def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfile) -> WorkerRuntime:
@@ -141,6 +121,7 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
     store = JobStore(engine)
     lease = lease_for_this_process(settings.lease_s)
     LeaseKeeper(store, lease).start()
+    context = BackendContext(settings, catalogue, registry, profile.max_batch)
     return WorkerRuntime(
-        settings, catalogue, profile, store, registry, policy, RateLimiter(redis_url), cooldowns, lease
+        settings, catalogue, profile, store, registry, policy, RateLimiter(redis_url), cooldowns, lease, context
     )

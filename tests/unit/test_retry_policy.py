@@ -16,7 +16,7 @@ from tasks.errors import (
     ServerError,
     Unauthorised,
 )
-from workers.retry import ChainEnd, RetryPolicy, after_chain
+from workers.retry import Action, RetryPolicy, after_chain
 
 POLICY = RetryPolicy()
 MODEL = "org/model"
@@ -80,24 +80,29 @@ def test_downgrade_can_be_switched_off_or_remapped() -> None:
     assert custom.decide(ModelLoading("503"), 0, "gpt2-large").model is None
 
 
-CHAIN_ENDS: list[tuple[str, str | None, int, list[float], int, ChainEnd]] = [
+CHAIN_ENDS: list[tuple[str, str | None, int, list[float], int, tuple[Action, str | None, float]]] = [
     # (fallback, next tier, hops so far, cooldowns of the models passed over, models tried, what follows)
-    ("tier", "balanced", 0, [], 2, ChainEnd("escalate", tier="balanced")),
-    ("tier", "balanced", 1, [12.0, 3.0], 2, ChainEnd("escalate", tier="balanced")),  # escalation first
-    ("tier", "balanced", 2, [], 2, ChainEnd("fail")),  # hops spent (max 2)
-    ("tier", None, 0, [], 1, ChainEnd("fail")),  # the last tier
-    ("tier", None, 0, [12.0, 3.0], 2, ChainEnd("wait", delay_s=3.0)),  # all cooling: the first back
-    ("model", "balanced", 0, [12.0, 3.0], 2, ChainEnd("wait", delay_s=3.0)),  # no tier fallback asked
-    ("model", "balanced", 0, [12.0], 2, ChainEnd("fail")),  # one really failed: no wait
-    ("none", "balanced", 0, [], 1, ChainEnd("fail")),
+    ("tier", "balanced", 0, [], 2, (Action.NEXT_TIER, "balanced", 0.0)),
+    ("tier", "balanced", 1, [12.0, 3.0], 2, (Action.NEXT_TIER, "balanced", 0.0)),  # escalation first
+    ("tier", "balanced", 2, [], 2, (Action.FAIL, None, 0.0)),  # hops spent (max 2)
+    ("tier", None, 0, [], 1, (Action.FAIL, None, 0.0)),  # the last tier
+    ("tier", None, 0, [12.0, 3.0], 2, (Action.WAIT, None, 3.0)),  # all cooling: the first back
+    ("model", "balanced", 0, [12.0, 3.0], 2, (Action.WAIT, None, 3.0)),  # no tier fallback asked
+    ("model", "balanced", 0, [12.0], 2, (Action.FAIL, None, 0.0)),  # one really failed: no wait
+    ("none", "balanced", 0, [], 1, (Action.FAIL, None, 0.0)),
 ]
 
 
 @pytest.mark.parametrize(("fallback", "next_tier", "hops", "cooling", "tried", "expected"), CHAIN_ENDS)
 def test_after_the_chain(
-    fallback: str, next_tier: str | None, hops: int, cooling: list[float], tried: int, expected: ChainEnd
+    fallback: str,
+    next_tier: str | None,
+    hops: int,
+    cooling: list[float],
+    tried: int,
+    expected: tuple[Action, str | None, float],
 ) -> None:
     end = after_chain(
         fallback=fallback, next_tier=next_tier, tier_hops=hops, max_tier_hops=2, cooling_s=cooling, tried=tried
     )
-    assert end == expected
+    assert (end.action, end.tier, end.delay_s) == expected

@@ -1,48 +1,46 @@
-"""Backends by provider name: one small class per provider, built once per worker process."""
+"""Backends by provider name: one small class per provider, built once per worker process from a
+``BackendContext``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from tasks.errors import ConfigurationError
 from workers.backends.base import Backend
-
-if TYPE_CHECKING:
-    from workers.runtime import WorkerRuntime
+from workers.backends.context import BackendContext
 
 
-def _local(runtime: WorkerRuntime) -> Backend:
+def _local(context: BackendContext) -> Backend:
     from workers.backends.local import LocalBackend
 
-    return LocalBackend(runtime.registry, runtime.profile.max_batch)
+    return LocalBackend(context.registry, context.max_batch)
 
 
-def _echo(runtime: WorkerRuntime) -> Backend:
+def _echo(context: BackendContext) -> Backend:
     from workers.backends.echo import EchoBackend
 
     return EchoBackend()
 
 
-def _hf_inference(runtime: WorkerRuntime) -> Backend:
+def _hf_inference(context: BackendContext) -> Backend:
     from workers.backends.hf_inference import HfInferenceBackend
 
-    return HfInferenceBackend(runtime.remote_deps("hf-inference", runtime.settings.hf_base_url))
+    return HfInferenceBackend(context.remote("hf-inference", context.settings.hf_base_url))
 
 
-def _openai(runtime: WorkerRuntime) -> Backend:
+def _openai(context: BackendContext) -> Backend:
     from workers.backends.openai_compat import OpenAIBackend
 
-    return OpenAIBackend(runtime.remote_deps("openai", None))
+    return OpenAIBackend(context.remote("openai", None))
 
 
-def _tei(runtime: WorkerRuntime) -> Backend:
+def _tei(context: BackendContext) -> Backend:
     from workers.backends.tei import TeiBackend
 
-    return TeiBackend(runtime.remote_deps("tei", None))
+    return TeiBackend(context.remote("tei", None))
 
 
-BACKENDS: dict[str, Callable[[WorkerRuntime], Backend]] = {
+BACKENDS: dict[str, Callable[[BackendContext], Backend]] = {
     "local": _local,
     "hf-inference": _hf_inference,
     "openai": _openai,
@@ -51,9 +49,9 @@ BACKENDS: dict[str, Callable[[WorkerRuntime], Backend]] = {
 }
 
 
-def make_backend(provider: str, runtime: WorkerRuntime) -> Backend:
+def make_backend(provider: str, context: BackendContext) -> Backend:
     try:
         factory = BACKENDS[provider]
     except KeyError:
         raise ConfigurationError(f"provider {provider!r} is unknown; known: {', '.join(BACKENDS)}") from None
-    return factory(runtime)
+    return factory(context)

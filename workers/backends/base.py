@@ -1,8 +1,10 @@
-"""The tiny interface every backend implements: one call per job kind, our schemas in and out."""
+"""The tiny interface every backend implements: one call per job kind, our schemas in and out; and the
+calls that run many requests of one kind at once, which a backend declares by having them."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from broker.catalogue import GenerationDefaults
 from tasks.schemas import (
@@ -12,6 +14,7 @@ from tasks.schemas import (
     EmbedResult,
     GenerateRequest,
     GenerateResult,
+    Kind,
 )
 
 
@@ -23,3 +26,36 @@ class Backend(Protocol):
     def embed(self, model_id: str, request: EmbedRequest) -> EmbedResult: ...
 
     def classify(self, model_id: str, request: ClassifyRequest) -> ClassifyResult: ...
+
+
+@runtime_checkable
+class GeneratesMany(Protocol):
+    def generate_many(
+        self, model_id: str, requests: list[GenerateRequest], defaults: GenerationDefaults
+    ) -> list[GenerateResult]: ...
+
+
+@runtime_checkable
+class EmbedsMany(Protocol):
+    def embed_many(self, model_id: str, requests: list[EmbedRequest]) -> list[EmbedResult]: ...
+
+
+@runtime_checkable
+class ClassifiesMany(Protocol):
+    def classify_many(self, model_id: str, requests: list[ClassifyRequest]) -> list[ClassifyResult]: ...
+
+
+# Requests of one kind in, one result per request out, in order.
+ManyCall = Callable[[str, list[Any]], Sequence[GenerateResult | EmbedResult | ClassifyResult]]
+
+
+def many_call(backend: Backend, kind: Kind, defaults: GenerationDefaults) -> ManyCall | None:
+    """The backend's call that runs many requests of ``kind`` at once; None when it has none."""
+    if kind == "generate" and isinstance(backend, GeneratesMany):
+        generates = backend
+        return lambda model_id, requests: generates.generate_many(model_id, requests, defaults)
+    if kind == "embed" and isinstance(backend, EmbedsMany):
+        return backend.embed_many
+    if kind == "classify" and isinstance(backend, ClassifiesMany):
+        return backend.classify_many
+    return None

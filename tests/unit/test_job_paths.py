@@ -1,0 +1,332 @@
+"""A job's path through failures, without services: the store on SQLite, cooldowns and rate limits in memory,
+a scripted backend in place of a model. Each message the worker re-publishes is delivered at once (its
+countdown is recorded, not waited), as a broker would deliver it later."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine
+
+from broker.catalogue import Catalogue, GenerationDefaults
+from broker.settings import Settings
+from tasks.errors import ModelLoading, ModelNotFound, RateLimited, ServerError, Unauthorised
+from tasks.records import Base, Status
+from tasks.schemas import ClassifyRequest, ClassifyResult, EmbedRequest, EmbedResult, GenerateRequest, GenerateResult
+from tasks.store import JobStore, Lease
+from workers.backends.context import BackendContext
+from workers.backends.echo import EchoBackend
+from workers.cooldown import LocalCooldowns
+from workers.execution import run_job
+from workers.groups import run_jobs
+from workers.messages import Cursor, JobMessage
+from workers.rate_limits import RateLimiter
+from workers.registry import ModelRegistry
+from workers.retry import RetryPolicy
+from workers.runtime import WorkerProfile, WorkerRuntime
+
+CATALOGUE = Catalogue.model_validate(
+    {
+        "tiers": {
+            "fast": {"generate": ["m/a", "m/b"], "embed": ["e/a"]},
+            "balanced": {"generate": ["m/c"], "embed": ["e/c"]},
+            "quality": {"generate": ["m/d"], "requests_per_minute": 1},
+        },
+        "models": {name: {"provider": "echo"} for name in ("m/a", "m/a-small", "m/b", "m/c", "m/d", "e/a", "e/c")},
+        "downgrades": {"m/a": "m/a-small"},
+    }
+)
+Step = str | Exception  # "ok", or what the call raises
+
+
+class Scripted(EchoBackend):
+    """Answers as the echo backend does, after raising what the script says for the model's next call."""
+
+    def __init__(self, script: dict[str, list[Step]]):
+        self.script = {model: list(steps) for model, steps in script.items()}
+        self.calls: list[tuple[str, int]] = []  # (model, requests in the call)
+
+    def _next(self, model_id: str, requests: int = 1) -> None:
+        self.calls.append((model_id, requests))
+        steps = self.script.get(model_id) or ["ok"]
+        step = steps.pop(0) if len(steps) > 1 else steps[0]
+        if isinstance(step, Exception):
+            raise step
+
+    def generate(self, model_id: str, request: GenerateRequest, defaults: GenerationDefaults) -> GenerateResult:
+        self._next(model_id)
+        return super().generate(model_id, request, defaults)
+
+    def embed_many(self, model_id: str, requests: list[EmbedRequest]) -> list[EmbedResult]:
+        self._next(model_id, len(requests))
+        return super().embed_many(model_id, requests)
+
+    def classify_many(self, model_id: str, requests: list[ClassifyRequest]) -> list[ClassifyResult]:
+        self._next(model_id, len(requests))
+        return super().classify_many(model_id, requests)
+
+
+@dataclass
+class Cluster:
+    """One worker process and what it re-published."""
+
+    runtime: WorkerRuntime
+    backend: Scripted
+    republished: list[tuple[str, Cursor, float]] = field(default_factory=list)  # (queue, cursor, delay)
+    pending: list[JobMessage] = field(default_factory=list)
+
+    def reschedule(self, job_id: str, queue: str, cursor: Cursor, delay_s: float) -> None:
+        self.republished.append((queue, cursor, delay_s))
+        self.pending.append(JobMessage(job_id, None, cursor))
+
+    def submit(self, request: dict[str, Any], queue: str | None = None) -> str:
+        job_id = str(uuid.uuid4())
+        tier = request.get("tier", "fast")
+        store = self.runtime.store
+        store.create_job(job_id=job_id, kind=request["kind"], request=request, tier=tier, queue=queue or tier)
+        return job_id
+
+    def drive(self, job_id: str, kind: Any = "generate", most: int = 10) -> list[Status]:
+        """Run the job's message and every message it re-publishes; what became of each."""
+        self.pending.append(JobMessage(job_id, None))
+        outcomes: list[Status] = []
+        while self.pending and len(outcomes) < most:
+            outcomes.append(run_job(self.runtime, kind, self.pending.pop(0), "worker-1", self.reschedule))
+        return outcomes
+
+    def path(self, job_id: str) -> list[tuple[str | None, str]]:
+        return [(attempt.model, attempt.status) for attempt in self.runtime.store.attempts(job_id)]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    yield make_cluster(tmp_path, {})
+
+
+def make_cluster(tmp_path: Path, script: dict[str, list[Step]]) -> Cluster:
+    engine = create_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    Base.metadata.create_all(engine)
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}", max_tier_hops=2, cache_ttl_s=3600.0, retry_delay_scale=1.0
+    )
+    registry = ModelRegistry(CATALOGUE, tmp_path, "cpu")
+    backend = Scripted(script)
+    runtime = WorkerRuntime(
+        settings=settings,
+        catalogue=CATALOGUE,
+        profile=WorkerProfile(),
+        store=JobStore(engine),
+        registry=registry,
+        policy=RetryPolicy(max_retries=2, downgrades=dict(CATALOGUE.downgrades or {}), cooldown_s=60.0),
+        limiter=RateLimiter(None),
+        cooldowns=LocalCooldowns(),
+        lease=Lease(owner="host:1", seconds=30.0, alive=lambda owner: owner == "host:1"),
+        backend_context=BackendContext(settings, CATALOGUE, registry, max_batch=64),
+        backends={"echo": backend},
+    )
+    return Cluster(runtime, backend)
+
+
+GENERATE = {"kind": "generate", "prompt": "hello there", "use_cache": False}
+PATHS: list[tuple[str, dict[str, Any], dict[str, list[Step]], Status, list[tuple[str, str]], list[str]]] = [
+    # (what it shows, request options, script, final status, attempts (model, status), queues re-published to)
+    ("the first model answers", {}, {}, Status.SUCCEEDED, [("m/a", "succeeded")], []),
+    (
+        "503: retried on the downgraded model",
+        {},
+        {"m/a": [ModelLoading("503")]},
+        Status.SUCCEEDED,
+        [("m/a", "failed"), ("m/a-small", "succeeded")],
+        ["fast"],
+    ),
+    (
+        "5xx retried max_retries times, then the next model in the same message",
+        {},
+        {"m/a": [ServerError("500")]},
+        Status.SUCCEEDED,
+        [("m/a", "failed")] * 3 + [("m/b", "succeeded")],
+        ["fast", "fast"],
+    ),
+    (
+        "404: the next model at once",
+        {},
+        {"m/a": [ModelNotFound("404")]},
+        Status.SUCCEEDED,
+        [("m/a", "failed"), ("m/b", "succeeded")],
+        [],
+    ),
+    ("401: failed at once, no other model", {}, {"m/a": [Unauthorised("401")]}, Status.FAILED, [("m/a", "failed")], []),
+    (
+        "the chain spent: the next tier's queue, its first model",
+        {},
+        {"m/a": [ModelNotFound("404")], "m/b": [ModelNotFound("404")]},
+        Status.SUCCEEDED,
+        [("m/a", "failed"), ("m/b", "failed"), ("m/c", "succeeded")],
+        ["balanced"],
+    ),
+    (
+        "fallback model: no other tier",
+        {"fallback": "model"},
+        {"m/a": [ModelNotFound("404")], "m/b": [ModelNotFound("404")]},
+        Status.FAILED,
+        [("m/a", "failed"), ("m/b", "failed")],
+        [],
+    ),
+    (
+        "fallback none: the first model only",
+        {"fallback": "none"},
+        {"m/a": [ModelNotFound("404")]},
+        Status.FAILED,
+        [("m/a", "failed")],
+        [],
+    ),
+    (
+        "every tier spent: failed after two hops",
+        {},
+        {m: [ModelNotFound("404")] for m in ("m/a", "m/b", "m/c", "m/d")},
+        Status.FAILED,
+        [("m/a", "failed"), ("m/b", "failed"), ("m/c", "failed"), ("m/d", "failed")],
+        ["balanced", "quality"],
+    ),
+    (
+        "a bug in a backend fails the job, not the worker",
+        {},
+        {"m/a": [RuntimeError("boom")]},
+        Status.FAILED,
+        [("m/a", "failed")],
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "script", "final", "attempts", "queues"),
+    [row[1:] for row in PATHS],
+    ids=[row[0] for row in PATHS],
+)
+def test_a_jobs_path_through_failures(
+    tmp_path: Path,
+    options: dict[str, Any],
+    script: dict[str, list[Step]],
+    final: Status,
+    attempts: list[tuple[str, str]],
+    queues: list[str],
+) -> None:
+    cluster = make_cluster(tmp_path, script)
+    job_id = cluster.submit({**GENERATE, **options})
+    outcomes = cluster.drive(job_id)
+    assert outcomes[-1] == final
+    assert cluster.runtime.store.status(job_id) == final
+    assert cluster.path(job_id) == attempts
+    assert [queue for queue, _, _ in cluster.republished] == queues
+    assert all(outcome in (Status.RETRYING, Status.DEFERRED) for outcome in outcomes[:-1])
+
+
+def test_retry_delays_follow_the_policy_and_resume_where_they_failed(tmp_path: Path) -> None:
+    cluster = make_cluster(tmp_path, {"m/a": [RateLimited("429"), RateLimited("429"), "ok"]})
+    job_id = cluster.submit(GENERATE)
+    assert cluster.drive(job_id) == [Status.RETRYING, Status.RETRYING, Status.SUCCEEDED]
+    assert cluster.republished == [("fast", Cursor(0, 1, "m/a"), 1.0), ("fast", Cursor(0, 2, "m/a"), 2.0)]
+    attempt_delays = [attempt.delay_s for attempt in cluster.runtime.store.attempts(job_id)]
+    assert attempt_delays == [1.0, 2.0, None]
+
+
+def test_a_bulk_job_falls_back_within_the_bulk_lane(tmp_path: Path) -> None:
+    cluster = make_cluster(tmp_path, {"m/a": [ModelNotFound("404")], "m/b": [ModelNotFound("404")]})
+    job_id = cluster.submit(GENERATE, queue="fast.bulk")
+    assert cluster.drive(job_id)[-1] == Status.SUCCEEDED
+    assert [queue for queue, _, _ in cluster.republished] == ["balanced.bulk"]
+
+
+def test_a_cooling_model_is_passed_over_and_recorded(cluster: Cluster) -> None:
+    cluster.runtime.cooldowns.cool("m/a", 30.0)
+    job_id = cluster.submit(GENERATE)
+    assert cluster.drive(job_id) == [Status.SUCCEEDED]
+    assert cluster.path(job_id) == [("m/a", "skipped"), ("m/b", "succeeded")]
+    assert cluster.backend.calls == [("m/b", 1)]
+
+
+def test_when_every_model_cools_the_job_waits_for_the_first_back(cluster: Cluster) -> None:
+    cluster.runtime.cooldowns.cool("m/a", 30.0)
+    cluster.runtime.cooldowns.cool("m/b", 10.0)
+    job_id = cluster.submit({**GENERATE, "fallback": "model"})
+    assert cluster.drive(job_id, most=1) == [Status.DEFERRED]
+    (queue, cursor, delay_s) = cluster.republished[0]
+    assert (queue, cursor) == ("fast", Cursor())
+    assert 9.0 < delay_s <= 10.0
+    assert cluster.runtime.store.status(job_id) == Status.QUEUED
+    assert cluster.backend.calls == []
+
+
+def test_failures_cool_a_model_down_for_the_next_jobs(cluster: Cluster) -> None:
+    cluster.backend.script["m/a"] = [Unauthorised("401")]  # one 401 cools the model down cluster-wide
+    first = cluster.submit(GENERATE)
+    assert cluster.drive(first) == [Status.FAILED]
+    second = cluster.submit(GENERATE)
+    assert cluster.drive(second) == [Status.SUCCEEDED]
+    assert cluster.path(second) == [("m/a", "skipped"), ("m/b", "succeeded")]
+
+
+def test_over_the_tier_rate_limit_a_job_is_deferred_not_run(cluster: Cluster) -> None:
+    first, second = cluster.submit({**GENERATE, "tier": "quality"}), cluster.submit({**GENERATE, "tier": "quality"})
+    assert cluster.drive(first) == [Status.SUCCEEDED]
+    assert cluster.drive(second, most=1) == [Status.DEFERRED]
+    assert cluster.backend.calls == [("m/d", 1)]  # one call a minute
+    assert 0 < cluster.republished[0][2] <= 61.0
+    assert cluster.runtime.store.attempts(second) == []
+
+
+def test_a_redelivered_message_of_an_ended_job_changes_nothing(cluster: Cluster) -> None:
+    job_id = cluster.submit(GENERATE)
+    assert cluster.drive(job_id) == [Status.SUCCEEDED]
+    assert cluster.drive(job_id) == [Status.SUCCEEDED]
+    assert cluster.backend.calls == [("m/a", 1)]
+    assert len(cluster.runtime.store.attempts(job_id)) == 1
+
+
+def test_a_message_naming_an_unknown_job_without_its_request_is_rejected(cluster: Cluster) -> None:
+    assert cluster.drive("not-a-job") == [Status.REJECTED]
+    view = cluster.runtime.store.get("not-a-job")
+    assert view is not None and view.error is not None and "job_id" in view.error
+
+
+EMBED = {"kind": "embed", "input": ["one", "two"], "use_cache": False}
+
+
+def test_jobs_waiting_together_share_one_model_call(cluster: Cluster) -> None:
+    job_ids = [cluster.submit({**EMBED, "input": [f"text {i}"]}) for i in range(5)]
+    outcomes = run_jobs(cluster.runtime, "embed", [JobMessage(j, None) for j in job_ids], "w", cluster.reschedule)
+    assert outcomes == [Status.SUCCEEDED] * 5
+    assert cluster.backend.calls == [("e/a", 5)]
+    for job_id in job_ids:
+        assert cluster.path(job_id) == [("e/a", "succeeded")]
+    started = {cluster.runtime.store.attempts(job_id)[0].started_at for job_id in job_ids}
+    assert len(started) == 1  # one transaction started them all
+
+
+def test_a_failed_shared_call_runs_each_job_on_its_own_path(cluster: Cluster) -> None:
+    # The shared call fails (404), so each job runs alone: the first meets its own 404, which cools the model
+    # down; the others pass it over. Each then moves to the next tier.
+    cluster.backend.script["e/a"] = [ModelNotFound("404")]
+    job_ids = [cluster.submit({**EMBED, "input": [f"text {i}"]}) for i in range(3)]
+    outcomes = run_jobs(cluster.runtime, "embed", [JobMessage(j, None) for j in job_ids], "w", cluster.reschedule)
+    assert outcomes == [Status.RETRYING] * 3
+    assert [queue for queue, _, _ in cluster.republished] == ["balanced"] * 3
+    assert cluster.backend.calls == [("e/a", 3), ("e/a", 1)]
+    assert [cluster.path(job_id) for job_id in job_ids] == [
+        [("e/a", "failed"), ("e/a", "failed")],  # the shared call, then its own
+        [("e/a", "failed"), ("e/a", "skipped")],
+        [("e/a", "failed"), ("e/a", "skipped")],
+    ]
+
+
+def test_a_backend_without_a_many_call_runs_one_call_per_job(cluster: Cluster) -> None:
+    job_ids = [cluster.submit({**GENERATE, "temperature": 0.7}) for _ in range(3)]
+    outcomes = run_jobs(cluster.runtime, "generate", [JobMessage(j, None) for j in job_ids], "w", cluster.reschedule)
+    assert outcomes == [Status.SUCCEEDED] * 3
+    assert cluster.backend.calls == [("m/a", 1)] * 3
