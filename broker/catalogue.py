@@ -17,7 +17,7 @@ from tasks.errors import ConfigurationError
 from tasks.schemas import Kind
 
 Provider = Literal["local", "hf-inference", "openai", "tei", "echo"]
-Pool = Literal["cpu", "gpu"]
+Pool = Literal["cpu", "gpu", "remote"]  # remote: models behind HTTP APIs, called from a threads pool
 
 
 class _Frozen(BaseModel):
@@ -39,6 +39,9 @@ class ModelSpec(_Frozen):
     path: Path | None = None
     base_url: str | None = None  # remote providers: the endpoint (hf-inference defaults to HUGGINGFACE_BASE_URL)
     api_key_env: str | None = None  # remote providers: the variable holding this model's key, instead of HF's
+    # Remote providers: the most embed or classify inputs one HTTP call carries (None: the provider's default,
+    # 32 for TEI and hf-inference, as TEI's max_client_batch_size; 2048 for OpenAI-compatible servers).
+    max_inputs_per_call: Annotated[int, Field(ge=1, le=100_000)] | None = None
 
 
 # Limits a moving window can count: beyond these a limit means "none" and would only overflow the store.

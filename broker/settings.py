@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     bulk_message_inputs: int = Field(default=256, ge=1, le=100_000)
     wait_poll_s: float = 0.05
     sqlite_busy_timeout_s: float = 30.0
+    # Connections a worker process keeps to a server database (as many again at peaks); None: its
+    # concurrency, 5 to 10. Transactions are short, so a few serve hundreds of remote calls in flight.
+    database_pool_size: int | None = Field(default=None, ge=1, le=500)
+
+    def pool_size_for(self, concurrency: int) -> int:
+        return self.database_pool_size or max(5, min(concurrency, 10))
 
     @property
     def resolved_broker_url(self) -> str:

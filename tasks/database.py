@@ -11,8 +11,13 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+# A job that waits for a free connection waits this long before its message is handed back for later.
+POOL_WAIT_S = 300.0
 
-def make_engine(url: str, *, sqlite_busy_timeout_s: float = 30.0) -> Engine:
+
+def make_engine(url: str, *, sqlite_busy_timeout_s: float = 30.0, pool_size: int = 5) -> Engine:
+    """An engine for ``url``; on a server database, a pool of ``pool_size`` connections (twice that at peaks)
+    that callers wait for rather than fail."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -20,7 +25,7 @@ def make_engine(url: str, *, sqlite_busy_timeout_s: float = 30.0) -> Engine:
         engine = create_engine(url, connect_args={"timeout": sqlite_busy_timeout_s})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, pool_timeout=POOL_WAIT_S)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

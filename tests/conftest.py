@@ -193,6 +193,20 @@ def start_worker(
         worker.stop()
 
 
+def catalogue_env(folder: Path, catalogue: str, broker: str, **variables: str) -> dict[str, str]:
+    """Environment of a worker with a catalogue of its own, on a broker database of its own (emptied)."""
+    config = folder / "catalogue.toml"
+    config.write_text(catalogue)
+    empty_redis_db(broker)
+    return {"LLM_ROUTER_BROKER_URL": broker, "LLM_ROUTER_CONFIG": str(config), **variables}
+
+
+def catalogue_settings(cluster_settings: Settings, env: dict[str, str]) -> Settings:
+    """Settings of a producer talking to the worker that ``catalogue_env`` describes."""
+    update = {"broker_url": env["LLM_ROUTER_BROKER_URL"], "config": Path(env["LLM_ROUTER_CONFIG"])}
+    return cluster_settings.model_copy(update=update)
+
+
 def publish_raw(redis_url: str, queue: str, body: bytes, content_type: str, task: str) -> None:
     """Publish a hand-made message straight to a queue, bypassing Celery's client."""
     task_id = str(uuid.uuid4())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -36,19 +38,24 @@ DB_RETRY_S = 5
 
 # One runtime per process, keyed by pid so a forked child never reuses its parent's connections.
 _runtimes: dict[int, WorkerRuntime] = {}
+_building = threading.Lock()
 
 
 def current_runtime(app: Any) -> WorkerRuntime:
-    # Imported here: the Celery app loads this module in every process, and the runtime brings torch.
     runtime = _runtimes.get(os.getpid())
-    if runtime is None:
-        from workers.runtime import WorkerProfile, build_runtime
+    if runtime is not None:
+        return runtime
+    with _building:  # the threads of the remote pool share one runtime, built once
+        runtime = _runtimes.get(os.getpid())
+        if runtime is None:
+            # Imported here: the Celery app loads this module in every process, and the runtime may bring torch.
+            from workers.runtime import WorkerProfile, build_runtime
 
-        profile = getattr(app, "worker_profile", None) or WorkerProfile()
-        runtime = build_runtime(app.router_settings, app.catalogue, profile)
-        _runtimes.clear()
-        _runtimes[os.getpid()] = runtime
-    return runtime
+            profile = getattr(app, "worker_profile", None) or WorkerProfile()
+            runtime = build_runtime(app.router_settings, app.catalogue, profile)
+            _runtimes.clear()
+            _runtimes[os.getpid()] = runtime
+        return runtime
 
 
 class JobTask(Task):  # type: ignore[misc]
@@ -83,7 +90,8 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
     profile = runtime.profile
     room = min(profile.max_batch, MAX_GENERATIONS_TOGETHER) if kind == "generate" else profile.max_batch
     in_hand = max(inputs_of({INPUTS_HEADER: getattr(task.request, INPUTS_HEADER, None)}), len(messages))
-    if room > in_hand and task.request.delivery_info:
+    # The remote pool's threads share one broker connection, which only Celery's consumer may read.
+    if room > in_hand and task.request.delivery_info and profile.runs_models:
         # Dynamic batching: the jobs already waiting in this worker's queues join this one's model call.
         # An interactive job takes only interactive ones with it: bulk work must not lengthen its wait.
         queues = list(task.app.amqp.queues.consume_from or task.app.amqp.queues)
@@ -189,6 +197,8 @@ def publish_state(runtime: WorkerRuntime) -> None:
             "device": runtime.registry.device,
             "quantize": profile.quantize,
             "torch_threads": profile.torch_threads,
+            "concurrency": profile.concurrency,
+            "torch_loaded": "torch" in sys.modules,
             "models": [m.describe() for m in runtime.registry.loaded()],
         },
     )
@@ -199,7 +209,8 @@ def _preload(app: Any) -> None:
     runtime = current_runtime(app)
     queues = set(app.amqp.queues.consume_from or app.amqp.queues)
     tiers = [tier for tier in runtime.catalogue.ordered_tiers if queues & {tier, queue_for_tier(tier, "bulk")}]
-    problems = runtime.registry.preload(runtime.catalogue.models_of_tiers(tiers))
+    models = runtime.catalogue.models_of_tiers(tiers) if runtime.profile.runs_models else []
+    problems = runtime.registry.preload(models)
     for problem in problems:
         log.error("preload: %s", problem)
     publish_state(runtime)
@@ -217,12 +228,15 @@ def _preload(app: Any) -> None:
 
 @inspect_command()  # type: ignore[misc]
 def llm_router_info(state: Any) -> dict[str, Any]:
-    """Remote control: this worker's queues and, per process, its device, loaded models and memory."""
+    """Remote control: this worker's queues, its jobs in flight (the messages its pool runs now, whatever the
+    pool), and per process its device, loaded models and memory."""
+    from celery.worker import state as worker_state
+
     from workers.state import collect
 
     consumer = state.consumer
     queues = sorted(queue.name for queue in consumer.task_consumer.queues) if consumer.task_consumer else []
-    return {"queues": queues, "processes": collect(os.getpid())}
+    return {"queues": queues, "in_flight": len(worker_state.active_requests), "processes": collect(os.getpid())}
 
 
 @signals.worker_process_init.connect

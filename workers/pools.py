@@ -2,6 +2,7 @@
 
 ``cpu``: Celery's prefork pool, torch threads divided between the processes.
 ``gpu``: the solo pool (CUDA must never be initialised before a fork), one process per GPU, cuda required.
+``remote``: Celery's threads pool in one process, hundreds of HTTP calls in flight; it never imports torch.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from workers.device import DeviceChoice, resolve_device
 from workers.registry import Quantize
 from workers.runtime import WorkerProfile
 
-PoolName = Literal["cpu", "gpu"]
+PoolName = Literal["cpu", "gpu", "remote"]
 LaneChoice = Literal["both", "interactive", "bulk"]
 # A worker that serves only bulk lanes runs at this niceness, so that on a shared machine the processes
 # serving interactive jobs get the CPU the moment they need it (Linux lets a process lower, never raise,
 # its own priority).
 BULK_NICENESS = 10
+# Remote calls wait on the network, not the CPU: one process keeps this many in flight by default.
+REMOTE_CONCURRENCY = 200
+MAX_REMOTE_CONCURRENCY = 2000
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ def plan_pool(
         raise ConfigurationError(f"--nice: must be between 0 and 19, got {nice}")
     batching: dict[str, Any] = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "niceness": nice}
     cores = cores or os.cpu_count() or 1
+    if pool == "remote":
+        _only_remote_models(catalogue, chosen)
+        return _remote_plan(names, concurrency, device, quantize, batching)
     if pool == "gpu":
         resolved = resolve_device(device or "cuda")
         if concurrency not in (None, 1):
@@ -90,6 +97,30 @@ def plan_pool(
     threads = torch_threads or max(1, cores // count)
     profile = WorkerProfile("cpu", resolved, threads, quantize, max_memory_bytes, **batching)
     return PoolPlan(names, "prefork", count, profile)
+
+
+def _only_remote_models(catalogue: Catalogue, tiers: list[str]) -> None:
+    for tier in tiers:
+        local = [m for m in catalogue.models_of_tiers([tier]) if catalogue.model_spec(m).provider == "local"]
+        if local:
+            raise ConfigurationError(
+                f"tiers.{tier}: the remote pool runs no local model, and this tier names {', '.join(local)}; "
+                "give them a remote provider or serve the tier from the cpu or gpu pool"
+            )
+
+
+def _remote_plan(
+    names: list[str], concurrency: int | None, device: DeviceChoice | None, quantize: Quantize, batching: dict[str, Any]
+) -> PoolPlan:
+    count = REMOTE_CONCURRENCY if concurrency is None else concurrency
+    if not 1 <= count <= MAX_REMOTE_CONCURRENCY:
+        raise ConfigurationError(
+            f"--concurrency: the remote pool runs 1 to {MAX_REMOTE_CONCURRENCY} calls at once, got {count}"
+        )
+    if device not in (None, "cpu") or quantize != "none":
+        raise ConfigurationError("--device, --quantize: the remote pool runs no model of its own")
+    profile = WorkerProfile("remote", "cpu", None, "none", None, concurrency=count, **batching)
+    return PoolPlan(names, "threads", count, profile)
 
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}

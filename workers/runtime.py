@@ -46,6 +46,12 @@ class WorkerProfile:
     max_batch: int = 64
     max_wait_ms: float = 0.0
     niceness: int = 0
+    concurrency: int = 1  # jobs this process runs at once (threads of the remote pool)
+
+    @property
+    def runs_models(self) -> bool:
+        """Whether this process runs models itself (and needs torch); the remote pool only calls APIs."""
+        return self.pool != "remote"
 
 
 @dataclass
@@ -83,14 +89,24 @@ class WorkerRuntime:
         return self.backends[provider]
 
 
-def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfile) -> WorkerRuntime:
+def _set_up_torch(profile: WorkerProfile) -> int:
+    """Torch's threads for this process; returns how many it uses."""
     import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     if profile.torch_threads:
         torch.set_num_threads(profile.torch_threads)
-    engine = make_engine(settings.resolved_database_url, sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s)
+    return int(torch.get_num_threads())
+
+
+def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfile) -> WorkerRuntime:
+    torch_threads = _set_up_torch(profile) if profile.runs_models else None
+    engine = make_engine(
+        settings.resolved_database_url,
+        sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
+        pool_size=settings.pool_size_for(profile.concurrency),
+    )
     registry = ModelRegistry(
         catalogue,
         settings.models_dir,
@@ -114,14 +130,14 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
         os.getpid(),
         profile.pool,
         profile.device,
-        torch.get_num_threads(),
+        torch_threads,
         settings.safe_database_url(),
     )
     install_log_redaction(settings.secrets(catalogue.models[m].api_key_env for m in catalogue.models))
     store = JobStore(engine)
     lease = lease_for_this_process(settings.lease_s)
     LeaseKeeper(store, lease).start()
-    context = BackendContext(settings, catalogue, registry, profile.max_batch)
+    context = BackendContext(settings, catalogue, registry, profile.max_batch, http_connections=profile.concurrency)
     return WorkerRuntime(
         settings, catalogue, profile, store, registry, policy, RateLimiter(redis_url), cooldowns, lease, context
     )

@@ -75,6 +75,8 @@ def status(timeout: float, as_json: bool) -> None:
             [
                 name,
                 ",".join(info.get("queues", [])),
+                info.get("in_flight"),
+                p.get("pool"),
                 p.get("pid"),
                 p.get("device"),
                 p.get("rss_mb"),
@@ -84,7 +86,7 @@ def status(timeout: float, as_json: bool) -> None:
             for p in info.get("processes", []) or [{}]
         ]
         if rows:
-            click.echo(table(["worker", "queues", "pid", "device", "rss MB", "models"], rows))
+            click.echo(table(["worker", "queues", "in flight", "pool", "pid", "device", "rss MB", "models"], rows))
         if broker["queues"]:
             click.echo("queues    " + ", ".join(f"{name} {depth}" for name, depth in broker["queues"].items()))
     sys.exit(0 if healthy else 1)

@@ -11,7 +11,7 @@ from tasks.errors import ConfigurationError
 
 
 @click.command()
-@click.option("--pool", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--pool", type=click.Choice(["cpu", "gpu", "remote"]), default="cpu", show_default=True)
 @click.option("--queues", help="Comma-separated tier queues (default: the tiers that name this pool).")
 @click.option("--concurrency", "-c", type=int, help="Worker processes (cpu pool; default 1).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Override the pool's device.")

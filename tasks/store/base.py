@@ -10,13 +10,15 @@ from typing import Any
 from sqlalchemy import Engine, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status, UsageRecord, utcnow
 from tasks.schemas import Usage
 
-# What a lost or restarting database raises: the work is retried later, never acknowledged as done.
-DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+# What a lost or restarting database raises, or a pool with no connection free for POOL_WAIT_S: the work
+# is retried later, never acknowledged as done.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 JOBS: Table = JobRecord.__table__  # type: ignore[assignment]
 ATTEMPTS: Table = AttemptRecord.__table__  # type: ignore[assignment]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from broker.client import Router
 from broker.settings import Settings
 from tasks.errors import JobFailed
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
-from tests.conftest import WorkerProcess, empty_redis_db
+from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
 
@@ -96,18 +95,16 @@ def server() -> Iterator[InferenceServer]:
 
 @pytest.fixture(scope="module")
 def remote_env(server: InferenceServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    config = tmp_path_factory.mktemp("remote") / "catalogue.toml"
-    config.write_text(_catalogue(server.url))
-    empty_redis_db(BROKER)
-    return {
-        "LLM_ROUTER_BROKER_URL": BROKER,
-        "LLM_ROUTER_CONFIG": str(config),
-        "LLM_ROUTER_RETRY_DELAY_SCALE": str(SCALE),
-        "LLM_ROUTER_REQUEST_TIMEOUT_S": str(TIMEOUT_S),
-        "HUGGINGFACE_BASE_URL": server.url,
-        "HUGGINGFACE_API_KEY": TOKEN,
-        "TEST_OWN_MODEL_KEY": MODEL_KEY,
-    }
+    return catalogue_env(
+        tmp_path_factory.mktemp("remote"),
+        _catalogue(server.url),
+        BROKER,
+        LLM_ROUTER_RETRY_DELAY_SCALE=str(SCALE),
+        LLM_ROUTER_REQUEST_TIMEOUT_S=str(TIMEOUT_S),
+        HUGGINGFACE_BASE_URL=server.url,
+        HUGGINGFACE_API_KEY=TOKEN,
+        TEST_OWN_MODEL_KEY=MODEL_KEY,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +114,7 @@ def worker(start_worker: Callable[..., WorkerProcess], remote_env: dict[str, str
 
 @pytest.fixture(scope="module")
 def router(cluster_settings: Settings, remote_env: dict[str, str]) -> Iterator[Router]:
-    settings = cluster_settings.model_copy(
-        update={"broker_url": BROKER, "config": Path(remote_env["LLM_ROUTER_CONFIG"])}
-    )
-    with Router(settings) as router:
+    with Router(catalogue_settings(cluster_settings, remote_env)) as router:
         yield router
 
 

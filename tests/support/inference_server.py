@@ -39,6 +39,10 @@ class Call:
 Handler = Callable[[Any], Reply]
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # hundreds of clients may connect at once (the remote pool's tests)
+
+
 class InferenceServer:
     def __init__(self) -> None:
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
@@ -85,7 +89,7 @@ class InferenceServer:
             def do_GET(self) -> None:
                 self._serve("GET")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
+        self._server = _Server(("127.0.0.1", 0), RequestHandler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

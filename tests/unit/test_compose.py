@@ -19,9 +19,12 @@ def compose() -> dict[str, Any]:
 
 def test_services_and_their_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "postgres", "migrate", "worker-cpu", "worker-gpu", "flower"}
+    assert set(services) == {"redis", "postgres", "migrate", "worker-cpu", "worker-gpu", "worker-remote", "flower"}
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for worker in ("worker-cpu", "worker-gpu"):
+    # A plain `docker compose up` starts what any host can run; the GPU and remote workers are asked for.
+    assert [name for name, service in services.items() if "profiles" in service] == ["worker-gpu", "worker-remote"]
+    assert services["worker-gpu"]["profiles"] == ["gpu"] and services["worker-remote"]["profiles"] == ["remote"]
+    for worker in ("worker-cpu", "worker-gpu", "worker-remote"):
         depends = services[worker]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"  # migrations run first, once
         assert depends["redis"]["condition"] == "service_healthy"
@@ -38,6 +41,9 @@ def test_pools_serve_their_tiers(compose: dict[str, Any]) -> None:
     assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
     assert compose["services"]["worker-gpu"]["build"]["args"]["TORCH_VARIANT"].startswith("cu")
     assert compose["services"]["worker-cpu"]["build"]["args"]["TORCH_VARIANT"] == "cpu"
+    remote = compose["services"]["worker-remote"]
+    assert remote["command"][remote["command"].index("--pool") + 1] == "remote"
+    assert remote["environment"]["LLM_ROUTER_CONFIG"].endswith("ops/catalogues/hf-inference.toml}")
 
 
 def test_state_lives_on_volumes(compose: dict[str, Any]) -> None:
@@ -56,7 +62,7 @@ def test_no_secret_is_written_inline(compose: dict[str, Any]) -> None:
     assert not re.search(r"(PASSWORD|TOKEN|API_KEY|BASIC_AUTH)\s*[:=]\s*[\"']?[A-Za-z0-9]", text.replace("${", "")), (
         "a secret value is written in docker-compose.yml"
     )
-    for name in ("postgres", "migrate", "worker-cpu", "worker-gpu", "flower"):
+    for name in ("postgres", "migrate", "worker-cpu", "worker-gpu", "worker-remote", "flower"):
         assert compose["services"][name]["env_file"] == ".env"
     assert "${POSTGRES_PASSWORD:?" in text  # refuses to start without one
     example = (REPO / ".env.example").read_text()

@@ -22,6 +22,7 @@ class BackendContext:
     catalogue: Catalogue
     registry: ModelRegistry
     max_batch: int  # the most inputs a local backend runs through the model at once
+    http_connections: int = 1  # calls this process makes at once (the remote pool's threads)
     _http: httpx.Client | None = field(default=None, repr=False)
 
     def http(self) -> httpx.Client:
@@ -29,7 +30,7 @@ class BackendContext:
         from workers.backends.http import make_client
 
         if self._http is None:
-            self._http = make_client(self.settings.request_timeout_s)
+            self._http = make_client(self.settings.request_timeout_s, self.http_connections)
         return self._http
 
     def remote(self, provider: str, default_base_url: str | None) -> RemoteDeps:

@@ -16,7 +16,19 @@ from broker.catalogue import GenerationDefaults
 from tasks.schemas import ClassifyRequest, ClassifyResult, EmbedRequest, EmbedResult, GenerateRequest, GenerateResult
 from workers.backends.http import unexpected
 from workers.backends.openai_compat import chat_payload, chat_result
-from workers.backends.remote import RemoteDeps, Sampling, classify_result, embed_result
+from workers.backends.remote import (
+    CallAnswers,
+    RemoteDeps,
+    Sampling,
+    classify_results,
+    embed_results,
+    in_calls,
+    labels_of,
+    vectors_of,
+)
+
+# Inputs per call unless the catalogue says otherwise: what a TEI-served endpoint takes by default.
+INPUTS_PER_CALL = 32
 
 
 class HfInferenceBackend:
@@ -70,14 +82,26 @@ class HfInferenceBackend:
         return GenerateResult(text=text, model=model_id, usage=usage, finish_reason="length")
 
     def embed(self, model_id: str, request: EmbedRequest) -> EmbedResult:
+        return self.embed_many(model_id, [request])[0]
+
+    def embed_many(self, model_id: str, requests: list[EmbedRequest]) -> list[EmbedResult]:
         url = self._url(model_id, "/pipeline/feature-extraction")
-        body = self._deps.caller.post(url, {"inputs": list(request.input)}, model_id, self._headers(request.use_cache))
-        usage = self._deps.counter.usage(model_id, list(request.input))
-        return embed_result(self.provider, model_id, body, len(request.input), usage)
+        headers = self._headers(all(request.use_cache for request in requests))
+
+        def call(texts: list[str]) -> CallAnswers:
+            body = self._deps.caller.post(url, {"inputs": texts}, model_id, headers)
+            return vectors_of(self.provider, model_id, body, len(texts)), None
+
+        return embed_results(model_id, in_calls(self._deps, model_id, requests, call, INPUTS_PER_CALL))
 
     def classify(self, model_id: str, request: ClassifyRequest) -> ClassifyResult:
-        body = self._deps.caller.post(
-            self._url(model_id), {"inputs": list(request.input)}, model_id, self._headers(request.use_cache)
-        )
-        usage = self._deps.counter.usage(model_id, list(request.input))
-        return classify_result(self.provider, model_id, body, len(request.input), usage)
+        return self.classify_many(model_id, [request])[0]
+
+    def classify_many(self, model_id: str, requests: list[ClassifyRequest]) -> list[ClassifyResult]:
+        url, headers = self._url(model_id), self._headers(all(request.use_cache for request in requests))
+
+        def call(texts: list[str]) -> CallAnswers:
+            body = self._deps.caller.post(url, {"inputs": texts}, model_id, headers)
+            return labels_of(self.provider, model_id, body, len(texts)), None
+
+        return classify_results(model_id, in_calls(self._deps, model_id, requests, call, INPUTS_PER_CALL))

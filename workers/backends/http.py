@@ -30,10 +30,13 @@ from tasks.errors import (
 from tasks.redaction import redact
 
 
-def make_client(timeout_s: float) -> httpx.Client:
+def make_client(timeout_s: float, calls_at_once: int = 1) -> httpx.Client:
+    """One pooled client per process, with a connection for each call it makes at once (at least 32)."""
+    connections = max(32, calls_at_once)
     return httpx.Client(
-        timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-        limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
+        # A call waiting for a free connection waits as long as the calls ahead of it may take.
+        timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s), pool=None),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         follow_redirects=False,
     )
 

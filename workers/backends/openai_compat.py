@@ -22,8 +22,11 @@ from tasks.schemas import (
     Usage,
 )
 from workers.backends.http import unexpected
-from workers.backends.remote import RemoteDeps, Sampling, embed_result
+from workers.backends.remote import CallAnswers, RemoteDeps, Sampling, embed_results, in_calls, vectors_of
 from workers.backends.usage import TokenCounter
+
+# The most inputs OpenAI's embeddings route takes in one call.
+INPUTS_PER_CALL = 2048
 
 
 def _sampling_fields(request: GenerateRequest, sampling: Sampling) -> dict[str, Any]:
@@ -98,18 +101,21 @@ class OpenAIBackend:
         return GenerateResult(text=text, model=model_id, usage=usage, finish_reason=_finish(choice))
 
     def embed(self, model_id: str, request: EmbedRequest) -> EmbedResult:
-        body = self._deps.caller.post(
-            f"{self._deps.base_url(model_id)}/v1/embeddings",
-            {"model": model_id, "input": list(request.input)},
-            model_id,
-        )
-        try:
-            items = sorted(body["data"], key=lambda item: item["index"])
-            vectors = [item["embedding"] for item in items]
-        except (KeyError, TypeError):
-            raise unexpected(self.provider, model_id, "no data[].embedding") from None
-        usage = _usage(body) or self._deps.counter.usage(model_id, list(request.input))
-        return embed_result(self.provider, model_id, vectors, len(request.input), usage)
+        return self.embed_many(model_id, [request])[0]
+
+    def embed_many(self, model_id: str, requests: list[EmbedRequest]) -> list[EmbedResult]:
+        url = f"{self._deps.base_url(model_id)}/v1/embeddings"
+
+        def call(texts: list[str]) -> CallAnswers:
+            body = self._deps.caller.post(url, {"model": model_id, "input": texts}, model_id)
+            try:
+                items = sorted(body["data"], key=lambda item: item["index"])
+                vectors = [item["embedding"] for item in items]
+            except (KeyError, TypeError):
+                raise unexpected(self.provider, model_id, "no data[].embedding") from None
+            return vectors_of(self.provider, model_id, vectors, len(texts)), _usage(body)
+
+        return embed_results(model_id, in_calls(self._deps, model_id, requests, call, INPUTS_PER_CALL))
 
     def classify(self, model_id: str, request: ClassifyRequest) -> ClassifyResult:
         raise ModelNotFound(f"the openai provider has no classification route (model {model_id})")

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from broker.catalogue import Catalogue, GenerationDefaults
 from tasks.errors import ConfigurationError
-from tasks.schemas import Classification, ClassifyResult, Embedding, EmbedResult, GenerateRequest, LabelScore, Usage
+from tasks.schemas import (
+    Classification,
+    ClassifyRequest,
+    ClassifyResult,
+    Embedding,
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    LabelScore,
+    Usage,
+)
 from workers.backends.http import HttpCaller, unexpected
 from workers.backends.usage import TokenCounter
 
@@ -19,6 +30,9 @@ class RemoteDeps:
     catalogue: Catalogue
     default_base_url: str | None = None
     wait_for_model: bool = False
+
+    def inputs_per_call(self, model_id: str, provider_default: int) -> int:
+        return self.catalogue.model_spec(model_id).max_inputs_per_call or provider_default
 
     def base_url(self, model_id: str) -> str:
         base = self.catalogue.model_spec(model_id).base_url or self.default_base_url
@@ -49,7 +63,56 @@ class Sampling:
         )
 
 
-def embed_result(provider: str, model_id: str, body: Any, count: int, usage: Usage) -> EmbedResult:
+# What one HTTP call of many inputs gives back: one answer per input, and the call's usage when it says.
+CallAnswers = tuple[list[Any], Usage | None]
+
+
+def in_calls(
+    deps: RemoteDeps,
+    model_id: str,
+    requests: list[EmbedRequest] | list[ClassifyRequest],
+    call: Callable[[list[str]], CallAnswers],
+    provider_default: int,
+) -> list[tuple[list[Any], Usage]]:
+    """Send the inputs of many requests to one model in as few calls as it takes (``max_inputs_per_call``);
+    returns each request's answers, in order, and its usage: the server's when one request went out in one
+    call, else counted per request (a call's total cannot be split between the jobs that shared it)."""
+    texts = [text for request in requests for text in request.input]
+    size = deps.inputs_per_call(model_id, provider_default)
+    answers: list[Any] = []
+    usage: Usage | None = None
+    for start in range(0, len(texts), size):
+        chunk, (got, usage) = texts[start : start + size], call(texts[start : start + size])
+        if len(got) != len(chunk):
+            raise unexpected(deps.caller.provider, model_id, f"expected {len(chunk)} answers, got {len(got)}")
+        answers += got
+    shared_usage = usage if len(requests) == 1 and len(texts) <= size else None
+    results, start = [], 0
+    for request in requests:
+        count = len(request.input)
+        results.append(
+            (answers[start : start + count], shared_usage or deps.counter.usage(model_id, list(request.input)))
+        )
+        start += count
+    return results
+
+
+def embed_results(model_id: str, answered: list[tuple[list[Any], Usage]]) -> list[EmbedResult]:
+    return [
+        EmbedResult(model=model_id, data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)], usage=usage)
+        for vectors, usage in answered
+    ]
+
+
+def classify_results(model_id: str, answered: list[tuple[list[Any], Usage]]) -> list[ClassifyResult]:
+    results = []
+    for labels, usage in answered:
+        data = [Classification(index=i, labels=ranked) for i, ranked in enumerate(labels)]
+        results.append(ClassifyResult(model=model_id, labels=data[0].labels, data=data, usage=usage))
+    return results
+
+
+def vectors_of(provider: str, model_id: str, body: Any, count: int) -> list[list[float]]:
     """Vectors from a list per input; token-level vectors (a list of lists per input) are mean-pooled."""
     if not isinstance(body, list) or len(body) != count:
         raise unexpected(provider, model_id, f"expected {count} vectors")
@@ -61,19 +124,17 @@ def embed_result(provider: str, model_id: str, body: Any, count: int, usage: Usa
         if not item or not all(isinstance(x, (int, float)) for x in item):
             raise unexpected(provider, model_id, "a vector that is not a list of numbers")
         vectors.append([float(x) for x in item])
-    return EmbedResult(
-        model=model_id, data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)], usage=usage
-    )
+    return vectors
 
 
-def classify_result(provider: str, model_id: str, body: Any, count: int, usage: Usage) -> ClassifyResult:
-    """Labels from ``[[{label, score}]]`` (one list per input) or ``[{label, score}]`` for a single input."""
+def labels_of(provider: str, model_id: str, body: Any, count: int) -> list[list[LabelScore]]:
+    """Labels, best first, from ``[[{label, score}]]`` (one list per input) or ``[{label, score}]`` for one."""
     if isinstance(body, list) and body and isinstance(body[0], dict) and count == 1:
         body = [body]
     if not isinstance(body, list) or len(body) != count:
         raise unexpected(provider, model_id, f"expected labels for {count} input(s)")
     data = []
-    for index, labels in enumerate(body):
+    for labels in body:
         try:
             ranked = sorted(
                 (LabelScore(label=str(x["label"]), score=float(x["score"])) for x in labels),
@@ -82,5 +143,5 @@ def classify_result(provider: str, model_id: str, body: Any, count: int, usage: 
             )
         except (KeyError, TypeError, ValueError):
             raise unexpected(provider, model_id, "labels without label and score") from None
-        data.append(Classification(index=index, labels=ranked))
-    return ClassifyResult(model=model_id, labels=data[0].labels, data=data, usage=usage)
+        data.append(ranked)
+    return data

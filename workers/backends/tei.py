@@ -5,7 +5,18 @@ from __future__ import annotations
 from broker.catalogue import GenerationDefaults
 from tasks.errors import ModelNotFound
 from tasks.schemas import ClassifyRequest, ClassifyResult, EmbedRequest, EmbedResult, GenerateRequest, GenerateResult
-from workers.backends.remote import RemoteDeps, classify_result, embed_result
+from workers.backends.remote import (
+    CallAnswers,
+    RemoteDeps,
+    classify_results,
+    embed_results,
+    in_calls,
+    labels_of,
+    vectors_of,
+)
+
+# TEI's own default for max_client_batch_size.
+INPUTS_PER_CALL = 32
 
 
 class TeiBackend:
@@ -18,13 +29,25 @@ class TeiBackend:
         raise ModelNotFound(f"the tei provider does not generate text (model {model_id})")
 
     def embed(self, model_id: str, request: EmbedRequest) -> EmbedResult:
-        payload = {"inputs": list(request.input), "normalize": True, "truncate": True}
-        body = self._deps.caller.post(f"{self._deps.base_url(model_id)}/embed", payload, model_id)
-        usage = self._deps.counter.usage(model_id, list(request.input))
-        return embed_result(self.provider, model_id, body, len(request.input), usage)
+        return self.embed_many(model_id, [request])[0]
+
+    def embed_many(self, model_id: str, requests: list[EmbedRequest]) -> list[EmbedResult]:
+        url = f"{self._deps.base_url(model_id)}/embed"
+
+        def call(texts: list[str]) -> CallAnswers:
+            body = self._deps.caller.post(url, {"inputs": texts, "normalize": True, "truncate": True}, model_id)
+            return vectors_of(self.provider, model_id, body, len(texts)), None
+
+        return embed_results(model_id, in_calls(self._deps, model_id, requests, call, INPUTS_PER_CALL))
 
     def classify(self, model_id: str, request: ClassifyRequest) -> ClassifyResult:
-        payload = {"inputs": list(request.input), "truncate": True, "raw_scores": False}
-        body = self._deps.caller.post(f"{self._deps.base_url(model_id)}/predict", payload, model_id)
-        usage = self._deps.counter.usage(model_id, list(request.input))
-        return classify_result(self.provider, model_id, body, len(request.input), usage)
+        return self.classify_many(model_id, [request])[0]
+
+    def classify_many(self, model_id: str, requests: list[ClassifyRequest]) -> list[ClassifyResult]:
+        url = f"{self._deps.base_url(model_id)}/predict"
+
+        def call(texts: list[str]) -> CallAnswers:
+            body = self._deps.caller.post(url, {"inputs": texts, "truncate": True, "raw_scores": False}, model_id)
+            return labels_of(self.provider, model_id, body, len(texts)), None
+
+        return classify_results(model_id, in_calls(self._deps, model_id, requests, call, INPUTS_PER_CALL))

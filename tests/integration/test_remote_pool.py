@@ -1,0 +1,168 @@
+"""The remote pool: one worker process keeps many slow remote calls in flight, on a database pool smaller than
+its concurrency, without torch; embed and classify inputs of many jobs travel in few HTTP calls."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from broker.client import Router
+from broker.settings import Settings
+from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings
+from tests.support import inference_server as api
+from tests.support.inference_server import InferenceServer, Reply
+
+BROKER = "redis://127.0.0.1:6379/2"  # a broker database of its own: this worker has its own catalogue
+COMPLETE, TEI_EMBED, TEI_CLS = "org/slow-completion", "org/tei-embed", "org/tei-cls"
+IN_FLIGHT = 64
+CALL_S = 1.0
+PER_CALL = 32
+
+
+def _catalogue(url: str) -> str:
+    return f"""
+default_tier = "remote"
+tier_order = ["remote"]
+[tiers.remote]
+pool = "remote"
+generate = ["{COMPLETE}"]
+embed = ["{TEI_EMBED}"]
+classify = ["{TEI_CLS}"]
+[models."{COMPLETE}"]
+provider = "openai"
+base_url = "{url}"
+[models."{TEI_EMBED}"]
+provider = "tei"
+base_url = "{url}"
+max_inputs_per_call = {PER_CALL}
+[models."{TEI_CLS}"]
+provider = "tei"
+base_url = "{url}"
+max_inputs_per_call = {PER_CALL}
+"""
+
+
+def _slow_completion(body: Any) -> Reply:
+    return dataclasses.replace(api.openai_completion(body), delay_s=CALL_S)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[InferenceServer]:
+    server = InferenceServer().start()
+    server.on("/v1/completions", _slow_completion)
+    server.on("/embed", api.tei_embed)
+    server.on("/predict", api.tei_predict)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def remote_env(server: InferenceServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return catalogue_env(
+        tmp_path_factory.mktemp("remote-pool"),
+        _catalogue(server.url),
+        BROKER,
+        LLM_ROUTER_DATABASE_POOL_SIZE="2",  # 4 connections at most, for 64 jobs in flight
+        LLM_ROUTER_REQUEST_TIMEOUT_S="30",
+    )
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Callable[..., WorkerProcess], remote_env: dict[str, str]) -> WorkerProcess:
+    options = ("--pool", "remote", "--concurrency", str(IN_FLIGHT))
+    return start_worker("remote", "remote-pool", env=remote_env, options=options)
+
+
+@pytest.fixture(scope="module")
+def router(cluster_settings: Settings, remote_env: dict[str, str]) -> Iterator[Router]:
+    with Router(catalogue_settings(cluster_settings, remote_env)) as router:
+        yield router
+
+
+@pytest.fixture
+def fresh(server: InferenceServer) -> InferenceServer:
+    server.reset()
+    return server
+
+
+def most_at_once(starts: list[float], duration_s: float) -> int:
+    """The most calls under way at one moment, each taking ``duration_s`` from its start."""
+    ordered = sorted(starts)
+    return max((sum(1 for other in ordered if start <= other < start + duration_s) for start in ordered), default=0)
+
+
+def test_most_at_once_counts_overlaps() -> None:
+    assert most_at_once([0.0, 0.5, 0.9, 1.2, 3.0], 1.0) == 3
+    assert most_at_once([0.0, 2.0, 4.0], 1.0) == 1
+
+
+def _info(router: Router, worker: WorkerProcess) -> dict[str, Any]:
+    replies = router.app.control.broadcast(
+        "llm_router_info", destination=[worker.nodename], reply=True, timeout=5, limit=1
+    )
+    [info] = [info for reply in replies for info in reply.values()]
+    return info  # type: ignore[no-any-return]
+
+
+def _in_flight(router: Router, worker: WorkerProcess) -> int:
+    return int(_info(router, worker)["in_flight"])
+
+
+def test_one_process_keeps_every_slow_call_in_flight_on_a_small_database_pool(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer
+) -> None:
+    jobs = [router.generate(f"question {i}", max_tokens=10) for i in range(IN_FLIGHT)]
+    in_flight = [_in_flight(router, worker) for _ in range(6)]  # what `llm-router status` shows meanwhile
+    results = [job.wait(timeout=120) for job in jobs]
+    assert max(in_flight) >= IN_FLIGHT // 2
+    assert all(isinstance(result, GenerateResult) and result.model == COMPLETE for result in results)
+    calls = fresh.calls_to("/v1/completions")
+    assert len(calls) == IN_FLIGHT  # one call per job: none failed for want of a database connection
+    # Each call takes a second at the server: had the worker run them a few at a time, few would overlap.
+    assert most_at_once([call.at for call in calls], CALL_S) >= IN_FLIGHT * 3 // 4
+    assert all(len(job.attempts()) == 1 for job in jobs)
+    assert "database unavailable" not in worker.log()
+
+
+def test_the_remote_pool_runs_without_torch(worker: WorkerProcess, router: Router) -> None:
+    processes = _info(router, worker)["processes"]
+    assert processes, "the worker published no state"
+    assert all(p["pool"] == "remote" and p["torch_loaded"] is False for p in processes)
+    assert all(p["concurrency"] == IN_FLIGHT for p in processes)
+
+
+def test_bulk_inputs_travel_in_few_calls_of_at_most_the_models_limit(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer
+) -> None:
+    texts = ["a" * (i + 1) for i in range(150)]  # the stand-in's vector starts with the text's length
+    submission = router.batch([{"kind": "embed", "input": [text]} for text in texts])
+    results = [submission.jobs[i].wait(timeout=60) for i in range(len(texts))]
+    for text, result in zip(texts, results, strict=True):
+        assert isinstance(result, EmbedResult)
+        assert result.data[0].embedding == api.vectors([text])[0]  # each job got its own input's vector back
+    calls = fresh.calls_to("/embed")
+    sizes = [len(call.body["inputs"]) for call in calls]
+    assert sum(sizes) == len(texts) and max(sizes) <= PER_CALL
+    messages = math.ceil(len(texts) / router.settings.bulk_message_jobs)
+    assert len(calls) <= math.ceil(len(texts) / PER_CALL) + messages  # a message's last call may be short
+
+
+def test_a_failed_shared_call_falls_back_to_one_call_per_job(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer
+) -> None:
+    fresh.script("/predict", Reply(422, {"error": "Input validation error: inputs too long"}))
+    texts = ["I love this", "I hate this", "I love queues"]
+    submission = router.batch([{"kind": "classify", "input": [text]} for text in texts])
+    results = [submission.jobs[i].wait(timeout=60) for i in range(len(texts))]
+    assert [r.labels[0].label for r in results if isinstance(r, ClassifyResult)] == [
+        "POSITIVE",
+        "NEGATIVE",
+        "POSITIVE",
+    ]
+    sizes = [len(call.body["inputs"]) for call in fresh.calls_to("/predict")]
+    assert sizes == [3, 1, 1, 1]  # the shared call, refused; then one call per job
