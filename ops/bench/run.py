@@ -29,7 +29,6 @@ import json
 import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,6 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from broker.client import Router  # noqa: E402
 from broker.settings import Settings  # noqa: E402
+from ops.bench.cluster import Cluster  # noqa: E402
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
 from ops.bench.quantization import sentences  # noqa: E402
 from workers.bundled.prepare import MINILM_ID, prepare_models  # noqa: E402
@@ -97,48 +97,6 @@ def model_alone(texts: list[str], models_dir: Path, batch_size: int = 64) -> dic
             torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), p=2, dim=1)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "per_s": len(texts) / seconds}
-
-
-class Cluster:
-    """Worker processes on the benchmark's broker and database; every one is stopped on exit."""
-
-    def __init__(self, env: dict[str, str], logs: Path):
-        self.env, self.logs = env, logs
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, *arguments: str, ready: str = "ready: tiers=") -> None:
-        log_path = self.logs / f"{name}.log"
-        command = [sys.executable, "-m", "broker.cli.main", "worker", "--hostname", f"{name}@bench", *arguments]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        self.processes.append(process)
-        self._wait_for(process, log_path, ready)
-
-    def start_command(self, name: str, command: list[str], ready: str, cwd: Path) -> None:
-        log_path = self.logs / f"{name}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
-        self.processes.append(process)
-        self._wait_for(process, log_path, ready)
-
-    @staticmethod
-    def _wait_for(process: subprocess.Popen[bytes], log_path: Path, ready: str) -> None:
-        deadline = time.monotonic() + 180
-        while ready not in log_path.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{log_path.name}: not ready\n{log_path.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self.processes.clear()
 
 
 def last_finished(database_url: str, batch_id: str) -> tuple[int, float]:

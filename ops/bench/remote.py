@@ -1,0 +1,283 @@
+"""Benchmark the remote pool against a plain asyncio HTTP client, on stand-in APIs on 127.0.0.1, in one run.
+
+    python ops/bench/remote.py --json OUT.json [--n 2000] [--delay-ms 500]
+
+Uses the real Redis (broker, one database emptied first) and a fresh PostgreSQL database it drops after.
+
+(h)  N generate jobs, submitted one by one as a web backend does, on a tier whose model is an OpenAI-compatible
+     stand-in answering every call after ``--delay-ms``; one ``llm-router worker --pool remote`` at its
+     defaults; from the first submission to the last job recorded. The reference, measured in the same run:
+     the same N calls from one ``httpx.AsyncClient`` with as many connections as the worker has threads, as
+     many at a time. Ratio ``chat_ratio`` = h / reference. httpx's async pool is itself far below what the
+     stand-in serves, so the run also measures the ceiling: the same calls over bare asyncio keep-alive
+     connections (``chat_ratio_to_ceiling``). The worker's RSS is sampled while its slots are busy.
+(h') the same N jobs when 10 % of calls answer 503 and 5 % answer 429 (``Retry-After: 1``), retry delays at a
+     tenth of the policy's and up to 6 retries a model: every job must succeed, with one usage row each.
+(i)  ``--inputs`` embed inputs, one per job, as one bulk batch to a TEI stand-in taking at most 32 inputs a
+     call and answering after 20 ms, 4 calls at a time (its own limit: 4 calls of 32 inputs every 20 ms,
+     6,400 inputs/s): HTTP calls against inputs/32, and inputs/s against that limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from sqlalchemy import create_engine, text
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from broker.client import Router  # noqa: E402
+from broker.settings import Settings  # noqa: E402
+from ops.bench.cluster import Cluster  # noqa: E402
+from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
+from ops.bench.stand_in import Behaviour  # noqa: E402
+from ops.bench.stand_in import start as start_stand_in  # noqa: E402
+
+CHAT, TEI = "stand-in/chat", "stand-in/tei"
+TEI_PER_CALL, TEI_CALL_S, TEI_AT_ONCE = 32, 0.020, 4
+CONCURRENCY = 200  # the remote pool's default, so that the reference client gets as many connections
+
+
+def catalogue(url: str) -> str:
+    return f"""
+default_tier = "api"
+tier_order = ["api"]
+[tiers.api]
+pool = "remote"
+generate = ["{CHAT}"]
+embed = ["{TEI}"]
+[models."{CHAT}"]
+provider = "openai"
+base_url = "{url}"
+[models."{TEI}"]
+provider = "tei"
+base_url = "{url}"
+max_inputs_per_call = {TEI_PER_CALL}
+"""
+
+
+def control(url: str, **values: Any) -> dict[str, Any]:
+    if values:
+        httpx.post(f"{url}/control", json=values, timeout=10).raise_for_status()
+    return httpx.get(f"{url}/stats", timeout=10).json()  # type: ignore[no-any-return]
+
+
+async def plain_client(url: str, n: int) -> dict[str, float]:
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        body = {"model": CHAT, "prompt": "hello", "max_tokens": 10}
+        # At most CONCURRENCY requests in the client at once: httpx's pool slows down with thousands waiting.
+        slots = asyncio.Semaphore(CONCURRENCY)
+
+        async def call() -> httpx.Response:
+            async with slots:
+                return await client.post(f"{url}/v1/completions", json=body)
+
+        started = time.perf_counter()
+        replies = await asyncio.gather(*(call() for _ in range(n)))
+        seconds = time.perf_counter() - started
+    assert all(reply.status_code == 200 for reply in replies)
+    return {"calls": n, "seconds": seconds, "per_s": n / seconds}
+
+
+async def raw_client(url: str, n: int) -> dict[str, float]:
+    """The stand-in's own ceiling: CONCURRENCY keep-alive connections of bare asyncio HTTP/1.1, no library."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"model": CHAT, "prompt": "hello", "max_tokens": 10}).encode()
+    request = b"POST /v1/completions HTTP/1.1\r\nHost: stand-in\r\nContent-Type: application/json\r\n"
+    request += b"Content-Length: %d\r\n\r\n" % len(body) + body
+    left = [n]
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        while left[0] > 0:
+            left[0] -= 1
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+            )
+            await reader.readexactly(length)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(head.decode(errors="replace"))
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(CONCURRENCY)))
+    seconds = time.perf_counter() - started
+    return {"calls": n, "seconds": seconds, "per_s": n / seconds}
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def chat_jobs(router: Router, database_url: str, n: int, worker_pid: int) -> dict[str, Any]:
+    peak = [0.0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            peak[0] = max(peak[0], rss_mb(worker_pid))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    marker = str(uuid.uuid4())
+    started = time.time()
+    jobs = [router.generate(f"{marker} question {i}", max_tokens=10, use_cache=False) for i in range(n)]
+    submit_s = time.time() - started
+    for job in jobs:
+        job.wait(timeout=1800)
+    stop.set()
+    sampler.join()
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        last, usage_rows, attempts = connection.execute(
+            text(
+                "SELECT extract(epoch FROM max(j.finished_at)), "
+                "(SELECT count(*) FROM usage u JOIN jobs k ON k.id = u.job_id WHERE k.request->>'prompt' LIKE :m), "
+                "(SELECT count(*) FROM attempts a JOIN jobs k ON k.id = a.job_id WHERE k.request->>'prompt' LIKE :m) "
+                "FROM jobs j WHERE j.request->>'prompt' LIKE :m AND j.status = 'succeeded'"
+            ),
+            {"m": f"{marker}%"},
+        ).one()
+    engine.dispose()
+    seconds = float(last) - started
+    return {
+        "jobs": n,
+        "succeeded": n,  # every wait above returned a result; a failed job raises
+        "usage_rows": int(usage_rows),
+        "attempts": int(attempts),
+        "submit_s": submit_s,
+        "seconds": seconds,
+        "per_s": n / seconds,
+        "worker_peak_rss_mb": peak[0],
+    }
+
+
+def embed_batch(router: Router, url: str, inputs: int) -> dict[str, Any]:
+    control(url, reset=True)
+    requests = [
+        {"kind": "embed", "input": [f"sentence {i} " + "word " * (i % 13)], "use_cache": False} for i in range(inputs)
+    ]
+    batch_id = str(uuid.uuid4())
+    started = time.time()
+    for start in range(0, inputs, 1000):
+        router.batch(requests[start : start + 1000], batch_id=batch_id)
+    while router.batch_progress(batch_id).get("succeeded", 0) < inputs:
+        time.sleep(0.25)
+    seconds = time.time() - started
+    sizes = control(url)["embed_sizes"]
+    limit = TEI_AT_ONCE * TEI_PER_CALL / TEI_CALL_S
+    return {
+        "inputs": inputs,
+        "http_calls": len(sizes),
+        "calls_floor": -(-inputs // TEI_PER_CALL),
+        "largest_call": max(sizes),
+        "seconds": seconds,
+        "inputs_per_s": inputs / seconds,
+        "stand_in_limit_per_s": limit,
+        "ratio_to_limit": inputs / seconds / limit,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--delay-ms", type=float, default=500.0)
+    parser.add_argument("--inputs", type=int, default=10_000)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/1", help="emptied before use")
+    args = parser.parse_args()
+
+    behaviour = Behaviour(args.delay_ms / 1000.0, TEI_PER_CALL, TEI_CALL_S, TEI_AT_ONCE)
+    stand_in, url = start_stand_in(behaviour)
+    print(f"(reference) {args.n} calls from one httpx.AsyncClient …", flush=True)
+    reference = asyncio.run(plain_client(url, args.n))
+    print(f"(ceiling) {args.n} calls from bare asyncio connections …", flush=True)
+    ceiling = asyncio.run(raw_client(url, args.n))
+    redis.Redis.from_url(args.redis).flushdb()
+    work = Path(tempfile.mkdtemp(prefix="llmr-remote-bench-"))
+    config = work / "catalogue.toml"
+    config.write_text(catalogue(url))
+    results: dict[str, Any] = {
+        "n": args.n,
+        "delay_ms": args.delay_ms,
+        "cores": os.cpu_count(),
+        "reference": reference,
+        "ceiling": ceiling,
+    }
+    with bench_database(ADMIN, URL_TEMPLATE) as database_url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER_")}
+        env.update(
+            LLM_ROUTER_BROKER_URL=args.redis,
+            LLM_ROUTER_DATABASE_URL=database_url,
+            LLM_ROUTER_CONFIG=str(config),
+            LLM_ROUTER_VAR_DIR=str(work / "var"),
+            LLM_ROUTER_RETRY_DELAY_SCALE="0.1",
+            # Independent 15 % failures fail one job in ~2,000 after the default 3 retries (0.15**4): (h') asks
+            # that all succeed, so it allows 6 (0.15**7, one in ~600,000).
+            LLM_ROUTER_MAX_RETRIES="6",
+            PYTHONPATH=str(REPO),
+        )
+        settings = Settings(broker_url=args.redis, database_url=database_url, config=config)
+        cluster = Cluster(env, work)
+        try:
+            worker = cluster.start("remote", "--pool", "remote")
+            with Router(settings) as router:
+                print(f"(h) {args.n} chat jobs through one remote worker …", flush=True)
+                results["chat_jobs"] = chat_jobs(router, database_url, args.n, worker.pid)
+                print(f"    {results['chat_jobs']['per_s']:.1f} jobs/s", flush=True)
+                control(url, reset=True, failing=True)
+                print("(h') the same with 10 % 503 and 5 % 429 …", flush=True)
+                results["chat_jobs_failing"] = chat_jobs(router, database_url, args.n, worker.pid)
+                results["chat_jobs_failing"]["stand_in"] = control(url, failing=False)
+                print(f"(i) {args.inputs} embed inputs, one per job, as a bulk batch to TEI …", flush=True)
+                results["tei_batch"] = embed_batch(router, url, args.inputs)
+        finally:
+            cluster.stop()
+            stand_in.terminate()
+
+    h, failing, tei = results["chat_jobs"], results["chat_jobs_failing"], results["tei_batch"]
+    results["chat_ratio"] = h["per_s"] / reference["per_s"]
+    results["chat_ratio_to_ceiling"] = h["per_s"] / ceiling["per_s"]
+    rows = [
+        ("reference: httpx.AsyncClient", f"{reference['per_s']:.0f} calls/s",
+         f"{args.n} calls, {CONCURRENCY} at a time"),
+        ("ceiling: bare asyncio HTTP/1.1", f"{ceiling['per_s']:.0f} calls/s", f"{CONCURRENCY} keep-alive connections"),
+        ("(h) chat jobs, remote worker", f"{h['per_s']:.1f} jobs/s",
+         f"h/ref = {results['chat_ratio']:.2f} (target ≥ 0.5), h/ceiling = {results['chat_ratio_to_ceiling']:.2f}; "
+         f"submit {h['submit_s']:.1f} s; "
+         f"peak RSS {h['worker_peak_rss_mb']:.0f} MB"),
+        ("(h') with 10 % 503, 5 % 429", f"{failing['per_s']:.1f} jobs/s",
+         f"{failing['succeeded']}/{args.n} succeeded, {failing['usage_rows']} usage rows, "
+         f"{failing['attempts']} attempts"),
+        ("(i) TEI bulk embeds", f"{tei['inputs_per_s']:.0f} inputs/s",
+         f"{tei['ratio_to_limit']:.2f} of the stand-in's {tei['stand_in_limit_per_s']:.0f}/s; "
+         f"{tei['http_calls']} calls (floor {tei['calls_floor']}), largest {tei['largest_call']}"),
+    ]  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{os.cpu_count()} cores, stand-in delay {args.delay_ms:.0f} ms")
+    for label, figure, note in rows:
+        print(f"{label:<{width}}  {figure:>16}  {note}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"\nwritten {args.json}")
+
+
+if __name__ == "__main__":
+    main()
