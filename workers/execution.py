@@ -70,7 +70,26 @@ def _describe(exc: BaseException) -> str:
 def run_job(
     runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str | None, reschedule: Reschedule
 ) -> Status:
-    """Run a job's message and return what became of it (a final status, ``retrying`` or ``deferred``)."""
+    """Run a job's message and return what became of it (a final status, ``retrying``, ``deferred``, or
+    ``running`` for a duplicate of a job this process runs now)."""
+    if not runtime.running.claim([message.job_id]):
+        return _ignore_duplicate(message)
+    try:
+        return _run_claimed(runtime, kind, message, worker, reschedule)
+    finally:
+        runtime.running.release([message.job_id])
+
+
+def _ignore_duplicate(message: JobMessage) -> Status:
+    """A message of a job that another thread of this process runs now. Dropping it loses nothing: that run
+    ends the job or publishes its next step, and if this process dies its own message is delivered again."""
+    log.info("job %s is running in this process; a duplicate message is ignored", message.job_id)
+    return Status.RUNNING
+
+
+def _run_claimed(
+    runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str | None, reschedule: Reschedule
+) -> Status:
     store = runtime.store
     job = store.get(message.job_id)
     if job is None and message.request is None:

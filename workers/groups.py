@@ -125,14 +125,32 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
 def _run_group(
     runtime: WorkerRuntime, kind: Kind, group: _Group, worker: str | None, reschedule: Reschedule
 ) -> list[Status]:
-    store = runtime.store
     by_id = {message.job_id: (message, request) for message, request in group.members}
+    mine = runtime.running.claim(list(by_id))
+    try:
+        return _run_claimed_group(runtime, kind, group, by_id, mine, worker, reschedule)
+    finally:
+        runtime.running.release(mine)
+
+
+def _run_claimed_group(
+    runtime: WorkerRuntime,
+    kind: Kind,
+    group: _Group,
+    by_id: dict[str, tuple[JobMessage, Request]],
+    mine: list[str],
+    worker: str | None,
+    reschedule: Reschedule,
+) -> list[Status]:
+    store = runtime.store
     started = store.start_group(
-        list(by_id), model=group.model_id, provider=group.provider, tier=group.tier, worker=worker, lease=runtime.lease
+        mine, model=group.model_id, provider=group.provider, tier=group.tier, worker=worker, lease=runtime.lease
     )
-    # A job left out ended meanwhile or runs elsewhere: the one-job path ignores or puts off its message.
-    left_out = [message for job_id, (message, _) in by_id.items() if job_id not in {job.job_id for job in started}]
-    outcomes = [run_job(runtime, kind, message, worker, reschedule) for message in left_out]
+    # A job left out ended meanwhile or runs elsewhere (another process, another thread of this one): the
+    # one-job path ignores or puts off its message.
+    left_out = [job_id for job_id in by_id if job_id not in {job.job_id for job in started}]
+    runtime.running.release([job_id for job_id in left_out if job_id in mine])  # never another thread's
+    outcomes = [run_job(runtime, kind, by_id[job_id][0], worker, reschedule) for job_id in left_out]
     if not started:
         return outcomes
     began = time.perf_counter()
@@ -145,6 +163,7 @@ def _run_group(
         reason = f"the shared call failed ({type(exc).__name__}: {exc}); each job runs on its own"
         store.fail_group_attempts(started, reason, latency_ms=latency_ms)
         log.warning("%d %s jobs on %s: %s", len(started), kind, group.model_id, reason)
+        runtime.running.release([job.job_id for job in started])
         return outcomes + [run_job(runtime, kind, by_id[job.job_id][0], worker, reschedule) for job in started]
     latency_ms = (time.perf_counter() - began) * 1000.0
     record_health(runtime.cooldowns, group.model_id, ok=True)

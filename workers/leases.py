@@ -59,3 +59,24 @@ class LeaseKeeper:
                 self._store.renew_leases(self._lease.owner, self._lease.seconds)
             except Exception as exc:  # the database may be restarting: the next round tries again
                 log.warning("could not renew job leases (%s)", type(exc).__name__)
+
+
+class RunningHere:
+    """The jobs this process runs now. A lease names a process, not a thread: in the remote pool, where one
+    process runs hundreds of jobs at once, a duplicate message taken by another thread would find the lease
+    its own. A job already running in this process is put off like one running in another."""
+
+    def __init__(self) -> None:
+        self._jobs: set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, job_ids: list[str]) -> list[str]:
+        """Mark as running here those of ``job_ids`` that are not yet; returns them."""
+        with self._lock:
+            free = [job_id for job_id in dict.fromkeys(job_ids) if job_id not in self._jobs]
+            self._jobs.update(free)
+            return free
+
+    def release(self, job_ids: list[str]) -> None:
+        with self._lock:
+            self._jobs.difference_update(job_ids)

@@ -22,7 +22,7 @@ from workers.backends import make_backend
 from workers.backends.base import Backend
 from workers.backends.context import BackendContext
 from workers.cooldown import Cooldowns, LocalCooldowns, RedisCooldowns
-from workers.leases import LeaseKeeper, lease_for_this_process
+from workers.leases import LeaseKeeper, RunningHere, lease_for_this_process
 from workers.rate_limits import RateLimiter, Rule, window_rules
 from workers.registry import ModelRegistry, Quantize
 from workers.retry import DEFAULT_DOWNGRADES, RetryPolicy
@@ -67,6 +67,7 @@ class WorkerRuntime:
     lease: Lease
     backend_context: BackendContext
     backends: dict[str, Backend] = field(default_factory=dict)  # by provider, built on first use
+    running: RunningHere = field(default_factory=RunningHere)
     published_version: int = -1  # the registry version last written for `llm-router status`
 
     def limit_rules(self, tier: str, provider: str, model_id: str) -> list[Rule]:

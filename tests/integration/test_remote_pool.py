@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from broker.client import Router
 from broker.settings import Settings
@@ -19,6 +22,8 @@ from tests.support.inference_server import InferenceServer, Reply
 
 BROKER = "redis://127.0.0.1:6379/2"  # a broker database of its own: this worker has its own catalogue
 COMPLETE, TEI_EMBED, TEI_CLS = "org/slow-completion", "org/tei-embed", "org/tei-cls"
+KILLED = "org/cut-off"  # on a tier of its own, served only by the worker that is killed
+LIMITED, PER_MINUTE = "org/limited", 20
 IN_FLIGHT = 64
 CALL_S = 1.0
 PER_CALL = 32
@@ -33,6 +38,19 @@ pool = "remote"
 generate = ["{COMPLETE}"]
 embed = ["{TEI_EMBED}"]
 classify = ["{TEI_CLS}"]
+[tiers.limited]
+pool = "remote"
+requests_per_minute = {PER_MINUTE}
+generate = ["{LIMITED}"]
+[models."{LIMITED}"]
+provider = "openai"
+base_url = "{url}/limited"
+[tiers.killable]
+pool = "remote"
+generate = ["{KILLED}"]
+[models."{KILLED}"]
+provider = "openai"
+base_url = "{url}/slow"
 [models."{COMPLETE}"]
 provider = "openai"
 base_url = "{url}"
@@ -51,10 +69,16 @@ def _slow_completion(body: Any) -> Reply:
     return dataclasses.replace(api.openai_completion(body), delay_s=CALL_S)
 
 
+def _slower_completion(body: Any) -> Reply:
+    return dataclasses.replace(api.openai_completion(body), delay_s=3 * CALL_S)
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[InferenceServer]:
     server = InferenceServer().start()
     server.on("/v1/completions", _slow_completion)
+    server.on("/slow/v1/completions", _slower_completion)
+    server.on("/limited/v1/completions", api.openai_completion)
     server.on("/embed", api.tei_embed)
     server.on("/predict", api.tei_predict)
     yield server
@@ -75,7 +99,7 @@ def remote_env(server: InferenceServer, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., WorkerProcess], remote_env: dict[str, str]) -> WorkerProcess:
     options = ("--pool", "remote", "--concurrency", str(IN_FLIGHT))
-    return start_worker("remote", "remote-pool", env=remote_env, options=options)
+    return start_worker("remote,limited", "remote-pool", env=remote_env, options=options)
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +141,11 @@ def test_one_process_keeps_every_slow_call_in_flight_on_a_small_database_pool(
     worker: WorkerProcess, router: Router, fresh: InferenceServer
 ) -> None:
     jobs = [router.generate(f"question {i}", max_tokens=10) for i in range(IN_FLIGHT)]
-    in_flight = [_in_flight(router, worker) for _ in range(6)]  # what `llm-router status` shows meanwhile
+    in_flight = [_in_flight(router, worker)]  # what `llm-router status` shows while the calls take their second
+    while max(in_flight) < IN_FLIGHT // 2 and not all(job.status() == "succeeded" for job in jobs):
+        in_flight.append(_in_flight(router, worker))
     results = [job.wait(timeout=120) for job in jobs]
-    assert max(in_flight) >= IN_FLIGHT // 2
+    assert max(in_flight) >= IN_FLIGHT // 2, in_flight
     assert all(isinstance(result, GenerateResult) and result.model == COMPLETE for result in results)
     calls = fresh.calls_to("/v1/completions")
     assert len(calls) == IN_FLIGHT  # one call per job: none failed for want of a database connection
@@ -140,11 +166,11 @@ def test_bulk_inputs_travel_in_few_calls_of_at_most_the_models_limit(
     worker: WorkerProcess, router: Router, fresh: InferenceServer
 ) -> None:
     texts = ["a" * (i + 1) for i in range(150)]  # the stand-in's vector starts with the text's length
-    submission = router.batch([{"kind": "embed", "input": [text]} for text in texts])
+    submission = router.batch([{"kind": "embed", "input": [sentence]} for sentence in texts])
     results = [submission.jobs[i].wait(timeout=60) for i in range(len(texts))]
-    for text, result in zip(texts, results, strict=True):
+    for sentence, result in zip(texts, results, strict=True):
         assert isinstance(result, EmbedResult)
-        assert result.data[0].embedding == api.vectors([text])[0]  # each job got its own input's vector back
+        assert result.data[0].embedding == api.vectors([sentence])[0]  # each job got its own input's vector back
     calls = fresh.calls_to("/embed")
     sizes = [len(call.body["inputs"]) for call in calls]
     assert sum(sizes) == len(texts) and max(sizes) <= PER_CALL
@@ -157,7 +183,7 @@ def test_a_failed_shared_call_falls_back_to_one_call_per_job(
 ) -> None:
     fresh.script("/predict", Reply(422, {"error": "Input validation error: inputs too long"}))
     texts = ["I love this", "I hate this", "I love queues"]
-    submission = router.batch([{"kind": "classify", "input": [text]} for text in texts])
+    submission = router.batch([{"kind": "classify", "input": [sentence]} for sentence in texts])
     results = [submission.jobs[i].wait(timeout=60) for i in range(len(texts))]
     assert [r.labels[0].label for r in results if isinstance(r, ClassifyResult)] == [
         "POSITIVE",
@@ -166,3 +192,66 @@ def test_a_failed_shared_call_falls_back_to_one_call_per_job(
     ]
     sizes = [len(call.body["inputs"]) for call in fresh.calls_to("/predict")]
     assert sizes == [3, 1, 1, 1]  # the shared call, refused; then one call per job
+
+
+def test_a_killed_remote_worker_loses_none_of_its_jobs_in_flight(
+    start_worker: Callable[..., WorkerProcess],
+    remote_env: dict[str, str],
+    router: Router,
+    fresh: InferenceServer,
+    pg_url: str,
+) -> None:
+    options = ("--pool", "remote", "--concurrency", str(IN_FLIGHT))
+    env = {**remote_env, "LLM_ROUTER_LEASE_S": "3"}
+    doomed = start_worker("killable", "remote-killed", env=env, options=options)
+    jobs = [router.generate(f"long question {i}", tier="killable", max_tokens=10) for i in range(IN_FLIGHT)]
+    deadline = time.monotonic() + 60
+    while len(fresh.calls_to("/slow/v1/completions")) < IN_FLIGHT:  # every call under way (each takes 3 s)
+        assert time.monotonic() < deadline, len(fresh.calls_to("/slow/v1/completions"))
+        time.sleep(0.01)
+    doomed.process.send_signal(signal.SIGKILL)
+    doomed.process.wait()
+    assert not any(job.status() == "succeeded" for job in jobs)  # cut off, all of them
+    start_worker("killable", "remote-recovery", env=env, options=options)
+    # The dead worker's messages stay unacknowledged until the broker's visibility timeout; its jobs are
+    # running under a lease nobody renews. Once that has run out (3 s), requeue them.
+    time.sleep(4.5)
+    requeued = {job.id for job in router.requeue_stale(1.0).requeued}
+    assert {job.id for job in jobs} <= requeued  # (lost jobs of other tests may be requeued with them)
+    results = [job.wait(timeout=120) for job in jobs]
+    assert all(isinstance(result, GenerateResult) for result in results)
+    engine = create_engine(pg_url)
+    with engine.connect() as connection:
+        ids = [job.id for job in jobs]
+        usage = connection.execute(
+            text("SELECT count(*) FROM usage WHERE job_id = ANY(:ids) GROUP BY job_id"), {"ids": ids}
+        ).scalars()
+        paths = connection.execute(
+            text(
+                "SELECT string_agg(status, ',' ORDER BY number) FROM attempts WHERE job_id = ANY(:ids) GROUP BY job_id"
+            ),
+            {"ids": ids},
+        ).scalars()
+        assert sorted(usage) == [1] * IN_FLIGHT  # each job counted once
+        assert set(paths) == {"lost,succeeded"}  # the attempt cut off, then the one that finished
+    engine.dispose()
+    assert len(fresh.calls_to("/slow/v1/completions")) == 2 * IN_FLIGHT
+
+
+def test_many_threads_never_exceed_a_tiers_rate_limit(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer
+) -> None:
+    jobs = [router.generate(f"limited question {i}", tier="limited", max_tokens=10) for i in range(2 * PER_MINUTE)]
+    deadline = time.monotonic() + 60
+    while sum(job.status() == "succeeded" for job in jobs) < PER_MINUTE:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(2.0)  # time for any call over the limit to show
+    assert len(fresh.calls_to("/limited/v1/completions")) == PER_MINUTE  # 64 threads, 20 calls a minute
+    waiting = [job for job in jobs if job.status() != "succeeded"]
+    assert len(waiting) == PER_MINUTE
+    # Deferred until the window frees (the rest of the minute), not spinning: each holds no attempt yet.
+    assert all(job.attempts() == [] for job in waiting)
+    assert all(job.status() == "queued" for job in waiting)
+    log = worker.log()
+    assert all(log.count(f"job {job.id} deferred") == 1 for job in waiting)  # published again once each

@@ -330,3 +330,22 @@ def test_a_backend_without_a_many_call_runs_one_call_per_job(cluster: Cluster) -
     outcomes = run_jobs(cluster.runtime, "generate", [JobMessage(j, None) for j in job_ids], "w", cluster.reschedule)
     assert outcomes == [Status.SUCCEEDED] * 3
     assert cluster.backend.calls == [("m/a", 1)] * 3
+
+
+def test_a_duplicate_of_a_job_another_thread_runs_is_ignored(cluster: Cluster) -> None:
+    job_id = cluster.submit(GENERATE)
+    assert cluster.runtime.running.claim([job_id]) == [job_id]  # another thread of this process runs it
+    assert cluster.drive(job_id) == [Status.RUNNING]
+    assert cluster.backend.calls == [] and cluster.runtime.store.attempts(job_id) == []
+    cluster.runtime.running.release([job_id])
+    assert cluster.drive(job_id) == [Status.SUCCEEDED]
+
+
+def test_a_group_leaves_a_job_another_thread_runs_to_that_thread(cluster: Cluster) -> None:
+    job_ids = [cluster.submit({**EMBED, "input": [f"text {i}"]}) for i in range(3)]
+    cluster.runtime.running.claim([job_ids[1]])
+    outcomes = run_jobs(cluster.runtime, "embed", [JobMessage(j, None) for j in job_ids], "w", cluster.reschedule)
+    assert outcomes == [Status.RUNNING, Status.SUCCEEDED, Status.SUCCEEDED]  # the one left out comes first
+    assert cluster.backend.calls == [("e/a", 2)]
+    assert cluster.runtime.store.attempts(job_ids[1]) == []
+    assert cluster.runtime.running.claim(job_ids) == [job_ids[0], job_ids[2]]  # the group released its own
