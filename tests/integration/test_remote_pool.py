@@ -22,6 +22,7 @@ from tests.support.inference_server import InferenceServer, Reply
 
 BROKER = "redis://127.0.0.1:6379/2"  # a broker database of its own: this worker has its own catalogue
 COMPLETE, TEI_EMBED, TEI_CLS = "org/slow-completion", "org/tei-embed", "org/tei-cls"
+# Tier names of their own: `requeue --stale` republishes lost jobs of every test to their tier's queue.
 KILLED = "org/cut-off"  # on a tier of its own, served only by the worker that is killed
 LIMITED, PER_MINUTE = "org/limited", 20
 IN_FLIGHT = 64
@@ -38,14 +39,14 @@ pool = "remote"
 generate = ["{COMPLETE}"]
 embed = ["{TEI_EMBED}"]
 classify = ["{TEI_CLS}"]
-[tiers.limited]
+[tiers.remote_limited]
 pool = "remote"
 requests_per_minute = {PER_MINUTE}
 generate = ["{LIMITED}"]
 [models."{LIMITED}"]
 provider = "openai"
 base_url = "{url}/limited"
-[tiers.killable]
+[tiers.remote_killable]
 pool = "remote"
 generate = ["{KILLED}"]
 [models."{KILLED}"]
@@ -99,7 +100,7 @@ def remote_env(server: InferenceServer, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., WorkerProcess], remote_env: dict[str, str]) -> WorkerProcess:
     options = ("--pool", "remote", "--concurrency", str(IN_FLIGHT))
-    return start_worker("remote,limited", "remote-pool", env=remote_env, options=options)
+    return start_worker("remote,remote_limited", "remote-pool", env=remote_env, options=options)
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +204,8 @@ def test_a_killed_remote_worker_loses_none_of_its_jobs_in_flight(
 ) -> None:
     options = ("--pool", "remote", "--concurrency", str(IN_FLIGHT))
     env = {**remote_env, "LLM_ROUTER_LEASE_S": "3"}
-    doomed = start_worker("killable", "remote-killed", env=env, options=options)
-    jobs = [router.generate(f"long question {i}", tier="killable", max_tokens=10) for i in range(IN_FLIGHT)]
+    doomed = start_worker("remote_killable", "remote-killed", env=env, options=options)
+    jobs = [router.generate(f"long question {i}", tier="remote_killable", max_tokens=10) for i in range(IN_FLIGHT)]
     deadline = time.monotonic() + 60
     while len(fresh.calls_to("/slow/v1/completions")) < IN_FLIGHT:  # every call under way (each takes 3 s)
         assert time.monotonic() < deadline, len(fresh.calls_to("/slow/v1/completions"))
@@ -212,7 +213,7 @@ def test_a_killed_remote_worker_loses_none_of_its_jobs_in_flight(
     doomed.process.send_signal(signal.SIGKILL)
     doomed.process.wait()
     assert not any(job.status() == "succeeded" for job in jobs)  # cut off, all of them
-    start_worker("killable", "remote-recovery", env=env, options=options)
+    start_worker("remote_killable", "remote-recovery", env=env, options=options)
     # The dead worker's messages stay unacknowledged until the broker's visibility timeout; its jobs are
     # running under a lease nobody renews. Once that has run out (3 s), requeue them.
     time.sleep(4.5)
@@ -241,7 +242,9 @@ def test_a_killed_remote_worker_loses_none_of_its_jobs_in_flight(
 def test_many_threads_never_exceed_a_tiers_rate_limit(
     worker: WorkerProcess, router: Router, fresh: InferenceServer
 ) -> None:
-    jobs = [router.generate(f"limited question {i}", tier="limited", max_tokens=10) for i in range(2 * PER_MINUTE)]
+    jobs = [
+        router.generate(f"limited question {i}", tier="remote_limited", max_tokens=10) for i in range(2 * PER_MINUTE)
+    ]
     deadline = time.monotonic() + 60
     while sum(job.status() == "succeeded" for job in jobs) < PER_MINUTE:
         assert time.monotonic() < deadline
