@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 
 import redis
@@ -68,6 +69,7 @@ class WorkerRuntime:
     backend_context: BackendContext
     backends: dict[str, Backend] = field(default_factory=dict)  # by provider, built on first use
     running: RunningHere = field(default_factory=RunningHere)
+    _building: threading.Lock = field(default_factory=threading.Lock, repr=False)
     published_version: int = -1  # the registry version last written for `llm-router status`
 
     def limit_rules(self, tier: str, provider: str, model_id: str) -> list[Rule]:
@@ -86,7 +88,9 @@ class WorkerRuntime:
 
     def backend(self, provider: str) -> Backend:
         if provider not in self.backends:
-            self.backends[provider] = make_backend(provider, self.backend_context)
+            with self._building:  # the remote pool's threads would otherwise each build one
+                if provider not in self.backends:
+                    self.backends[provider] = make_backend(provider, self.backend_context)
         return self.backends[provider]
 
 

@@ -3,6 +3,7 @@ worker process. Backends never see the rest of the worker's runtime."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,14 +25,16 @@ class BackendContext:
     max_batch: int  # the most inputs a local backend runs through the model at once
     http_connections: int = 1  # calls this process makes at once (the remote pool's threads)
     _http: httpx.Client | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def http(self) -> httpx.Client:
-        """The process's one HTTP client (its connection pool), made on first use."""
+        """The process's one HTTP client (its connection pool), made on first use by whichever thread."""
         from workers.backends.http import make_client
 
-        if self._http is None:
-            self._http = make_client(self.settings.request_timeout_s, self.http_connections)
-        return self._http
+        with self._lock:
+            if self._http is None:
+                self._http = make_client(self.settings.request_timeout_s, self.http_connections)
+            return self._http
 
     def remote(self, provider: str, default_base_url: str | None) -> RemoteDeps:
         """What a remote backend of ``provider`` needs: an HTTP caller with the tokens, a token counter."""

@@ -76,15 +76,14 @@ def in_calls(
 ) -> list[tuple[list[Any], Usage]]:
     """Send the inputs of many requests to one model in as few calls as it takes (``max_inputs_per_call``);
     returns each request's answers, in order, and its usage: the server's when one request went out in one
-    call, else counted per request (a call's total cannot be split between the jobs that shared it)."""
+    call, else counted per request (a call's total cannot be split between the jobs that shared it).
+    ``call`` returns one answer per text it was given, or raises (``vectors_of`` and ``labels_of`` check)."""
     texts = [text for request in requests for text in request.input]
     size = deps.inputs_per_call(model_id, provider_default)
     answers: list[Any] = []
     usage: Usage | None = None
     for start in range(0, len(texts), size):
-        chunk, (got, usage) = texts[start : start + size], call(texts[start : start + size])
-        if len(got) != len(chunk):
-            raise unexpected(deps.caller.provider, model_id, f"expected {len(chunk)} answers, got {len(got)}")
+        got, usage = call(texts[start : start + size])
         answers += got
     shared_usage = usage if len(requests) == 1 and len(texts) <= size else None
     results, start = [], 0
