@@ -44,16 +44,23 @@ class RedisCooldowns:
             self._redis.set(f"llm-router:cooldown:{model_id}", "1", px=max(1, int(seconds * 1000)))
 
     def record(self, model_id: str, ok: bool) -> bool:
-        key = f"llm-router:health:{model_id}"
+        # Calls and failures are two sorted sets (by time) counted with ZCARD: the cost of a call stays the same
+        # however many calls the window holds. A success needs no answer, so its pipeline reads nothing.
+        calls, failures = f"llm-router:health:{model_id}", f"llm-router:health-failed:{model_id}"
         now = time.time()
-        pipe = self._redis.pipeline()
-        pipe.zadd(key, {f"{'ok' if ok else 'fail'}:{uuid.uuid4().hex}": now})
-        pipe.zremrangebyscore(key, 0, now - HEALTH_WINDOW_S)
-        pipe.zrange(key, 0, -1)
-        pipe.expire(key, int(HEALTH_WINDOW_S * 2))
-        members = pipe.execute()[2]
-        failures = sum(1 for member in members if member.startswith(b"fail:"))
-        return not ok and failing(len(members), failures, self._min_calls)
+        member = uuid.uuid4().hex
+        pipe = self._redis.pipeline(transaction=False)
+        for key in (calls,) if ok else (calls, failures):
+            pipe.zadd(key, {member: now})
+            pipe.zremrangebyscore(key, 0, now - HEALTH_WINDOW_S)
+            pipe.expire(key, int(HEALTH_WINDOW_S * 2))
+        if ok:
+            pipe.execute()
+            return False
+        pipe.zcard(calls)
+        pipe.zcard(failures)
+        *_, call_count, failure_count = pipe.execute()
+        return failing(int(call_count), int(failure_count), self._min_calls)
 
 
 class LocalCooldowns:
