@@ -15,9 +15,15 @@ from sqlalchemy.engine import make_url
 POOL_WAIT_S = 300.0
 
 
-def make_engine(url: str, *, sqlite_busy_timeout_s: float = 30.0, pool_size: int = 5) -> Engine:
+def make_engine(
+    url: str, *, sqlite_busy_timeout_s: float = 30.0, pool_size: int = 5, ping_on_checkout: bool = True
+) -> Engine:
     """An engine for ``url``; on a server database, a pool of ``pool_size`` connections (twice that at peaks)
-    that callers wait for rather than fail."""
+    that callers wait for rather than fail.
+
+    ``ping_on_checkout`` tests each pooled connection before use (a round trip), so a caller never sees a
+    connection that a database restart closed. Workers turn it off: their work is a message that is handed
+    back and retried when the database fails, and the first failed use discards the whole pool."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -25,7 +31,9 @@ def make_engine(url: str, *, sqlite_busy_timeout_s: float = 30.0, pool_size: int
         engine = create_engine(url, connect_args={"timeout": sqlite_busy_timeout_s})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, pool_timeout=POOL_WAIT_S)
+    return create_engine(
+        url, pool_pre_ping=ping_on_checkout, pool_size=pool_size, max_overflow=pool_size, pool_timeout=POOL_WAIT_S
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -91,7 +91,8 @@ def _run_claimed(
     runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str | None, reschedule: Reschedule
 ) -> Status:
     store = runtime.store
-    job = store.get(message.job_id)
+    fresh_message = message.cursor == Cursor()
+    job, cached = store.get_with_cached(message.job_id, runtime.settings.cache_ttl_s if fresh_message else None)
     if job is None and message.request is None:
         store.reject(
             message.job_id, kind, f"job_id: no job {message.job_id} is recorded and the message has no request"
@@ -111,6 +112,7 @@ def _run_claimed(
         return Status.REJECTED
 
     key = cache_key(request, first.tier)
+    recorded_before = job is not None
     if job is None:
         store.create_job(
             job_id=message.job_id,
@@ -122,16 +124,18 @@ def _run_claimed(
         )
         job = store.get(message.job_id)
         assert job is not None
-    fresh = message.cursor == Cursor() and job.tier == first.tier
-    if fresh and request.use_cache and _answer_from_cache(runtime, job, key):
-        return Status.SUCCEEDED
+    fresh = fresh_message and job.tier == first.tier
+    if fresh and request.use_cache:
+        looked_up = recorded_before and job.cache_key == key  # the first read looked for this key already
+        source = cached if looked_up else runtime.store.find_cached(key, runtime.settings.cache_ttl_s)
+        if _answer_from_cache(runtime, job, source):
+            return Status.SUCCEEDED
     # The recorded tier wins: a tier fallback moved the job to another tier's queue.
     planned = chain_for(request, job.tier or first.tier, runtime.catalogue)
     return _ChainRun(runtime, job, request, planned, worker, reschedule).run(message.cursor)
 
 
-def _answer_from_cache(runtime: WorkerRuntime, job: JobView, key: str) -> bool:
-    source = runtime.store.find_cached(key, runtime.settings.cache_ttl_s)
+def _answer_from_cache(runtime: WorkerRuntime, job: JobView, source: JobView | None) -> bool:
     if source is None or source.id == job.id:
         return False
     if runtime.store.succeed_from_cache(job.id, source):
@@ -165,6 +169,7 @@ class _ChainRun:
         reschedule: Reschedule,
     ):
         self.runtime, self.store, self.job_id, self.request = runtime, runtime.store, job.id, request
+        self.created_at = job.created_at
         # Retries and fallbacks stay in the job's lane: a bulk job never jumps the interactive queue.
         self.lane = lane_of(job.queue)
         self.tier, self.queue, self.chain = planned.tier, queue_for_tier(planned.tier, self.lane), planned.chain
@@ -266,7 +271,14 @@ class _ChainRun:
     def _succeeded(self, number: int, model_id: str, provider: str, result: Result, latency_ms: float) -> None:
         record_health(self.runtime.cooldowns, model_id, ok=True)
         result = result.model_copy(update={"tier": self.tier})
-        self.store.succeed(self.job_id, number, result=result, provider=provider, model_latency_ms=latency_ms)
+        self.store.succeed(
+            self.job_id,
+            number,
+            result=result,
+            provider=provider,
+            model_latency_ms=latency_ms,
+            created_at=self.created_at,
+        )
         log.info(
             "job %s succeeded kind=%s tier=%s model=%s attempts=%s tokens=%s model_ms=%.0f",
             self.job_id,

@@ -5,16 +5,37 @@ as lost; usage is written once per job."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import cache
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, DateTime, TextClause, Update, bindparam, text, update
 
 from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status, utcnow
 from tasks.redaction import redact
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
-from tasks.store.base import USAGE, StoreBase, elapsed_ms, insert_ignoring_duplicates, usage_row
+from tasks.store.base import ATTEMPTS, JOBS, USAGE, StoreBase, elapsed_ms, insert_ignoring_duplicates, usage_row
 from tasks.store.views import Busy, Lease, leased_elsewhere
 
 LOST_ATTEMPT = "the worker was lost during this attempt"
+Result = GenerateResult | EmbedResult | ClassifyResult
+_FINAL_LIST = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
+
+
+# What the one-statement start returns when another owner's lease holds (the slow path decides).
+_LEASED_ELSEWHERE = object()
+
+
+def _opened(job_id: str, number: int, attempt: dict[str, str | None], now: datetime) -> dict[str, object]:
+    """A running attempt's columns."""
+    return {"job_id": job_id, "number": number, "status": Status.RUNNING, **attempt, "started_at": now}
+
+
+def _close_lost_attempts(which: ColumnElement[bool], now: datetime) -> Update:
+    """Close the attempts a dead run left open."""
+    return (
+        update(ATTEMPTS)
+        .where(which, ATTEMPTS.c.status == Status.RUNNING)
+        .values(status=Status.LOST, error=LOST_ATTEMPT, finished_at=now)
+    )
 
 
 def _next_attempt(
@@ -33,12 +54,53 @@ def _next_attempt(
     )
 
 
+# ``start_attempt`` as one PostgreSQL statement: lock the job; take it unless it ended or another owner's
+# lease still holds; close the attempt a lost run of it left open; open the new attempt. The result row has
+# the job's status before, and the new attempt's number (NULL when the job was not taken).
+_START_IN_ONE_STATEMENT = text(
+    f"""
+    WITH job AS (
+        SELECT id, status, lease_owner, lease_until FROM jobs WHERE id = :job_id FOR UPDATE
+    ), started AS (
+        UPDATE jobs SET status = '{Status.RUNNING}', started_at = coalesce(jobs.started_at, :now),
+            lease_owner = :owner, lease_until = :until, attempts = jobs.attempts + 1
+        FROM job
+        WHERE jobs.id = job.id AND job.status NOT IN ({_FINAL_LIST})
+            AND NOT (job.status = '{Status.RUNNING}' AND job.lease_owner IS NOT NULL
+                     AND job.lease_owner <> :owner AND job.lease_until > :now)
+        RETURNING jobs.id, jobs.attempts
+    ), lost AS (
+        UPDATE attempts SET status = '{Status.LOST}', error = :lost_error, finished_at = :now
+        WHERE job_id IN (SELECT started.id FROM started JOIN job ON job.status = '{Status.RUNNING}')
+            AND status = '{Status.RUNNING}'
+    ), opened AS (
+        INSERT INTO attempts (job_id, number, status, model, provider, tier, worker, started_at)
+        SELECT id, attempts, '{Status.RUNNING}', :model, :provider, :tier, :worker, :now FROM started
+    )
+    SELECT job.status, started.attempts FROM job LEFT JOIN started ON true
+    """
+).bindparams(
+    bindparam("now", type_=DateTime(timezone=True)),
+    bindparam("until", type_=DateTime(timezone=True)),
+    bindparam("lost_error", LOST_ATTEMPT),
+)
+
+
 class AttemptWrites(StoreBase):
     def start_attempt(
         self, job_id: str, *, model: str, provider: str, tier: str | None, worker: str | None, lease: Lease
     ) -> int | Busy | None:
         """Mark the job running under ``lease`` and open an attempt; None when the job already ended (a
         redelivery), ``Busy`` when a live worker process runs it now (a duplicate message)."""
+        attempt = {"model": model, "provider": provider, "tier": tier, "worker": worker}
+        if self.one_statement_writes:
+            started = self._start_in_one_statement(job_id, attempt, lease)
+            if started is not _LEASED_ELSEWHERE:
+                return started  # type: ignore[return-value]
+            # Another owner's lease has not run out: only Python can tell whether that process is alive.
+        return self._start_in_transaction(job_id, attempt, lease)
+
+    def _start_in_transaction(self, job_id: str, attempt: dict[str, str | None], lease: Lease) -> int | Busy | None:
         now = utcnow()
         with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
@@ -47,16 +109,31 @@ class AttemptWrites(StoreBase):
             busy = leased_elsewhere(record, lease, now)
             if busy is not None:
                 return busy
-            session.execute(
-                update(AttemptRecord)
-                .where(AttemptRecord.job_id == job_id, AttemptRecord.status == Status.RUNNING)
-                .values(status=Status.LOST, error=LOST_ATTEMPT, finished_at=now)
-            )
+            if record.status == Status.RUNNING:  # only a running job can have an attempt left open
+                session.execute(_close_lost_attempts(ATTEMPTS.c.job_id == job_id, now))
             record.status = Status.RUNNING
             record.started_at = record.started_at or now
             record.lease_owner, record.lease_until = lease.owner, now + timedelta(seconds=lease.seconds)
-            session.add(_next_attempt(record, Status.RUNNING, model, provider, tier, worker, now))
+            record.attempts += 1
+            session.add(AttemptRecord(**_opened(job_id, record.attempts, attempt, now)))
             return record.attempts
+
+    def _start_in_one_statement(self, job_id: str, attempt: dict[str, str | None], lease: Lease) -> int | object | None:
+        """``start_attempt`` as one PostgreSQL statement: lock the job, take it unless it ended or another
+        owner's lease still holds, close an attempt a lost run left open, open the new one."""
+        now = utcnow()
+        parameters = {
+            "job_id": job_id,
+            "owner": lease.owner,
+            "now": now,
+            "until": now + timedelta(seconds=lease.seconds),
+            **attempt,
+        }
+        with self.autocommit.connect() as connection:
+            row = connection.execute(_START_IN_ONE_STATEMENT, parameters).first()
+        if row is None or row.status in FINAL_STATUSES:
+            return None
+        return _LEASED_ELSEWHERE if row.attempts is None else int(row.attempts)
 
     def renew_leases(self, owner: str, seconds: float) -> int:
         """Extend the lease of every job ``owner`` is running; returns how many."""
@@ -113,33 +190,36 @@ class AttemptWrites(StoreBase):
         job_id: str,
         number: int,
         *,
-        result: GenerateResult | EmbedResult | ClassifyResult,
+        result: Result,
         provider: str,
         model_latency_ms: float,
+        created_at: datetime | None = None,
     ) -> None:
+        """Record the job's result, close its attempt and write its usage, unless the job already ended.
+        ``created_at`` (the job's, when the caller read it) lets PostgreSQL do it in one statement."""
         now = utcnow()
         usage = result.usage
+        attempt = {
+            "status": Status.SUCCEEDED,
+            "finished_at": now,
+            "latency_ms": model_latency_ms,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        }
+        if self.one_statement_writes and created_at is not None:
+            self._succeed_in_one_statement(job_id, number, result, provider, attempt, elapsed_ms(created_at, now))
+            return
         with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None or record.status in FINAL_STATUSES:
                 return
-            record.status = Status.SUCCEEDED
-            record.model_used = result.model
-            record.result = result.model_dump(mode="json")
-            record.error = None
-            record.finished_at = now
-            record.latency_ms = elapsed_ms(record.created_at, now)
+            for name, value in _succeeded(result, now, elapsed_ms(record.created_at, now)).items():
+                setattr(record, name, value)
             session.execute(
                 update(AttemptRecord)
                 .where(AttemptRecord.job_id == job_id, AttemptRecord.number == number)
-                .values(
-                    status=Status.SUCCEEDED,
-                    finished_at=now,
-                    latency_ms=model_latency_ms,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    total_tokens=usage.total_tokens,
-                )
+                .values(**attempt)
             )
             row = usage_row(
                 job_id=job_id,
@@ -153,3 +233,84 @@ class AttemptWrites(StoreBase):
                 now=now,
             )
             session.execute(insert_ignoring_duplicates(session, USAGE, "job_id"), [row])
+
+    def _succeed_in_one_statement(
+        self,
+        job_id: str,
+        number: int,
+        result: Result,
+        provider: str,
+        attempt: dict[str, object],
+        latency_ms: float,
+    ) -> None:
+        now = attempt["finished_at"]
+        assert isinstance(now, datetime)
+        job = _succeeded(result, now, latency_ms)
+        usage = usage_row(
+            job_id=job_id,
+            kind="",  # taken from the job's row in the statement
+            tier=None,
+            model=result.model,
+            provider=provider,
+            usage=result.usage,
+            cached=result.cached,
+            latency_ms=latency_ms,
+            now=now,
+        )
+        statement = _succeed_statement(tuple(job), tuple(attempt), tuple(usage))
+        parameters = {
+            "job_id": job_id,
+            "number": number,
+            **{f"job_{name}": value for name, value in job.items()},
+            **{f"attempt_{name}": value for name, value in attempt.items()},
+            **{f"usage_{name}": value for name, value in usage.items() if name not in _FROM_JOB},
+        }
+        with self.autocommit.connect() as connection:
+            connection.execute(statement, parameters)
+
+
+# The usage columns that the one-statement success takes from the job's row rather than from parameters.
+_FROM_JOB = {"job_id": "id", "kind": "kind", "tier": "tier"}
+
+
+@cache
+def _succeed_statement(job: tuple[str, ...], attempt: tuple[str, ...], usage: tuple[str, ...]) -> TextClause:
+    """``succeed`` as one PostgreSQL statement, for these columns of the job, the attempt and the usage row:
+    the job ends succeeded unless it already ended, and only then are its attempt closed and its usage
+    written. Built once per process."""
+
+    def assignments(prefix: str, names: tuple[str, ...]) -> str:
+        return ", ".join(f"{name} = :{prefix}_{name}" for name in names)
+
+    sql = f"""
+    WITH done AS (
+        UPDATE {JOBS.name} SET {assignments("job", job)}
+        WHERE id = :job_id AND status NOT IN ({_FINAL_LIST})
+        RETURNING id, kind, tier
+    ), closed AS (
+        UPDATE {ATTEMPTS.name} SET {assignments("attempt", attempt)}
+        WHERE job_id IN (SELECT id FROM done) AND number = :number
+    )
+    INSERT INTO {USAGE.name} ({", ".join(usage)})
+    SELECT {", ".join(f"done.{_FROM_JOB[name]}" if name in _FROM_JOB else f":usage_{name}" for name in usage)}
+    FROM done
+    ON CONFLICT (job_id) DO NOTHING
+    """
+    types = [
+        *(bindparam(f"job_{name}", type_=JOBS.c[name].type) for name in job),
+        *(bindparam(f"attempt_{name}", type_=ATTEMPTS.c[name].type) for name in attempt),
+        *(bindparam(f"usage_{name}", type_=USAGE.c[name].type) for name in usage if name not in _FROM_JOB),
+    ]
+    return text(sql).bindparams(*types)
+
+
+def _succeeded(result: Result, now: datetime, latency_ms: float) -> dict[str, object]:
+    """A succeeded job's new columns."""
+    return {
+        "status": Status.SUCCEEDED,
+        "model_used": result.model,
+        "result": result.model_dump(mode="json"),
+        "error": None,
+        "finished_at": now,
+        "latency_ms": latency_ms,
+    }

@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, insert, select
+from sqlalchemy import ColumnElement, Connection, insert, select
 from sqlalchemy.orm import Session
 
 from tasks.records import FINAL_STATUSES, JobRecord, Status, UsageRecord, utcnow
 from tasks.schemas import Usage
-from tasks.store.base import StoreBase, elapsed_ms, job_row, usage_row
+from tasks.store.base import JOBS, StoreBase, elapsed_ms, job_row, usage_row
 from tasks.store.views import JobView
 
 
@@ -20,17 +20,34 @@ def _sources(max_age_s: float) -> list[ColumnElement[bool]]:
     return [JobRecord.status == Status.SUCCEEDED, JobRecord.cached.is_(False), JobRecord.finished_at >= oldest]
 
 
+def _newest_source(connection: Connection, cache_key: str, max_age_s: float) -> JobView | None:
+    row = connection.execute(
+        select(JOBS)
+        .where(JOBS.c.cache_key == cache_key, *_sources(max_age_s))
+        .order_by(JOBS.c.finished_at.desc())
+        .limit(1)
+    ).first()
+    return JobView.of(row) if row else None
+
+
 class ResultCache(StoreBase):
     def find_cached(self, cache_key: str, max_age_s: float) -> JobView | None:
         """The newest job with this key whose answer a model computed less than ``max_age_s`` ago."""
-        with self.session() as session:
-            record = session.scalars(
-                select(JobRecord)
-                .where(JobRecord.cache_key == cache_key, *_sources(max_age_s))
-                .order_by(JobRecord.finished_at.desc())
-                .limit(1)
-            ).first()
-            return JobView.of(record) if record else None
+        with self.autocommit.connect() as connection:
+            return _newest_source(connection, cache_key, max_age_s)
+
+    def get_with_cached(self, job_id: str, max_age_s: float | None) -> tuple[JobView | None, JobView | None]:
+        """A worker's first look at a job, on one connection: the job, and, when ``max_age_s`` is given and the
+        job is still to run and asks for the cache, the answer ``find_cached`` would give for its key."""
+        with self.autocommit.connect() as connection:  # rows, not ORM objects: this read runs for every job
+            record = connection.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
+            if record is None:
+                return None, None
+            job = JobView.of(record)
+            wants_cache = (job.request or {}).get("use_cache", True) is not False
+            if max_age_s is None or job.is_final or not job.cache_key or not wants_cache:
+                return job, None
+            return job, _newest_source(connection, job.cache_key, max_age_s)
 
     def cached_keys(self, keys: list[str], max_age_s: float) -> set[str]:
         """Which of these cache keys have an answer within ``max_age_s``."""

@@ -20,7 +20,10 @@ class JobRecords(StoreBase):
     def create_job(
         self, *, job_id: str, kind: str, request: dict[str, Any], tier: str, queue: str, cache_key: str | None = None
     ) -> None:
-        self.create_jobs([NewJob(job_id, kind, request, tier, queue, cache_key)])
+        """Record one queued job (an id that exists is left as it is), in one statement."""
+        row = job_row(job_id=job_id, kind=kind, request=request, tier=tier, queue=queue, cache_key=cache_key)
+        with self.statements() as session:  # the INSERT is its own transaction: no BEGIN or COMMIT round trips
+            session.execute(insert_ignoring_duplicates(session, JOBS, "id"), [row])
 
     def create_jobs(self, jobs: list[NewJob]) -> set[str]:
         """Insert many queued jobs in one transaction, skipping ids that exist; returns the ids inserted.

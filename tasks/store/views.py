@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Row
+
 from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status
 
 
@@ -37,13 +39,14 @@ class JobView:
     started_at: datetime | None
     finished_at: datetime | None
     tier_hops: int = 0
+    cache_key: str | None = None
 
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
 
     @classmethod
-    def of(cls, record: JobRecord) -> JobView:
+    def of(cls, record: JobRecord | Row[Any]) -> JobView:
         return cls(**_fields(cls, record))
 
 

@@ -1,0 +1,123 @@
+"""A job's hot writes on PostgreSQL: starting an attempt and recording a success run as one statement each,
+and leave exactly the rows that the transaction of several statements (SQLite's way) leaves."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from tasks.database import make_engine
+from tasks.records import AttemptRecord, JobRecord, Status, UsageRecord
+from tasks.schemas import GenerateResult, Usage
+from tasks.store import Busy, JobStore, Lease
+from tests.conftest import fresh_database
+
+VOLATILE = {"id", "job_id", "created_at", "started_at", "finished_at", "lease_until", "latency_ms", "result"}
+
+
+def lease(owner: str, alive: bool = True, seconds: float = 60.0) -> Lease:
+    return Lease(owner=owner, seconds=seconds, alive=lambda _: alive)
+
+
+@pytest.fixture(scope="module")
+def stores() -> Iterator[tuple[JobStore, JobStore]]:
+    """The same database through the one-statement writes and through the transactions."""
+    with fresh_database() as url:
+        one, several = JobStore(make_engine(url)), JobStore(make_engine(url))
+        several.one_statement_writes = False
+        assert one.one_statement_writes
+        yield one, several
+        one.engine.dispose()
+        several.engine.dispose()
+
+
+def new_job(store: JobStore) -> str:
+    job_id = str(uuid.uuid4())
+    store.create_job(job_id=job_id, kind="generate", request={"prompt": "hi"}, tier="fast", queue="fast")
+    return job_id
+
+
+def rows(store: JobStore, job_id: str) -> dict[str, Any]:
+    """The job's rows, without the values that differ from one run to the next."""
+    with store.session() as session:
+        job = session.get(JobRecord, job_id)
+        attempts = session.scalars(select(AttemptRecord).where(AttemptRecord.job_id == job_id))
+        usage = session.scalars(select(UsageRecord).where(UsageRecord.job_id == job_id))
+
+        def columns(record: Any) -> dict[str, Any]:
+            return {c.name: getattr(record, c.name) for c in record.__table__.columns if c.name not in VOLATILE}
+
+        return {
+            "job": columns(job),
+            "attempts": sorted((columns(a) for a in attempts), key=lambda a: a["number"]),
+            "usage": [columns(u) for u in usage],
+        }
+
+
+def run_once(store: JobStore, owner: str) -> dict[str, Any]:
+    job_id = new_job(store)
+    assert store.start_attempt(job_id, model="m", provider="echo", tier="fast", worker="w", lease=lease(owner)) == 1
+    # The same owner again (its message redelivered after a restart): the open attempt is closed as lost.
+    assert store.start_attempt(job_id, model="m", provider="echo", tier="fast", worker="w", lease=lease(owner)) == 2
+    result = GenerateResult(text="hello", model="m", usage=Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5))
+    created = store.get(job_id).created_at  # type: ignore[union-attr]
+    store.succeed(job_id, 2, result=result, provider="echo", model_latency_ms=12.5, created_at=created)
+    # A late success of the lost attempt changes nothing: the job has ended.
+    store.succeed(job_id, 1, result=result, provider="echo", model_latency_ms=99.0, created_at=created)
+    assert store.start_attempt(job_id, model="m", provider="echo", tier="fast", worker="w", lease=lease(owner)) is None
+    view = store.get(job_id)
+    assert view is not None and view.latency_ms is not None and view.latency_ms >= 0
+    assert view.result is not None and view.result["text"] == "hello"
+    return rows(store, job_id)
+
+
+def test_one_statement_writes_leave_the_same_rows_as_transactions(stores: tuple[JobStore, JobStore]) -> None:
+    one, several = stores
+    by_one, by_several = run_once(one, "host:1"), run_once(several, "host:1")
+    assert by_one == by_several
+    assert by_one["job"]["status"] == Status.SUCCEEDED and by_one["job"]["attempts"] == 2
+    assert [a["status"] for a in by_one["attempts"]] == [Status.LOST, Status.SUCCEEDED]
+    assert by_one["attempts"][1]["total_tokens"] == 5
+    assert len(by_one["usage"]) == 1 and by_one["usage"][0]["total_tokens"] == 5
+
+
+def test_a_live_lease_elsewhere_puts_a_duplicate_off_and_a_dead_ones_job_is_taken_over(
+    stores: tuple[JobStore, JobStore],
+) -> None:
+    one, _ = stores
+    job_id = new_job(one)
+    assert one.start_attempt(job_id, model="m", provider="echo", tier="fast", worker="a", lease=lease("host:1")) == 1
+    busy = one.start_attempt(job_id, model="m", provider="echo", tier="fast", worker="b", lease=lease("host:2"))
+    assert isinstance(busy, Busy) and busy.owner == "host:1" and 55 < busy.remaining_s <= 60
+    taken = one.start_attempt(
+        job_id, model="m", provider="echo", tier="fast", worker="b", lease=lease("host:2", alive=False)
+    )
+    assert taken == 2
+    assert [a.status for a in one.attempts(job_id)] == [Status.LOST, Status.RUNNING]
+
+
+def test_racing_duplicates_start_a_job_once(stores: tuple[JobStore, JobStore]) -> None:
+    one, _ = stores
+    job_id = new_job(one)
+    outcomes: list[object] = []
+    barrier = threading.Barrier(8)
+
+    def start(owner: str) -> None:
+        barrier.wait()
+        outcomes.append(
+            one.start_attempt(job_id, model="m", provider="echo", tier="fast", worker=owner, lease=lease(owner))
+        )
+
+    threads = [threading.Thread(target=start, args=(f"host:{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(o for o in outcomes if isinstance(o, int)) == [1]
+    assert sum(isinstance(o, Busy) for o in outcomes) == 7
+    assert [a.status for a in one.attempts(job_id)] == [Status.RUNNING]
