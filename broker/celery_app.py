@@ -67,7 +67,9 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
         task_default_exchange=EXCHANGE.name,
         task_default_exchange_type=EXCHANGE.type,
         task_create_missing_queues=False,
-        task_send_sent_event=True,
+        # No task-sent event: one broker write per job instead of two. Flower shows a job from the moment a
+        # worker receives it; until then it is queued in the jobs table and counted in Flower's broker tab.
+        task_send_sent_event=False,
         worker_send_task_events=True,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,

@@ -153,10 +153,19 @@ class Drainer:
         return Drained(kind, tuple(args), kwargs, headers.get("id"), message)
 
     def report(self, drained: list[Drained], hostname: str | None, outcome: str, runtime_s: float) -> None:
-        """Tell monitors (Flower) that the drained messages ran, as Celery does for the ones it delivers."""
+        """Tell monitors (Flower) that the drained messages ran, as Celery does for the ones it delivers: the
+        task was received (its name and its arguments, which are job ids only) and succeeded."""
         if not drained:
             return
         with self.app.events.default_dispatcher(hostname=hostname) as dispatcher:
             for item in drained:
                 if item.task_id:
+                    dispatcher.send(
+                        "task-received",
+                        uuid=item.task_id,
+                        name=TASK_NAMES[item.kind],
+                        args=repr(list(item.args)),
+                        kwargs=repr(item.kwargs),
+                        retries=0,
+                    )
                     dispatcher.send("task-succeeded", uuid=item.task_id, result=repr(outcome), runtime=runtime_s)
