@@ -25,6 +25,7 @@ COMPLETE, TEI_EMBED, TEI_CLS = "org/slow-completion", "org/tei-embed", "org/tei-
 # Tier names of their own: `requeue --stale` republishes lost jobs of every test to their tier's queue.
 KILLED = "org/cut-off"  # on a tier of its own, served only by the worker that is killed
 LIMITED, PER_MINUTE = "org/limited", 20
+STORMY, STORM_S, RETRY_AFTER_S = "org/stormy", 3.0, 2  # answers 429 (Retry-After: 2) for its first 3 s
 IN_FLIGHT = 64
 CALL_S = 1.0
 PER_CALL = 32
@@ -46,6 +47,12 @@ generate = ["{LIMITED}"]
 [models."{LIMITED}"]
 provider = "openai"
 base_url = "{url}/limited"
+[tiers.remote_stormy]
+pool = "remote"
+generate = ["{STORMY}"]
+[models."{STORMY}"]
+provider = "openai"
+base_url = "{url}/stormy"
 [tiers.remote_killable]
 pool = "remote"
 generate = ["{KILLED}"]
@@ -74,12 +81,25 @@ def _slower_completion(body: Any) -> Reply:
     return dataclasses.replace(api.openai_completion(body), delay_s=3 * CALL_S)
 
 
+class Storm:
+    """Every call is refused with a 429 until ``until`` (monotonic seconds), then answered."""
+
+    until = 0.0
+
+    @classmethod
+    def reply(cls, body: Any) -> Reply:
+        if time.monotonic() < cls.until:
+            return Reply(429, {"error": {"message": "slow down"}}, headers={"Retry-After": str(RETRY_AFTER_S)})
+        return api.openai_completion(body)
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[InferenceServer]:
     server = InferenceServer().start()
     server.on("/v1/completions", _slow_completion)
     server.on("/slow/v1/completions", _slower_completion)
     server.on("/limited/v1/completions", api.openai_completion)
+    server.on("/stormy/v1/completions", Storm.reply)
     server.on("/embed", api.tei_embed)
     server.on("/predict", api.tei_predict)
     yield server
@@ -100,7 +120,7 @@ def remote_env(server: InferenceServer, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., WorkerProcess], remote_env: dict[str, str]) -> WorkerProcess:
     options = ("--pool", "remote", "--concurrency", str(IN_FLIGHT))
-    return start_worker("remote,remote_limited", "remote-pool", env=remote_env, options=options)
+    return start_worker("remote,remote_limited,remote_stormy", "remote-pool", env=remote_env, options=options)
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +278,28 @@ def test_many_threads_never_exceed_a_tiers_rate_limit(
     assert all(job.status() == "queued" for job in waiting)
     log = worker.log()
     assert all(log.count(f"job {job.id} deferred") == 1 for job in waiting)  # published again once each
+
+
+def test_a_429_storm_does_not_turn_into_a_republish_storm(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer
+) -> None:
+    Storm.until = time.monotonic() + STORM_S
+    jobs = [router.generate(f"stormy question {i}", tier="remote_stormy", max_tokens=10) for i in range(IN_FLIGHT)]
+    for job in jobs:
+        assert isinstance(job.wait(timeout=90), GenerateResult)
+    log = worker.log()
+    # Each message after the first is a retry published for when the Retry-After ends, or a wait for the
+    # model's cooldown: a storm of 3 s with Retry-After 2 s allows two of them per job, never a spin.
+    lines = log.splitlines()
+    republished = [
+        sum(
+            f"job {job.id} " in line and ("; retry in " in line or " deferred " in line or " waits " in line)
+            for line in lines
+        )
+        for job in jobs
+    ]
+    assert max(republished) <= 2, republished
+    calls = fresh.calls_to("/stormy/v1/completions")
+    assert len(calls) <= 3 * IN_FLIGHT
+    refused = [call for call in calls if call.at < Storm.until]
+    assert refused and all(job.status() == "succeeded" for job in jobs)
