@@ -1,12 +1,13 @@
 """Benchmark the cluster against the model alone and against bare Celery, in one run on this machine.
 
-    python ops/bench/run.py --n 10000 --json OUT.json [--redis redis://127.0.0.1:6379/5]
+    python ops/bench/run.py --n 10000 --json OUT.json [--parts embed,latency,noop,generate]
 
 Uses the real Redis (broker, one database emptied first) and a fresh PostgreSQL database it drops after.
 Every figure is measured in this run:
 
-(a) the model alone: MiniLM-L6 embedding N sentences (8-20 words) in one process, in batches of 64 sorted
-    by length, as sentence-transformers' ``encode`` does; the reference;
+(a) the model alone: MiniLM-L6 embedding N sentences (8-20 words), in batches of 64 sorted by length as
+    sentence-transformers' ``encode`` does, in the better of two configurations: one process of two torch
+    threads, and two processes of one thread each (half the sentences each); the reference;
 (b) the same N sentences through the cluster as one job per sentence (``Router.batch``, one worker pool
     serving both lanes), from the first submission to the last job recorded in PostgreSQL;
 (c) the same as N/64 jobs of 64 inputs each;
@@ -16,10 +17,13 @@ Every figure is measured in this run:
 (e) a bare Celery no-op task on the same broker (Celery's defaults, JSON, one prefork process);
 (f) p95 latency (created → recorded) of single interactive embed jobs submitted every 50 ms while a bulk
     batch of N embed jobs runs, and (g) the same on an idle cluster. Measured twice: with one worker
-    serving both lanes, and with a worker per lane (the bulk one at niceness 10) on the same two cores.
+    serving both lanes, and with a worker per lane (the bulk one at niceness 10) on the same two cores;
+(h) generation: SmolLM2 tokens per second through the cluster, one job at a time and 8 jobs at once (the
+    worker batches them), against ``model.generate`` alone on one prompt and on 8 prompts together.
 
 It prints a table and writes JSON with every figure and the ratios ``embed_per_job_ratio`` = b/a,
-``embed_batched_ratio`` = c/a, ``noop_vs_celery_ratio`` = d/e and ``interactive_p95_ratio`` = f/g.
+``embed_batched_ratio`` = c/a, ``noop_vs_celery_ratio`` = d/e, ``noop_one_by_one_ratio``,
+``interactive_p95_ratio`` = f/g and ``generate_ratio`` / ``generate_batched_ratio``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +64,10 @@ WORKERS = {
     "interactive_lane": ["--queues", "fast", "--lanes", "interactive", "--torch-threads", "1"],
     "bulk_lane": ["--queues", "fast", "--lanes", "bulk", "--concurrency", "2"],
     "noop": ["--queues", "noop"],
+    # One process: at its defaults for one job at a time; for 8 jobs at once, waiting up to 200 ms for the
+    # jobs submitted together (a job is taken as it arrives, so with no wait the first would run alone).
+    "generate": ["--queues", "fast", "--concurrency", "1"],
+    "generate_batched": ["--queues", "fast", "--concurrency", "1", "--max-wait-ms", "200"],
 }
 
 ECHO_TIER = """
@@ -73,11 +82,12 @@ provider = "echo"
 """
 
 
-def model_alone(texts: list[str], models_dir: Path, batch_size: int = 64) -> dict[str, float]:
+def _embed_alone(texts: list[str], models_dir: Path, threads: int, batch_size: int = 64) -> float:
+    """Seconds for one process of ``threads`` torch threads to embed ``texts`` (after a warm-up batch)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     path = models_dir / MINILM_ID
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
@@ -95,8 +105,41 @@ def model_alone(texts: list[str], models_dir: Path, batch_size: int = 64) -> dic
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), p=2, dim=1)
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "per_s": len(texts) / seconds}
+    return time.perf_counter() - started
+
+
+def _embed_alone_in_child(texts: list[str], models_dir: Path, ready: Any, go: Any, out: Any) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    ready.put(True)  # the children load first, then start together
+    go.wait()
+    out.put(_embed_alone(texts, models_dir, threads=1))
+
+
+def model_alone(texts: list[str], models_dir: Path) -> dict[str, float]:
+    """The reference: the faster of one process of all cores' threads and one single-threaded process per
+    core (each embedding its share), so that no ratio passes because the reference ran in its slower form."""
+    cores = os.cpu_count() or 1
+    context = multiprocessing.get_context("spawn")
+    one_process = len(texts) / _embed_alone(texts, models_dir, threads=cores)
+    ready, go, out = context.Queue(), context.Event(), context.Queue()
+    shares = [texts[i::cores] for i in range(cores)]
+    children = [
+        context.Process(target=_embed_alone_in_child, args=(share, models_dir, ready, go, out)) for share in shares
+    ]
+    for child in children:
+        child.start()
+    for _ in children:
+        ready.get(timeout=300)
+    started = time.perf_counter()
+    go.set()
+    per_child = [out.get(timeout=1800) for _ in children]
+    wall = time.perf_counter() - started
+    for child in children:
+        child.join()
+    processes = len(texts) / max(wall, max(per_child))
+    return {"per_s": max(one_process, processes), "one_process_per_s": one_process, "processes_per_s": processes}
 
 
 def last_finished(database_url: str, batch_id: str) -> tuple[int, float]:
@@ -216,6 +259,107 @@ def bare_celery(env: dict[str, str], broker: str, n: int, cluster: Cluster) -> d
     return {"tasks": n, "submit_s": submit_s, "seconds": seconds, "per_s": n / seconds}
 
 
+GENERATE_PROMPTS = [
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain how a refrigerator works to a ten-year-old.",
+    "Describe a walk through a busy market in the morning.",
+    "Give advice to someone starting their first job as a programmer.",
+    "Write a letter from a cat to its owner about the new dog.",
+    "Describe the life cycle of a star in simple words.",
+    "Tell the story of a train journey across the mountains.",
+    "Explain why the sky changes colour at sunset.",
+]
+GENERATE_TOKENS = 64
+
+
+def _count_new_tokens(row: list[int], ends: set[int]) -> int:
+    return next((i + 1 for i, token in enumerate(row) if token in ends), len(row))
+
+
+def generation_alone(settings: Settings, catalogue_path: Path) -> dict[str, float]:
+    """SmolLM2 through ``model.generate`` alone, loaded as a worker loads it (same dtype and sampling): each
+    prompt on its own, then the 8 prompts in one left-padded call. Tokens per second of new tokens."""
+    import torch
+
+    from broker.catalogue import load_catalogue
+    from workers.registry import ModelRegistry
+
+    catalogue = load_catalogue(catalogue_path)
+    model_id = catalogue.tiers["fast"].generate[0]
+    defaults = catalogue.defaults
+    loaded = ModelRegistry(catalogue, settings.models_dir, "cpu", settings.hf_cache_dir).get(model_id, "generate")
+    tokenizer, model = loaded.tokenizer, loaded.model
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ends = {tokenizer.eos_token_id, pad}
+    sampling = {
+        "do_sample": True,
+        "temperature": defaults.temperature,
+        "top_p": defaults.top_p,
+        "top_k": defaults.top_k,
+        "repetition_penalty": defaults.repetition_penalty,
+        "max_new_tokens": GENERATE_TOKENS,
+        "pad_token_id": pad,
+    }
+    tokenizer.padding_side = "left"
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in GENERATE_PROMPTS
+    ]
+
+    def run(prompts: list[str]) -> int:
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            output = model.generate(**batch, **sampling)
+        width = batch["input_ids"].shape[1]
+        return sum(_count_new_tokens(row[width:].tolist(), ends) for row in output)
+
+    run(texts[:1])  # warm-up
+    return tokens_per_second(timed(lambda: sum(run([text]) for text in texts)), timed(lambda: run(texts)))
+
+
+def generation_through_cluster(router: Router, cluster: Cluster) -> dict[str, float]:
+    """The same prompts as generate jobs: one at a time (each waited for) on a worker at its defaults, then all
+    8 submitted at once to a worker that waits up to 200 ms to batch them."""
+
+    def submit(prompt: str) -> Any:
+        messages = [{"role": "user", "content": prompt}]
+        return router.generate(messages=messages, tier="fast", max_tokens=GENERATE_TOKENS, use_cache=False)
+
+    def together() -> int:
+        jobs = [submit(prompt) for prompt in GENERATE_PROMPTS]
+        return sum(job.wait(timeout=300).usage.completion_tokens for job in jobs)
+
+    def on_worker(name: str, run: Callable[[], int]) -> tuple[int, float]:
+        cluster.start(name, *WORKERS[name])
+        submit(GENERATE_PROMPTS[0]).wait(timeout=300)  # warm-up
+        figures = timed(run)
+        cluster.stop()
+        return figures
+
+    single = on_worker(
+        "generate", lambda: sum(submit(p).wait(timeout=300).usage.completion_tokens for p in GENERATE_PROMPTS)
+    )
+    return tokens_per_second(single, on_worker("generate_batched", together))
+
+
+def timed(run: Callable[[], int]) -> tuple[int, float]:
+    """What ``run`` returns (new tokens), and the seconds it took."""
+    started = time.perf_counter()
+    return run(), time.perf_counter() - started
+
+
+def tokens_per_second(single: tuple[int, float], batched: tuple[int, float]) -> dict[str, float]:
+    return {
+        "tokens_per_s": single[0] / single[1],
+        "batched_tokens_per_s": batched[0] / batched[1],
+        "tokens": single[0],
+        "batched_tokens": batched[0],
+    }
+
+
+PARTS = ("embed", "latency", "noop", "generate")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10_000)
@@ -224,20 +368,24 @@ def main() -> None:
     parser.add_argument("--pg-admin", default=ADMIN)
     parser.add_argument("--pg-url", default=URL_TEMPLATE)
     parser.add_argument("--chunk", type=int, default=1000, help="requests per Router.batch call")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"which to run, of {','.join(PARTS)}")
     args = parser.parse_args()
-    n = args.n
+    n, parts = args.n, set(args.parts.split(","))
+    if parts - set(PARTS):
+        parser.error(f"--parts: unknown {sorted(parts - set(PARTS))}; choose from {','.join(PARTS)}")
 
     models_dir = Settings().models_dir
     prepare_models(models_dir)
     texts = sentences(n)
-    print(f"(a) model alone: {n} sentences …", flush=True)
-    a_before = model_alone(texts, models_dir)
+    results: dict[str, Any] = {"n": n, "cores": os.cpu_count(), "workers": WORKERS, "parts": sorted(parts)}
+    if "embed" in parts:
+        print(f"(a) model alone: {n} sentences, both configurations …", flush=True)
+        a_before = model_alone(texts, models_dir)
 
     redis.Redis.from_url(args.redis).flushdb()
     work = Path(tempfile.mkdtemp(prefix="llmr-bench-"))
     catalogue = work / "catalogue.toml"
     catalogue.write_text((REPO / "broker" / "catalogue.toml").read_text() + ECHO_TIER)
-    results: dict[str, Any] = {"n": n, "cores": os.cpu_count(), "workers": WORKERS}
     with bench_database(args.pg_admin, args.pg_url) as database_url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER_")}
         env.update(
@@ -255,82 +403,125 @@ def main() -> None:
         with Router(settings) as router:
             try:
                 one_each = [{"kind": "embed", "input": t, "tier": "fast", "use_cache": False} for t in texts]
-                of_64 = [
-                    {"kind": "embed", "input": texts[i : i + 64], "tier": "fast", "use_cache": False}
-                    for i in range(0, n, 64)
-                ]
-                cluster.start("shared", *WORKERS["one_pool"])
-                print("(b) one job per sentence …", flush=True)
-                results["embed_per_job"] = run_batch(router, one_each, args.chunk, 1800)
-                print("(c) jobs of 64 inputs …", flush=True)
-                results["embed_batched"] = run_batch(router, of_64, args.chunk, 1800)
-                print("(f, g) interactive latency, one worker for both lanes …", flush=True)
-                results["latency_one_worker"] = latency_under_bulk(router, one_each, args.chunk)
+                if parts & {"embed", "latency"}:
+                    cluster.start("shared", *WORKERS["one_pool"])
+                if "embed" in parts:
+                    of_64 = [
+                        {"kind": "embed", "input": texts[i : i + 64], "tier": "fast", "use_cache": False}
+                        for i in range(0, n, 64)
+                    ]
+                    print("(b) one job per sentence …", flush=True)
+                    results["embed_per_job"] = run_batch(router, one_each, args.chunk, 1800)
+                    print("(c) jobs of 64 inputs …", flush=True)
+                    results["embed_batched"] = run_batch(router, of_64, args.chunk, 1800)
+                if "latency" in parts:
+                    print("(f, g) interactive latency, one worker for both lanes …", flush=True)
+                    results["latency_one_worker"] = latency_under_bulk(router, one_each, args.chunk)
+                    cluster.stop()
+                    cluster.start("interactive", *WORKERS["interactive_lane"])
+                    cluster.start("bulk", *WORKERS["bulk_lane"])
+                    print("(f, g) interactive latency, a worker per lane …", flush=True)
+                    results["latency_worker_per_lane"] = latency_under_bulk(router, one_each, args.chunk)
                 cluster.stop()
-
-                cluster.start("interactive", *WORKERS["interactive_lane"])
-                cluster.start("bulk", *WORKERS["bulk_lane"])
-                print("(f, g) interactive latency, a worker per lane …", flush=True)
-                results["latency_worker_per_lane"] = latency_under_bulk(router, one_each, args.chunk)
-                cluster.stop()
-
-                cluster.start("noop", *WORKERS["noop"])
-                print("(d) no-op jobs …", flush=True)
-                noop = [
-                    {"kind": "classify", "input": f"no-op {i}", "tier": "noop", "use_cache": False} for i in range(n)
-                ]
-                results["noop_bulk"] = run_batch(router, noop, args.chunk, 1800)
-                single = min(n, 2000)
-                started = time.time()
-                jobs = [router.classify(f"single no-op {i}", tier="noop", use_cache=False) for i in range(single)]
-                for job in jobs:
-                    job.wait(timeout=600)
-                results["noop_interactive"] = {"jobs": single, "per_s": single / (time.time() - started)}
-                cluster.stop()
-                print("(e) bare Celery no-op tasks …", flush=True)
-                results["bare_celery"] = bare_celery(env, args.redis, n, cluster)
+                if "noop" in parts:
+                    noop_figures(router, cluster, env, args.redis, n, args.chunk, results)
+                if "generate" in parts:
+                    print("(h) generation through the cluster …", flush=True)
+                    results["generate_cluster"] = generation_through_cluster(router, cluster)
+                    print("(h) generation, model.generate alone …", flush=True)
+                    results["generate_alone"] = generation_alone(settings, catalogue)
             finally:
                 cluster.stop()
 
-    # The machine's speed drifts over minutes: the reference is the mean of a run before and one after.
-    print("(a) model alone, again …", flush=True)
-    a_after = model_alone(texts, models_dir)
-    a = {"per_s": (a_before["per_s"] + a_after["per_s"]) / 2, "before": a_before, "after": a_after}
-    results["model_alone"] = a
-    split, shared = results["latency_worker_per_lane"], results["latency_one_worker"]
-    results.update(
-        embed_per_job_ratio=results["embed_per_job"]["per_s"] / a["per_s"],
-        embed_batched_ratio=results["embed_batched"]["per_s"] / a["per_s"],
-        noop_vs_celery_ratio=results["noop_bulk"]["per_s"] / results["bare_celery"]["per_s"],
-        interactive_p95_ratio=split["busy_p95_ms"] / split["idle_p95_ms"],
-        interactive_p95_ratio_one_worker=shared["busy_p95_ms"] / shared["idle_p95_ms"],
-    )
-    rows = [
-        ("(a) model alone, batch 64", f"{a['per_s']:.0f} sentences/s",
-         f"reference (before {a_before['per_s']:.0f}, after {a_after['per_s']:.0f})"),
-        ("(b) one job per sentence", f"{results['embed_per_job']['per_s']:.0f} sentences/s",
-         f"b/a = {results['embed_per_job_ratio']:.2f} (target ≥ 0.8)"),
-        ("(c) jobs of 64 inputs", f"{results['embed_batched']['per_s']:.0f} sentences/s",
-         f"c/a = {results['embed_batched_ratio']:.2f} (target ≥ 0.9)"),
-        ("(d) no-op jobs, bulk batch", f"{results['noop_bulk']['per_s']:.0f} jobs/s",
-         f"d/e = {results['noop_vs_celery_ratio']:.2f} (target ≥ 0.5)"),
-        ("    no-op jobs, one by one", f"{results['noop_interactive']['per_s']:.0f} jobs/s",
-         f"/e = {results['noop_interactive']['per_s'] / results['bare_celery']['per_s']:.2f}"),
-        ("(e) bare Celery no-op", f"{results['bare_celery']['per_s']:.0f} tasks/s", "reference"),
-        ("(g) idle p95, worker per lane", f"{split['idle_p95_ms']:.0f} ms", f"p50 {split['idle_p50_ms']:.0f} ms"),
-        ("(f) p95 under bulk, worker per lane", f"{split['busy_p95_ms']:.0f} ms",
-         f"f/g = {results['interactive_p95_ratio']:.2f} (target ≤ 2), {split['busy_samples']} jobs"),
-        ("(g) idle p95, one worker", f"{shared['idle_p95_ms']:.0f} ms", f"p50 {shared['idle_p50_ms']:.0f} ms"),
-        ("(f) p95 under bulk, one worker", f"{shared['busy_p95_ms']:.0f} ms",
-         f"f/g = {results['interactive_p95_ratio_one_worker']:.2f}, {shared['busy_samples']} jobs"),
-    ]  # fmt: skip
-    width = max(len(r[0]) for r in rows)
-    print(f"\nN = {n}, {os.cpu_count()} cores")
-    for label, figure, note in rows:
-        print(f"{label:<{width}}  {figure:>18}  {note}")
+    if "embed" in parts:
+        # The machine's speed drifts over minutes: the reference is the mean of a run before and one after.
+        print("(a) model alone, again …", flush=True)
+        a_after = model_alone(texts, models_dir)
+        results["model_alone"] = {
+            "per_s": (a_before["per_s"] + a_after["per_s"]) / 2,
+            "before": a_before,
+            "after": a_after,
+        }
+    print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
         print(f"\nwritten {args.json}")
+
+
+def noop_figures(
+    router: Router, cluster: Cluster, env: dict[str, str], broker: str, n: int, chunk: int, results: dict[str, Any]
+) -> None:
+    cluster.start("noop", *WORKERS["noop"])
+    print("(d) no-op jobs …", flush=True)
+    noop = [{"kind": "classify", "input": f"no-op {i}", "tier": "noop", "use_cache": False} for i in range(n)]
+    results["noop_bulk"] = run_batch(router, noop, chunk, 1800)
+    single = min(n, 2000)
+    started = time.time()
+    jobs = [router.classify(f"single no-op {i}", tier="noop", use_cache=False) for i in range(single)]
+    for job in jobs:
+        job.wait(timeout=600)
+    results["noop_interactive"] = {"jobs": single, "per_s": single / (time.time() - started)}
+    cluster.stop()
+    print("(e) bare Celery no-op tasks …", flush=True)
+    results["bare_celery"] = bare_celery(env, broker, n, cluster)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    rows: list[tuple[str, str, str]] = []
+    if "model_alone" in results:
+        a = results["model_alone"]
+        results["embed_per_job_ratio"] = results["embed_per_job"]["per_s"] / a["per_s"]
+        results["embed_batched_ratio"] = results["embed_batched"]["per_s"] / a["per_s"]
+        before, after = a["before"], a["after"]
+        rows += [
+            ("(a) model alone, batch 64", f"{a['per_s']:.0f} sentences/s",
+             f"reference: better of 1 process of {results['cores']} threads "
+             f"({before['one_process_per_s']:.0f}, {after['one_process_per_s']:.0f}) and {results['cores']} "
+             f"processes of 1 ({before['processes_per_s']:.0f}, {after['processes_per_s']:.0f}), before and after"),
+            ("(b) one job per sentence", f"{results['embed_per_job']['per_s']:.0f} sentences/s",
+             f"b/a = {results['embed_per_job_ratio']:.2f} (target ≥ 0.9)"),
+            ("(c) jobs of 64 inputs", f"{results['embed_batched']['per_s']:.0f} sentences/s",
+             f"c/a = {results['embed_batched_ratio']:.2f} (target ≥ 0.95)"),
+        ]  # fmt: skip
+    if "bare_celery" in results:
+        e = results["bare_celery"]["per_s"]
+        results["noop_vs_celery_ratio"] = results["noop_bulk"]["per_s"] / e
+        results["noop_one_by_one_ratio"] = results["noop_interactive"]["per_s"] / e
+        rows += [
+            ("(d) no-op jobs, bulk batch", f"{results['noop_bulk']['per_s']:.0f} jobs/s",
+             f"d/e = {results['noop_vs_celery_ratio']:.2f} (target ≥ 0.5)"),
+            ("    no-op jobs, one by one", f"{results['noop_interactive']['per_s']:.0f} jobs/s",
+             f"/e = {results['noop_one_by_one_ratio']:.2f} (target ≥ 0.6)"),
+            ("(e) bare Celery no-op", f"{e:.0f} tasks/s", "reference"),
+        ]  # fmt: skip
+    if "latency_one_worker" in results:
+        split, shared = results["latency_worker_per_lane"], results["latency_one_worker"]
+        results["interactive_p95_ratio"] = split["busy_p95_ms"] / split["idle_p95_ms"]
+        results["interactive_p95_ratio_one_worker"] = shared["busy_p95_ms"] / shared["idle_p95_ms"]
+        rows += [
+            ("(g) idle p95, worker per lane", f"{split['idle_p95_ms']:.0f} ms", f"p50 {split['idle_p50_ms']:.0f} ms"),
+            ("(f) p95 under bulk, worker per lane", f"{split['busy_p95_ms']:.0f} ms",
+             f"f/g = {results['interactive_p95_ratio']:.2f} (target ≤ 2), {split['busy_samples']} jobs"),
+            ("(g) idle p95, one worker", f"{shared['idle_p95_ms']:.0f} ms", f"p50 {shared['idle_p50_ms']:.0f} ms"),
+            ("(f) p95 under bulk, one worker", f"{shared['busy_p95_ms']:.0f} ms",
+             f"f/g = {results['interactive_p95_ratio_one_worker']:.2f}, {shared['busy_samples']} jobs"),
+        ]  # fmt: skip
+    if "generate_alone" in results:
+        alone, cluster = results["generate_alone"], results["generate_cluster"]
+        results["generate_ratio"] = cluster["tokens_per_s"] / alone["tokens_per_s"]
+        results["generate_batched_ratio"] = cluster["batched_tokens_per_s"] / alone["batched_tokens_per_s"]
+        rows += [
+            ("(h) model.generate alone, 1 prompt", f"{alone['tokens_per_s']:.1f} tokens/s", "reference"),
+            ("    through the cluster, 1 job", f"{cluster['tokens_per_s']:.1f} tokens/s",
+             f"ratio {results['generate_ratio']:.2f} (target ≥ 0.9)"),
+            ("    model.generate alone, 8 prompts", f"{alone['batched_tokens_per_s']:.1f} tokens/s", "reference"),
+            ("    through the cluster, 8 jobs", f"{cluster['batched_tokens_per_s']:.1f} tokens/s",
+             f"ratio {results['generate_batched_ratio']:.2f}"),
+        ]  # fmt: skip
+    width = max((len(r[0]) for r in rows), default=0)
+    print(f"\nN = {results['n']}, {results['cores']} cores")
+    for label, figure, note in rows:
+        print(f"{label:<{width}}  {figure:>18}  {note}")
 
 
 if __name__ == "__main__":
