@@ -15,13 +15,14 @@ from typing import Any
 from broker.catalogue import Catalogue, load_catalogue
 from broker.celery_app import RouterCelery, create_app
 from broker.packing import input_count, pack
-from broker.queues import INPUTS_HEADER, TASK_NAMES, queue_names
+from broker.publishing import recovery_queue, send_again, send_job
+from broker.queues import INPUTS_HEADER, TASK_NAMES
 from broker.routing import Route, queue_for_tier, route
 from broker.settings import Settings
 from tasks.cache import cache_key
 from tasks.database import make_engine, upgrade
 from tasks.errors import InvalidRequest, JobFailed, JobRejected, JobTimeout, RouterError
-from tasks.records import Status
+from tasks.records import Status, aware
 from tasks.schemas import (
     ClassifyRequest,
     ClassifyResult,
@@ -112,6 +113,20 @@ class Job:
         return None
 
 
+MAX_IDEMPOTENCY_KEY = 200
+IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1d2c0e-4b7a-5e39-9a51-2f0c8d7e6b14")  # batch and job ids from a batch's key
+
+
+def _idempotency_key(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
+        raise InvalidRequest(
+            f"idempotency_key: expected a string of 1 to {MAX_IDEMPOTENCY_KEY} characters", field="idempotency_key"
+        )
+    return value
+
+
 class Router:
     """Submit generation, embedding and classification jobs to the cluster.
 
@@ -192,10 +207,19 @@ class Router:
     def submit(self, request: dict[str, Any]) -> Job:
         """Validate, record and enqueue one job of any kind. Nothing is written when validation fails.
 
-        An identical request that succeeded within ``cache_ttl_s`` answers at once, without a message."""
-        parsed, planned = self.prepare(request)
+        An identical request that succeeded within ``cache_ttl_s`` answers at once, without a message. With an
+        ``idempotency_key`` (up to 200 characters), a submission that repeats one of the last
+        ``idempotency_ttl_s`` gets the job of the first, with no second record and no second message."""
+        if not isinstance(request, dict):
+            raise InvalidRequest(f"request: expected a dict, got {type(request).__name__}", field="request")
+        key = _idempotency_key(request.get("idempotency_key"))
+        parsed, planned = self.prepare({name: value for name, value in request.items() if name != "idempotency_key"})
         stored = parsed.model_dump(mode="json", exclude_none=True)
-        kind, key, job_id = parsed.kind, cache_key(parsed, planned.tier), str(uuid.uuid4())
+        kind, cache, job_id = parsed.kind, cache_key(parsed, planned.tier), str(uuid.uuid4())
+        if key is not None:
+            earlier = self._job_for_key(key, kind, stored)
+            if earlier is not None:
+                return earlier
         common: dict[str, Any] = {
             "job_id": job_id,
             "kind": kind,
@@ -203,11 +227,18 @@ class Router:
             "tier": planned.tier,
             "queue": planned.queue,
         }
-        source = self.store.find_cached(key, self.settings.cache_ttl_s) if parsed.use_cache else None
+        # A keyed submission is recorded with its key even when the cache knows the answer (its worker answers
+        # from the cache): the key must name one job.
+        source = self.store.find_cached(cache, self.settings.cache_ttl_s) if parsed.use_cache and key is None else None
         if source is not None:
-            self.store.record_cached(**common, cache_key=key, source=source)
+            self.store.record_cached(**common, cache_key=cache, source=source)
             return Job(self.store, job_id, kind, self.settings.wait_poll_s)
-        self.store.create_job(**common, cache_key=key)
+        if not self.store.create_job(**common, cache_key=cache, idempotency_key=key):
+            # Another submission of this key was recorded between our look and our insert.
+            earlier = self._job_for_key(key, kind, stored) if key is not None else None
+            if earlier is None:
+                raise InvalidRequest(f"idempotency_key: {key!r} is taken; submit again", field="idempotency_key")
+            return earlier
         try:
             self._publish(job_id, kind, planned.queue, input_count(stored))
         except EnqueueFailed:
@@ -215,15 +246,43 @@ class Router:
             raise
         return Job(self.store, job_id, kind, self.settings.wait_poll_s)
 
+    def _job_for_key(self, key: str, kind: str, request: dict[str, Any]) -> Job | None:
+        """The job an earlier submission of ``key`` recorded, if the key still holds; the key of one that has
+        outlived ``idempotency_ttl_s`` is freed. A key names one request: another is refused."""
+        earlier = self.store.job_for_key(key)
+        if earlier is None:
+            return None
+        oldest = datetime.now(UTC) - timedelta(seconds=self.settings.idempotency_ttl_s)
+        if aware(earlier.created_at) < oldest and self.store.release_key(key, oldest):
+            return None
+        if earlier.kind != kind or earlier.request != request:
+            raise InvalidRequest(
+                f"idempotency_key: {key!r} was used for another request within the last "
+                f"{self.settings.idempotency_ttl_s:g} s; give this one a new key",
+                field="idempotency_key",
+            )
+        return Job(self.store, earlier.id, earlier.kind, self.settings.wait_poll_s)
+
     def batch(
-        self, requests: list[dict[str, Any]], *, batch_id: str | None = None, job_ids: list[str] | None = None
+        self,
+        requests: list[dict[str, Any]],
+        *,
+        batch_id: str | None = None,
+        job_ids: list[str] | None = None,
+        idempotency_key: str | None = None,
     ) -> BatchSubmission:
         """Submit many jobs at once: each request is validated on its own, the valid ones are recorded in one
         transaction under ``batch_id`` and enqueued in the bulk lane of their tier, many jobs per message
         (workers take interactive jobs first). A request that is invalid is reported in ``errors`` (by
         position) and does not stop the others. With ``job_ids`` (deterministic ids), submitting the same
         requests again records nothing twice; jobs already recorded but still queued are published again.
+        An ``idempotency_key`` derives the batch id and the job ids from itself: the same key names the same
+        batch and jobs for as long as they are kept.
         """
+        key = _idempotency_key(idempotency_key)
+        if key is not None:
+            batch_id = batch_id or str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key))
+            job_ids = job_ids or [str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{key}:{i}")) for i in range(len(requests))]
         batch_id = batch_id or str(uuid.uuid4())
         ids = job_ids or [str(uuid.uuid4()) for _ in requests]
         if len(ids) != len(requests):
@@ -267,17 +326,8 @@ class Router:
         return self.store.batch_counts(batch_id)
 
     def _publish(self, job_id: str, kind: str, queue: str, inputs: int) -> None:
-        # The input count travels as a header (a number, nothing of the input): the worker's accumulator
-        # sizes its batches with it.
         try:
-            self.app.send_task(
-                TASK_NAMES[kind],
-                args=[job_id],
-                task_id=job_id,
-                queue=queue,
-                routing_key=queue,
-                headers={INPUTS_HEADER: inputs},
-            )
+            send_job(self.app, job_id, kind, queue, inputs)
         except Exception as exc:  # kombu and the transports raise many kinds; all mean "not enqueued"
             raise EnqueueFailed(f"job {job_id} could not be enqueued on {self.settings.safe_broker_url()}") from exc
 
@@ -307,19 +357,21 @@ class Router:
         skips a message for a job in a final state or under another live worker's lease. A job whose queue
         this catalogue does not serve (its tier was renamed or removed) is reported, not published: no
         worker would ever take it."""
-        served = set(queue_names(self.catalogue.ordered_tiers))
         requeued: list[JobView] = []
         unroutable: list[JobView] = []
         for job in self.store.stale(datetime.now(UTC) - timedelta(seconds=older_than_s)):
-            queue = job.queue or job.tier or self.catalogue.ordered_tiers[0]
-            (requeued if queue in served else unroutable).append(job)
-            if queue not in served or dry_run:
+            queue = recovery_queue(job, self.catalogue)
+            if queue is None:
+                unroutable.append(job)
+                continue
+            requeued.append(job)
+            if dry_run:
                 continue
             try:
-                self._publish(job.id, job.kind, queue, input_count(job.request or {}))
-            except EnqueueFailed:
+                send_again(self.app, job, queue)
+            except Exception as exc:
                 self.store.set_due([done.id for done in requeued[:-1]], 0.0)
-                raise
+                raise EnqueueFailed(f"job {job.id} could not be enqueued on {self.settings.safe_broker_url()}") from exc
         if not dry_run:
             self.store.set_due([job.id for job in requeued], 0.0)  # due now: the next requeue leaves them be
         return Requeue(requeued, unroutable)

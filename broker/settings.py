@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     # How long a worker process's claim on a running job holds without renewal (renewed every third of it):
     # a job whose worker died is taken over by its next message once this has passed.
     lease_s: float = Field(default=30.0, ge=3.0, le=3600.0)
+    # How often the workers' sweeper (one at a time, cluster-wide) looks for jobs a dead worker or a lost
+    # message left behind; 0 turns it off. A dead worker's job is published again within lease_s plus this.
+    sweep_interval_s: float = Field(default=10.0, ge=0.0, le=3600.0)
+    # A queued or retrying job whose message has been due this long is taken for lost and published again.
+    lost_message_after_s: float = Field(default=1800.0, ge=60.0)
     # How long a new worker process may take to start, loading its models, before Celery kills it as hung
     # (Celery's default, 4 s, kills every replacement of a pool process that loads a model).
     process_start_timeout_s: float = Field(default=600.0, ge=4.0)
@@ -63,6 +68,8 @@ class Settings(BaseSettings):
     bulk_message_jobs: int = Field(default=64, ge=1, le=1024)
     bulk_message_inputs: int = Field(default=256, ge=1, le=100_000)
     wait_poll_s: float = 0.05
+    # How long a submission's idempotency key names its job: the same key within it gets the same job.
+    idempotency_ttl_s: float = Field(default=86_400.0, ge=1.0)
     sqlite_busy_timeout_s: float = 30.0
     # Connections a worker process keeps to a server database (as many again at peaks); None: its
     # concurrency, 5 to 10. Transactions are short, so a few serve hundreds of remote calls in flight.

@@ -39,6 +39,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(moment: datetime) -> datetime:
+    """A stored time with its time zone (SQLite hands times back without one; they are UTC)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: DateTime(timezone=True), dict[str, Any]: JsonColumn}
 
@@ -73,8 +78,14 @@ class JobRecord(Base):
     # queued or retrying job long past it has lost its message.
     due_at: Mapped[datetime | None]
     tier_hops: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The caller's idempotency key: a second submission with it gets this job (unique: racing submissions of
+    # one key record one job). Cleared once the key's time to live has passed, so the key can be used again.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
 
-    __table_args__ = (Index("ix_jobs_cache_key_status", "cache_key", "status"),)
+    __table_args__ = (
+        Index("ix_jobs_cache_key_status", "cache_key", "status"),
+        Index("uq_jobs_idempotency_key", "idempotency_key", unique=True),
+    )
 
 
 class AttemptRecord(Base):

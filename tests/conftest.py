@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -105,6 +107,10 @@ def cluster_env(
         LLM_ROUTER_VAR_DIR=str(tmp_path_factory.mktemp("var")),
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
+        # Off in the shared test cluster, whose one database serves workers on several brokers (a real cluster
+        # has one broker): a sweeper would publish other tests' jobs on its own. The recovery tests run it on
+        # a database and a broker of their own.
+        LLM_ROUTER_SWEEP_INTERVAL_S="0",
     )
     return env
 
@@ -119,6 +125,21 @@ def cluster_settings(cluster_env: dict[str, str]) -> Settings:
     )
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes under ``pid`` (its children, theirs, …), read from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
 class WorkerProcess:
     def __init__(self, process: subprocess.Popen[bytes], nodename: str, log_path: Path):
         self.process = process
@@ -130,6 +151,14 @@ class WorkerProcess:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def kill_whole(self) -> None:
+        """SIGKILL the worker's main process and every process of its pool at once, as the OOM killer, a lost
+        node or a container restart does: nothing of it runs a line more."""
+        for pid in [*descendants(self.process.pid), self.process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
 
     def stop(self) -> None:
         if self.alive():

@@ -53,9 +53,35 @@ def current_runtime(app: Any) -> WorkerRuntime:
 
             profile = getattr(app, "worker_profile", None) or WorkerProfile()
             runtime = build_runtime(app.router_settings, app.catalogue, profile)
+            _start_sweeper(app, runtime)
             _runtimes.clear()
             _runtimes[os.getpid()] = runtime
         return runtime
+
+
+def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
+    """Every process that runs jobs keeps a sweeper; one at a time sweeps (workers.sweeper). It needs Redis
+    for its lock: in the embedded mode, `llm-router requeue --stale` recovers jobs."""
+    settings = runtime.settings
+    if not settings.sweep_interval_s or not settings.resolved_redis_url:
+        return
+    import redis
+
+    from broker.publishing import recovery_queue, send_again
+    from workers.sweeper import BrokerMark, Sweeper
+
+    client = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    broker = settings.resolved_broker_url
+    mark = BrokerMark(redis.Redis.from_url(broker, socket_timeout=5.0)) if broker.startswith("redis") else None
+    Sweeper(
+        runtime.store,
+        client,
+        lambda job, queue, countdown: send_again(app, job, queue, countdown),
+        lambda job: recovery_queue(job, runtime.catalogue),
+        interval_s=settings.sweep_interval_s,
+        lost_message_after_s=settings.lost_message_after_s,
+        broker_mark=mark,
+    ).start()
 
 
 class JobTask(Task):  # type: ignore[misc]

@@ -39,6 +39,20 @@ def _database(url: str) -> dict[str, Any]:
         engine.dispose()
 
 
+def _recovery(redis_url: str | None) -> dict[str, Any]:
+    """What the workers' sweepers recovered lately, and the workers they found dead (none without Redis)."""
+    if not redis_url:
+        return {"recovered": [], "dead_workers": {}}
+    import redis
+
+    from workers.sweeper import recoveries
+
+    try:
+        return recoveries(redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0))
+    except redis.RedisError as exc:
+        return {"recovered": [], "dead_workers": {}, "error": type(exc).__name__}
+
+
 def _workers(app: Any, timeout: float) -> dict[str, Any]:
     try:
         replies = app.control.broadcast("llm_router_info", reply=True, timeout=timeout) or []
@@ -62,7 +76,8 @@ def status(timeout: float, as_json: bool) -> None:
     workers = _workers(app, timeout) if broker["ok"] else {}
     app.close()
     healthy = broker["ok"] and database["ok"] and bool(workers)
-    report = {"ok": healthy, "broker": broker, "database": database, "workers": workers}
+    recovery = _recovery(settings.resolved_redis_url)
+    report = {"ok": healthy, "broker": broker, "database": database, "workers": workers, "recovery": recovery}
     if as_json:
         emit_json(report)
     else:
@@ -89,4 +104,9 @@ def status(timeout: float, as_json: bool) -> None:
             click.echo(table(["worker", "queues", "in flight", "pool", "pid", "device", "rss MB", "models"], rows))
         if broker["queues"]:
             click.echo("queues    " + ", ".join(f"{name} {depth}" for name, depth in broker["queues"].items()))
+        recovered, dead = recovery["recovered"], recovery["dead_workers"]
+        if recovered:
+            click.echo(f"recovered {len(recovered)} job(s) lately, the last at {recovered[0]['at']}")
+        for owner, at in sorted(dead.items()):
+            click.echo(f"dead      {owner}: its jobs recovered at {at}")
     sys.exit(0 if healthy else 1)

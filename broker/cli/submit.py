@@ -78,6 +78,9 @@ def _finish(job: Job, wait: bool, timeout: float, as_json: bool) -> None:
 @click.option("--seed", type=int)
 @click.option("--fallback", type=click.Choice(["tier", "model", "none"]))
 @click.option("--params", "params_json", help="More request fields as a JSON object.")
+@click.option(
+    "--idempotency-key", help="Submitting again with this key (within LLM_ROUTER_IDEMPOTENCY_TTL_S) gets the same job."
+)
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds --wait waits.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -7,15 +7,24 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from functools import cache
 
-from sqlalchemy import ColumnElement, DateTime, TextClause, Update, bindparam, text, update
+from sqlalchemy import DateTime, TextClause, bindparam, text, update
 
 from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status, utcnow
 from tasks.redaction import redact
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
-from tasks.store.base import ATTEMPTS, JOBS, USAGE, StoreBase, elapsed_ms, insert_ignoring_duplicates, usage_row
+from tasks.store.base import (
+    ATTEMPTS,
+    JOBS,
+    LOST_ATTEMPT,
+    USAGE,
+    StoreBase,
+    close_lost_attempts,
+    elapsed_ms,
+    insert_ignoring_duplicates,
+    usage_row,
+)
 from tasks.store.views import Busy, Lease, leased_elsewhere
 
-LOST_ATTEMPT = "the worker was lost during this attempt"
 Result = GenerateResult | EmbedResult | ClassifyResult
 _FINAL_LIST = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
 
@@ -27,15 +36,6 @@ _LEASED_ELSEWHERE = object()
 def _opened(job_id: str, number: int, attempt: dict[str, str | None], now: datetime) -> dict[str, object]:
     """A running attempt's columns."""
     return {"job_id": job_id, "number": number, "status": Status.RUNNING, **attempt, "started_at": now}
-
-
-def _close_lost_attempts(which: ColumnElement[bool], now: datetime) -> Update:
-    """Close the attempts a dead run left open."""
-    return (
-        update(ATTEMPTS)
-        .where(which, ATTEMPTS.c.status == Status.RUNNING)
-        .values(status=Status.LOST, error=LOST_ATTEMPT, finished_at=now)
-    )
 
 
 def _next_attempt(
@@ -110,7 +110,7 @@ class AttemptWrites(StoreBase):
             if busy is not None:
                 return busy
             if record.status == Status.RUNNING:  # only a running job can have an attempt left open
-                session.execute(_close_lost_attempts(ATTEMPTS.c.job_id == job_id, now))
+                session.execute(close_lost_attempts(ATTEMPTS.c.job_id == job_id, now))
             record.status = Status.RUNNING
             record.started_at = record.started_at or now
             record.lease_owner, record.lease_until = lease.owner, now + timedelta(seconds=lease.seconds)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Table
+from sqlalchemy import ColumnElement, Engine, Table, Update, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -25,6 +25,7 @@ ATTEMPTS: Table = AttemptRecord.__table__  # type: ignore[assignment]
 USAGE: Table = UsageRecord.__table__  # type: ignore[assignment]
 
 MAX_STORED_REJECTED_REQUEST = 64 * 1024
+LOST_ATTEMPT = "the worker was lost during this attempt"
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class NewJob:
     tier: str
     queue: str
     cache_key: str | None = None
+    idempotency_key: str | None = None
 
 
 class StoreBase:
@@ -69,6 +71,7 @@ def job_row(
     queue: str | None = None,
     cache_key: str | None = None,
     error: str | None = None,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
     """A new job's columns, as ``insert(JobRecord)`` and ``JobRecord(**row)`` take them."""
     now = utcnow()
@@ -82,6 +85,7 @@ def job_row(
         "request": request,
         "batch_id": (request or {}).get("batch_id"),
         "cache_key": cache_key,
+        "idempotency_key": idempotency_key,
         "error": error,
         "cached": False,
         "attempts": 0,
@@ -138,11 +142,21 @@ def elapsed_ms(since: datetime, now: datetime) -> float:
     return (now - since).total_seconds() * 1000.0
 
 
-def insert_ignoring_duplicates(session: Session, table: Table, column: str) -> Any:
-    """An INSERT that skips rows whose ``column`` (a unique key) is already taken."""
+def insert_ignoring_duplicates(session: Session, table: Table, column: str | None) -> Any:
+    """An INSERT that skips rows whose ``column`` (a unique key; None: any unique key) is already taken."""
     dialect = session.get_bind().dialect.name
+    columns = [column] if column else None
     if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=[column])
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=columns)
     if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing(index_elements=[column])
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=columns)
     raise NotImplementedError(f"inserts that skip duplicates on {dialect}")
+
+
+def close_lost_attempts(which: ColumnElement[bool], now: datetime) -> Update:
+    """Close as lost the attempts that a dead run left open."""
+    return (
+        update(ATTEMPTS)
+        .where(which, ATTEMPTS.c.status == Status.RUNNING)
+        .values(status=Status.LOST, error=LOST_ATTEMPT, finished_at=now)
+    )

@@ -13,8 +13,16 @@ from sqlalchemy import bindparam, func, insert, select, update
 from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status, utcnow
 from tasks.redaction import redact
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
-from tasks.store.attempts import LOST_ATTEMPT
-from tasks.store.base import ATTEMPTS, JOBS, USAGE, StoreBase, elapsed_ms, insert_ignoring_duplicates, usage_row
+from tasks.store.base import (
+    ATTEMPTS,
+    JOBS,
+    USAGE,
+    StoreBase,
+    close_lost_attempts,
+    elapsed_ms,
+    insert_ignoring_duplicates,
+    usage_row,
+)
 from tasks.store.views import Lease
 
 Result = GenerateResult | EmbedResult | ClassifyResult
@@ -44,10 +52,7 @@ class GroupWrites(StoreBase):
             if not taken:
                 return []
             session.execute(
-                update(AttemptRecord)
-                .where(AttemptRecord.job_id.in_(taken), AttemptRecord.status == Status.RUNNING)
-                .values(status=Status.LOST, error=LOST_ATTEMPT, finished_at=now)
-                .execution_options(synchronize_session=False)
+                close_lost_attempts(ATTEMPTS.c.job_id.in_(taken), now).execution_options(synchronize_session=False)
             )
             rows = session.execute(
                 update(JobRecord)

@@ -12,18 +12,63 @@ from sqlalchemy import func, insert, select, update
 
 from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status, utcnow
 from tasks.redaction import redact
-from tasks.store.base import JOBS, NewJob, StoreBase, elapsed_ms, insert_ignoring_duplicates, job_row, storable
-from tasks.store.views import AttemptView, JobView
+from tasks.store.base import (
+    ATTEMPTS,
+    JOBS,
+    NewJob,
+    StoreBase,
+    close_lost_attempts,
+    elapsed_ms,
+    insert_ignoring_duplicates,
+    job_row,
+    storable,
+)
+from tasks.store.views import AttemptView, JobView, lease_end
 
 
 class JobRecords(StoreBase):
     def create_job(
-        self, *, job_id: str, kind: str, request: dict[str, Any], tier: str, queue: str, cache_key: str | None = None
-    ) -> None:
-        """Record one queued job (an id that exists is left as it is), in one statement."""
-        row = job_row(job_id=job_id, kind=kind, request=request, tier=tier, queue=queue, cache_key=cache_key)
+        self,
+        *,
+        job_id: str,
+        kind: str,
+        request: dict[str, Any],
+        tier: str,
+        queue: str,
+        cache_key: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """Record one queued job, in one statement; False when its id or its idempotency key is taken (the
+        unique index decides between racing submissions, not a read first)."""
+        row = job_row(
+            job_id=job_id,
+            kind=kind,
+            request=request,
+            tier=tier,
+            queue=queue,
+            cache_key=cache_key,
+            idempotency_key=idempotency_key,
+        )
         with self.statements() as session:  # the INSERT is its own transaction: no BEGIN or COMMIT round trips
-            session.execute(insert_ignoring_duplicates(session, JOBS, "id"), [row])
+            statement = insert_ignoring_duplicates(session, JOBS, None).returning(JOBS.c.id)
+            return session.execute(statement, [row]).first() is not None
+
+    def job_for_key(self, idempotency_key: str) -> JobView | None:
+        """The job submitted with this idempotency key, while the key holds."""
+        with self.session() as session:
+            record = session.scalars(select(JobRecord).where(JobRecord.idempotency_key == idempotency_key)).first()
+            return JobView.of(record) if record else None
+
+    def release_key(self, idempotency_key: str, created_before: datetime) -> bool:
+        """Free a key whose time to live has passed (its job keeps everything else); False if it is younger."""
+        with self.session() as session:
+            result = session.execute(
+                update(JobRecord)
+                .where(JobRecord.idempotency_key == idempotency_key, JobRecord.created_at < created_before)
+                .values(idempotency_key=None)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(getattr(result, "rowcount", 0))
 
     def create_jobs(self, jobs: list[NewJob]) -> set[str]:
         """Insert many queued jobs in one transaction, skipping ids that exist; returns the ids inserted.
@@ -130,15 +175,32 @@ class JobRecords(StoreBase):
             record.due_at = utcnow()
             return True
 
-    def stale(self, older_than: datetime, limit: int = 10_000) -> list[JobView]:
-        """Jobs that are lost: running under a lease that ran out before ``older_than`` (its worker died), or
-        queued or retrying with a message due before ``older_than`` (a broker lost it). A job that a live
-        worker runs, or that waits for a retry's or deferral's countdown, is never stale."""
+    def requeue_abandoned(self, job_id: str, due_in_s: float = 0.0) -> bool:
+        """A running job whose worker died (its lease ran out), published again: the attempt it left open is
+        closed as lost and the job waits for its new message, queued; False when a worker took it meanwhile."""
+        now = utcnow()
+        with self.sessions.begin() as session:
+            record = session.get(JobRecord, job_id, with_for_update=True)
+            if record is None or record.status != Status.RUNNING or lease_end(record, now) > now:
+                return False
+            session.execute(close_lost_attempts(ATTEMPTS.c.job_id == job_id, now))
+            record.status, record.lease_owner, record.lease_until = Status.QUEUED, None, None
+            record.due_at = now + timedelta(seconds=due_in_s)
+            return True
+
+    def stale(
+        self, running_before: datetime, waiting_before: datetime | None = None, limit: int = 10_000
+    ) -> list[JobView]:
+        """Jobs that are lost: running under a lease that ran out before ``running_before`` (its worker died),
+        or queued or retrying with a message due before ``waiting_before`` (a broker lost it; the same time
+        when not given). A job that a live worker runs, or that waits for a retry's or deferral's countdown
+        due later, is never stale."""
+        waiting_before = running_before if waiting_before is None else waiting_before
         running_lost = (JobRecord.status == Status.RUNNING) & (
-            func.coalesce(JobRecord.lease_until, JobRecord.started_at, JobRecord.created_at) < older_than
+            func.coalesce(JobRecord.lease_until, JobRecord.started_at, JobRecord.created_at) < running_before
         )
         waiting_lost = (JobRecord.status.in_([Status.QUEUED, Status.RETRYING])) & (
-            func.coalesce(JobRecord.due_at, JobRecord.created_at) < older_than
+            func.coalesce(JobRecord.due_at, JobRecord.created_at) < waiting_before
         )
         with self.session() as session:
             rows = session.scalars(

@@ -40,6 +40,8 @@ class JobView:
     finished_at: datetime | None
     tier_hops: int = 0
     cache_key: str | None = None
+    lease_owner: str | None = None
+    due_at: datetime | None = None
 
     @property
     def is_final(self) -> bool:
@@ -68,12 +70,19 @@ class Lease:
     alive: Callable[[str], bool]
 
 
+def lease_end(record: JobRecord, now: datetime) -> datetime:
+    """When the job's lease runs out (long ago when it has none), comparable with ``now``."""
+    until = record.lease_until
+    if until is None:
+        return datetime.min.replace(tzinfo=now.tzinfo)
+    return until if until.tzinfo else until.replace(tzinfo=now.tzinfo)  # SQLite keeps no time zone
+
+
 def leased_elsewhere(record: JobRecord, lease: Lease, now: datetime) -> Busy | None:
     """The running job's live lease held by another process, if any."""
-    owner, until = record.lease_owner, record.lease_until
-    if record.status != Status.RUNNING or owner is None or until is None or owner == lease.owner:
+    owner, until = record.lease_owner, lease_end(record, now)
+    if record.status != Status.RUNNING or owner is None or owner == lease.owner:
         return None
-    until = until if until.tzinfo else until.replace(tzinfo=now.tzinfo)  # SQLite keeps no time zone
     if until <= now or not lease.alive(owner):
         return None
     return Busy(owner, (until - now).total_seconds())

@@ -1,0 +1,39 @@
+"""Publishing a recorded job's message: by the producer that records it, and again by whoever recovers it.
+
+A job's message carries its id only (the request lives in the database) and, as a header, how many texts it
+runs through the model, which the worker's dynamic batching counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.catalogue import Catalogue
+from broker.packing import input_count
+from broker.queues import INPUTS_HEADER, TASK_NAMES, queue_names
+from tasks.store import JobView
+
+
+def send_job(app: Any, job_id: str, kind: str, queue: str, inputs: int, countdown: float = 0.0) -> None:
+    """Publish one job's message on ``queue``; raises what the transport raises when it is refused."""
+    app.send_task(
+        TASK_NAMES[kind],
+        args=[job_id],
+        task_id=job_id,
+        queue=queue,
+        routing_key=queue,
+        headers={INPUTS_HEADER: inputs},
+        countdown=countdown or None,
+    )
+
+
+def send_again(app: Any, job: JobView, queue: str, countdown: float = 0.0) -> None:
+    """Publish a recorded job's message again (a requeue, a recovery)."""
+    send_job(app, job.id, job.kind, queue, input_count(job.request or {}), countdown)
+
+
+def recovery_queue(job: JobView, catalogue: Catalogue) -> str | None:
+    """The queue a lost job goes back to; None when no tier of ``catalogue`` serves it (renamed or removed),
+    where no worker would ever take it."""
+    queue = job.queue or job.tier or catalogue.ordered_tiers[0]
+    return queue if queue in queue_names(catalogue.ordered_tiers) else None

@@ -1,0 +1,269 @@
+"""Nothing waits for an operator: the workers' sweeper publishes again the jobs that a dead worker or a lost
+message left behind. On a database and a broker of their own, with the default lease and sweep interval."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import pytest
+import redis
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from broker.cli.main import cli
+from broker.client import Router
+from broker.settings import Settings
+from tasks.database import make_engine
+from tasks.records import Status
+from tasks.schemas import GenerateResult
+from tasks.store import JobStore, JobView, Lease
+from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings, fresh_database
+from tests.support import inference_server as api
+from tests.support.inference_server import InferenceServer
+from workers.sweeper import DEAD_WORKERS_KEY, EPOCH_KEY, LOCK_KEY, RECOVERED_KEY, BrokerMark, Sweeper
+
+BROKER = "redis://127.0.0.1:6379/2"
+SWEEPER_REDIS = "redis://127.0.0.1:6379/15"
+SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SLOW_S = 8.0
+IN_FLIGHT = 50
+RECOVERY_LIMIT_S = 120.0
+
+
+def _catalogue(url: str) -> str:
+    return f"""
+default_tier = "recover_remote"
+tier_order = ["recover_remote", "recover_local"]
+[tiers.recover_remote]
+pool = "remote"
+generate = ["org/slow-generation"]
+[tiers.recover_local]
+generate = ["{SMOL}"]
+[models."org/slow-generation"]
+provider = "openai"
+base_url = "{url}"
+[models."{SMOL}"]
+dtype = "bfloat16"
+"""
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[InferenceServer]:
+    server = InferenceServer().start()
+    server.on("/v1/completions", lambda body: dataclasses.replace(api.openai_completion(body), delay_s=SLOW_S))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def env(server: InferenceServer, database: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    # The sweeper at its defaults (a sweep every 10 s, leases of 30 s), on this module's database only.
+    return catalogue_env(
+        tmp_path_factory.mktemp("recovery"),
+        _catalogue(server.url),
+        BROKER,
+        LLM_ROUTER_DATABASE_URL=database,
+        LLM_ROUTER_SWEEP_INTERVAL_S="10",
+    )
+
+
+@pytest.fixture(scope="module")
+def router(cluster_settings: Settings, env: dict[str, str], database: str) -> Iterator[Router]:
+    settings = catalogue_settings(cluster_settings, env).model_copy(update={"database_url": database})
+    with Router(settings) as router:
+        yield router
+
+
+def _usage_rows(database: str, job_ids: list[str]) -> dict[str, int]:
+    engine = make_engine(database)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT job_id, count(*) FROM usage WHERE job_id = ANY(:ids) GROUP BY job_id"), {"ids": job_ids}
+        )
+        counts = {job_id: int(count) for job_id, count in rows}
+    engine.dispose()
+    return counts
+
+
+def _restore_unacknowledged(broker: str) -> int:
+    """Hand the unacknowledged messages back to their queues, as Redis's visibility timeout does hours later."""
+    client = redis.Redis.from_url(broker)
+    restored = 0
+    for tag, entry in client.hgetall("unacked").items():
+        payload, _exchange, routing_key = json.loads(entry)
+        client.lpush(routing_key, json.dumps(payload))
+        client.hdel("unacked", tag)
+        client.zrem("unacked_index", tag)
+        restored += 1
+    return restored
+
+
+def test_a_job_whose_worker_is_killed_whole_mid_generation_succeeds_with_no_command(
+    start_worker: Callable[..., WorkerProcess], env: dict[str, str], router: Router, database: str
+) -> None:
+    doomed = start_worker("recover_local", "recover-doomed", env=env)
+    job = router.generate("Tell a long story about a sea voyage.", tier="recover_local", max_tokens=400)
+    deadline = time.monotonic() + 60
+    while job.status() != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.1)
+    time.sleep(1.0)  # mid-generation
+    doomed.kill_whole()
+    killed_at = time.monotonic()
+    survivor = start_worker("recover_local", "recover-survivor", env=env)
+
+    result = job.wait(timeout=RECOVERY_LIMIT_S)
+    assert isinstance(result, GenerateResult)
+    assert time.monotonic() - killed_at < RECOVERY_LIMIT_S
+    assert [attempt.status for attempt in job.attempts()] == [Status.LOST, Status.SUCCEEDED]
+    assert _usage_rows(database, [job.id]) == {job.id: 1}
+
+    # The message the dead worker held comes back one day (Redis's visibility timeout): it changes nothing.
+    assert _restore_unacknowledged(BROKER) >= 1
+    deadline = time.monotonic() + 60
+    while f"job {job.id} is already succeeded; redelivery ignored" not in survivor.log():
+        assert time.monotonic() < deadline, "the restored message was never delivered"
+        time.sleep(0.2)
+    assert job.record().status == Status.SUCCEEDED and _usage_rows(database, [job.id]) == {job.id: 1}
+    survivor.stop()
+
+
+def test_fifty_jobs_in_flight_on_a_worker_killed_whole_all_succeed_once(
+    start_worker: Callable[..., WorkerProcess],
+    env: dict[str, str],
+    router: Router,
+    database: str,
+    server: InferenceServer,
+) -> None:
+    options = ("--pool", "remote", "--concurrency", str(IN_FLIGHT // 2))
+    doomed = start_worker("recover_remote", "recover-remote-doomed", env=env, options=options)
+    survivor = start_worker("recover_remote", "recover-remote-survivor", env=env, options=options)
+    server.reset()
+    jobs = [router.generate(f"question {i}", tier="recover_remote", max_tokens=10) for i in range(IN_FLIGHT)]
+    deadline = time.monotonic() + 30
+    while len(server.calls_to("/v1/completions")) < IN_FLIGHT:  # every job's call is under way
+        assert time.monotonic() < deadline, f"{len(server.calls_to('/v1/completions'))} calls in flight"
+        time.sleep(0.1)
+    doomed_pid = doomed.process.pid
+    doomed.kill_whole()
+    killed_at = time.monotonic()
+
+    for job in jobs:
+        assert isinstance(job.wait(timeout=max(1.0, RECOVERY_LIMIT_S - (time.monotonic() - killed_at))), GenerateResult)
+    ids = [job.id for job in jobs]
+    assert _usage_rows(database, ids) == dict.fromkeys(ids, 1)
+    recovered = [job for job in jobs if [a.status for a in job.attempts()] == [Status.LOST, Status.SUCCEEDED]]
+    others = [job for job in jobs if [a.status for a in job.attempts()] == [Status.SUCCEEDED]]
+    assert recovered and len(recovered) + len(others) == IN_FLIGHT
+    assert len(server.calls_to("/v1/completions")) == IN_FLIGHT + len(recovered)  # each cut-off call once more
+
+    status = CliRunner().invoke(cli, ["status", "--json"], env={**env, "LLM_ROUTER_DATABASE_URL": database})
+    report = json.loads(status.output)["recovery"]
+    assert any(owner.endswith(f":{doomed_pid}") for owner in report["dead_workers"])
+    assert {job.id for job in recovered} <= {entry["job"] for entry in report["recovered"]}
+    survivor.stop()
+
+
+# ---- the sweeper's decisions, one sweep at a time ------------------------------------------------------
+
+
+@pytest.fixture
+def store(database: str) -> Iterator[JobStore]:
+    store = JobStore(make_engine(database))
+    yield store
+    store.engine.dispose()
+
+
+@pytest.fixture
+def shared() -> redis.Redis:
+    client = redis.Redis.from_url(SWEEPER_REDIS)
+    client.delete(LOCK_KEY, EPOCH_KEY, RECOVERED_KEY, DEAD_WORKERS_KEY)
+    return client
+
+
+def _job(store: JobStore, queue: str = "sweep-test") -> str:
+    job_id = str(uuid.uuid4())
+    store.create_job(job_id=job_id, kind="generate", request={"prompt": "hi"}, tier="sweep", queue=queue)
+    return job_id
+
+
+def _start(store: JobStore, job_id: str, owner: str, lease_s: float) -> None:
+    lease = Lease(owner=owner, seconds=lease_s, alive=lambda _: True)
+    store.start_attempt(job_id, model="m", provider="openai", tier="sweep", worker=owner, lease=lease)
+
+
+def _sweeper(store: JobStore, client: redis.Redis, published: list[tuple[str, float]]) -> Sweeper:
+    def publish(job: JobView, queue: str, countdown: float) -> None:
+        assert queue == "sweep-test"
+        published.append((job.id, countdown))
+
+    return Sweeper(
+        store,
+        client,
+        publish,
+        lambda job: job.queue if job.queue == "sweep-test" else None,  # this test's jobs only
+        interval_s=10,
+        lost_message_after_s=1800,
+        broker_mark=BrokerMark(client),
+    )
+
+
+def test_a_sweep_recovers_dead_workers_and_lost_messages_and_leaves_the_rest(
+    store: JobStore, shared: redis.Redis
+) -> None:
+    abandoned, alive, deferred, fresh, lost = (_job(store) for _ in range(5))
+    _start(store, abandoned, "elsewhere:1", lease_s=0.001)  # its worker stopped renewing
+    _start(store, alive, "elsewhere:2", lease_s=60)
+    store.set_due([deferred], 600)  # a rate-limit deferral of ten minutes
+    store.set_due([lost], -3600)  # due an hour ago: its message was lost
+    time.sleep(0.01)
+    published: list[tuple[str, float]] = []
+    sweeper = _sweeper(store, shared, published)
+
+    sweep = sweeper.sweep()
+    assert sorted(published) == sorted([(abandoned, 0.0), (lost, 0.0)])
+    assert not sweep.broker_lost_data
+    assert [a.status for a in store.attempts(abandoned)] == [Status.LOST]
+    assert store.status(abandoned) == Status.QUEUED and store.status(alive) == Status.RUNNING
+    assert shared.hget(DEAD_WORKERS_KEY, "elsewhere:1") is not None
+
+    published.clear()
+    assert sweeper.sweep().count == 0 and published == []  # published once: their messages are due now
+
+    shared.delete(EPOCH_KEY)  # the broker's Redis restarted without persistence: every message is gone
+    sweep = sweeper.sweep()
+    assert sweep.broker_lost_data
+    by_job = dict(published)
+    assert set(by_job) == {abandoned, deferred, fresh, lost}  # every waiting job; not the one running
+    assert 590 < by_job[deferred] <= 600  # a deferral keeps its countdown: it is never run early
+    assert by_job[fresh] == by_job[lost] == by_job[abandoned] == 0.0
+
+
+def test_one_sweeper_at_a_time_and_another_takes_over_when_it_dies(store: JobStore, shared: redis.Redis) -> None:
+    first, second = _sweeper(store, shared, []), _sweeper(store, shared, [])
+    assert first.take_turn() and not second.take_turn()
+    assert first.take_turn()  # it keeps its turn while it lives
+    shared.pexpire(LOCK_KEY, 1)  # it died: its lock runs out
+    time.sleep(0.01)
+    assert second.take_turn() and not first.take_turn()
+
+
+def test_requeue_of_an_abandoned_job_leaves_a_job_that_a_worker_took_over(store: JobStore) -> None:
+    job_id = _job(store)
+    _start(store, job_id, "elsewhere:3", lease_s=0.001)
+    time.sleep(0.01)
+    _start(store, job_id, "here:4", lease_s=60)  # its redelivered message was taken meanwhile
+    assert not store.requeue_abandoned(job_id)
+    assert store.status(job_id) == Status.RUNNING
+    assert job_id not in {job.id for job in store.stale(datetime.now(UTC))}

@@ -1,0 +1,185 @@
+"""The sweeper: jobs that a dead worker or a lost message left behind are published again, with no operator.
+
+Every worker process runs a sweeper thread; one at a time cluster-wide (a Redis lock) sweeps, every
+``sweep_interval_s``:
+
+- a **running** job whose lease ran out: its worker process stopped renewing it (it died, whole or in part,
+  or lost its database for longer than a lease), so the job is published again at once. The lease is the
+  heartbeat: a live worker renews the leases of its running jobs every third of ``lease_s``;
+- every **queued or retrying** job when the broker lost its data: a mark the sweeper keeps in the broker's
+  Redis database is gone (a Redis restarted without persistence, a flushed database). Each job is published
+  again, with what is left of its countdown;
+- a **queued or retrying** job whose message has been due for ``lost_message_after_s``: a message lost in
+  some other way (a long backlog is not lost: its jobs wait that long before they are taken for lost).
+
+A job published again that another message ends first is not run twice: a worker ignores a message of a
+job in a final state, and puts off one of a job that a live worker runs. What was recovered, and from which
+dead worker, is kept in Redis for ``llm-router status``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import redis
+
+from tasks.records import Status, aware
+from tasks.store import JobStore, JobView
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "llm-router:sweeper:lock"
+EPOCH_KEY = "llm-router:broker-epoch"
+RECOVERED_KEY = "llm-router:recovered"  # the latest recoveries, newest first
+DEAD_WORKERS_KEY = "llm-router:dead-workers"  # owner → when its jobs were last recovered
+KEEP_RECOVERED = 200
+
+# (job, queue, countdown in seconds): publishes the job's message again.
+Publish = Callable[[JobView, str, float], None]
+# The queue a lost job goes back to, or None when no tier serves it.
+QueueOf = Callable[[JobView], str | None]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What one sweep found and published again."""
+
+    abandoned: list[JobView]  # running under a lease that ran out
+    lost: list[JobView]  # queued or retrying, their message lost
+    broker_lost_data: bool
+
+    @property
+    def count(self) -> int:
+        return len(self.abandoned) + len(self.lost)
+
+
+class BrokerMark:
+    """A mark in the broker's Redis database, to tell when it lost its data: a restarted Redis without
+    persistence, or a flushed database, loses the mark with the messages. The sweeper remembers the mark it
+    saw; when the mark is gone or another, the messages of every waiting job are gone too."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self.seen = self._current()
+
+    def _current(self) -> bytes:
+        self.redis.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
+        mark = self.redis.get(EPOCH_KEY)
+        return mark if isinstance(mark, bytes) else b""
+
+    def lost_data(self) -> bool:
+        """Whether the broker lost its data since the last look (the first look after it answers again)."""
+        current = self._current()
+        lost, self.seen = current != self.seen, current
+        return lost
+
+
+class Sweeper:
+    """Finds the jobs nothing will run and publishes them again; ``sweep`` is one round."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        client: redis.Redis,
+        publish: Publish,
+        queue_of: QueueOf,
+        *,
+        interval_s: float,
+        lost_message_after_s: float,
+        broker_mark: BrokerMark | None = None,
+    ):
+        self.store, self.redis, self.publish, self.queue_of = store, client, publish, queue_of
+        self.interval_s, self.lost_message_after_s = interval_s, lost_message_after_s
+        self.broker_mark = broker_mark
+        self._token = uuid.uuid4().hex.encode()
+        self._stop = threading.Event()
+
+    def start(self) -> Sweeper:
+        threading.Thread(target=self._run, name="llm-router-sweeper", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                if self.take_turn():
+                    self.sweep()
+            except Exception as exc:  # Redis or the database restarting: the next round tries again
+                log.warning("sweep skipped (%s: %s)", type(exc).__name__, exc)
+
+    def take_turn(self) -> bool:
+        """Whether this process sweeps this round. One sweeper holds the lock while it lives (renewing it each
+        round); if it dies, another takes over after two rounds."""
+        ttl_ms = max(1000, int(self.interval_s * 2000))
+        if self.redis.set(LOCK_KEY, self._token, nx=True, px=ttl_ms):
+            return True
+        if self.redis.get(LOCK_KEY) == self._token:
+            self.redis.pexpire(LOCK_KEY, ttl_ms)
+            return True
+        return False
+
+    def sweep(self, now: datetime | None = None) -> Sweep:
+        now = now or datetime.now(UTC)
+        broker_lost_data = self.broker_mark is not None and self.broker_mark.lost_data()
+        # After a loss every waiting job's message is gone, whenever it is due; otherwise a message is taken
+        # for lost once it has been due for a long time (a backlog that long is not lost, only slow).
+        waiting_before = (
+            datetime.max.replace(tzinfo=UTC) if broker_lost_data else now - timedelta(seconds=self.lost_message_after_s)
+        )
+        abandoned: list[JobView] = []
+        lost: list[JobView] = []
+        for job in self.store.stale(running_before=now, waiting_before=waiting_before):
+            queue = self.queue_of(job)
+            if queue is None:
+                continue  # no tier serves it: `llm-router requeue --stale` reports it
+            countdown = max(0.0, (aware(job.due_at) - now).total_seconds()) if job.due_at else 0.0
+            self.publish(job, queue, countdown)
+            if job.status == Status.RUNNING:
+                # Queued again (its dead run's attempt closed as lost), it is not taken for lost at the next
+                # sweep; a worker that took it over meanwhile keeps it, and this message is ignored.
+                if self.store.requeue_abandoned(job.id, countdown):
+                    abandoned.append(job)
+            else:
+                self.store.set_due([job.id], countdown)  # due when its message is: not lost again before
+                lost.append(job)
+        sweep = Sweep(abandoned, lost, broker_lost_data)
+        if sweep.count or broker_lost_data:
+            self._note(sweep, now)
+        return sweep
+
+    def _note(self, sweep: Sweep, now: datetime) -> None:
+        if sweep.broker_lost_data:
+            log.warning("the broker lost its messages: %s waiting job(s) published again", len(sweep.lost))
+        pipe = self.redis.pipeline(transaction=False)
+        for job in sweep.abandoned:
+            log.warning("job %s recovered: its worker %s stopped renewing its lease", job.id, job.lease_owner)
+            if job.lease_owner:
+                pipe.hset(DEAD_WORKERS_KEY, job.lease_owner, now.isoformat())
+        for job in sweep.lost:
+            log.warning("job %s recovered: its message was lost (%s)", job.id, job.status)
+        records = [
+            json.dumps({"job": job.id, "status": job.status, "worker": job.lease_owner, "at": now.isoformat()})
+            for job in sweep.abandoned + sweep.lost
+        ]
+        if records:
+            pipe.lpush(RECOVERED_KEY, *records)
+            pipe.ltrim(RECOVERED_KEY, 0, KEEP_RECOVERED - 1)
+        pipe.execute()
+
+
+def recoveries(client: redis.Redis) -> dict[str, Any]:
+    """What the sweepers recovered lately, and the workers they found dead, for ``llm-router status``."""
+    items = cast(list[bytes], client.lrange(RECOVERED_KEY, 0, KEEP_RECOVERED - 1))
+    workers = cast(dict[bytes, bytes], client.hgetall(DEAD_WORKERS_KEY))
+    recovered = [json.loads(item) for item in items]
+    dead = {owner.decode(): at.decode() for owner, at in workers.items()}
+    return {"recovered": recovered, "dead_workers": dead}
