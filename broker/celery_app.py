@@ -23,6 +23,10 @@ class RouterCelery(Celery):
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    if settings.resolved_broker_url.startswith(("amqp", "pyamqp")):
+        # Publisher confirms: a send returns once RabbitMQ holds the message (in its durable queue), and raises
+        # when it refuses it, so a producer never takes a message for sent that the broker dropped.
+        return {"confirm_publish": True}
     if not settings.uses_embedded_broker:
         # "priority": every poll asks for the queues in the worker's order, interactive lanes first; the
         # default round robin would let a bulk lane take turns with them.

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(default=10.0, ge=0.0, le=3600.0)
     # A queued or retrying job whose message has been due this long is taken for lost and published again.
     lost_message_after_s: float = Field(default=1800.0, ge=60.0)
+    # Jobs that ended this many days ago are pruned by the sweeper, once an hour (None: kept for ever);
+    # with retention_results_only, only their requests and results go (rows, attempts and usage stay).
+    retention_days: float | None = Field(default=None, gt=0)
+    retention_results_only: bool = False
     # How long a new worker process may take to start, loading its models, before Celery kills it as hung
     # (Celery's default, 4 s, kills every replacement of a pool process that loads a model).
     process_start_timeout_s: float = Field(default=600.0, ge=4.0)

@@ -68,7 +68,7 @@ def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
     import redis
 
     from broker.publishing import recovery_queue, send_again
-    from workers.sweeper import BrokerMark, Sweeper
+    from workers.sweeper import BrokerMark, Retain, Sweeper
 
     client = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
     broker = settings.resolved_broker_url
@@ -81,6 +81,7 @@ def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
         interval_s=settings.sweep_interval_s,
         lost_message_after_s=settings.lost_message_after_s,
         broker_mark=mark,
+        retention=Retain(settings.retention_days, settings.retention_results_only) if settings.retention_days else None,
     ).start()
 
 

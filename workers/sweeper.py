@@ -12,6 +12,8 @@ Every worker process runs a sweeper thread; one at a time cluster-wide (a Redis 
 - a **queued or retrying** job whose message has been due for ``lost_message_after_s``: a message lost in
   some other way (a long backlog is not lost: its jobs wait that long before they are taken for lost).
 
+Once an hour, with a retention set, it prunes the jobs that ended longer ago (``JobStore.prune``).
+
 A job published again that another message ends first is not run twice: a worker ignores a message of a
 job in a final state, and puts off one of a job that a live worker runs. What was recovered, and from which
 dead worker, is kept in Redis for ``llm-router status``.
@@ -39,12 +41,22 @@ LOCK_KEY = "llm-router:sweeper:lock"
 EPOCH_KEY = "llm-router:broker-epoch"
 RECOVERED_KEY = "llm-router:recovered"  # the latest recoveries, newest first
 DEAD_WORKERS_KEY = "llm-router:dead-workers"  # owner → when its jobs were last recovered
+PRUNED_KEY = "llm-router:pruned"  # set for an hour after a prune: the cluster prunes once an hour
+PRUNE_EVERY_S = 3600
 KEEP_RECOVERED = 200
 
 # (job, queue, countdown in seconds): publishes the job's message again.
 Publish = Callable[[JobView, str, float], None]
 # The queue a lost job goes back to, or None when no tier serves it.
 QueueOf = Callable[[JobView], str | None]
+
+
+@dataclass(frozen=True)
+class Retain:
+    """How long jobs that ended are kept, and whether only their requests and results go after that."""
+
+    days: float
+    results_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,10 +106,11 @@ class Sweeper:
         interval_s: float,
         lost_message_after_s: float,
         broker_mark: BrokerMark | None = None,
+        retention: Retain | None = None,
     ):
         self.store, self.redis, self.publish, self.queue_of = store, client, publish, queue_of
         self.interval_s, self.lost_message_after_s = interval_s, lost_message_after_s
-        self.broker_mark = broker_mark
+        self.broker_mark, self.retention = broker_mark, retention
         self._token = uuid.uuid4().hex.encode()
         self._stop = threading.Event()
 
@@ -154,6 +167,11 @@ class Sweeper:
         sweep = Sweep(abandoned, lost, broker_lost_data)
         if sweep.count or broker_lost_data:
             self._note(sweep, now)
+        if self.retention is not None and self.redis.set(PRUNED_KEY, now.isoformat(), nx=True, ex=PRUNE_EVERY_S):
+            pruned = self.store.prune(
+                now - timedelta(days=self.retention.days), results_only=self.retention.results_only
+            )
+            log.info("retention: pruned %s job(s) older than %g days", pruned.jobs, self.retention.days)
         return sweep
 
     def _note(self, sweep: Sweep, now: datetime) -> None:

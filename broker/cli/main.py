@@ -14,6 +14,7 @@ from broker.cli.demo import demo
 from broker.cli.flower import flower
 from broker.cli.models import models
 from broker.cli.output import EXIT_UNAVAILABLE, fail
+from broker.cli.prune import prune
 from broker.cli.requeue import requeue
 from broker.cli.status import status
 from broker.cli.submit import result, submit
@@ -54,7 +55,7 @@ def cli(log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (submit, result, batch, worker, status, usage, requeue, flower, db, models, demo):
+for command in (submit, result, batch, worker, status, usage, requeue, prune, flower, db, models, demo):
     cli.add_command(command)
 
 if __name__ == "__main__":

@@ -29,14 +29,23 @@ def _broker(app: Any) -> dict[str, Any]:
 
 def _database(url: str) -> dict[str, Any]:
     from tasks.database import make_engine, schema_revision
+    from tasks.store import JobStore
 
     engine = make_engine(url)
     try:
-        return {"ok": True, "revision": schema_revision(engine)}
+        revision = schema_revision(engine)
+        tables = JobStore(engine).table_sizes() if revision else {}  # nothing to count before `db upgrade`
+        sizes = {name: size.__dict__ for name, size in tables.items()}
+        return {"ok": True, "revision": revision, "tables": sizes}
     except Exception as exc:
         return {"ok": False, "error": type(exc).__name__}
     finally:
         engine.dispose()
+
+
+def _size(name: str, size: dict[str, Any]) -> str:
+    megabytes = f", {size['bytes'] / 2**20:,.1f} MB" if size.get("bytes") is not None else ""
+    return f"{name} {size['rows']:,} rows{megabytes}"
 
 
 def _recovery(redis_url: str | None) -> dict[str, Any]:
@@ -104,6 +113,8 @@ def status(timeout: float, as_json: bool) -> None:
             click.echo(table(["worker", "queues", "in flight", "pool", "pid", "device", "rss MB", "models"], rows))
         if broker["queues"]:
             click.echo("queues    " + ", ".join(f"{name} {depth}" for name, depth in broker["queues"].items()))
+        if database.get("tables"):
+            click.echo("tables    " + ", ".join(_size(name, size) for name, size in database["tables"].items()))
         recovered, dead = recovery["recovered"], recovery["dead_workers"]
         if recovered:
             click.echo(f"recovered {len(recovered)} job(s) lately, the last at {recovered[0]['at']}")

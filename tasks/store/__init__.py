@@ -5,6 +5,7 @@
     groups     the same for jobs run together, in one transaction per group
     cache      answers reused for identical requests
     usage      the usage report
+    retention  pruning old final jobs, and the tables' sizes
     base       sessions, and the one place a job or usage row is built
 
 Callers get read-only views (``views``) and never build queries themselves.
@@ -17,6 +18,7 @@ from tasks.store.base import DATABASE_UNAVAILABLE, NewJob
 from tasks.store.cache import ResultCache
 from tasks.store.groups import GroupWrites, Started
 from tasks.store.jobs import JobRecords
+from tasks.store.retention import Pruned, Retention, TableSize
 from tasks.store.usage import ModelUsage, UsageReport, UsageReports, percentile
 from tasks.store.views import AttemptView, Busy, JobView, Lease, UsageRow
 
@@ -29,12 +31,14 @@ __all__ = [
     "Lease",
     "ModelUsage",
     "NewJob",
+    "Pruned",
     "Started",
+    "TableSize",
     "UsageReport",
     "UsageRow",
     "percentile",
 ]
 
 
-class JobStore(JobRecords, AttemptWrites, GroupWrites, ResultCache, UsageReports):
+class JobStore(JobRecords, AttemptWrites, GroupWrites, ResultCache, UsageReports, Retention):
     """Every read and write of jobs, attempts and usage, over one engine."""

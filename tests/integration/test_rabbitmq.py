@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy import create_engine, text
 
 from broker.client import Job, Router
 from broker.settings import Settings
+from tasks.records import Status
 from tests.conftest import WorkerProcess, rabbit_queue_counts
 
 
@@ -113,3 +115,49 @@ def test_200_mixed_jobs_from_two_producers_all_succeed_once_and_leave_no_message
         assert worker.alive()
         assert "not a JSON task message" not in worker.log()
         assert "Traceback" not in worker.log()
+
+
+KILL_CATALOGUE = """
+default_tier = "rabbit_kill"
+tier_order = ["rabbit_kill"]
+[tiers.rabbit_kill]
+generate = ["HuggingFaceTB/SmolLM2-135M-Instruct"]
+[models."HuggingFaceTB/SmolLM2-135M-Instruct"]
+dtype = "bfloat16"
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_killed_whole_has_its_job_redelivered_at_once(
+    start_worker: Callable[..., WorkerProcess],
+    env: dict[str, str],
+    cluster_settings: Settings,
+    rabbit_url: str,
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "catalogue.toml"
+    config.write_text(KILL_CATALOGUE)
+    kill_env = {**env, "LLM_ROUTER_CONFIG": str(config)}
+    assert kill_env["LLM_ROUTER_SWEEP_INTERVAL_S"] == "0"  # no sweeper: the redelivery is RabbitMQ's own
+    doomed = start_worker("rabbit_kill", "rabbit-doomed", env=kill_env)
+    survivor = start_worker("rabbit_kill", "rabbit-survivor", env=kill_env)
+    settings = cluster_settings.model_copy(update={"broker_url": rabbit_url, "config": config})
+    with Router(settings) as router:
+        jobs = [router.generate(f"Tell a long story about ship {i}.", max_tokens=300) for i in range(2)]
+        deadline = time.monotonic() + 60
+        while not all(job.status() == "running" for job in jobs):  # one on each worker
+            assert time.monotonic() < deadline, [job.status() for job in jobs]
+            time.sleep(0.1)
+        time.sleep(1.0)  # mid-generation
+        doomed.kill_whole()
+        for job in jobs:
+            job.wait(timeout=120)
+        paths = sorted([attempt.status for attempt in job.attempts()] for job in jobs)
+        assert paths == [[Status.LOST, Status.SUCCEEDED], [Status.SUCCEEDED]]  # the killed one ran again, once
+        lost = next(job for job in jobs if len(job.attempts()) == 2)
+        # Taken over by the survivor on the connection's loss, not after a lease or a visibility timeout.
+        assert lost.attempts()[1].worker == survivor.nodename
+    deadline = time.monotonic() + 15
+    while any(pending != (0, 0) for pending in rabbit_queue_counts(rabbit_url).values()):
+        assert time.monotonic() < deadline, rabbit_queue_counts(rabbit_url)
+        time.sleep(0.5)

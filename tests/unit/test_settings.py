@@ -58,3 +58,21 @@ def test_redis_lease_outlasts_the_longest_countdown() -> None:
     options = broker_transport_options(Settings(broker_url="redis://127.0.0.1:6379/0"))
     assert options["visibility_timeout"] == 7200  # > an hour: a rate-limit deferral never looks abandoned
     assert options["queue_order_strategy"] == "priority"  # interactive lanes are always asked for first
+
+
+def test_rabbitmq_publishes_with_confirms() -> None:
+    from broker.celery_app import broker_transport_options
+
+    options = broker_transport_options(Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//"))
+    assert options == {"confirm_publish": True}  # a send returns once RabbitMQ holds the message
+
+
+def test_the_sweeper_and_retention_settings_have_safe_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LLM_ROUTER_SWEEP_INTERVAL_S", "LLM_ROUTER_RETENTION_DAYS", "LLM_ROUTER_LOST_MESSAGE_AFTER_S"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.lease_s + settings.sweep_interval_s <= 60  # a dead worker's job runs again within a minute
+    assert settings.retention_days is None  # nothing is deleted unless asked
+    assert settings.lost_message_after_s >= 600  # a backlog is not taken for a loss
+    with pytest.raises(ValueError, match="retention_days"):
+        Settings(retention_days=0)

@@ -1,0 +1,84 @@
+"""Retention: old final jobs are pruned, whole or down to their bookkeeping, and the tables' sizes are known.
+
+Only jobs in a final state are ever pruned, in chunks (short transactions, so workers writing meanwhile never
+wait long). Pruned whole, a job goes with its attempts and its usage row (they cascade). Pruned to its
+results, a job keeps its row, attempts and usage (the usage report stays whole) and loses its request and
+result, which are most of its bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, null, select, text, update
+
+from tasks.records import FINAL_STATUSES, JobRecord
+from tasks.store.base import ATTEMPTS, JOBS, USAGE, StoreBase
+
+PRUNE_CHUNK = 5_000
+
+
+@dataclass(frozen=True)
+class Pruned:
+    jobs: int  # jobs removed, or emptied of request and result
+    results_only: bool
+    dry_run: bool
+
+
+@dataclass(frozen=True)
+class TableSize:
+    rows: int  # an estimate on PostgreSQL (its statistics), exact elsewhere
+    bytes: int | None  # with indexes and TOAST; None where the database does not say
+
+
+class Retention(StoreBase):
+    def prune(self, created_before: datetime, *, results_only: bool = False, dry_run: bool = False) -> Pruned:
+        """Prune the jobs created before ``created_before`` that ended: remove them, or with ``results_only``
+        clear their request and result. ``dry_run`` only counts them. (Creation time, which is indexed: a job
+        ends seconds to minutes after it is created.)"""
+        old = [JobRecord.created_at < created_before, JobRecord.status.in_(FINAL_STATUSES)]
+        if results_only:
+            old.append(JobRecord.request.is_not(None) | JobRecord.result.is_not(None))
+        if dry_run:
+            with self.session() as session:
+                return Pruned(int(session.scalar(select(func.count()).where(*old)) or 0), results_only, True)
+        pruned = 0
+        while True:
+            with self.sessions.begin() as session:
+                ids = list(session.scalars(select(JobRecord.id).where(*old).limit(PRUNE_CHUNK)))
+                if not ids:
+                    return Pruned(pruned, results_only, False)
+                if results_only:
+                    session.execute(
+                        update(JobRecord)
+                        .where(JobRecord.id.in_(ids))
+                        .values(request=null(), result=null())  # SQL NULL, not a JSON null
+                        .execution_options(synchronize_session=False)
+                    )
+                else:
+                    # Children first: SQLite enforces foreign keys only when told to, so no cascade is relied on.
+                    for table in (USAGE, ATTEMPTS):
+                        session.execute(delete(table).where(table.c.job_id.in_(ids)))
+                    session.execute(delete(JOBS).where(JOBS.c.id.in_(ids)))
+                pruned += len(ids)
+            if len(ids) < PRUNE_CHUNK:
+                return Pruned(pruned, results_only, False)
+
+    def table_sizes(self) -> dict[str, TableSize]:
+        """Rows and bytes of the jobs, attempts and usage tables."""
+        tables = [table.name for table in (JOBS, ATTEMPTS, USAGE)]
+        with self.session() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                rows = session.execute(
+                    text(
+                        "SELECT relname, greatest(reltuples, 0)::bigint, pg_total_relation_size(oid) "
+                        "FROM pg_class WHERE relname = ANY(:tables) AND relkind = 'r'"
+                    ),
+                    {"tables": tables},
+                )
+                return {name: TableSize(int(count), int(size)) for name, count, size in rows}
+            return {
+                name: TableSize(int(session.scalar(text(f'SELECT count(*) FROM "{name}"')) or 0), None)
+                for name in tables
+            }
