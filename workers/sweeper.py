@@ -158,9 +158,9 @@ class Sweeper:
             self.publish(job, queue, countdown)
             if job.status == Status.RUNNING:
                 # Queued again (its dead run's attempt closed as lost), it is not taken for lost at the next
-                # sweep; a worker that took it over meanwhile keeps it, and this message is ignored.
-                if self.store.requeue_abandoned(job.id, countdown):
-                    abandoned.append(job)
+                # sweep. A worker may already have taken it over, on this very message: then it keeps it.
+                self.store.requeue_abandoned(job.id, countdown)
+                abandoned.append(job)
             else:
                 self.store.set_due([job.id], countdown)  # due when its message is: not lost again before
                 lost.append(job)

@@ -27,7 +27,9 @@ from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer
 from workers.sweeper import DEAD_WORKERS_KEY, EPOCH_KEY, LOCK_KEY, RECOVERED_KEY, BrokerMark, Sweeper
 
-BROKER = "redis://127.0.0.1:6379/2"
+# A broker database no other test module uses: kombu pools connections per URL for the whole process, and a
+# module that used a URL before the Redis restart test leaves stale connections to the next module using it.
+BROKER = "redis://127.0.0.1:6379/1"
 SWEEPER_REDIS = "redis://127.0.0.1:6379/15"
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SLOW_S = 8.0
