@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -43,6 +43,7 @@ RECOVERED_KEY = "llm-router:recovered"  # the latest recoveries, newest first
 DEAD_WORKERS_KEY = "llm-router:dead-workers"  # owner → when its jobs were last recovered
 PRUNED_KEY = "llm-router:pruned"  # set for an hour after a prune: the cluster prunes once an hour
 PRUNE_EVERY_S = 3600
+SWEEP_PAGE = 500  # lost jobs read and published per page of a sweep
 KEEP_RECOVERED = 200
 
 # (job, queue, countdown in seconds): publishes the job's message again.
@@ -150,7 +151,7 @@ class Sweeper:
         )
         abandoned: list[JobView] = []
         lost: list[JobView] = []
-        for job in self.store.stale(running_before=now, waiting_before=waiting_before):
+        for job in self._stale_pages(now, waiting_before):
             queue = self.queue_of(job)
             if queue is None:
                 continue  # no tier serves it: `llm-router requeue --stale` reports it
@@ -173,6 +174,17 @@ class Sweeper:
             )
             log.info("retention: pruned %s job(s) older than %g days", pruned.jobs, self.retention.days)
         return sweep
+
+    def _stale_pages(self, now: datetime, waiting_before: datetime) -> Iterator[JobView]:
+        """The lost jobs, a page at a time; between pages the lock is renewed, so a long sweep (a broker that
+        lost thousands of messages) is never run by two sweepers at once. A sweeper that lost its lock stops."""
+        after: JobView | None = None
+        while True:
+            page = self.store.stale(running_before=now, waiting_before=waiting_before, limit=SWEEP_PAGE, after=after)
+            yield from page
+            if len(page) < SWEEP_PAGE or not self.take_turn():
+                return
+            after = page[-1]
 
     def _note(self, sweep: Sweep, now: datetime) -> None:
         if sweep.broker_lost_data:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, tuple_, update
 
 from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status, utcnow
 from tasks.redaction import redact
@@ -189,12 +189,16 @@ class JobRecords(StoreBase):
             return True
 
     def stale(
-        self, running_before: datetime, waiting_before: datetime | None = None, limit: int = 10_000
+        self,
+        running_before: datetime,
+        waiting_before: datetime | None = None,
+        limit: int = 10_000,
+        after: JobView | None = None,
     ) -> list[JobView]:
         """Jobs that are lost: running under a lease that ran out before ``running_before`` (its worker died),
         or queued or retrying with a message due before ``waiting_before`` (a broker lost it; the same time
         when not given). A job that a live worker runs, or that waits for a retry's or deferral's countdown
-        due later, is never stale."""
+        due later, is never stale. In order of creation, from the one ``after`` (the last of a previous page)."""
         waiting_before = running_before if waiting_before is None else waiting_before
         running_lost = (JobRecord.status == Status.RUNNING) & (
             func.coalesce(JobRecord.lease_until, JobRecord.started_at, JobRecord.created_at) < running_before
@@ -202,8 +206,12 @@ class JobRecords(StoreBase):
         waiting_lost = (JobRecord.status.in_([Status.QUEUED, Status.RETRYING])) & (
             func.coalesce(JobRecord.due_at, JobRecord.created_at) < waiting_before
         )
+        page = [] if after is None else [tuple_(JobRecord.created_at, JobRecord.id) > (after.created_at, after.id)]
         with self.session() as session:
             rows = session.scalars(
-                select(JobRecord).where(running_lost | waiting_lost).order_by(JobRecord.created_at).limit(limit)
+                select(JobRecord)
+                .where(running_lost | waiting_lost, *page)
+                .order_by(JobRecord.created_at, JobRecord.id)
+                .limit(limit)
             )
             return [JobView.of(row) for row in rows]

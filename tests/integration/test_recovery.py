@@ -269,3 +269,21 @@ def test_requeue_of_an_abandoned_job_leaves_a_job_that_a_worker_took_over(store:
     assert not store.requeue_abandoned(job_id)
     assert store.status(job_id) == Status.RUNNING
     assert job_id not in {job.id for job in store.stale(datetime.now(UTC))}
+
+
+def test_a_long_sweep_goes_by_pages_and_publishes_each_job_once(
+    store: JobStore, shared: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.sweeper
+
+    monkeypatch.setattr(workers.sweeper, "SWEEP_PAGE", 2)
+    published: list[tuple[str, float]] = []
+    sweeper = _sweeper(store, shared, published)
+    waiting = [_job(store) for _ in range(5)]
+    shared.delete(EPOCH_KEY)  # the broker lost every message: all five are due again, two a page
+    assert sweeper.take_turn()
+    sweep = sweeper.sweep()
+    ids = [job_id for job_id, _ in published]
+    # Every waiting job of this database (earlier tests' too) once, across several pages; these five among them.
+    assert sweep.broker_lost_data and len(ids) == len(set(ids)) >= 5 and set(waiting) <= set(ids)
+    assert shared.get(LOCK_KEY) == sweeper._token  # renewed between pages, never handed over
