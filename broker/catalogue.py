@@ -103,6 +103,10 @@ class Catalogue(_Frozen):
     def tiers_serving(self, model_id: str, kind: Kind) -> list[str]:
         return [name for name in self.ordered_tiers if model_id in self.tiers[name].chain(kind)]
 
+    def tiers_using(self, model_id: str) -> list[str]:
+        """Tiers that run ``model_id`` for any kind of job."""
+        return [name for name in self.ordered_tiers if model_id in self.models_of_tiers([name])]
+
     def next_tier(self, tier: str, kind: Kind) -> str | None:
         """The tier a job escalates to after ``tier``: the next in order that has models for ``kind``."""
         order = self.ordered_tiers

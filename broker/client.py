@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from broker.catalogue import Catalogue, load_catalogue
 from broker.celery_app import RouterCelery, create_app
+from broker.hub import Hub, ModelDetails, ModelSummary, SearchQuery, SortKey
 from broker.packing import input_count, pack
 from broker.publishing import recovery_queue, send_again, send_job
 from broker.queues import INPUTS_HEADER, TASK_NAMES
@@ -164,6 +166,40 @@ class Router:
         if self._app is None:
             self._app = create_app(self.settings, self.catalogue)
         return self._app
+
+    # ---- the Hub ------------------------------------------------------------------------------------------
+
+    @property
+    def hub(self) -> Hub:
+        return Hub.from_settings(self.settings)
+
+    def search_models(
+        self,
+        task: str | None = None,
+        *,
+        language: str | None = None,
+        tags: list[str] | tuple[str, ...] = (),
+        author: str | None = None,
+        search: str | None = None,
+        sort: SortKey = "downloads",
+        limit: int = 10,
+        provider: str | None = None,
+    ) -> list[ModelSummary]:
+        """The guide's ``searchModels``: Hub models by task (pipeline tag), language, tags and author, most
+        downloaded (or liked, trending, newest, last modified) first; ``provider`` keeps those an Inference
+        Provider serves (``hf-inference``, another's name, or ``all``)."""
+        query = SearchQuery(task, language, tuple(tags), author, search, sort, limit, provider)
+        return self.hub.search(query)
+
+    def model_info(self, model_id: str, revision: str | None = None) -> ModelDetails:
+        """The guide's ``getModelInfo``, with the tiers of this catalogue that run the model."""
+        details = self.hub.info(model_id, revision)
+        return replace(details, tiers=self.catalogue.tiers_using(model_id))
+
+    def download_model(self, model_id: str, revision: str | None = None, *, progress: bool = False) -> Path:
+        """The guide's ``downloadModel``: the model's files in the Hugging Face cache, where a catalogue
+        entry with ``provider = "local"`` then loads it offline. Returns the snapshot's folder."""
+        return self.hub.download(model_id, revision, progress=progress)
 
     # ---- the three kinds ---------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The one settings object, read from the environment at the edge and passed down.
 
 Variables carry the prefix ``LLM_ROUTER_``; the Hugging Face ones keep the names users already know
-(``HUGGINGFACE_API_KEY`` or ``HF_TOKEN``, ``HUGGINGFACE_BASE_URL``, ``HUGGINGFACE_CACHE_DIR``).
+(``HUGGINGFACE_API_KEY`` or ``HF_TOKEN``, ``HUGGINGFACE_BASE_URL``, ``HUGGINGFACE_CACHE_DIR``, ``HF_ENDPOINT``,
+``HF_HUB_OFFLINE``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Settings(BaseSettings):
     hf_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HUGGINGFACE_API_KEY", "HF_TOKEN"))
     hf_base_url: str = Field(default=DEFAULT_HF_BASE_URL, validation_alias=AliasChoices("HUGGINGFACE_BASE_URL"))
     hf_cache_dir: Path | None = Field(default=None, validation_alias=AliasChoices("HUGGINGFACE_CACHE_DIR"))
+    # The Hub that `models search|info|download` ask (huggingface_hub's own variables).
+    hf_endpoint: str | None = Field(default=None, validation_alias=AliasChoices("HF_ENDPOINT"))
+    hf_hub_offline: bool = Field(default=False, validation_alias=AliasChoices("HF_HUB_OFFLINE"))
     flower_basic_auth: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("LLM_ROUTER_FLOWER_BASIC_AUTH", "FLOWER_BASIC_AUTH")
     )

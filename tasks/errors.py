@@ -6,8 +6,10 @@
     ├── PermanentError            retrying the same model cannot help
     │   ├── ModelNotFound         the model is unknown or not available here (fall back to the next model)
     │   ├── Unauthorised          the endpoint refused our credentials (401, 403)
+    │   │   └── ModelGated        a gated Hub model this token may not read
     │   ├── RemoteRejected        the endpoint refused the input (400, 422)
     │   └── ModelFailed           the model raised on this input
+    ├── HubUnavailable            the Hub cannot be asked: offline mode, or no answer from its endpoint
     ├── TransientError            the same call may succeed later (retried with a countdown)
     │   ├── ModelLoading          the endpoint is warming the model (HTTP 503)
     │   ├── RateLimited           the endpoint asks us to slow down (HTTP 429)
@@ -55,6 +57,14 @@ class ModelNotFound(PermanentError):
 
 class Unauthorised(PermanentError):
     """Credentials were refused."""
+
+
+class ModelGated(Unauthorised):
+    """The Hub holds the model behind an access request this token has not been granted."""
+
+
+class HubUnavailable(RouterError):
+    """The Hub cannot be asked: offline mode is on, or its endpoint does not answer."""
 
 
 class RemoteRejected(PermanentError):

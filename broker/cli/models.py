@@ -1,14 +1,22 @@
-"""``llm-router models``: prepare the bundled models and list what the catalogue uses."""
+"""``llm-router models``: search the Hub, describe and download a model, prepare the bundled models and
+list what the catalogue uses."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, TypeVar
 
 import click
 
 from broker.catalogue import load_catalogue
-from broker.cli.output import emit_json, table
+from broker.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE, emit_json, fail, table
+from broker.hub import MAX_SEARCH_RESULTS, SORT_KEYS, Hub, SearchQuery
 from broker.settings import Settings
+from tasks.errors import HubUnavailable, InvalidRequest, PermanentError
+
+T = TypeVar("T")
 
 
 @click.group()
@@ -83,3 +91,110 @@ def status(model_id: str, wait: bool, max_wait: float, interval: float, as_json:
     else:
         click.echo(f"{model_id}: {result}")
     sys.exit(0 if result == "ready" else 1)
+
+
+def _asking(as_json: bool, call: Callable[[], T]) -> T:
+    """One line and an exit status per kind of Hub failure: 2 bad option, 1 no such model or gated, 3 no Hub."""
+    try:
+        return call()
+    except InvalidRequest as exc:
+        fail(str(exc), code=EXIT_INVALID, as_json=as_json)
+    except PermanentError as exc:
+        fail(str(exc), code=EXIT_FAILED, as_json=as_json)
+    except HubUnavailable as exc:
+        fail(str(exc), code=EXIT_UNAVAILABLE, as_json=as_json)
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000  # type: ignore[assignment]
+    return f"{value:.1f} TB"
+
+
+@models.command("search")
+@click.option("--task", help="A pipeline tag: text-generation, feature-extraction, text-classification, ...")
+@click.option("--language", help="A language code such as en.")
+@click.option("--tag", "tags", multiple=True, help="A tag the model must carry (repeatable).")
+@click.option("--author", help="The owner: a user or an organisation.")
+@click.option("--search", "text", help="Text the model id must contain.")
+@click.option("--sort", type=click.Choice(SORT_KEYS), default="downloads", show_default=True)
+@click.option("--limit", type=click.IntRange(1, MAX_SEARCH_RESULTS), default=10, show_default=True)
+@click.option("--provider", help="Only models an Inference Provider serves: hf-inference, another's name, or all.")
+@click.option("--json", "as_json", is_flag=True)
+def search(
+    task: str | None,
+    language: str | None,
+    tags: tuple[str, ...],
+    author: str | None,
+    text: str | None,
+    sort: Any,
+    limit: int,
+    provider: str | None,
+    as_json: bool,
+) -> None:
+    """Search the Hugging Face Hub (HF_ENDPOINT picks another Hub)."""
+    settings = Settings()
+
+    def ask() -> Any:
+        query = SearchQuery(task, language, tags, author, text, sort, limit, provider)
+        return Hub.from_settings(settings).search(query)
+
+    found = _asking(as_json, ask)
+    if as_json:
+        emit_json(found)
+        return
+    rows = [[m.id, m.task, m.library, m.downloads, m.likes, ", ".join(m.providers) or "-"] for m in found]
+    click.echo(table(["model", "task", "library", "downloads", "likes", "providers"], rows))
+
+
+@models.command("info")
+@click.argument("model_id")
+@click.option("--revision", help="A branch, tag or commit.")
+@click.option("--json", "as_json", is_flag=True)
+def info(model_id: str, revision: str | None, as_json: bool) -> None:
+    """What the Hub says about one model, and which tiers of this catalogue run it."""
+    settings = Settings()
+    catalogue = load_catalogue(settings.config)
+    details = _asking(as_json, lambda: Hub.from_settings(settings).info(model_id, revision))
+    tiers = catalogue.tiers_using(model_id)
+    if as_json:
+        emit_json({**asdict(details), "tiers": tiers})
+        return
+    providers = [f"{p.provider} ({p.task}, {p.status})" for p in details.providers]
+    lines = [
+        ("model", details.id),
+        ("task", details.task),
+        ("library", details.library),
+        ("downloads", details.downloads),
+        ("likes", details.likes),
+        ("parameters", details.parameters),
+        ("weights", _size(details.weights_bytes)),
+        ("licence", details.licence),
+        ("gated", details.gated or "no"),
+        ("revision", details.revision),
+        ("last modified", details.last_modified),
+        ("providers", ", ".join(providers) or "none"),
+        ("our tiers", ", ".join(tiers) or "none"),
+        ("tags", ", ".join(details.tags) or "none"),
+    ]
+    click.echo(table(["field", "value"], lines))
+
+
+@models.command("download")
+@click.argument("model_id")
+@click.option("--revision", help="A branch, tag or commit.")
+@click.option("--json", "as_json", is_flag=True)
+def download(model_id: str, revision: str | None, as_json: bool) -> None:
+    """Fetch a model into the Hugging Face cache (HUGGINGFACE_CACHE_DIR, else the default) with a progress
+    bar; a catalogue entry with provider = "local" then loads it offline."""
+    settings = Settings()
+    folder = _asking(as_json, lambda: Hub.from_settings(settings).download(model_id, revision, progress=not as_json))
+    if as_json:
+        emit_json({"model": model_id, "revision": revision, "folder": str(folder)})
+    else:
+        click.echo(f"{model_id}: downloaded to {folder}")
+        click.echo(f'use it: [models."{model_id}"] provider = "local" in the catalogue (LLM_ROUTER_CONFIG)')

@@ -14,8 +14,10 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.support.http_server import BackgroundServer
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,7 @@ class Call:
 Handler = Callable[[Any], Reply]
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 256  # hundreds of clients may connect at once (the remote pool's tests)
-
-
-class InferenceServer:
+class InferenceServer(BackgroundServer):
     def __init__(self) -> None:
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._handlers: dict[str, Handler] = {}
@@ -89,22 +87,7 @@ class InferenceServer:
             def do_GET(self) -> None:
                 self._serve("GET")
 
-        self._server = _Server(("127.0.0.1", 0), RequestHandler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> InferenceServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(RequestHandler)
 
     def on(self, path: str, handler: Handler) -> None:
         """The default answer for ``path`` once its script is used up."""
