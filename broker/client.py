@@ -15,6 +15,7 @@ from typing import Any
 
 from broker.catalogue import Catalogue, load_catalogue
 from broker.celery_app import RouterCelery, create_app
+from broker.compare import Comparison, compare
 from broker.hub import Hub, ModelDetails, ModelSummary, SearchQuery, SortKey
 from broker.packing import input_count, pack
 from broker.publishing import recovery_queue, send_again, send_job
@@ -32,6 +33,7 @@ from tasks.schemas import (
     EmbedResult,
     GenerateRequest,
     GenerateResult,
+    Kind,
     parse_request,
     parse_result,
 )
@@ -200,6 +202,30 @@ class Router:
         """The guide's ``downloadModel``: the model's files in the Hugging Face cache, where a catalogue
         entry with ``provider = "local"`` then loads it offline. Returns the snapshot's folder."""
         return self.hub.download(model_id, revision, progress=progress)
+
+    # ---- the guide's model tools -----------------------------------------------------------------------
+
+    def compare(
+        self,
+        models: list[str] | str,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        kind: Kind = "generate",
+        timeout: float = 120.0,
+        **options: Any,
+    ) -> Comparison:
+        """The guide's ``compareModels``: the same prompt (or messages; for embed and classify, the input
+        text) on each model at once, one job per model, recorded as a run. Returns when every job is final or
+        ``timeout`` has passed; an unknown or failing model is a row with its error. Options (``max_tokens``,
+        ``temperature``, ...) apply to every model; no model falls back to another."""
+        request: dict[str, Any] = {"fallback": "none", **options}
+        if kind == "generate":
+            request.update({"prompt": prompt, "messages": messages})
+        else:
+            request["input"] = options.get("input", prompt)
+        request = {name: value for name, value in request.items() if value is not None}
+        return compare(self, models, kind, request, timeout_s=timeout)
 
     # ---- the three kinds ---------------------------------------------------------------------------------
 

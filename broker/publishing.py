@@ -6,7 +6,10 @@ runs through the model, which the worker's dynamic batching counts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+from celery import group
 
 from broker.catalogue import Catalogue
 from broker.packing import input_count
@@ -25,6 +28,31 @@ def send_job(app: Any, job_id: str, kind: str, queue: str, inputs: int, countdow
         headers={INPUTS_HEADER: inputs},
         countdown=countdown or None,
     )
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    job_id: str
+    kind: str
+    queue: str
+    inputs: int
+
+
+def send_together(app: Any, jobs: list[Outgoing]) -> None:
+    """Publish the messages of jobs that belong together (a comparison's models) as one Celery group, each on
+    its own queue: they run at once across the pools, each a job of its own."""
+    signatures = [
+        app.signature(
+            TASK_NAMES[job.kind],
+            args=[job.job_id],
+            task_id=job.job_id,
+            queue=job.queue,
+            routing_key=job.queue,
+            headers={INPUTS_HEADER: job.inputs},
+        )
+        for job in jobs
+    ]
+    group(signatures).apply_async()
 
 
 def send_again(app: Any, job: JobView, queue: str, countdown: float = 0.0) -> None:

@@ -1,4 +1,5 @@
-"""What is written to the database: jobs, their attempts, and usage. Alembic owns the schema."""
+"""What is written to the database: jobs, their attempts, usage, and runs (comparisons, evaluations and
+pipelines, whose jobs carry the run's id as their batch id). Alembic owns the schema."""
 
 from __future__ import annotations
 
@@ -45,7 +46,11 @@ def aware(moment: datetime) -> datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: DateTime(timezone=True), dict[str, Any]: JsonColumn}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JsonColumn,
+        list[str]: JsonColumn,
+    }
 
 
 UNFINISHED = text("status IN ('queued', 'retrying', 'running')")
@@ -84,6 +89,8 @@ class JobRecord(Base):
     # The caller's idempotency key: a second submission with it gets this job (unique: racing submissions of
     # one key record one job). Cleared once the key's time to live has passed, so the key can be used again.
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # A pipeline's step: its position in the run named by batch_id. The worker that ends it starts the next.
+    run_step: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         Index("ix_jobs_cache_key_status", "cache_key", "status"),
@@ -91,6 +98,31 @@ class JobRecord(Base):
         # Only the jobs not yet final (what the sweeper looks through): a few rows where the table has millions.
         Index("ix_jobs_unfinished", "status", "created_at", postgresql_where=UNFINISHED, sqlite_where=UNFINISHED),
     )
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # every job final (a comparison or evaluation may hold failed rows)
+    FAILED = "failed"  # a pipeline's step failed
+    TIMED_OUT = "timed_out"  # the caller stopped waiting with jobs still running (they go on)
+
+
+class RunRecord(Base):
+    """A comparison, an evaluation or a pipeline: what was asked, of which models, and what came of it."""
+
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_kind_created_at", "kind", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # compare, evaluate, pipeline
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    models: Mapped[list[str] | None]
+    request: Mapped[dict[str, Any] | None]
+    summary: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
 
 
 class AttemptRecord(Base):

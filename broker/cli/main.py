@@ -9,6 +9,7 @@ import click
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from broker.cli.batch import batch
+from broker.cli.compare import compare
 from broker.cli.db import db
 from broker.cli.demo import demo
 from broker.cli.flower import flower
@@ -55,7 +56,7 @@ def cli(log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (submit, result, batch, worker, status, usage, requeue, prune, flower, db, models, demo):
+for command in (submit, result, batch, compare, worker, status, usage, requeue, prune, flower, db, models, demo):
     cli.add_command(command)
 
 if __name__ == "__main__":

@@ -99,9 +99,9 @@ def submit(
     request: dict[str, Any] = {"kind": kind, **{k: v for k, v in options.items() if v is not None}}
     try:
         if messages is not None:
-            request["messages"] = _json_option("--messages", messages)
+            request["messages"] = json_option("--messages", messages)
         if params_json is not None:
-            extra = _json_option("--params", params_json)
+            extra = json_option("--params", params_json)
             if not isinstance(extra, dict):
                 raise InvalidRequest("--params: expected a JSON object", field="params")
             request.update(extra)
@@ -118,7 +118,7 @@ def submit(
     _finish(job, wait, timeout, as_json)
 
 
-def _json_option(name: str, value: str) -> Any:
+def json_option(name: str, value: str) -> Any:
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:

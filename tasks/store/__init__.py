@@ -5,6 +5,7 @@
     groups     the same for jobs run together, in one transaction per group
     cache      answers reused for identical requests
     usage      the usage report
+    runs       comparisons, evaluations and pipelines
     retention  pruning old final jobs, and the tables' sizes
     base       sessions, and the one place a job or usage row is built
 
@@ -19,8 +20,9 @@ from tasks.store.cache import ResultCache
 from tasks.store.groups import GroupWrites, Started
 from tasks.store.jobs import JobRecords
 from tasks.store.retention import Pruned, Retention, TableSize
+from tasks.store.runs import RunRecords
 from tasks.store.usage import ModelUsage, UsageReport, UsageReports, percentile
-from tasks.store.views import AttemptView, Busy, JobView, Lease, UsageRow
+from tasks.store.views import AttemptView, Busy, JobView, Lease, RunView, UsageRow
 
 __all__ = [
     "DATABASE_UNAVAILABLE",
@@ -32,6 +34,7 @@ __all__ = [
     "ModelUsage",
     "NewJob",
     "Pruned",
+    "RunView",
     "Started",
     "TableSize",
     "UsageReport",
@@ -40,5 +43,5 @@ __all__ = [
 ]
 
 
-class JobStore(JobRecords, AttemptWrites, GroupWrites, ResultCache, UsageReports, Retention):
-    """Every read and write of jobs, attempts and usage, over one engine."""
+class JobStore(JobRecords, AttemptWrites, GroupWrites, ResultCache, UsageReports, RunRecords, Retention):
+    """Every read and write of jobs, attempts, usage and runs, over one engine."""

@@ -39,6 +39,7 @@ class NewJob:
     queue: str
     cache_key: str | None = None
     idempotency_key: str | None = None
+    run_step: int | None = None
 
 
 class StoreBase:
@@ -72,6 +73,7 @@ def job_row(
     cache_key: str | None = None,
     error: str | None = None,
     idempotency_key: str | None = None,
+    run_step: int | None = None,
 ) -> dict[str, Any]:
     """A new job's columns, as ``insert(JobRecord)`` and ``JobRecord(**row)`` take them."""
     now = utcnow()
@@ -86,6 +88,7 @@ def job_row(
         "batch_id": (request or {}).get("batch_id"),
         "cache_key": cache_key,
         "idempotency_key": idempotency_key,
+        "run_step": run_step,
         "error": error,
         "cached": False,
         "attempts": 0,

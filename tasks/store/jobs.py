@@ -86,6 +86,7 @@ class JobRecords(StoreBase):
                 tier=job.tier,
                 queue=job.queue,
                 cache_key=job.cache_key,
+                run_step=job.run_step,
             )
             for job in jobs
         ]

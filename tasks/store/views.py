@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status
+from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, RunRecord, RunStatus, Status
 
 
 def _fields(view: type, record: object) -> dict[str, Any]:
@@ -42,6 +42,7 @@ class JobView:
     cache_key: str | None = None
     lease_owner: str | None = None
     due_at: datetime | None = None
+    run_step: int | None = None
 
     @property
     def is_final(self) -> bool:
@@ -49,6 +50,30 @@ class JobView:
 
     @classmethod
     def of(cls, record: JobRecord | Row[Any]) -> JobView:
+        return cls(**_fields(cls, record))
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A read-only snapshot of a run: a comparison, an evaluation or a pipeline."""
+
+    id: str
+    kind: str
+    name: str
+    status: str
+    models: list[str] | None
+    request: dict[str, Any] | None
+    summary: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status != RunStatus.RUNNING
+
+    @classmethod
+    def of(cls, record: RunRecord) -> RunView:
         return cls(**_fields(cls, record))
 
 

@@ -1,0 +1,74 @@
+"""Runs: comparisons, evaluations and pipelines, recorded with what was asked and what came of it. A run's
+jobs carry its id as their batch id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from tasks.records import JobRecord, RunRecord, RunStatus, utcnow
+from tasks.redaction import redact
+from tasks.store.base import StoreBase
+from tasks.store.views import JobView, RunView
+
+
+class RunRecords(StoreBase):
+    def create_run(
+        self, run_id: str, kind: str, name: str, models: list[str], request: dict[str, Any] | None = None
+    ) -> RunView:
+        row = {
+            "id": run_id,
+            "kind": kind,
+            "name": name[:200],
+            "status": RunStatus.RUNNING,
+            "models": models,
+            "request": request,
+            "created_at": utcnow(),
+        }
+        with self.sessions.begin() as session:
+            session.execute(insert(RunRecord), [row])
+        view = self.get_run(run_id)
+        assert view is not None
+        return view
+
+    def get_run(self, run_id: str) -> RunView | None:
+        with self.session() as session:
+            record = session.get(RunRecord, run_id)
+            return RunView.of(record) if record else None
+
+    def runs(self, kind: str | None = None, limit: int = 50) -> list[RunView]:
+        """The newest runs first."""
+        query = select(RunRecord).order_by(RunRecord.created_at.desc()).limit(limit)
+        if kind is not None:
+            query = query.where(RunRecord.kind == kind)
+        with self.session() as session:
+            return [RunView.of(record) for record in session.scalars(query)]
+
+    def update_run(self, run_id: str, summary: dict[str, Any]) -> None:
+        """The figures so far of a run still running."""
+        with self.sessions.begin() as session:
+            session.execute(
+                update(RunRecord)
+                .where(RunRecord.id == run_id, RunRecord.status == RunStatus.RUNNING)
+                .values(summary=summary)
+            )
+
+    def finish_run(
+        self, run_id: str, status: RunStatus, summary: dict[str, Any] | None, error: str | None = None
+    ) -> bool:
+        """End a running run; False when it had ended already (a repeated step, a late caller)."""
+        values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": redact(error) if error else None}
+        if summary is not None:
+            values["summary"] = summary
+        with self.sessions.begin() as session:
+            result = session.execute(
+                update(RunRecord).where(RunRecord.id == run_id, RunRecord.status == RunStatus.RUNNING).values(**values)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    def run_jobs(self, run_id: str) -> list[JobView]:
+        """The jobs of a run, oldest first."""
+        query = select(JobRecord).where(JobRecord.batch_id == run_id).order_by(JobRecord.created_at, JobRecord.id)
+        with self.session() as session:
+            return [JobView.of(record) for record in session.scalars(query)]
