@@ -16,6 +16,7 @@ from typing import Any
 from broker.catalogue import Catalogue, load_catalogue
 from broker.celery_app import RouterCelery, create_app
 from broker.compare import Comparison, compare
+from broker.evaluation import Evaluation, evaluate, load_cases
 from broker.hub import Hub, ModelDetails, ModelSummary, SearchQuery, SortKey
 from broker.packing import input_count, pack
 from broker.publishing import recovery_queue, send_again, send_job
@@ -23,6 +24,7 @@ from broker.queues import INPUTS_HEADER, TASK_NAMES
 from broker.routing import Route, queue_for_tier, route
 from broker.settings import Settings
 from tasks.cache import cache_key
+from tasks.cases import Case
 from tasks.database import make_engine, upgrade
 from tasks.errors import InvalidRequest, JobFailed, JobRejected, JobTimeout, RouterError
 from tasks.records import Status, aware
@@ -226,6 +228,24 @@ class Router:
             request["input"] = options.get("input", prompt)
         request = {name: value for name, value in request.items() if value is not None}
         return compare(self, models, kind, request, timeout_s=timeout)
+
+    def evaluate(
+        self,
+        models: list[str] | str,
+        cases: str | Path | list[Case],
+        *,
+        tier: str | None = None,
+        concurrency: int | None = None,
+        timeout: float = 600.0,
+    ) -> Evaluation:
+        """The guide's ``testModel`` and ``generateTestReport``: each case (from a .yaml or .jsonl file, or
+        parsed ``Case`` objects) on each model, through the bulk lanes, at most ``concurrency`` jobs
+        unfinished at once; one report per model. Bad input raises ``InvalidRequest``, recording nothing."""
+        if isinstance(cases, (str, Path)):
+            suite, parsed = Path(cases).stem, load_cases(Path(cases))
+        else:
+            suite, parsed = "cases", cases
+        return evaluate(self, models, parsed, suite=suite, tier=tier, concurrency=concurrency, timeout_s=timeout)
 
     # ---- the three kinds ---------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 from kombu import Connection, Exchange, Producer
+from sqlalchemy import create_engine, text
 
 from broker.settings import Settings
 from ops.bench.database import bench_database
@@ -54,6 +55,19 @@ def pg_url() -> Iterator[str]:
     """A fresh Postgres database for this test session."""
     with fresh_database() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def count_rows(pg_url: str) -> Iterator[Callable[[str], int]]:
+    """The number a ``SELECT count(*) …`` of the session's database answers."""
+    engine = create_engine(pg_url)
+
+    def count(query: str) -> int:
+        with engine.connect() as connection:
+            return int(connection.execute(text(query)).scalar_one())
+
+    yield count
+    engine.dispose()
 
 
 def empty_redis_db(url: str) -> str:

@@ -14,7 +14,7 @@ from broker.compare import Comparison
 from tasks.errors import ConfigurationError, InvalidRequest
 
 
-def _clip(text: str | None, width: int = 60) -> str | None:
+def clip(text: str | None, width: int = 60) -> str | None:
     if text is None:
         return None
     line = " ".join(text.split())
@@ -30,7 +30,7 @@ def show_comparison(comparison: Comparison) -> str:
             row.queue_ms,
             row.model_ms,
             row.tokens,
-            _clip(row.text if row.success else row.error),
+            clip(row.text if row.success else row.error),
         ]
         for row in comparison.rows
     ]

@@ -12,6 +12,7 @@ from broker.cli.batch import batch
 from broker.cli.compare import compare
 from broker.cli.db import db
 from broker.cli.demo import demo
+from broker.cli.evaluate import evaluate
 from broker.cli.flower import flower
 from broker.cli.models import models
 from broker.cli.output import EXIT_UNAVAILABLE, fail
@@ -56,7 +57,22 @@ def cli(log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (submit, result, batch, compare, worker, status, usage, requeue, prune, flower, db, models, demo):
+for command in (
+    submit,
+    result,
+    batch,
+    compare,
+    evaluate,
+    worker,
+    status,
+    usage,
+    requeue,
+    prune,
+    flower,
+    db,
+    models,
+    demo,
+):
     cli.add_command(command)
 
 if __name__ == "__main__":

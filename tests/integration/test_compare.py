@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from broker.client import Router
 from broker.settings import Settings
@@ -59,20 +58,8 @@ def router(cluster_settings: Settings, config: Path) -> Iterator[Router]:
         yield router
 
 
-@pytest.fixture(scope="module")
-def count(pg_url: str) -> Iterator[Callable[[str], int]]:
-    engine = create_engine(pg_url)
-
-    def rows(query: str) -> int:
-        with engine.connect() as connection:
-            return int(connection.execute(text(query)).scalar_one())
-
-    yield rows
-    engine.dispose()
-
-
 def test_three_models_two_answer_and_the_missing_one_is_a_row_with_its_error(
-    worker: WorkerProcess, router: Router, count: Callable[[str], int]
+    worker: WorkerProcess, router: Router, count_rows: Callable[[str], int]
 ) -> None:
     comparison = router.compare([SMOL, ECHO, MISSING], "Name a colour.", max_tokens=8, timeout=120)
     assert not comparison.timed_out
@@ -103,7 +90,9 @@ def test_three_models_two_answer_and_the_missing_one_is_a_row_with_its_error(
     jobs = router.store.run_jobs(comparison.run_id)
     assert sorted(job.requested_model or "" for job in jobs) == sorted([SMOL, ECHO, MISSING])
     assert {job.id for job in jobs} == {row.job_id for row in comparison.rows}
-    usage = count(f"SELECT count(*) FROM usage u JOIN jobs j ON j.id = u.job_id WHERE j.batch_id = '{run.id}'")
+    usage = count_rows(
+        f"SELECT count(*) FROM usage u JOIN jobs j ON j.id = u.job_id WHERE j.batch_id = '{run.id}'"
+    )
     assert usage == 2  # the successful jobs, counted by `llm-router usage` like any others
 
 
@@ -135,12 +124,12 @@ def test_a_comparison_that_outlasts_its_timeout_reports_late_rows(router: Router
     ],
 )
 def test_bad_input_is_refused_and_nothing_is_recorded(
-    router: Router, count: Callable[[str], int], models: list[str], options: dict[str, Any], named: str
+    router: Router, count_rows: Callable[[str], int], models: list[str], options: dict[str, Any], named: str
 ) -> None:
-    before = (count("SELECT count(*) FROM runs"), count("SELECT count(*) FROM jobs"))
+    before = (count_rows("SELECT count(*) FROM runs"), count_rows("SELECT count(*) FROM jobs"))
     with pytest.raises(InvalidRequest, match=re.escape(named)):
         router.compare(models, "hello", **options)
-    assert (count("SELECT count(*) FROM runs"), count("SELECT count(*) FROM jobs")) == before
+    assert (count_rows("SELECT count(*) FROM runs"), count_rows("SELECT count(*) FROM jobs")) == before
 
 
 def test_the_command_prints_the_table_and_json(
