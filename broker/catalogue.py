@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from broker.pipelines import PipelineSpec, guide_pipeline
 from tasks.errors import ConfigurationError
 from tasks.schemas import Kind
 
@@ -76,6 +77,8 @@ class Catalogue(_Frozen):
     models: dict[str, ModelSpec] = {}
     providers: dict[Provider, ProviderSpec] = {}
     downgrades: dict[str, str] | None = None  # model → smaller model tried while it loads (503); None: the seed's
+    # Named pipelines; "reply" (the guide's processText) is there unless the catalogue declares its own.
+    pipelines: dict[str, PipelineSpec] = {}
 
     @model_validator(mode="after")
     def _consistent(self) -> Catalogue:
@@ -90,7 +93,21 @@ class Catalogue(_Frozen):
                 raise ValueError(f"tier_order: names tier {name!r}, which [tiers] does not define")
         if self.default_tier != "auto" and self.default_tier not in self.tiers:
             raise ValueError(f"default_tier: {self.default_tier!r} is not a tier")
+        for name, pipeline in self.pipelines.items():
+            for step in pipeline.steps:
+                self._check_step(f"pipelines.{name}.{step.name}", step.kind, step.model, step.tier)
         return self
+
+    def _check_step(self, where: str, kind: Kind, model: str | None, tier: str | None) -> None:
+        if tier is not None and tier not in self.tiers:
+            raise ValueError(f"{where}: tier {tier!r} is not a tier")
+        if model is not None and not self.tiers_serving(model, kind):
+            raise ValueError(f"{where}: no tier runs {model!r} for {kind} jobs")
+
+    @property
+    def all_pipelines(self) -> dict[str, PipelineSpec]:
+        """The declared pipelines, and the guide's as "reply" unless one of them has that name."""
+        return {"reply": guide_pipeline(), **self.pipelines}
 
     @property
     def ordered_tiers(self) -> list[str]:

@@ -19,6 +19,7 @@ from broker.compare import Comparison, compare
 from broker.evaluation import Evaluation, evaluate, load_cases
 from broker.hub import Hub, ModelDetails, ModelSummary, SearchQuery, SortKey
 from broker.packing import input_count, pack
+from broker.pipeline_runs import PipelineResult, read_pipeline, start_pipeline
 from broker.publishing import recovery_queue, send_again, send_job
 from broker.queues import INPUTS_HEADER, TASK_NAMES
 from broker.routing import Route, queue_for_tier, route
@@ -246,6 +247,26 @@ class Router:
         else:
             suite, parsed = "cases", cases
         return evaluate(self, models, parsed, suite=suite, tier=tier, concurrency=concurrency, timeout_s=timeout)
+
+    def pipeline(self, text: str, *, name: str = "reply", timeout: float | None = 120.0) -> PipelineResult:
+        """The guide's ``processText`` (pipeline "reply"), or another pipeline the catalogue declares: a chain
+        of jobs that the workers carry on step by step. Waits until the run ends or ``timeout`` passes
+        (``None``: returns at once) and returns where it stands; ``get_pipeline(run_id)`` reads it again."""
+        run_id = start_pipeline(self.store, self.catalogue, self._publish, name, text)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(0.01, self.settings.wait_poll_s)
+        while True:
+            result = self.get_pipeline(run_id)
+            if result.status != "running" or deadline is None or time.monotonic() >= deadline:
+                return result
+            time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            delay = min(delay * 1.5, max(self.settings.wait_poll_s, 0.25))
+
+    def get_pipeline(self, run_id: str) -> PipelineResult:
+        result = read_pipeline(self.store, run_id)
+        if result is None:
+            raise UnknownJob(f"run_id: no pipeline run {run_id}")
+        return result
 
     # ---- the three kinds ---------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ class Status(StrEnum):
 
 
 FINAL_STATUSES: Final = frozenset({Status.SUCCEEDED, Status.FAILED, Status.REJECTED})
+UNFINISHED_STATUSES: Final = (Status.QUEUED, Status.RETRYING, Status.RUNNING)
 
 
 def utcnow() -> datetime:

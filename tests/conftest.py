@@ -18,6 +18,7 @@ import redis
 from kombu import Connection, Exchange, Producer
 from sqlalchemy import create_engine, text
 
+from broker.client import Router
 from broker.settings import Settings
 from ops.bench.database import bench_database
 
@@ -234,6 +235,21 @@ def start_worker(
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture(scope="module")
+def own_catalogue(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test module's ``CATALOGUE``, in a file: the catalogue its worker and its Router share."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]) / "catalogue.toml"
+    path.write_text(request.module.CATALOGUE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def own_router(cluster_settings: Settings, own_catalogue: Path) -> Iterator[Router]:
+    """A Router of the test cluster that routes with the module's own catalogue."""
+    with Router(cluster_settings.model_copy(update={"config": own_catalogue})) as router:
+        yield router
 
 
 def catalogue_env(folder: Path, catalogue: str, broker: str, **variables: str) -> dict[str, str]:

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from billiard import current_process
@@ -20,6 +21,8 @@ from celery import Task, shared_task, signals
 from celery.worker.control import inspect_command
 from redis.exceptions import RedisError
 
+from broker.pipeline_runs import advance
+from broker.publishing import send_job
 from broker.queues import INPUTS_HEADER, TASK_NAMES
 from broker.routing import lane_of, queue_for_tier
 from tasks.records import Status
@@ -53,10 +56,18 @@ def current_runtime(app: Any) -> WorkerRuntime:
 
             profile = getattr(app, "worker_profile", None) or WorkerProfile()
             runtime = build_runtime(app.router_settings, app.catalogue, profile)
+            runtime.step_ended = _pipeline_advancer(app, runtime)
             _start_sweeper(app, runtime)
             _runtimes.clear()
             _runtimes[os.getpid()] = runtime
         return runtime
+
+
+def _pipeline_advancer(app: Any, runtime: WorkerRuntime) -> Callable[[str], None]:
+    def publish(job_id: str, kind: str, queue: str, inputs: int) -> None:
+        send_job(app, job_id, kind, queue, inputs)
+
+    return lambda run_id: advance(runtime.store, runtime.catalogue, publish, run_id)
 
 
 def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
@@ -82,6 +93,7 @@ def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
         lost_message_after_s=settings.lost_message_after_s,
         broker_mark=mark,
         retention=Retain(settings.retention_days, settings.retention_results_only) if settings.retention_days else None,
+        carry_on=runtime.step_ended,
     ).start()
 
 

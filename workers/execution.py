@@ -90,9 +90,26 @@ def _ignore_duplicate(message: JobMessage) -> Status:
 def _run_claimed(
     runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str | None, reschedule: Reschedule
 ) -> Status:
+    fresh_message = message.cursor == Cursor()
+    job, cached = runtime.store.get_with_cached(message.job_id, runtime.settings.cache_ttl_s if fresh_message else None)
+    status = _run_loaded(runtime, kind, message, job, cached, worker, reschedule)
+    if job is not None and job.run_step is not None and job.batch_id is not None and status.is_final:
+        # A pipeline's step ended (or its message came again after it did): carry the pipeline on.
+        runtime.step_ended(job.batch_id)
+    return status
+
+
+def _run_loaded(
+    runtime: WorkerRuntime,
+    kind: Kind,
+    message: JobMessage,
+    job: JobView | None,
+    cached: JobView | None,
+    worker: str | None,
+    reschedule: Reschedule,
+) -> Status:
     store = runtime.store
     fresh_message = message.cursor == Cursor()
-    job, cached = store.get_with_cached(message.job_id, runtime.settings.cache_ttl_s if fresh_message else None)
     if job is None and message.request is None:
         store.reject(
             message.job_id, kind, f"job_id: no job {message.job_id} is recorded and the message has no request"

@@ -85,8 +85,8 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
     candidates: list[tuple[JobMessage, Request, str, str, str, str]] = []
     for message in fresh:
         view = views.get(message.job_id)
-        if view is None or view.is_final or not isinstance(view.request, dict):
-            alone.append(message)  # the one-job path rejects or skips it with the right message
+        if view is None or view.is_final or not isinstance(view.request, dict) or view.run_step is not None:
+            alone.append(message)  # the one-job path rejects, skips or runs it (a pipeline's step carries it on)
             continue
         try:
             request = parse_request({**view.request, "kind": kind})

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -71,6 +72,8 @@ class WorkerRuntime:
     running: RunningHere = field(default_factory=RunningHere)
     _building: threading.Lock = field(default_factory=threading.Lock, repr=False)
     published_version: int = -1  # the registry version last written for `llm-router status`
+    # Carries a pipeline on once one of its steps ended (given the run's id); set where messages can be sent.
+    step_ended: Callable[[str], None] = field(default=lambda _run_id: None)
 
     def limit_rules(self, tier: str, provider: str, model_id: str) -> list[Rule]:
         """The windows one call of ``model_id`` on ``tier`` must fit in: the tier's, and its provider key's."""

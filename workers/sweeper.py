@@ -44,6 +44,7 @@ DEAD_WORKERS_KEY = "llm-router:dead-workers"  # owner → when its jobs were las
 PRUNED_KEY = "llm-router:pruned"  # set for an hour after a prune: the cluster prunes once an hour
 PRUNE_EVERY_S = 3600
 SWEEP_PAGE = 500  # lost jobs read and published per page of a sweep
+STALLED_PIPELINE_S = 5.0  # a pipeline with no step in flight this long after it began: carried on by the sweeper
 KEEP_RECOVERED = 200
 
 # (job, queue, countdown in seconds): publishes the job's message again.
@@ -108,10 +109,11 @@ class Sweeper:
         lost_message_after_s: float,
         broker_mark: BrokerMark | None = None,
         retention: Retain | None = None,
+        carry_on: Callable[[str], None] | None = None,
     ):
         self.store, self.redis, self.publish, self.queue_of = store, client, publish, queue_of
         self.interval_s, self.lost_message_after_s = interval_s, lost_message_after_s
-        self.broker_mark, self.retention = broker_mark, retention
+        self.broker_mark, self.retention, self.carry_on = broker_mark, retention, carry_on
         self._token = uuid.uuid4().hex.encode()
         self._stop = threading.Event()
 
@@ -165,6 +167,10 @@ class Sweeper:
             else:
                 self.store.set_due([job.id], countdown)  # due when its message is: not lost again before
                 lost.append(job)
+        if self.carry_on is not None:
+            # A pipeline whose worker died between ending a step and starting the next goes on from here.
+            for run_id in self.store.stalled_pipelines(now - timedelta(seconds=STALLED_PIPELINE_S)):
+                self.carry_on(run_id)
         sweep = Sweep(abandoned, lost, broker_lost_data)
         if sweep.count or broker_lost_data:
             self._note(sweep, now)

@@ -16,6 +16,7 @@ from broker.cli.evaluate import evaluate
 from broker.cli.flower import flower
 from broker.cli.models import models
 from broker.cli.output import EXIT_UNAVAILABLE, fail
+from broker.cli.pipeline import pipeline, runs
 from broker.cli.prune import prune
 from broker.cli.requeue import requeue
 from broker.cli.status import status
@@ -63,6 +64,8 @@ for command in (
     batch,
     compare,
     evaluate,
+    pipeline,
+    runs,
     worker,
     status,
     usage,

@@ -3,11 +3,12 @@ jobs carry its id as their batch id."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import exists, insert, select, update
 
-from tasks.records import JobRecord, RunRecord, RunStatus, utcnow
+from tasks.records import UNFINISHED_STATUSES, JobRecord, RunRecord, RunStatus, utcnow
 from tasks.redaction import redact
 from tasks.store.base import StoreBase
 from tasks.store.views import JobView, RunView
@@ -72,3 +73,20 @@ class RunRecords(StoreBase):
         query = select(JobRecord).where(JobRecord.batch_id == run_id).order_by(JobRecord.created_at, JobRecord.id)
         with self.session() as session:
             return [JobView.of(record) for record in session.scalars(query)]
+
+    def stalled_pipelines(self, created_before: datetime, limit: int = 500) -> list[str]:
+        """Pipelines still running with no step queued or running: their last step ended, and the worker that
+        ended it died before it started the next (or is about to)."""
+        step_in_flight = exists().where(JobRecord.batch_id == RunRecord.id, JobRecord.status.in_(UNFINISHED_STATUSES))
+        query = (
+            select(RunRecord.id)
+            .where(
+                RunRecord.kind == "pipeline",
+                RunRecord.status == RunStatus.RUNNING,
+                RunRecord.created_at < created_before,
+                ~step_in_flight,
+            )
+            .limit(limit)
+        )
+        with self.session() as session:
+            return list(session.scalars(query))

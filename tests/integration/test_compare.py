@@ -7,14 +7,13 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker.client import Router
-from broker.settings import Settings
 from tasks.errors import InvalidRequest
 from tests.conftest import REPO, WorkerProcess
 
@@ -38,30 +37,17 @@ provider = "local"
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("compare") / "catalogue.toml"
-    path.write_text(CATALOGUE)
-    return path
-
-
-@pytest.fixture(scope="module")
-def worker(start_worker: Callable[..., WorkerProcess], config: Path) -> WorkerProcess:
+def worker(start_worker: Callable[..., WorkerProcess], own_catalogue: Path) -> WorkerProcess:
     # No cooldown: the missing model fails in every test at once, instead of waiting out the one its first
     # failure started (a comparison on a model known to fail waits like any job on it).
-    env = {"LLM_ROUTER_CONFIG": str(config), "LLM_ROUTER_COOLDOWN_S": "0"}
+    env = {"LLM_ROUTER_CONFIG": str(own_catalogue), "LLM_ROUTER_COOLDOWN_S": "0"}
     return start_worker("compared", "compared", env=env)
 
 
-@pytest.fixture(scope="module")
-def router(cluster_settings: Settings, config: Path) -> Iterator[Router]:
-    with Router(cluster_settings.model_copy(update={"config": config})) as router:
-        yield router
-
-
 def test_three_models_two_answer_and_the_missing_one_is_a_row_with_its_error(
-    worker: WorkerProcess, router: Router, count_rows: Callable[[str], int]
+    worker: WorkerProcess, own_router: Router, count_rows: Callable[[str], int]
 ) -> None:
-    comparison = router.compare([SMOL, ECHO, MISSING], "Name a colour.", max_tokens=8, timeout=120)
+    comparison = own_router.compare([SMOL, ECHO, MISSING], "Name a colour.", max_tokens=8, timeout=120)
     assert not comparison.timed_out
     by_model = {row.model: row for row in comparison.rows}
     assert by_model[SMOL].status == by_model[ECHO].status == "succeeded"
@@ -83,33 +69,31 @@ def test_three_models_two_answer_and_the_missing_one_is_a_row_with_its_error(
     assert [row.model for row in comparison.rows][:2] == sorted([SMOL, ECHO], key=lambda m: by_model[m].latency_ms or 0)
     assert comparison.rows[-1].model == MISSING
     # Each model's job is a record of its own, under the run; the run holds the figures.
-    run = router.store.get_run(comparison.run_id)
+    run = own_router.store.get_run(comparison.run_id)
     assert run is not None and run.kind == "compare" and run.status == "succeeded"
     assert run.models == [SMOL, ECHO, MISSING]
     assert run.summary is not None and run.summary["summary"]["successful"] == 2
-    jobs = router.store.run_jobs(comparison.run_id)
+    jobs = own_router.store.run_jobs(comparison.run_id)
     assert sorted(job.requested_model or "" for job in jobs) == sorted([SMOL, ECHO, MISSING])
     assert {job.id for job in jobs} == {row.job_id for row in comparison.rows}
-    usage = count_rows(
-        f"SELECT count(*) FROM usage u JOIN jobs j ON j.id = u.job_id WHERE j.batch_id = '{run.id}'"
-    )
+    usage = count_rows(f"SELECT count(*) FROM usage u JOIN jobs j ON j.id = u.job_id WHERE j.batch_id = '{run.id}'")
     assert usage == 2  # the successful jobs, counted by `llm-router usage` like any others
 
 
-def test_a_model_the_catalogue_does_not_know_is_a_row_not_a_job(worker: WorkerProcess, router: Router) -> None:
-    comparison = router.compare([ECHO, "acme/unknown"], "ping", timeout=60)
+def test_a_model_the_catalogue_does_not_know_is_a_row_not_a_job(worker: WorkerProcess, own_router: Router) -> None:
+    comparison = own_router.compare([ECHO, "acme/unknown"], "ping", timeout=60)
     unknown = next(row for row in comparison.rows if row.model == "acme/unknown")
     assert unknown.status == "not_submitted" and unknown.job_id is None
     assert "unknown model 'acme/unknown'" in (unknown.error or "")
     assert comparison.summary.successful == 1 and comparison.summary.failed == 1
-    assert len(router.store.run_jobs(comparison.run_id)) == 1
+    assert len(own_router.store.run_jobs(comparison.run_id)) == 1
 
 
-def test_a_comparison_that_outlasts_its_timeout_reports_late_rows(router: Router) -> None:
-    comparison = router.compare([SMOL], "Say hello.", max_tokens=8, timeout=0.0)
+def test_a_comparison_that_outlasts_its_timeout_reports_late_rows(own_router: Router) -> None:
+    comparison = own_router.compare([SMOL], "Say hello.", max_tokens=8, timeout=0.0)
     assert comparison.timed_out
     assert comparison.rows[0].status == "late" and comparison.summary.late == 1
-    run = router.store.get_run(comparison.run_id)
+    run = own_router.store.get_run(comparison.run_id)
     assert run is not None and run.status == "timed_out"
 
 
@@ -124,18 +108,18 @@ def test_a_comparison_that_outlasts_its_timeout_reports_late_rows(router: Router
     ],
 )
 def test_bad_input_is_refused_and_nothing_is_recorded(
-    router: Router, count_rows: Callable[[str], int], models: list[str], options: dict[str, Any], named: str
+    own_router: Router, count_rows: Callable[[str], int], models: list[str], options: dict[str, Any], named: str
 ) -> None:
     before = (count_rows("SELECT count(*) FROM runs"), count_rows("SELECT count(*) FROM jobs"))
     with pytest.raises(InvalidRequest, match=re.escape(named)):
-        router.compare(models, "hello", **options)
+        own_router.compare(models, "hello", **options)
     assert (count_rows("SELECT count(*) FROM runs"), count_rows("SELECT count(*) FROM jobs")) == before
 
 
 def test_the_command_prints_the_table_and_json(
-    worker: WorkerProcess, cluster_env: dict[str, str], config: Path
+    worker: WorkerProcess, cluster_env: dict[str, str], own_catalogue: Path
 ) -> None:
-    env = {**cluster_env, "LLM_ROUTER_CONFIG": str(config)}
+    env = {**cluster_env, "LLM_ROUTER_CONFIG": str(own_catalogue)}
     command = [sys.executable, "-m", "broker.cli.main", "compare", "--models", f"{ECHO},{MISSING}", "--prompt", "hi"]
     shown = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert shown.returncode == 1, shown.stderr  # a model failed

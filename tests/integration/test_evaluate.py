@@ -130,9 +130,7 @@ def test_a_suite_of_every_expectation_on_the_bundled_models(
     check_numbers(report)
     # Through the bulk lanes, every job a record of the run.
     queues = count_rows(f"SELECT count(DISTINCT queue) FROM jobs WHERE batch_id = '{evaluation.run_id}'")
-    bulk = count_rows(
-        f"SELECT count(*) FROM jobs WHERE batch_id = '{evaluation.run_id}' AND queue = 'parrot.bulk'"
-    )
+    bulk = count_rows(f"SELECT count(*) FROM jobs WHERE batch_id = '{evaluation.run_id}' AND queue = 'parrot.bulk'")
     assert queues == 1 and bulk == 7
     run = router.store.get_run(evaluation.run_id)
     assert run is not None and run.kind == "evaluate" and run.status == "succeeded" and run.name == "evaluate suite"
