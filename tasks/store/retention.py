@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, null, select, text, update
+from sqlalchemy import Table, delete, func, null, select, text, update
 
-from tasks.records import FINAL_STATUSES, JobRecord
+from tasks.records import FINAL_STATUSES, JobRecord, RunRecord, RunStatus
 from tasks.store.base import ATTEMPTS, JOBS, USAGE, StoreBase
+
+RUNS: Table = RunRecord.__table__  # type: ignore[assignment]
 
 PRUNE_CHUNK = 5_000
 
@@ -43,6 +45,7 @@ class Retention(StoreBase):
         if dry_run:
             with self.session() as session:
                 return Pruned(int(session.scalar(select(func.count()).where(*old)) or 0), results_only, True)
+        self._prune_runs(created_before, results_only)
         pruned = 0
         while True:
             with self.sessions.begin() as session:
@@ -65,9 +68,19 @@ class Retention(StoreBase):
             if len(ids) < PRUNE_CHUNK:
                 return Pruned(pruned, results_only, False)
 
+    def _prune_runs(self, created_before: datetime, results_only: bool) -> None:
+        """Ended runs go with their jobs; pruned to their results, they keep their figures and lose what was
+        asked (a pipeline's text)."""
+        old = [RunRecord.created_at < created_before, RunRecord.status != RunStatus.RUNNING]
+        with self.sessions.begin() as session:
+            if results_only:
+                session.execute(update(RunRecord).where(*old).values(request=null()))
+            else:
+                session.execute(delete(RunRecord).where(*old))
+
     def table_sizes(self) -> dict[str, TableSize]:
-        """Rows and bytes of the jobs, attempts and usage tables."""
-        tables = [table.name for table in (JOBS, ATTEMPTS, USAGE)]
+        """Rows and bytes of the jobs, attempts, usage and runs tables."""
+        tables = [table.name for table in (JOBS, ATTEMPTS, USAGE, RUNS)]
         with self.session() as session:
             if session.get_bind().dialect.name == "postgresql":
                 rows = session.execute(

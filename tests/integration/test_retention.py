@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 
 from broker.cli.main import cli
 from tasks.database import make_engine, upgrade
-from tasks.records import AttemptRecord, JobRecord, Status, UsageRecord
+from tasks.records import AttemptRecord, JobRecord, RunRecord, RunStatus, Status, UsageRecord
 from tasks.schemas import Embedding, EmbedResult, Usage
 from tasks.store import JobStore, JobView, Lease
 from tests.conftest import fresh_database
@@ -91,7 +91,35 @@ def test_prune_takes_old_final_jobs_and_leaves_the_rest(store: JobStore) -> None
     unfinished = store.get(running)
     assert unfinished is not None and unfinished.status == Status.RUNNING  # never pruned, however old
     sizes = store.table_sizes()
-    assert set(sizes) == {"jobs", "attempts", "usage"}
+    assert set(sizes) == {"jobs", "attempts", "usage", "runs"}
+
+
+def _run(store: JobStore, days_old: float, status: RunStatus) -> str:
+    run_id = str(uuid.uuid4())
+    store.create_run(run_id, "pipeline", "reply", ["fast"], {"text": "what the user wrote"})
+    if status != RunStatus.RUNNING:
+        store.finish_run(run_id, status, {"steps": []})
+    with store.sessions.begin() as session:
+        moment = datetime.now(UTC) - timedelta(days=days_old)
+        session.execute(update(RunRecord).where(RunRecord.id == run_id).values(created_at=moment))
+    return run_id
+
+
+def test_prune_takes_old_ended_runs_with_their_jobs(store: JobStore) -> None:
+    old, recent, running = (
+        _run(store, 40, RunStatus.SUCCEEDED),
+        _run(store, 1, RunStatus.FAILED),
+        _run(store, 40, RunStatus.RUNNING),
+    )
+    cutoff = datetime.now(UTC) - timedelta(days=30)
+    store.prune(cutoff, results_only=True)
+    emptied = store.get_run(old)
+    assert emptied is not None and emptied.request is None and emptied.summary == {"steps": []}  # figures kept
+    store.prune(cutoff)
+    assert store.get_run(old) is None
+    kept = store.get_run(recent)
+    assert kept is not None and kept.request == {"text": "what the user wrote"}
+    assert store.get_run(running) is not None  # a run still going is never pruned
 
 
 def test_the_prune_command(database: str) -> None:
