@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from broker.catalogue import Catalogue, load_catalogue
 from broker.celery_app import RouterCelery, create_app
 from broker.compare import Comparison, compare
 from broker.evaluation import Evaluation, evaluate, load_cases
 from broker.hub import Hub, ModelDetails, ModelSummary, SearchQuery, SortKey
+from broker.notifications import SAFETY_POLL_S, DoneNotices
 from broker.packing import input_count, pack
 from broker.pipeline_runs import PipelineResult, read_pipeline, start_pipeline
 from broker.publishing import recovery_queue, send_again, send_job
@@ -70,11 +74,14 @@ class Requeue:
 class Job:
     """A handle on one job. Every method reads the database, so any process can follow any job."""
 
-    def __init__(self, store: JobStore, job_id: str, kind: str, poll_s: float = 0.05):
+    def __init__(
+        self, store: JobStore, job_id: str, kind: str, poll_s: float = 0.05, notices: DoneNotices | None = None
+    ):
         self._store = store
         self.id = job_id
         self.kind = kind
         self._poll_s = poll_s
+        self._notices = notices
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, kind={self.kind!r})"
@@ -96,17 +103,29 @@ class Job:
         return self._outcome(self.record())
 
     def wait(self, timeout: float | None = 60.0) -> Result:
-        """Block until the job ends; raises ``JobFailed``, ``JobRejected`` or ``JobTimeout``."""
+        """Block until the job ends; raises ``JobFailed``, ``JobRejected`` or ``JobTimeout``. With Redis, the
+        wait sleeps until the worker's notice (reading the row again at least every ``SAFETY_POLL_S``);
+        without it, or while Redis cannot be reached, it polls the row."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._notices is not None:
+            try:
+                with self._notices.listening(self.id) as sleep:  # subscribed before the first read
+                    return self._wait(deadline, timeout, lambda _delay, left: sleep(min(left, SAFETY_POLL_S)))
+            except RedisError:
+                pass  # the notices are down: poll
+        return self._wait(deadline, timeout, lambda delay, left: time.sleep(min(delay, left)))
+
+    def _wait(self, deadline: float | None, timeout: float | None, sleep: Callable[[float, float], None]) -> Result:
         delay = min(0.01, self._poll_s)
         while True:
             view = self.record()
             outcome = self._outcome(view)
             if outcome is not None:
                 return outcome
-            if deadline is not None and time.monotonic() >= deadline:
+            left = float("inf") if deadline is None else deadline - time.monotonic()
+            if left <= 0:
                 raise JobTimeout(self.id, view.status, f"still {view.status} after {timeout:g} s")
-            time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
+            sleep(delay, left)
             delay = min(delay * 1.5, max(self._poll_s, 0.25))
 
     @staticmethod
@@ -147,6 +166,7 @@ class Router:
         self.settings = settings or Settings()
         self.catalogue = catalogue or load_catalogue(self.settings.config)
         self._app = app
+        self._notices: DoneNotices | None = None
         engine = make_engine(
             self.settings.resolved_database_url, sqlite_busy_timeout_s=self.settings.sqlite_busy_timeout_s
         )
@@ -158,7 +178,16 @@ class Router:
         """Release broker and database connections (the Router may be used again afterwards)."""
         if self._app is not None:
             self._app.close()
+        if self._notices is not None:
+            self._notices.close()
+            self._notices = None
         self.store.engine.dispose()
+
+    def _job(self, job_id: str, kind: str) -> Job:
+        redis_url = self.settings.resolved_redis_url
+        if self._notices is None and redis_url:
+            self._notices = DoneNotices(redis_url)
+        return Job(self.store, job_id, kind, self.settings.wait_poll_s, self._notices)
 
     def __enter__(self) -> Router:
         return self
@@ -335,7 +364,7 @@ class Router:
         source = self.store.find_cached(cache, self.settings.cache_ttl_s) if parsed.use_cache and key is None else None
         if source is not None:
             self.store.record_cached(**common, cache_key=cache, source=source)
-            return Job(self.store, job_id, kind, self.settings.wait_poll_s)
+            return self._job(job_id, kind)
         if not self.store.create_job(**common, cache_key=cache, idempotency_key=key):
             # Another submission of this key was recorded between our look and our insert.
             earlier = self._job_for_key(key, kind, stored) if key is not None else None
@@ -347,7 +376,7 @@ class Router:
         except EnqueueFailed:
             self.store.fail(job_id, "could not enqueue: the broker refused the message")
             raise
-        return Job(self.store, job_id, kind, self.settings.wait_poll_s)
+        return self._job(job_id, kind)
 
     def _job_for_key(self, key: str, kind: str, request: dict[str, Any]) -> Job | None:
         """The job an earlier submission of ``key`` recorded, if the key still holds; the key of one that has
@@ -364,7 +393,7 @@ class Router:
                 f"{self.settings.idempotency_ttl_s:g} s; give this one a new key",
                 field="idempotency_key",
             )
-        return Job(self.store, earlier.id, earlier.kind, self.settings.wait_poll_s)
+        return self._job(earlier.id, earlier.kind)
 
     def batch(
         self,
@@ -406,7 +435,7 @@ class Router:
             queue = queue_for_tier(planned.tier, "bulk")
             rows.append(NewJob(job_id, parsed.kind, stored, planned.tier, queue, cache_key(parsed, planned.tier)))
             positions[job_id] = position
-            jobs[position] = Job(self.store, job_id, parsed.kind, self.settings.wait_poll_s)
+            jobs[position] = self._job(job_id, parsed.kind)
         inserted = self.store.create_jobs(rows)
         known = self.store.statuses([row.job_id for row in rows if row.job_id not in inserted])
         due = []
@@ -492,4 +521,4 @@ class Router:
         view = self.store.get(job_id)
         if view is None:
             raise UnknownJob(f"job_id: no job {job_id}")
-        return Job(self.store, job_id, view.kind, self.settings.wait_poll_s)
+        return self._job(job_id, view.kind)

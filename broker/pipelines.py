@@ -47,7 +47,9 @@ class StepSpec(BaseModel):
         if self.kind == "generate" and (self.prompt is None or self.input is not None):
             raise ValueError(f"step {self.name!r}: a generate step has a 'prompt' template (and no 'input')")
         if self.kind != "generate" and (self.input is None or self.prompt is not None):
-            raise ValueError(f"step {self.name!r}: a step of kind {self.kind} has an 'input' template (and no 'prompt')")
+            raise ValueError(
+                f"step {self.name!r}: a step of kind {self.kind} has an 'input' template (and no 'prompt')"
+            )
         return self
 
     @property

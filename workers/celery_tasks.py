@@ -147,6 +147,9 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
         outcomes: list[Status] = []
         for each_kind, jobs in by_kind.items():
             outcomes += run_jobs(runtime, each_kind, jobs, task.request.hostname, _rescheduler(task, each_kind))
+        if runtime.notices is not None:
+            # Waiting callers read their job again now rather than at their next poll.
+            runtime.notices.publish([job.job_id for jobs in by_kind.values() for job in jobs])
     except BaseException:
         for item in drained:
             item.give_back()

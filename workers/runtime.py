@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import redis
 
 from broker.catalogue import Catalogue
+from broker.notifications import DoneNotices
 from broker.settings import Settings
 from tasks.database import make_engine
 from tasks.redaction import install_log_redaction
@@ -72,6 +73,7 @@ class WorkerRuntime:
     running: RunningHere = field(default_factory=RunningHere)
     _building: threading.Lock = field(default_factory=threading.Lock, repr=False)
     published_version: int = -1  # the registry version last written for `llm-router status`
+    notices: DoneNotices | None = None  # wakes the callers waiting for a job (None: no Redis; they poll)
     # Carries a pipeline on once one of its steps ended (given the run's id); set where messages can be sent.
     step_ended: Callable[[str], None] = field(default=lambda _run_id: None)
 
@@ -147,6 +149,8 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
     lease = lease_for_this_process(settings.lease_s)
     LeaseKeeper(store, lease).start()
     context = BackendContext(settings, catalogue, registry, profile.max_batch, http_connections=profile.concurrency)
-    return WorkerRuntime(
+    runtime = WorkerRuntime(
         settings, catalogue, profile, store, registry, policy, RateLimiter(redis_url), cooldowns, lease, context
     )
+    runtime.notices = DoneNotices(redis_url) if redis_url else None
+    return runtime

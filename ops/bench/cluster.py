@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def cluster_env(broker_url: str, database_url: str, work: Path, **variables: str) -> dict[str, str]:
+    """The environment of a benchmark's workers: this one's, less any LLM_ROUTER_ setting, on its broker and
+    database, with its scratch folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER_")}
+    env.update(
+        LLM_ROUTER_BROKER_URL=broker_url,
+        LLM_ROUTER_DATABASE_URL=database_url,
+        LLM_ROUTER_VAR_DIR=str(work / "var"),
+        PYTHONPATH=str(REPO),
+        **variables,
+    )
+    return env
 
 
 class Cluster:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from broker.client import Router  # noqa: E402
 from broker.settings import Settings  # noqa: E402
-from ops.bench.cluster import Cluster  # noqa: E402
+from ops.bench.cluster import Cluster, cluster_env  # noqa: E402
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
 from ops.bench.stand_in import Behaviour  # noqa: E402
 from ops.bench.stand_in import start as start_stand_in  # noqa: E402
@@ -222,17 +222,15 @@ def main() -> None:
         "ceiling": ceiling,
     }
     with bench_database(ADMIN, URL_TEMPLATE) as database_url:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER_")}
-        env.update(
-            LLM_ROUTER_BROKER_URL=args.redis,
-            LLM_ROUTER_DATABASE_URL=database_url,
+        env = cluster_env(
+            args.redis,
+            database_url,
+            work,
             LLM_ROUTER_CONFIG=str(config),
-            LLM_ROUTER_VAR_DIR=str(work / "var"),
             LLM_ROUTER_RETRY_DELAY_SCALE="0.1",
             # Independent 15 % failures fail one job in ~2,000 after the default 3 retries (0.15**4): (h') asks
             # that all succeed, so it allows 6 (0.15**7, one in ~600,000).
             LLM_ROUTER_MAX_RETRIES="6",
-            PYTHONPATH=str(REPO),
         )
         settings = Settings(broker_url=args.redis, database_url=database_url, config=config)
         cluster = Cluster(env, work)

@@ -1,0 +1,157 @@
+"""The asyncio client for web backends (FastAPI, Starlette, aiohttp): ``AsyncRouter`` and ``AsyncJob``.
+
+Waiting is asynchronous end to end: an ``AsyncJob`` reads its row through an async SQLAlchemy engine
+(psycopg's async driver; aiosqlite in the embedded mode) and sleeps on the worker's notice through one
+``redis.asyncio`` pub/sub connection shared by every waiting job of the router — no thread and no connection
+per waiting request. Submitting runs ``Router``'s own path (validation, routing, the cache, idempotency keys,
+the record and the message) on the event loop's executor: kombu has no asyncio transport, and the work is a
+few milliseconds. Like ``broker.client``, importing this module imports no torch or transformers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from broker.client import Job, Result, Router, UnknownJob
+from broker.notifications import SAFETY_POLL_S, AsyncDoneNotices
+from broker.settings import Settings
+from tasks.errors import JobTimeout
+from tasks.store import AttemptView, JobView
+from tasks.store.base import JOBS
+
+
+def async_engine(url: str) -> AsyncEngine:
+    """The async engine of the same database: psycopg's async driver, or aiosqlite for SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return create_async_engine(parsed.set(drivername="sqlite+aiosqlite"))
+    return create_async_engine(parsed.set(drivername="postgresql+psycopg"), pool_size=5, max_overflow=10)
+
+
+class AsyncJob:
+    """A handle on one job, awaited: ``await job.wait()``, ``await job.status()``."""
+
+    def __init__(self, router: AsyncRouter, job_id: str, kind: str):
+        self._router = router
+        self.id = job_id
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"AsyncJob(id={self.id!r}, kind={self.kind!r})"
+
+    async def record(self) -> JobView:
+        async with self._router.engine.connect() as connection:
+            row = (await connection.execute(select(JOBS).where(JOBS.c.id == self.id))).first()
+        if row is None:
+            raise UnknownJob(f"job_id: no job {self.id}")
+        return JobView.of(row)
+
+    async def status(self) -> str:
+        return (await self.record()).status
+
+    async def result(self) -> Result | None:
+        """The result when the job succeeded; None while it runs; raises when it failed or was rejected."""
+        return Job._outcome(await self.record())
+
+    async def attempts(self) -> list[AttemptView]:
+        return await asyncio.to_thread(self._router.sync.store.attempts, self.id)
+
+    async def wait(self, timeout: float | None = 60.0) -> Result:
+        """Until the job ends; raises ``JobFailed``, ``JobRejected`` or ``JobTimeout``. Sleeps on the worker's
+        notice (reading the row again at least every ``SAFETY_POLL_S``), or polls without Redis."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        notices = self._router.notices
+        event = await notices.subscribe(self.id) if notices is not None else None  # before the first read
+        try:
+            delay = 0.01
+            while True:
+                view = await self.record()
+                outcome = Job._outcome(view)
+                if outcome is not None:
+                    return outcome
+                left = float("inf") if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise JobTimeout(self.id, view.status, f"still {view.status} after {timeout:g} s")
+                if event is None:
+                    await asyncio.sleep(min(delay, left))
+                    delay = min(delay * 1.5, 0.25)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(left, SAFETY_POLL_S))
+                event.clear()
+        finally:
+            if notices is not None and event is not None:
+                await notices.unsubscribe(self.id, event)
+
+
+class AsyncRouter:
+    """``Router`` for asyncio: the same methods, awaited. Use it as ``async with AsyncRouter() as router``."""
+
+    def __init__(self, settings: Settings | None = None, **router_options: Any):
+        self.sync = Router(settings, **router_options)
+        self.settings = self.sync.settings
+        self.catalogue = self.sync.catalogue
+        self.engine = async_engine(self.settings.resolved_database_url)
+        redis_url = self.settings.resolved_redis_url
+        self.notices = AsyncDoneNotices(redis_url) if redis_url else None
+
+    async def aclose(self) -> None:
+        if self.notices is not None:
+            await self.notices.close()
+        await self.engine.dispose()
+        await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> AsyncRouter:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    def _job(self, job: Job) -> AsyncJob:
+        return AsyncJob(self, job.id, job.kind)
+
+    async def submit(self, request: dict[str, Any]) -> AsyncJob:
+        return self._job(await asyncio.to_thread(self.sync.submit, request))
+
+    async def generate(self, prompt: str | None = None, **options: Any) -> AsyncJob:
+        return self._job(await asyncio.to_thread(self.sync.generate, prompt, **options))
+
+    async def embed(self, input: str | list[str], **options: Any) -> AsyncJob:
+        return self._job(await asyncio.to_thread(self.sync.embed, input, **options))
+
+    async def classify(self, input: str | list[str], **options: Any) -> AsyncJob:
+        return self._job(await asyncio.to_thread(self.sync.classify, input, **options))
+
+    async def get(self, job_id: str) -> AsyncJob:
+        job = AsyncJob(self, job_id, "")
+        view = await job.record()
+        job.kind = view.kind
+        return job
+
+    async def batch(self, requests: list[dict[str, Any]], **options: Any) -> Any:
+        return await asyncio.to_thread(self.sync.batch, requests, **options)
+
+    async def batch_progress(self, batch_id: str) -> dict[str, int]:
+        return await asyncio.to_thread(self.sync.batch_progress, batch_id)
+
+    async def compare(self, models: list[str] | str, prompt: str | None = None, **options: Any) -> Any:
+        return await asyncio.to_thread(self.sync.compare, models, prompt, **options)
+
+    async def evaluate(self, models: list[str] | str, cases: Any, **options: Any) -> Any:
+        return await asyncio.to_thread(self.sync.evaluate, models, cases, **options)
+
+    async def pipeline(self, text: str, **options: Any) -> Any:
+        return await asyncio.to_thread(self.sync.pipeline, text, **options)
+
+    async def search_models(self, task: str | None = None, **options: Any) -> Any:
+        return await asyncio.to_thread(self.sync.search_models, task, **options)
+
+    async def model_info(self, model_id: str, revision: str | None = None) -> Any:
+        return await asyncio.to_thread(self.sync.model_info, model_id, revision)

@@ -1,0 +1,132 @@
+"""Wake-ups for waiting callers: when a worker is done with a job's message it publishes the job's id on a
+Redis pub/sub channel of its own, and ``Job.wait`` (sync and async) sleeps on that channel instead of
+polling the database.
+
+A notification says "look again", not "it is final": a waiter subscribes first, then reads the row (so a
+job that ends between the two is not missed), and reads it again on every notification. A notification can
+still be lost (a worker killed between its commit and its publish, Redis restarting), so a waiter also reads
+the row every ``SAFETY_POLL_S`` whatever happens; without Redis (the embedded mode, RabbitMQ with no
+``LLM_ROUTER_REDIS_URL``) waits poll as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+CHANNEL_PREFIX = "llm-router:done:"
+SAFETY_POLL_S = 2.0
+REDIS_TIMEOUT_S = 5.0
+
+
+def channel(job_id: str) -> str:
+    return CHANNEL_PREFIX + job_id
+
+
+class DoneNotices:
+    """Publishes and listens for "this job's message was handled" notices (one process's Redis client)."""
+
+    def __init__(self, url: str):
+        self.client = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+
+    def publish(self, job_ids: list[str]) -> None:
+        """One round trip for all of them; never raises (a waiter's safety poll covers a lost notice)."""
+        if not job_ids:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.publish(channel(job_id), b"1")
+            pipe.execute()
+        except RedisError as exc:
+            log.warning("could not publish %d job notice(s): %s", len(job_ids), exc)
+
+    @contextlib.contextmanager
+    def listening(self, job_id: str) -> Iterator[Callable[[float], None]]:
+        """Subscribed to the job's channel for the block; yields a function that sleeps until a notice comes
+        or ``timeout`` seconds pass. Raises ``RedisError`` when Redis cannot be reached."""
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(channel(job_id))
+
+            def sleep(timeout: float) -> None:
+                pubsub.get_message(timeout=max(timeout, 0.0))
+
+            yield sleep
+        finally:
+            pubsub.close()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class AsyncDoneNotices:
+    """The asyncio listener: one pub/sub connection for every waiting job of an event loop, a task that
+    reads it and wakes the waiters of each job. No thread and no connection per waiting request."""
+
+    def __init__(self, url: str):
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+        self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self._events: dict[str, set[asyncio.Event]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def subscribe(self, job_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        async with self._lock:
+            waiters = self._events.setdefault(job_id, set())
+            if not waiters:
+                await self._pubsub.subscribe(channel(job_id))
+            waiters.add(event)
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.create_task(self._read())
+        return event
+
+    async def unsubscribe(self, job_id: str, event: asyncio.Event) -> None:
+        async with self._lock:
+            waiters = self._events.get(job_id)
+            if waiters is None:
+                return
+            waiters.discard(event)
+            if not waiters:
+                del self._events[job_id]
+                with contextlib.suppress(RedisError):
+                    await self._pubsub.unsubscribe(channel(job_id))
+
+    async def _read(self) -> None:
+        while self._events:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except RedisError as exc:
+                log.warning("job notices unavailable (%s); waits poll", exc)
+                self._wake_all()
+                return
+            if message is None or message.get("type") != "message":
+                continue
+            name = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
+            for event in self._events.get(name.removeprefix(CHANNEL_PREFIX), ()):
+                event.set()
+
+    def _wake_all(self) -> None:
+        for waiters in self._events.values():
+            for event in waiters:
+                event.set()
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError):
+                await self._reader
+        with contextlib.suppress(RedisError):
+            await self._pubsub.aclose()
+        await self.client.aclose()

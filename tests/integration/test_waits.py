@@ -1,0 +1,103 @@
+"""Waits that wake on the worker's notice, sync and asyncio, on the real Redis, PostgreSQL and a worker: few
+row reads while a long job runs, polling when the notices are down, and 200 concurrent asyncio waits on one
+pub/sub connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from broker.async_client import AsyncRouter
+from broker.client import Job, Router
+from broker.notifications import SAFETY_POLL_S, DoneNotices
+from broker.settings import Settings
+from tasks.schemas import EmbedResult
+from tests.conftest import WorkerProcess
+
+LONG = [f"passage {i}: " + "a long sentence about the sea and its lighthouses. " * 20 for i in range(256)]
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    return start_worker("fast", "waits")
+
+
+class Counted(Job):
+    """A job handle that counts the times it reads its row."""
+
+    def __init__(self, job: Job, router: Router, notices: DoneNotices | None):
+        super().__init__(router.store, job.id, job.kind, router.settings.wait_poll_s, notices)
+        self.reads = 0
+
+    def record(self):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        return super().record()
+
+
+def test_a_wait_sleeps_on_the_notice_instead_of_polling(worker: WorkerProcess, cluster_settings: Settings) -> None:
+    with Router(cluster_settings) as router:
+        notices = DoneNotices(cluster_settings.resolved_broker_url)
+        job = Counted(router.embed(LONG, use_cache=False), router, notices)
+        result = job.wait(120)
+        record = job.record()
+        notices.close()
+    assert isinstance(result, EmbedResult) and len(result.data) == 256
+    assert record.started_at is not None and record.finished_at is not None
+    ran_s = (record.finished_at - record.created_at).total_seconds()
+    assert ran_s > 1.0  # long enough for polling to read the row a dozen times
+    # The first read, one per safety poll, the read the notice causes, and the record() above.
+    assert job.reads <= ran_s / SAFETY_POLL_S + 4
+
+
+def test_a_wait_polls_when_the_notices_cannot_be_reached(worker: WorkerProcess, cluster_settings: Settings) -> None:
+    with Router(cluster_settings) as router:
+        unreachable = DoneNotices("redis://127.0.0.1:1/0")
+        job = Counted(router.embed("the notices are down", use_cache=False), router, unreachable)
+        result = job.wait(60)
+    assert isinstance(result, EmbedResult) and job.reads >= 1
+
+
+def test_two_hundred_asyncio_waits_share_one_pub_sub_connection(
+    worker: WorkerProcess, cluster_settings: Settings
+) -> None:
+    texts = [f"concurrent sentence number {i}" for i in range(200)]
+
+    async def run() -> tuple[list[EmbedResult], int]:
+        before = _pub_sub_clients(cluster_settings.resolved_broker_url)  # the workers' broadcast channels
+        async with AsyncRouter(cluster_settings) as router:
+            jobs = [await router.embed(text, use_cache=False) for text in texts]
+            waits = [asyncio.create_task(job.wait(120)) for job in jobs]
+            await asyncio.sleep(0.05)
+            subscribers = _pub_sub_clients(cluster_settings.resolved_broker_url) - before
+            results = await asyncio.gather(*waits)
+            again = await (await router.get(jobs[0].id)).result()
+            assert again is not None and again.model_dump() == results[0].model_dump()
+            return results, subscribers  # type: ignore[return-value]
+
+    results, subscribers = asyncio.run(run())
+    assert [len(r.data[0].embedding) for r in results] == [384] * 200
+    assert subscribers == 1  # one connection for every waiting job of the router
+    vectors = {tuple(r.data[0].embedding[:4]) for r in results}
+    assert len(vectors) == 200  # each wait got its own job's answer
+
+
+def test_an_asyncio_wait_polls_without_notices(worker: WorkerProcess, cluster_settings: Settings) -> None:
+    async def run() -> EmbedResult:
+        async with AsyncRouter(cluster_settings) as router:
+            await router.notices.close()  # type: ignore[union-attr]
+            router.notices = None
+            job = await router.embed("no notices here", use_cache=False)
+            return await job.wait(60)  # type: ignore[return-value]
+
+    assert len(asyncio.run(run()).data[0].embedding) == 384
+
+
+def _pub_sub_clients(url: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return sum(1 for entry in client.client_list() if int(entry.get("sub", 0)) or int(entry.get("psub", 0)))
+    finally:
+        client.close()
