@@ -13,17 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from broker.client import Job, Result, Router, UnknownJob
+from broker.jobs import Job, Result, UnknownJob
 from broker.notifications import SAFETY_POLL_S, AsyncDoneNotices
+from broker.router import Router
 from broker.settings import Settings
+from broker.streams import read_stream_async, stream_key
 from tasks.errors import JobTimeout
-from tasks.store import AttemptView, JobView
+from tasks.store import AttemptView, Cancellation, JobView
 from tasks.store.base import JOBS
 
 
@@ -59,6 +62,37 @@ class AsyncJob:
     async def result(self) -> Result | None:
         """The result when the job succeeded; None while it runs; raises when it failed or was rejected."""
         return Job._outcome(await self.record())
+
+    async def stream(self, timeout: float | None = 300.0) -> AsyncIterator[str]:
+        """See ``Job.stream``: ``async for delta in job.stream()``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        view = await self.record()
+        notices = self._router.notices
+        client = notices.client if notices is not None else None
+        if client is None or (view.is_final and not await client.exists(stream_key(self.id))):
+            result = await self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            for text in Job._whole(result):
+                yield text
+            return
+        streamed = False
+        async for delta in read_stream_async(client, self.id):
+            if delta is not None:
+                streamed = True
+                yield delta
+                continue
+            view = await self.record()
+            if view.is_final and not streamed and not await client.exists(stream_key(self.id)):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobTimeout(self.id, view.status, f"still {view.status} after {timeout:g} s")
+        outcome = Job._outcome(await self.record())
+        if not streamed and outcome is not None:
+            for text in Job._whole(outcome):
+                yield text
+
+    async def cancel(self) -> Cancellation:
+        """See ``Job.cancel``."""
+        return await asyncio.to_thread(self._router.sync.cancel_jobs, [self.id])
 
     async def attempts(self) -> list[AttemptView]:
         return await asyncio.to_thread(self._router.sync.store.attempts, self.id)
@@ -137,6 +171,9 @@ class AsyncRouter:
 
     async def batch(self, requests: list[dict[str, Any]], **options: Any) -> Any:
         return await asyncio.to_thread(self.sync.batch, requests, **options)
+
+    async def cancel_batch(self, batch_id: str) -> Cancellation:
+        return await asyncio.to_thread(self.sync.cancel_batch, batch_id)
 
     async def batch_progress(self, batch_id: str) -> dict[str, int]:
         return await asyncio.to_thread(self.sync.batch_progress, batch_id)

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "llm-router:done:"
+CANCEL_CHANNEL = "llm-router:cancel"  # the ids of running jobs whose callers cancelled them
 SAFETY_POLL_S = 2.0
 REDIS_TIMEOUT_S = 5.0
 
@@ -48,6 +49,11 @@ class DoneNotices:
             pipe.execute()
         except RedisError as exc:
             log.warning("could not publish %d job notice(s): %s", len(job_ids), exc)
+
+    def ask_to_stop(self, job_ids: list[str]) -> None:
+        """Tell the workers running these jobs to stop them. Raises ``RedisError`` when Redis is down."""
+        if job_ids:
+            self.client.publish(CANCEL_CHANNEL, " ".join(job_ids))
 
     @contextlib.contextmanager
     def listening(self, job_id: str) -> Iterator[Callable[[float], None]]:

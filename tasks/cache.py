@@ -12,7 +12,7 @@ import json
 
 from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
 
-HANDLING_FIELDS = frozenset({"use_cache", "batch_id", "fallback"})
+HANDLING_FIELDS = frozenset({"use_cache", "batch_id", "fallback", "deadline_s", "stream"})
 
 
 def cache_key(request: GenerateRequest | EmbedRequest | ClassifyRequest, tier: str) -> str:

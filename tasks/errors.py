@@ -18,6 +18,8 @@
     └── JobError                  raised to the producer when a job ends badly
         ├── JobFailed
         ├── JobRejected
+        ├── JobCancelled          its caller cancelled it
+        ├── JobExpired            it did not start by its deadline
         └── JobTimeout            ``Job.wait`` ran out of time; the job itself goes on
 
 Foreign exceptions (httpx, torch, pydantic) are translated into these once, at the boundary that meets them.
@@ -115,6 +117,14 @@ class JobFailed(JobError):
 
 
 class JobRejected(JobError):
+    pass
+
+
+class JobCancelled(JobError):
+    pass
+
+
+class JobExpired(JobError):
     pass
 
 

@@ -10,3 +10,4 @@ MAX_INPUTS: Final = 256
 MAX_INPUT_CHARS: Final = 8_192
 MAX_MODEL_ID_CHARS: Final = 200
 MAX_STOP_SEQUENCES: Final = 8
+MAX_DEADLINE_S: Final = 7 * 24 * 3600.0  # a job may wait to start at most a week

@@ -25,6 +25,8 @@ class Status(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     REJECTED = "rejected"
+    CANCELLED = "cancelled"  # by its caller: never run, or stopped while it ran
+    EXPIRED = "expired"  # not started by its deadline: never run
     # Never stored: the job's message was put off (a rate limit, a cooling chain, a duplicate of a live job).
     DEFERRED = "deferred"
 
@@ -33,7 +35,7 @@ class Status(StrEnum):
         return self in FINAL_STATUSES
 
 
-FINAL_STATUSES: Final = frozenset({Status.SUCCEEDED, Status.FAILED, Status.REJECTED})
+FINAL_STATUSES: Final = frozenset({Status.SUCCEEDED, Status.FAILED, Status.REJECTED, Status.CANCELLED, Status.EXPIRED})
 UNFINISHED_STATUSES: Final = (Status.QUEUED, Status.RETRYING, Status.RUNNING)
 
 

@@ -69,6 +69,8 @@ class JobOptions(_Strict):
     fallback: FallbackMode = "tier"
     use_cache: bool = True
     batch_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    # Seconds from submission within which the job must start; past them it ends "expired" without running.
+    deadline_s: Annotated[float, Field(gt=0, le=limits.MAX_DEADLINE_S)] | None = None
 
 
 class ChatMessage(_Strict):
@@ -80,6 +82,7 @@ class ChatMessage(_Strict):
 
 class GenerateRequest(JobOptions):
     kind: Literal["generate"] = "generate"
+    stream: bool = False  # publish the text's deltas as they are made (Job.stream)
     prompt: Annotated[str, StringConstraints(min_length=1, max_length=limits.MAX_PROMPT_CHARS)] | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=limits.MAX_MESSAGES)] | None = None
     max_tokens: Annotated[int, Field(ge=1, le=limits.MAX_TOKENS_CAP)] | None = None

@@ -33,8 +33,11 @@ from tasks.schemas import (
     parse_request,
 )
 from tasks.store import Busy, JobView
+from tasks.store.endings import past_deadline
+from workers.cancellation import STOP_REQUESTED
 from workers.messages import Cursor, JobMessage
 from workers.retry import Action, after_chain
+from workers.streaming import DELTAS
 
 if TYPE_CHECKING:
     from workers.cooldown import Cooldowns
@@ -93,9 +96,13 @@ def _run_claimed(
     fresh_message = message.cursor == Cursor()
     job, cached = runtime.store.get_with_cached(message.job_id, runtime.settings.cache_ttl_s if fresh_message else None)
     status = _run_loaded(runtime, kind, message, job, cached, worker, reschedule)
-    if job is not None and job.run_step is not None and job.batch_id is not None and status.is_final:
+    if job is None or not status.is_final:
+        return status
+    if job.run_step is not None and job.batch_id is not None:
         # A pipeline's step ended (or its message came again after it did): carry the pipeline on.
         runtime.step_ended(job.batch_id)
+    if (job.request or {}).get("stream") and runtime.streams is not None:
+        runtime.streams.end(job.id, status)  # after the final record: a reader that sees the end finds it
     return status
 
 
@@ -128,6 +135,14 @@ def _run_loaded(
         log.info("job %s rejected: %s", message.job_id, exc)
         return Status.REJECTED
 
+    if (
+        job is not None
+        and job.status in (Status.QUEUED, Status.RETRYING)
+        and past_deadline(job, request.deadline_s)
+        and store.expire(job.id, f"not started within its deadline of {request.deadline_s:g} s")
+    ):
+        log.info("job %s expired: not started within %s s", job.id, request.deadline_s)
+        return Status.EXPIRED
     key = cache_key(request, first.tier)
     recorded_before = job is not None
     if job is None:
@@ -257,8 +272,7 @@ class _ChainRun:
             self.store.fail_attempt(self.job_id, number, f"internal error: {type(exc).__name__}")
             self.errors.append(f"{model_id}: internal error: {type(exc).__name__}")
             return self._fail()
-        self._succeeded(number, model_id, provider, result, (time.perf_counter() - started) * 1000.0)
-        return Status.SUCCEEDED
+        return self._succeeded(number, model_id, provider, result, (time.perf_counter() - started) * 1000.0)
 
     def _failed(self, at: _Place, number: int, exc: RouterError, latency_ms: float) -> Status | None:
         """Record a failed attempt and carry out the policy's decision; None: on to the next model."""
@@ -285,9 +299,11 @@ class _ChainRun:
         log.warning("job %s attempt %s on %s failed (%s): %s", self.job_id, number, at.model, decision.reason, exc)
         return self._fail() if decision.action is Action.FAIL else None
 
-    def _succeeded(self, number: int, model_id: str, provider: str, result: Result, latency_ms: float) -> None:
+    def _succeeded(self, number: int, model_id: str, provider: str, result: Result, latency_ms: float) -> Status:
         record_health(self.runtime.cooldowns, model_id, ok=True)
         result = result.model_copy(update={"tier": self.tier})
+        # A run its caller cancelled meanwhile ends cancelled, with what it made and the tokens it used.
+        status = Status.CANCELLED if self.runtime.cancels.requested(self.job_id) else Status.SUCCEEDED
         self.store.succeed(
             self.job_id,
             number,
@@ -295,10 +311,12 @@ class _ChainRun:
             provider=provider,
             model_latency_ms=latency_ms,
             created_at=self.created_at,
+            status=status,
         )
         log.info(
-            "job %s succeeded kind=%s tier=%s model=%s attempts=%s tokens=%s model_ms=%.0f",
+            "job %s %s kind=%s tier=%s model=%s attempts=%s tokens=%s model_ms=%.0f",
             self.job_id,
+            status,
             self.request.kind,
             self.tier,
             model_id,
@@ -306,6 +324,7 @@ class _ChainRun:
             result.usage.total_tokens,
             latency_ms,
         )
+        return status
 
     def _provider(self, model_id: str) -> str:
         return self.runtime.catalogue.model_spec(model_id).provider
@@ -364,7 +383,14 @@ class _ChainRun:
         backend = self.runtime.backend(provider)
         request = self.request
         if isinstance(request, GenerateRequest):
-            return backend.generate(model_id, request, self.runtime.catalogue.defaults)
+            cancels, streams, job_id = self.runtime.cancels, self.runtime.streams, self.job_id
+            stop = STOP_REQUESTED.set(lambda: cancels.requested(job_id))  # checked between tokens
+            deltas = DELTAS.set(streams.sink(job_id) if request.stream and streams is not None else None)
+            try:
+                return backend.generate(model_id, request, self.runtime.catalogue.defaults)
+            finally:
+                DELTAS.reset(deltas)
+                STOP_REQUESTED.reset(stop)
         if isinstance(request, EmbedRequest):
             return backend.embed(model_id, request)
         return backend.classify(model_id, request)

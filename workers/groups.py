@@ -85,8 +85,17 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
     candidates: list[tuple[JobMessage, Request, str, str, str, str]] = []
     for message in fresh:
         view = views.get(message.job_id)
-        if view is None or view.is_final or not isinstance(view.request, dict) or view.run_step is not None:
-            alone.append(message)  # the one-job path rejects, skips or runs it (a pipeline's step carries it on)
+        if (
+            view is None
+            or view.is_final
+            or not isinstance(view.request, dict)
+            or view.run_step is not None
+            or "deadline_s" in view.request
+            or view.request.get("stream")
+        ):
+            # The one-job path rejects, skips or runs it (a pipeline's step carries the pipeline on; a job
+            # with a deadline may have to expire; a streamed generation writes its own deltas).
+            alone.append(message)
             continue
         try:
             request = parse_request({**view.request, "kind": kind})

@@ -24,11 +24,13 @@ from tasks.store import JobStore, Lease
 from workers.backends import make_backend
 from workers.backends.base import Backend
 from workers.backends.context import BackendContext
+from workers.cancellation import CancelWatch
 from workers.cooldown import Cooldowns, LocalCooldowns, RedisCooldowns
 from workers.leases import LeaseKeeper, RunningHere, lease_for_this_process
 from workers.rate_limits import RateLimiter, Rule, window_rules
 from workers.registry import ModelRegistry, Quantize
 from workers.retry import DEFAULT_DOWNGRADES, RetryPolicy
+from workers.streaming import StreamWriter
 
 log = logging.getLogger(__name__)
 # A shared-state call that takes longer has failed: the job's message is handed back rather than held.
@@ -74,6 +76,8 @@ class WorkerRuntime:
     _building: threading.Lock = field(default_factory=threading.Lock, repr=False)
     published_version: int = -1  # the registry version last written for `llm-router status`
     notices: DoneNotices | None = None  # wakes the callers waiting for a job (None: no Redis; they poll)
+    cancels: CancelWatch = field(default_factory=lambda: CancelWatch(None))  # running jobs asked to stop
+    streams: StreamWriter | None = None  # where the deltas of generations submitted with stream=True go
     # Carries a pipeline on once one of its steps ended (given the run's id); set where messages can be sent.
     step_ended: Callable[[str], None] = field(default=lambda _run_id: None)
 
@@ -153,4 +157,6 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
         settings, catalogue, profile, store, registry, policy, RateLimiter(redis_url), cooldowns, lease, context
     )
     runtime.notices = DoneNotices(redis_url) if redis_url else None
+    runtime.cancels = CancelWatch(redis_url)
+    runtime.streams = StreamWriter(redis_url) if redis_url else None
     return runtime

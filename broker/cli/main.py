@@ -20,7 +20,7 @@ from broker.cli.pipeline import pipeline, runs
 from broker.cli.prune import prune
 from broker.cli.requeue import requeue
 from broker.cli.status import status
-from broker.cli.submit import result, submit
+from broker.cli.submit import cancel, result, submit
 from broker.cli.usage import usage
 from broker.cli.worker import worker
 
@@ -61,6 +61,7 @@ def cli(log_level: str) -> None:
 for command in (
     submit,
     result,
+    cancel,
     batch,
     compare,
     evaluate,

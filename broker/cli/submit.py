@@ -77,11 +77,13 @@ def _finish(job: Job, wait: bool, timeout: float, as_json: bool) -> None:
 @click.option("--repetition-penalty", type=float)
 @click.option("--seed", type=int)
 @click.option("--fallback", type=click.Choice(["tier", "model", "none"]))
+@click.option("--deadline", "deadline_s", type=float, help="Seconds within which the job must start, or expire.")
 @click.option("--params", "params_json", help="More request fields as a JSON object.")
 @click.option(
     "--idempotency-key", help="Submitting again with this key (within LLM_ROUTER_IDEMPOTENCY_TTL_S) gets the same job."
 )
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
+@click.option("--stream", "stream", is_flag=True, help="generate: print the text as the model makes it.")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds --wait waits.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def submit(
@@ -90,6 +92,7 @@ def submit(
     messages: str | None,
     params_json: str | None,
     wait: bool,
+    stream: bool,
     timeout: float,
     as_json: bool,
     **options: Any,
@@ -111,11 +114,29 @@ def submit(
             request["input"] = text[0] if len(text) == 1 else list(text)
         elif text:
             request["text"] = list(text)  # lets validation name the unknown kind first
+        if stream:
+            request["stream"] = True
         router = Router()
         job = router.submit(request)
     except (InvalidRequest, ConfigurationError) as exc:
         fail(str(exc), code=EXIT_INVALID, as_json=as_json)
-    _finish(job, wait, timeout, as_json)
+    if stream and not as_json:
+        _print_stream(job, timeout)
+        return
+    _finish(job, wait or stream, timeout, as_json)
+
+
+def _print_stream(job: Job, timeout: float) -> None:
+    try:
+        for delta in job.stream(timeout):
+            click.echo(delta, nl=False)
+    except JobTimeout as exc:
+        click.echo()
+        fail(str(exc), code=EXIT_TIMEOUT)
+    except JobError as exc:
+        click.echo()
+        fail(str(exc), code=EXIT_INVALID if isinstance(exc, JobRejected) else EXIT_FAILED)
+    click.echo()
 
 
 def json_option(name: str, value: str) -> Any:
@@ -167,3 +188,25 @@ def result(job_id: str | None, batch_id: str | None, wait: bool, timeout: float,
         click.echo(f"{job.id} {job.status()}")
     else:
         click.echo(describe_result(outcome))
+
+
+@click.command()
+@click.argument("job_id", required=False)
+@click.option("--batch", "batch_id", help="Cancel every unfinished job of a batch (or run) instead.")
+@click.option("--json", "as_json", is_flag=True)
+def cancel(job_id: str | None, batch_id: str | None, as_json: bool) -> None:
+    """Cancel a job, or the unfinished jobs of a batch: waiting ones end cancelled and never run, running ones
+    are asked to stop (a local generation stops at its next token), ended ones keep their results."""
+    if (job_id is None) == (batch_id is None):
+        fail("give a JOB_ID or --batch BATCH_ID", code=EXIT_INVALID, as_json=as_json)
+    with Router() as router:
+        if job_id is not None and router.store.get(job_id) is None:
+            fail(f"job_id: no job {job_id}", code=EXIT_INVALID, as_json=as_json)
+        outcome = router.cancel_batch(batch_id) if batch_id is not None else router.cancel_jobs([job_id or ""])
+    if as_json:
+        emit_json(outcome)
+        return
+    click.echo(
+        f"cancelled {len(outcome.cancelled)} waiting job(s); asked {len(outcome.running)} running job(s) to stop; "
+        f"{len(outcome.ended)} had ended"
+    )

@@ -5,6 +5,7 @@
     groups     the same for jobs run together, in one transaction per group
     cache      answers reused for identical requests
     usage      the usage report
+    endings    jobs cancelled by their caller or expired by their deadline
     runs       comparisons, evaluations and pipelines
     retention  pruning old final jobs, and the tables' sizes
     base       sessions, and the one place a job or usage row is built
@@ -17,6 +18,7 @@ from __future__ import annotations
 from tasks.store.attempts import AttemptWrites
 from tasks.store.base import DATABASE_UNAVAILABLE, NewJob
 from tasks.store.cache import ResultCache
+from tasks.store.endings import Cancellation, JobEndings
 from tasks.store.groups import GroupWrites, Started
 from tasks.store.jobs import JobRecords
 from tasks.store.retention import Pruned, Retention, TableSize
@@ -28,6 +30,7 @@ __all__ = [
     "DATABASE_UNAVAILABLE",
     "AttemptView",
     "Busy",
+    "Cancellation",
     "JobStore",
     "JobView",
     "Lease",
@@ -43,5 +46,5 @@ __all__ = [
 ]
 
 
-class JobStore(JobRecords, AttemptWrites, GroupWrites, ResultCache, UsageReports, RunRecords, Retention):
+class JobStore(JobRecords, AttemptWrites, GroupWrites, ResultCache, JobEndings, UsageReports, RunRecords, Retention):
     """Every read and write of jobs, attempts, usage and runs, over one engine."""

@@ -23,6 +23,7 @@ from tasks.store.base import (
     insert_ignoring_duplicates,
     usage_row,
 )
+from tasks.store.endings import CANCELLED_BY_CALLER
 from tasks.store.views import Busy, Lease, leased_elsewhere
 
 Result = GenerateResult | EmbedResult | ClassifyResult
@@ -194,13 +195,15 @@ class AttemptWrites(StoreBase):
         provider: str,
         model_latency_ms: float,
         created_at: datetime | None = None,
+        status: Status = Status.SUCCEEDED,
     ) -> None:
         """Record the job's result, close its attempt and write its usage, unless the job already ended.
-        ``created_at`` (the job's, when the caller read it) lets PostgreSQL do it in one statement."""
+        ``created_at`` (the job's, when the caller read it) lets PostgreSQL do it in one statement. ``status``
+        is ``cancelled`` for a run its caller stopped: what it made and used is recorded all the same."""
         now = utcnow()
         usage = result.usage
         attempt = {
-            "status": Status.SUCCEEDED,
+            "status": status,
             "finished_at": now,
             "latency_ms": model_latency_ms,
             "prompt_tokens": usage.prompt_tokens,
@@ -208,13 +211,15 @@ class AttemptWrites(StoreBase):
             "total_tokens": usage.total_tokens,
         }
         if self.one_statement_writes and created_at is not None:
-            self._succeed_in_one_statement(job_id, number, result, provider, attempt, elapsed_ms(created_at, now))
+            self._succeed_in_one_statement(
+                job_id, number, result, provider, attempt, elapsed_ms(created_at, now), status
+            )
             return
         with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None or record.status in FINAL_STATUSES:
                 return
-            for name, value in _succeeded(result, now, elapsed_ms(record.created_at, now)).items():
+            for name, value in _succeeded(result, now, elapsed_ms(record.created_at, now), status).items():
                 setattr(record, name, value)
             session.execute(
                 update(AttemptRecord)
@@ -242,10 +247,11 @@ class AttemptWrites(StoreBase):
         provider: str,
         attempt: dict[str, object],
         latency_ms: float,
+        status: Status,
     ) -> None:
         now = attempt["finished_at"]
         assert isinstance(now, datetime)
-        job = _succeeded(result, now, latency_ms)
+        job = _succeeded(result, now, latency_ms, status)
         usage = usage_row(
             job_id=job_id,
             kind="",  # taken from the job's row in the statement
@@ -304,13 +310,13 @@ def _succeed_statement(job: tuple[str, ...], attempt: tuple[str, ...], usage: tu
     return text(sql).bindparams(*types)
 
 
-def _succeeded(result: Result, now: datetime, latency_ms: float) -> dict[str, object]:
-    """A succeeded job's new columns."""
+def _succeeded(result: Result, now: datetime, latency_ms: float, status: Status) -> dict[str, object]:
+    """A succeeded (or stopped: cancelled) job's new columns."""
     return {
-        "status": Status.SUCCEEDED,
+        "status": status,
         "model_used": result.model,
         "result": result.model_dump(mode="json"),
-        "error": None,
+        "error": None if status == Status.SUCCEEDED else CANCELLED_BY_CALLER,
         "finished_at": now,
         "latency_ms": latency_ms,
     }

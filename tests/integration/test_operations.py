@@ -57,7 +57,7 @@ def test_status_with_a_worker_up(worker: WorkerProcess, router: Router, env: dic
     assert report["broker"]["ok"] and report["broker"]["queues"]["quality"] >= 1  # type: ignore[index]
     assert report["database"]["ok"] and report["database"]["revision"] == "0006"  # type: ignore[index]
     tables = report["database"]["tables"]  # type: ignore[index]
-    assert set(tables) == {"jobs", "attempts", "usage"} and all(t["bytes"] > 0 for t in tables.values())
+    assert set(tables) == {"jobs", "attempts", "usage", "runs"} and all(t["bytes"] > 0 for t in tables.values())
     assert set(report["recovery"]) >= {"recovered", "dead_workers"}  # type: ignore[arg-type]
     info = report["workers"][worker.nodename]  # type: ignore[index]
     assert info["queues"] == ["balanced", "balanced.bulk", "fast", "fast.bulk"]

@@ -26,10 +26,23 @@ from tasks.schemas import (
     LabelScore,
     Usage,
 )
+from workers.cancellation import STOP_REQUESTED
 from workers.registry import LoadedModel, ModelRegistry
+from workers.streaming import DELTAS, TokenDeltas
 
 BATCH_SIZE = 64
 T = TypeVar("T")
+
+
+class _UntilCancelled:
+    """A stopping criterion: every row ends at the next token once the job is asked to stop."""
+
+    def __init__(self, stop_requested: Callable[[], bool]):
+        self._stop_requested = stop_requested
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
+        stop = self._stop_requested()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 @contextmanager
@@ -84,7 +97,13 @@ class LocalBackend:
                 attention_mask[row, width - len(ids) :] = 1
             if first.seed is not None:
                 torch.manual_seed(first.seed)
+            # One job's generation: its caller may cancel it, and may read its text as it is made.
+            stop_requested, deltas = STOP_REQUESTED.get(), DELTAS.get()
+            stopping = [_UntilCancelled(stop_requested)] if stop_requested and len(requests) == 1 else None
+            streamer = TokenDeltas(tokenizer, deltas) if deltas and len(requests) == 1 else None
             output = loaded.model.generate(
+                stopping_criteria=stopping,
+                streamer=streamer,
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 max_new_tokens=max_new_tokens,

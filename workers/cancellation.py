@@ -1,0 +1,63 @@
+"""Stopping a running job its caller cancelled: every worker process listens on the cancel channel (one
+pub/sub connection, a thread) and keeps the ids it heard for a while; a generation checks between tokens
+whether its job is among them, and the run that ends records ``cancelled`` with what it made and used.
+
+Best effort by design: a worker that was reconnecting when the notice went out finishes the job, which then
+ends ``succeeded``. A job still waiting is cancelled in the database and never starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from contextvars import ContextVar
+
+import redis
+from redis.exceptions import RedisError
+
+from broker.notifications import CANCEL_CHANNEL
+
+log = logging.getLogger(__name__)
+
+# Set around a backend call: whether the job being run was asked to stop (checked between tokens).
+STOP_REQUESTED: ContextVar[Callable[[], bool] | None] = ContextVar("llm_router_stop_requested", default=None)
+REMEMBER_S = 3600.0
+REMEMBER_MAX = 100_000
+
+
+class CancelWatch:
+    """The cancel notices this process heard, for an hour."""
+
+    def __init__(self, url: str | None):
+        self._heard: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+        if url:
+            threading.Thread(target=self._listen, args=(url,), name="llm-router-cancels", daemon=True).start()
+
+    def requested(self, job_id: str) -> bool:
+        return job_id in self._heard
+
+    def heard(self, job_ids: list[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for job_id in job_ids:
+                self._heard[job_id] = now
+            while self._heard and (
+                len(self._heard) > REMEMBER_MAX or next(iter(self._heard.values())) < now - REMEMBER_S
+            ):
+                self._heard.popitem(last=False)
+
+    def _listen(self, url: str) -> None:
+        while True:
+            try:
+                pubsub = redis.Redis.from_url(url, socket_connect_timeout=5.0).pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(CANCEL_CHANNEL)
+                for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self.heard(message["data"].decode().split())
+            except RedisError as exc:
+                log.warning("cancel notices unavailable (%s); listening again in 5 s", exc)
+                time.sleep(5.0)

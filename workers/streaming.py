@@ -1,0 +1,70 @@
+"""Writing a generation's deltas as the model makes them (see ``broker.streams``): a streamer that
+transformers' ``generate`` feeds token by token, decoding the text so far and appending what is new."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+import redis
+from redis.exceptions import RedisError
+
+from broker.streams import append_delta, end_stream
+
+log = logging.getLogger(__name__)
+
+# Set around a backend call of a job submitted with stream=True: where the text's deltas go.
+DELTAS: ContextVar[Callable[[str], None] | None] = ContextVar("llm_router_deltas", default=None)
+
+
+class TokenDeltas:
+    """transformers' streamer protocol (``put``, ``end``) for one sequence: the first ``put`` is the prompt
+    (skipped); each later one adds a token, and the text decoded so far is compared with what was sent. A
+    token that ends inside a multi-byte character waits for the next."""
+
+    def __init__(self, tokenizer: Any, sink: Callable[[str], None]):
+        self._tokenizer, self._sink = tokenizer, sink
+        self._tokens: list[int] = []
+        self._sent = ""
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self._tokens.extend(int(token) for token in value.reshape(-1).tolist())
+        text = self._tokenizer.decode(self._tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd") or len(text) <= len(self._sent) or not text.startswith(self._sent):
+            return
+        self._sink(text[len(self._sent) :])
+        self._sent = text
+
+    def end(self) -> None:
+        text = self._tokenizer.decode(self._tokens, skip_special_tokens=True)
+        if len(text) > len(self._sent) and text.startswith(self._sent):
+            self._sink(text[len(self._sent) :])
+            self._sent = text
+
+
+class StreamWriter:
+    """Appends one process's deltas to Redis; never fails a job for it (a reader then gets the whole text)."""
+
+    def __init__(self, url: str):
+        self.client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+
+    def sink(self, job_id: str) -> Callable[[str], None]:
+        def write(text: str) -> None:
+            try:
+                append_delta(self.client, job_id, text)
+            except RedisError as exc:
+                log.warning("job %s: a delta was not streamed (%s)", job_id, exc)
+
+        return write
+
+    def end(self, job_id: str, status: str) -> None:
+        try:
+            end_stream(self.client, job_id, status)
+        except RedisError as exc:
+            log.warning("job %s: its stream was not closed (%s)", job_id, exc)
