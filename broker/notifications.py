@@ -110,13 +110,19 @@ class AsyncDoneNotices:
                     await self._pubsub.unsubscribe(channel(job_id))
 
     async def _read(self) -> None:
-        while self._events:
+        """Runs from the first subscription until ``close``: a reader that stopped whenever no job waited could
+        miss the subscription that came in just as it stopped."""
+        while True:
+            if not self._events:
+                await asyncio.sleep(0.05)
+                continue
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
             except RedisError as exc:
-                log.warning("job notices unavailable (%s); waits poll", exc)
+                log.warning("job notices unavailable (%s); waits read their rows every %s s", exc, SAFETY_POLL_S)
                 self._wake_all()
-                return
+                await asyncio.sleep(SAFETY_POLL_S)
+                continue
             if message is None or message.get("type") != "message":
                 continue
             name = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]

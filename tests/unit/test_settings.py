@@ -43,9 +43,10 @@ def test_hf_token_is_read_from_either_name(monkeypatch: pytest.MonkeyPatch) -> N
     assert "hf_example" not in repr(settings)
 
 
-def test_importing_the_client_does_not_import_torch() -> None:
+@pytest.mark.parametrize("module", ["broker.client", "broker.async_client"])
+def test_importing_the_clients_does_not_import_torch(module: str) -> None:
     code = (
-        "import sys, broker.client; bad = [m for m in ('torch', 'transformers') if m in sys.modules];"
+        f"import sys, {module}; bad = [m for m in ('torch', 'transformers') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
