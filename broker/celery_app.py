@@ -11,8 +11,9 @@ from typing import Any
 from celery import Celery
 
 from broker.catalogue import Catalogue, load_catalogue
-from broker.queues import EXCHANGE, tier_queues
+from broker.queues import EXCHANGE, is_amqp, tier_queues
 from broker.settings import Settings
+from tasks.limits import MAX_PRIORITY
 
 
 class RouterCelery(Celery):
@@ -23,14 +24,19 @@ class RouterCelery(Celery):
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
-    if settings.resolved_broker_url.startswith(("amqp", "pyamqp")):
+    if is_amqp(settings.resolved_broker_url):
         # Publisher confirms: a send returns once RabbitMQ holds the message (in its durable queue), and raises
         # when it refuses it, so a producer never takes a message for sent that the broker dropped.
         return {"confirm_publish": True}
     if not settings.uses_embedded_broker:
         # "priority": every poll asks for the queues in the worker's order, interactive lanes first; the
         # default round robin would let a bulk lane take turns with them.
-        return {"visibility_timeout": settings.visibility_timeout_s, "queue_order_strategy": "priority"}
+        # priority_steps: one list per job priority (0 to 9); see broker.queues.message_priority.
+        return {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(MAX_PRIORITY + 1)),
+        }
     folder = settings.broker_folder
     for name in ("queue", "control", "processed"):
         (folder / name).mkdir(parents=True, exist_ok=True)
@@ -50,7 +56,7 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     app = RouterCelery("llm_router", include=["workers.celery_tasks"])
     app.router_settings = settings
     app.catalogue = catalogue
-    queues = tier_queues(catalogue)
+    queues = tier_queues(catalogue, settings.resolved_broker_url)
     app.conf.update(
         broker_url=settings.resolved_broker_url,
         broker_transport_options=broker_transport_options(settings),

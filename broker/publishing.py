@@ -13,11 +13,13 @@ from celery import group
 
 from broker.catalogue import Catalogue
 from broker.packing import input_count
-from broker.queues import INPUTS_HEADER, TASK_NAMES, queue_names
+from broker.queues import INPUTS_HEADER, TASK_NAMES, message_priority, queue_names
 from tasks.store import JobView
 
 
-def send_job(app: Any, job_id: str, kind: str, queue: str, inputs: int, countdown: float = 0.0) -> None:
+def send_job(
+    app: Any, job_id: str, kind: str, queue: str, inputs: int, countdown: float = 0.0, priority: int | None = None
+) -> None:
     """Publish one job's message on ``queue``; raises what the transport raises when it is refused."""
     app.send_task(
         TASK_NAMES[kind],
@@ -27,7 +29,13 @@ def send_job(app: Any, job_id: str, kind: str, queue: str, inputs: int, countdow
         routing_key=queue,
         headers={INPUTS_HEADER: inputs},
         countdown=countdown or None,
+        priority=broker_priority(app, priority, queue),
     )
+
+
+def broker_priority(app: Any, priority: int | None, queue: str) -> int | None:
+    """The priority of a message to ``queue`` for a job of ``priority``, on ``app``'s broker."""
+    return message_priority(priority, queue, app.conf.broker_url or "")
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ def send_together(app: Any, jobs: list[Outgoing]) -> None:
             queue=job.queue,
             routing_key=job.queue,
             headers={INPUTS_HEADER: job.inputs},
+            priority=broker_priority(app, None, job.queue),
         )
         for job in jobs
     ]
@@ -57,7 +66,8 @@ def send_together(app: Any, jobs: list[Outgoing]) -> None:
 
 def send_again(app: Any, job: JobView, queue: str, countdown: float = 0.0) -> None:
     """Publish a recorded job's message again (a requeue, a recovery)."""
-    send_job(app, job.id, job.kind, queue, input_count(job.request or {}), countdown)
+    request = job.request or {}
+    send_job(app, job.id, job.kind, queue, input_count(request), countdown, request.get("priority"))
 
 
 def recovery_queue(job: JobView, catalogue: Catalogue) -> str | None:

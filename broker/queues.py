@@ -9,7 +9,8 @@ from __future__ import annotations
 from kombu import Exchange, Queue
 
 from broker.catalogue import Catalogue
-from broker.routing import Lane, queue_for_tier
+from broker.routing import Lane, lane_of, queue_for_tier
+from tasks.limits import MAX_PRIORITY
 
 EXCHANGE = Exchange("llm-router", type="direct", durable=True)
 
@@ -22,8 +23,40 @@ def queue_names(tiers: list[str], lanes: tuple[Lane, ...] = LANES) -> list[str]:
     return [queue_for_tier(tier, lane) for lane in LANES if lane in lanes for tier in tiers]
 
 
-def tier_queues(catalogue: Catalogue) -> list[Queue]:
-    return [Queue(name, EXCHANGE, routing_key=name, durable=True) for name in queue_names(catalogue.ordered_tiers)]
+def is_amqp(broker_url: str) -> bool:
+    return broker_url.startswith(("amqp", "pyamqp"))
+
+
+def tier_queues(catalogue: Catalogue, broker_url: str = "") -> list[Queue]:
+    """The queues to declare. On RabbitMQ the interactive lanes are priority queues (``x-max-priority``); on
+    Redis kombu keeps a list per priority step under each queue's name, so its queues need no argument."""
+    arguments = {"x-max-priority": MAX_PRIORITY} if is_amqp(broker_url) else None
+    return [
+        Queue(
+            name,
+            EXCHANGE,
+            routing_key=name,
+            durable=True,
+            queue_arguments=arguments if lane_of(name) == "interactive" else None,
+        )
+        for name in queue_names(catalogue.ordered_tiers)
+    ]
+
+
+def message_priority(priority: int | None, queue: str, broker_url: str) -> int | None:
+    """The broker priority of a job's message: a job's ``priority`` (0 to 9, higher first, 0 when unset)
+    orders the interactive lane; a bulk lane has no priorities.
+
+    RabbitMQ takes higher numbers first, as jobs do. Kombu's Redis transport takes lower numbers first, and
+    each poll asks for every queue's step 0, then every queue's step 1, and so on: bulk messages go to the
+    last step, where they still come after the interactive ones of the same step (the worker's queue
+    order). The filesystem broker of the embedded mode has no priorities."""
+    interactive = lane_of(queue) == "interactive"
+    if is_amqp(broker_url):
+        return (priority or 0) if interactive else None
+    if broker_url.startswith(("redis", "rediss")):
+        return MAX_PRIORITY - (priority or 0) if interactive else MAX_PRIORITY
+    return None
 
 
 # A message header with the number of texts its jobs run through the model (absent: one).

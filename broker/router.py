@@ -23,10 +23,11 @@ from broker.jobs import Job, UnknownJob, cancel_jobs
 from broker.notifications import DoneNotices
 from broker.packing import input_count, pack
 from broker.pipeline_runs import PipelineResult, read_pipeline, start_pipeline
-from broker.publishing import recovery_queue, send_again, send_job
+from broker.publishing import broker_priority, recovery_queue, send_again, send_job
 from broker.queues import INPUTS_HEADER, TASK_NAMES
 from broker.routing import Route, queue_for_tier, route
 from broker.settings import Settings
+from broker.webhooks import allowed_networks, check_callback_url
 from tasks.cache import cache_key
 from tasks.cases import Case
 from tasks.database import make_engine, upgrade
@@ -41,8 +42,9 @@ from tasks.schemas import (
     GenerateRequest,
     Kind,
     parse_request,
+    web_address,
 )
-from tasks.store import Cancellation, JobStore, JobView, NewJob
+from tasks.store import Cancellation, JobStore, JobView, NewJob, WebhookView
 
 
 class EnqueueFailed(RouterError):
@@ -268,6 +270,8 @@ class Router:
         if not isinstance(request, dict):
             raise InvalidRequest(f"request: expected a dict, got {type(request).__name__}", field="request")
         parsed = parse_request({key: value for key, value in request.items() if value is not None})
+        if parsed.callback_url is not None:
+            check_callback_url(parsed.callback_url, allowed_networks(self.settings.webhook_allowed_networks))
         return parsed, route(parsed, self.catalogue)
 
     def submit(self, request: dict[str, Any]) -> Job:
@@ -306,7 +310,7 @@ class Router:
                 raise InvalidRequest(f"idempotency_key: {key!r} is taken; submit again", field="idempotency_key")
             return earlier
         try:
-            self._publish(job_id, kind, planned.queue, input_count(stored))
+            self._publish(job_id, kind, planned.queue, input_count(stored), parsed.priority)
         except EnqueueFailed:
             self.store.fail(job_id, "could not enqueue: the broker refused the message")
             raise
@@ -336,6 +340,7 @@ class Router:
         batch_id: str | None = None,
         job_ids: list[str] | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> BatchSubmission:
         """Submit many jobs at once: each request is validated on its own, the valid ones are recorded in one
         transaction under ``batch_id`` and enqueued in the bulk lane of their tier, many jobs per message
@@ -343,7 +348,8 @@ class Router:
         position) and does not stop the others. With ``job_ids`` (deterministic ids), submitting the same
         requests again records nothing twice; jobs already recorded but still queued are published again.
         An ``idempotency_key`` derives the batch id and the job ids from itself: the same key names the same
-        batch and jobs for as long as they are kept.
+        batch and jobs for as long as they are kept. With a ``callback_url``, the worker that ends the batch's
+        last job POSTs the batch's counts there (signed; see ``broker.webhooks``).
         """
         key = _idempotency_key(idempotency_key)
         if key is not None:
@@ -353,6 +359,8 @@ class Router:
         ids = job_ids or [str(uuid.uuid4()) for _ in requests]
         if len(ids) != len(requests):
             raise InvalidRequest("job_ids: one id per request is required", field="job_ids")
+        if callback_url is not None:
+            self._batch_webhook(batch_id, callback_url)
         rows: list[NewJob] = []
         positions: dict[str, int] = {}
         errors: dict[int, str] = {}
@@ -361,7 +369,13 @@ class Router:
             try:
                 if not isinstance(request, dict):
                     raise InvalidRequest(f"request: expected a JSON object, got {type(request).__name__}")
-                parsed, planned = self.prepare({**request, "batch_id": batch_id})
+                marked = {**request, "batch_id": batch_id, **({"batch_callback": True} if callback_url else {})}
+                parsed, planned = self.prepare(marked)
+                if parsed.priority is not None:
+                    raise InvalidRequest(
+                        "priority: orders the interactive lane; a batch's jobs run in the bulk lane, which has none",
+                        field="priority",
+                    )
             except InvalidRequest as exc:
                 errors[position] = str(exc)
                 continue
@@ -387,13 +401,26 @@ class Router:
             self._publish_many(packet.job_ids, packet.kind, packet.queue, packet.inputs)
         return BatchSubmission(batch_id=batch_id, jobs=jobs, errors=errors, inserted=len(inserted))
 
+    def _batch_webhook(self, batch_id: str, callback_url: str) -> None:
+        """Record the batch as a run that holds its webhook (once: a batch submitted again keeps its run)."""
+        try:
+            url = web_address(callback_url)
+        except ValueError as exc:
+            raise InvalidRequest(f"callback_url: {exc}", field="callback_url") from None
+        check_callback_url(url, allowed_networks(self.settings.webhook_allowed_networks))
+        self.store.create_run(batch_id, "batch", batch_id, [], {"callback_url": url}, if_absent=True)
+
+    def webhooks(self, job_or_batch_id: str) -> list[WebhookView]:
+        """The completion webhook of a job or batch, with each delivery attempt (none if it asked for none)."""
+        return self.store.webhooks_of(f"job:{job_or_batch_id}") + self.store.webhooks_of(f"batch:{job_or_batch_id}")
+
     def batch_progress(self, batch_id: str) -> dict[str, int]:
         """Jobs of a batch by status."""
         return self.store.batch_counts(batch_id)
 
-    def _publish(self, job_id: str, kind: str, queue: str, inputs: int) -> None:
+    def _publish(self, job_id: str, kind: str, queue: str, inputs: int, priority: int | None = None) -> None:
         try:
-            send_job(self.app, job_id, kind, queue, inputs)
+            send_job(self.app, job_id, kind, queue, inputs, priority=priority)
         except Exception as exc:  # kombu and the transports raise many kinds; all mean "not enqueued"
             raise EnqueueFailed(f"job {job_id} could not be enqueued on {self.settings.safe_broker_url()}") from exc
 
@@ -409,6 +436,7 @@ class Router:
                 queue=queue,
                 routing_key=queue,
                 headers={INPUTS_HEADER: inputs},
+                priority=broker_priority(self.app, None, queue),
             )
         except Exception as exc:
             raise EnqueueFailed(

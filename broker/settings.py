@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     # How long a submission's idempotency key names its job: the same key within it gets the same job.
     idempotency_ttl_s: float = Field(default=86_400.0, ge=1.0)
     sqlite_busy_timeout_s: float = 30.0
+    # Completion webhooks (broker.webhooks): the key that signs their bodies, the private networks a
+    # callback may reach (comma-separated addresses or CIDRs; none by default), and how deliveries retry.
+    webhook_secret: SecretStr | None = None
+    webhook_allowed_networks: str = ""
+    webhook_timeout_s: float = Field(default=10.0, gt=0.0, le=120.0)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=30)
     # Connections a worker process keeps to a server database (as many again at peaks); None: its
     # concurrency, 5 to 10. Transactions are short, so a few serve hundreds of remote calls in flight.
     database_pool_size: int | None = Field(default=None, ge=1, le=500)
@@ -120,7 +126,12 @@ class Settings(BaseSettings):
 
     def secrets(self, key_variables: Iterable[str | None] = ()) -> list[str]:
         """Every secret this process may hold: the Hub token, models' keys, passwords in the URLs."""
-        values = [self.hf_api_key, self.flower_basic_auth, *(self.api_key(v) for v in key_variables if v)]
+        values = [
+            self.hf_api_key,
+            self.flower_basic_auth,
+            self.webhook_secret,
+            *(self.api_key(v) for v in key_variables if v),
+        ]
         found = [value.get_secret_value() for value in values if value is not None]
         for url in (self.broker_url, self.database_url, self.redis_url):
             password = make_url(url).password if url and "://" in url and "@" in url else None

@@ -13,57 +13,84 @@ from typing import Any, cast
 import redis
 import redis.asyncio as aioredis
 
+from tasks.errors import StreamRestarted
+
 KEY_PREFIX = "llm-router:stream:"
 MAX_ENTRIES = 10_000
 KEEP_S = 3600
 BLOCK_MS = 2000
 END = b"end"  # the field of the last entry, whose value is the job's final status
+RESTART = b"restart"  # an entry before the deltas of a retry whose text differs from what was streamed
 
 
 def stream_key(job_id: str) -> str:
     return KEY_PREFIX + job_id
 
 
-def _deltas(entries: Any) -> tuple[list[str], str | None, bytes | None]:
-    """The deltas of XREAD's answer, the end status if the stream ended, and the last entry's id."""
-    deltas: list[str] = []
-    last = None
-    for _, items in entries or []:
-        for entry_id, fields in items:
-            last = entry_id
-            if END in fields:
-                return deltas, fields[END].decode(), last
-            deltas.append(fields[b"text"].decode())
-    return deltas, None, last
+class _Reading:
+    """One reader's place in a stream: the deltas of each XREAD answer, in order."""
+
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        self.after: bytes | str = "0"
+        self.read_any = False
+        self.ended: str | None = None
+
+    def deltas(self, entries: Any) -> list[str]:
+        """The deltas of an answer; sets ``ended`` at the end entry. A restart after deltas were read voids
+        them (``StreamRestarted``); one before any (a reader that came later) is passed over."""
+        deltas: list[str] = []
+        for _, items in entries or []:
+            for entry_id, fields in items:
+                self.after = entry_id
+                if END in fields:
+                    self.ended = fields[END].decode()
+                    return deltas
+                if RESTART in fields:
+                    if self.read_any or deltas:
+                        raise StreamRestarted(self.job_id)
+                    continue
+                deltas.append(fields[b"text"].decode())
+        self.read_any = self.read_any or bool(deltas)
+        return deltas
 
 
 def read_stream(client: redis.Redis, job_id: str) -> Iterator[str | None]:
     """Deltas as they come; a ``None`` after every idle ``BLOCK_MS`` (the caller looks at the job then).
     Ends after the end entry."""
-    after: bytes | str = "0"
-    while True:
-        entries = cast(Any, client.xread({stream_key(job_id): after}, block=BLOCK_MS, count=256))
-        deltas, ended, last = _deltas(entries)
-        yield from deltas
-        if ended is not None:
-            return
-        after = last or after
+    reading = _Reading(job_id)
+    while reading.ended is None:
+        entries = cast(Any, client.xread({stream_key(job_id): reading.after}, block=BLOCK_MS, count=256))
+        yield from reading.deltas(entries)
         if not entries:
             yield None
 
 
 async def read_stream_async(client: aioredis.Redis, job_id: str) -> AsyncIterator[str | None]:
-    after: bytes | str = "0"
-    while True:
-        entries = await client.xread({stream_key(job_id): after}, block=BLOCK_MS, count=256)
-        deltas, ended, last = _deltas(entries)
-        for delta in deltas:
+    reading = _Reading(job_id)
+    while reading.ended is None:
+        entries = await client.xread({stream_key(job_id): reading.after}, block=BLOCK_MS, count=256)
+        for delta in reading.deltas(entries):
             yield delta
-        if ended is not None:
-            return
-        after = last or after
         if not entries:
             yield None
+
+
+def streamed_text(client: redis.Redis, job_id: str) -> str:
+    """The text an earlier attempt streamed (since the last restart)."""
+    text: list[str] = []
+    for _, fields in cast(Any, client.xrange(stream_key(job_id))):
+        if RESTART in fields:
+            text.clear()
+        elif b"text" in fields:
+            text.append(fields[b"text"].decode())
+    return "".join(text)
+
+
+def restart_stream(client: redis.Redis, job_id: str) -> None:
+    """Mark the deltas so far void, and drop them: a reader that comes later reads the new text only."""
+    entry_id = cast(Any, client.xadd(stream_key(job_id), {RESTART.decode(): "1"}, maxlen=MAX_ENTRIES, approximate=True))
+    client.xtrim(stream_key(job_id), minid=entry_id, approximate=False)
 
 
 def append_delta(client: redis.Redis, job_id: str, text: str) -> None:

@@ -12,7 +12,9 @@ import json
 
 from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
 
-HANDLING_FIELDS = frozenset({"use_cache", "batch_id", "fallback", "deadline_s", "stream"})
+HANDLING_FIELDS = frozenset(
+    {"use_cache", "batch_id", "fallback", "deadline_s", "stream", "priority", "callback_url", "batch_callback"}
+)
 
 
 def cache_key(request: GenerateRequest | EmbedRequest | ClassifyRequest, tier: str) -> str:

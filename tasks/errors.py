@@ -130,3 +130,12 @@ class JobExpired(JobError):
 
 class JobTimeout(JobError, TimeoutError):
     pass
+
+
+class StreamRestarted(RouterError):
+    """A retry of the job made a text that differs from the deltas already read (a sampled generation cut
+    off and run again): the deltas read so far are void; ``job.stream()`` again reads the new text whole."""
+
+    def __init__(self, job_id: str):
+        super().__init__(f"job {job_id}: a retry made another text; read the stream again")
+        self.job_id = job_id

@@ -167,3 +167,39 @@ class UsageRecord(Base):
     cached: Mapped[bool] = mapped_column(default=False)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class WebhookStatus(StrEnum):
+    PENDING = "pending"  # a delivery is due or in flight
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    FAILED = "failed"  # every attempt failed, or the receiver refused it for good (a 4xx)
+    REFUSED = "refused"  # the address is not one the cluster may call
+
+
+class WebhookRecord(Base):
+    """A completion webhook: one per job or batch that asked for one (``subject`` is unique)."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(80), unique=True)  # job:<id> or batch:<id>
+    event: Mapped[str] = mapped_column(String(32))  # job.ended, batch.ended
+    url: Mapped[str] = mapped_column(Text)
+    queue: Mapped[str | None] = mapped_column(String(128))  # where its deliveries are published
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    finished_at: Mapped[datetime | None]
+
+
+class WebhookAttemptRecord(Base):
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (UniqueConstraint("webhook_id", "number", name="uq_webhook_attempts_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal, TypeAlias
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -51,6 +52,22 @@ def _no_nul(value: str) -> str:
     return value
 
 
+def web_address(value: str) -> str:
+    """An absolute http(s) URL with a host and no credentials (they would be stored and logged with it)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials (user:password@); the body is signed instead")
+    if any(char.isspace() for char in value) or _CONTROL.search(value):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError as exc:
+        raise ValueError(f"has a bad port ({exc})") from None
+    return value
+
+
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty or only whitespace")
@@ -71,6 +88,17 @@ class JobOptions(_Strict):
     batch_id: Annotated[str, StringConstraints(max_length=64)] | None = None
     # Seconds from submission within which the job must start; past them it ends "expired" without running.
     deadline_s: Annotated[float, Field(gt=0, le=limits.MAX_DEADLINE_S)] | None = None
+    # Order within the interactive lane: a job of higher priority is taken before queued jobs of lower.
+    priority: Annotated[int, Field(ge=0, le=limits.MAX_PRIORITY)] | None = None
+    # Where the worker POSTs the job's final record (signed); see broker.webhooks.
+    callback_url: Annotated[str, StringConstraints(max_length=limits.MAX_CALLBACK_URL_CHARS)] | None = None
+    # Set by Router.batch on the jobs of a batch with a callback: the job that ends the batch sends it.
+    batch_callback: bool = False
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None) -> str | None:
+        return None if value is None else web_address(value)
 
 
 class ChatMessage(_Strict):

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 from broker.client import Router
 from broker.settings import Settings
 from ops.bench.database import bench_database
+from tasks.limits import MAX_PRIORITY
 
 PG_ADMIN = os.environ.get("LLM_ROUTER_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 PG_URL_TEMPLATE = os.environ.get("LLM_ROUTER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
@@ -69,6 +70,21 @@ def count_rows(pg_url: str) -> Iterator[Callable[[str], int]]:
 
     yield count
     engine.dispose()
+
+
+def priority_keys(queue: str) -> list[str]:
+    """The Redis lists kombu keeps a queue's messages in, one per priority step (broker.queues)."""
+    return [queue if step == 0 else f"{queue}\x06\x16{step}" for step in range(MAX_PRIORITY + 1)]
+
+
+def queued(client: redis.Redis, queue: str) -> int:
+    """Messages waiting on a Redis broker's queue, at every priority."""
+    return sum(int(client.llen(key)) for key in priority_keys(queue))  # type: ignore[arg-type]
+
+
+def queued_raw(client: redis.Redis, queue: str) -> list[bytes]:
+    """The raw messages waiting on a Redis broker's queue, the first to be taken last."""
+    return [raw for key in reversed(priority_keys(queue)) for raw in client.lrange(key, 0, -1)]  # type: ignore[union-attr]
 
 
 def empty_redis_db(url: str) -> str:
@@ -250,6 +266,20 @@ def own_router(cluster_settings: Settings, own_catalogue: Path) -> Iterator[Rout
     """A Router of the test cluster that routes with the module's own catalogue."""
     with Router(cluster_settings.model_copy(update={"config": own_catalogue})) as router:
         yield router
+
+
+def embed_catalogue(tier: str) -> str:
+    """A catalogue of one tier that embeds with the bundled MiniLM."""
+    model = "sentence-transformers/all-MiniLM-L6-v2"
+    return f"""
+default_tier = "{tier}"
+tier_order = ["{tier}"]
+[tiers.{tier}]
+embed = ["{model}"]
+[models."{model}"]
+provider = "local"
+task = "embed"
+"""
 
 
 def catalogue_env(folder: Path, catalogue: str, broker: str, **variables: str) -> dict[str, str]:

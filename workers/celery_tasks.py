@@ -22,7 +22,7 @@ from celery.worker.control import inspect_command
 from redis.exceptions import RedisError
 
 from broker.pipeline_runs import advance
-from broker.publishing import send_job
+from broker.publishing import broker_priority, send_job
 from broker.queues import INPUTS_HEADER, TASK_NAMES
 from broker.routing import lane_of, queue_for_tier
 from tasks.records import Status
@@ -32,6 +32,7 @@ from workers.draining import Drained, Drainer, inputs_of
 from workers.execution import Reschedule
 from workers.groups import MAX_GENERATIONS_TOGETHER, run_jobs
 from workers.messages import BadBulkMessage, BadMessage, Cursor, JobMessage, parse_messages
+from workers.webhooks import WEBHOOK_TASK, Webhooks, webhook_task_id
 
 if TYPE_CHECKING:
     from workers.runtime import WorkerRuntime
@@ -57,6 +58,7 @@ def current_runtime(app: Any) -> WorkerRuntime:
             profile = getattr(app, "worker_profile", None) or WorkerProfile()
             runtime = build_runtime(app.router_settings, app.catalogue, profile)
             runtime.step_ended = _pipeline_advancer(app, runtime)
+            runtime.webhooks = _webhooks(app, runtime)
             _start_sweeper(app, runtime)
             _runtimes.clear()
             _runtimes[os.getpid()] = runtime
@@ -68,6 +70,22 @@ def _pipeline_advancer(app: Any, runtime: WorkerRuntime) -> Callable[[str], None
         send_job(app, job_id, kind, queue, inputs)
 
     return lambda run_id: advance(runtime.store, runtime.catalogue, publish, run_id)
+
+
+def _webhooks(app: Any, runtime: WorkerRuntime) -> Webhooks:
+    def publish(webhook_id: str, queue: str | None, countdown: float) -> None:
+        queue = queue or runtime.catalogue.ordered_tiers[0]
+        app.send_task(
+            WEBHOOK_TASK,
+            kwargs={"webhook_id": webhook_id},
+            task_id=webhook_task_id(webhook_id),
+            queue=queue,
+            routing_key=queue,
+            countdown=countdown or None,
+            priority=broker_priority(app, None, queue),
+        )
+
+    return Webhooks(runtime.store, runtime.settings, publish)
 
 
 def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
@@ -184,7 +202,7 @@ def _parse(runtime: WorkerRuntime, kind: Kind, args: tuple[Any, ...], kwargs: di
 
 
 def _rescheduler(task: JobTask, kind: Kind) -> Reschedule:
-    def reschedule(job_id: str, queue: str, cursor: Cursor, delay_s: float) -> None:
+    def reschedule(job_id: str, queue: str, cursor: Cursor, delay_s: float, priority: int | None) -> None:
         # A new message with a countdown: the worker holds it without occupying an execution slot.
         task.app.send_task(
             TASK_NAMES[kind],
@@ -193,6 +211,7 @@ def _rescheduler(task: JobTask, kind: Kind) -> Reschedule:
             queue=queue,
             routing_key=queue,
             task_id=f"{job_id}:{cursor.position}.{cursor.retry}",
+            priority=broker_priority(task.app, priority, queue),
         )
 
     return reschedule
@@ -206,6 +225,21 @@ def _drainer(app: Any) -> Drainer:
     if drainer is None:
         drainer = _drainers[id(app)] = Drainer(app)
     return drainer
+
+
+@shared_task(bind=True, base=JobTask, name=WEBHOOK_TASK)
+def webhook(self: JobTask, *args: Any, **kwargs: Any) -> str:
+    """One delivery of a completion webhook. Never raises for a bad message: it is logged and dropped."""
+    webhook_id = kwargs.get("webhook_id")
+    if not isinstance(webhook_id, str) or args:
+        log.error("dropped a webhook message without a webhook id")
+        return "dropped"
+    try:
+        runtime = current_runtime(self.app)
+        assert runtime.webhooks is not None
+        return runtime.webhooks.deliver(webhook_id)
+    except DATABASE_UNAVAILABLE:
+        raise self.retry(countdown=DB_RETRY_S, max_retries=None) from None
 
 
 @shared_task(bind=True, base=JobTask, name="tasks.generate")

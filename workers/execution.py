@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 Request = GenerateRequest | EmbedRequest | ClassifyRequest
 Result = GenerateResult | EmbedResult | ClassifyResult
 # (job id, queue, where to resume, seconds to wait): publishes the job again.
-Reschedule = Callable[[str, str, Cursor, float], None]
+Reschedule = Callable[[str, str, Cursor, float, int | None], None]  # job, queue, cursor, delay, priority
 
 
 def record_health(cooldowns: Cooldowns, model_id: str, *, ok: bool) -> bool:
@@ -101,8 +101,12 @@ def _run_claimed(
     if job.run_step is not None and job.batch_id is not None:
         # A pipeline's step ended (or its message came again after it did): carry the pipeline on.
         runtime.step_ended(job.batch_id)
-    if (job.request or {}).get("stream") and runtime.streams is not None:
+    request = job.request or {}
+    if request.get("stream") and runtime.streams is not None:
         runtime.streams.end(job.id, status)  # after the final record: a reader that sees the end finds it
+    if runtime.webhooks is not None and (request.get("callback_url") or request.get("batch_callback")):
+        batch_id = job.batch_id if request.get("batch_callback") else None
+        runtime.webhooks.job_ended(job.id, job.queue, request.get("callback_url"), batch_id)
     return status
 
 
@@ -259,7 +263,7 @@ class _ChainRun:
             # A duplicate message (a resume, a requeue) of a job a live worker runs: look again once its
             # lease could have run out. The job ends once; this message then finds it final.
             delay = busy_recheck_s(number.remaining_s)
-            self.reschedule(self.job_id, self.queue, message_cursor, delay)
+            self.reschedule(self.job_id, self.queue, message_cursor, delay, self.request.priority)
             log.info("job %s is running on %s; its message is put off %.1fs", self.job_id, number.owner, delay)
             return Status.DEFERRED
         started = time.perf_counter()
@@ -291,7 +295,7 @@ class _ChainRun:
             delay_s = decision.delay_s * self.scale
             self.store.mark_retrying(self.job_id, delay_s)
             resume = Cursor(position=at.position, retry=at.retry + 1, model=decision.model or at.model)
-            self.reschedule(self.job_id, self.queue, resume, delay_s)
+            self.reschedule(self.job_id, self.queue, resume, delay_s, self.request.priority)
             on = f" on {decision.model}" if decision.model else ""
             log.info("job %s attempt %s on %s: %s; retry in %.1fs%s", self.job_id, number, at.model, exc, delay_s, on)
             return Status.RETRYING
@@ -332,7 +336,7 @@ class _ChainRun:
     def _put_off(self, resume: Cursor, delay_s: float) -> None:
         """Publish the job again after ``delay_s``, noting when it is due so it is never taken for lost."""
         self.runtime.store.set_due([self.job_id], delay_s)
-        self.reschedule(self.job_id, self.queue, resume, delay_s)
+        self.reschedule(self.job_id, self.queue, resume, delay_s, self.request.priority)
 
     def _note_failure(self, model_id: str, exc: RouterError) -> None:
         policy, cooldowns = self.runtime.policy, self.runtime.cooldowns
@@ -361,7 +365,7 @@ class _ChainRun:
             queue = queue_for_tier(decision.tier, self.lane)
             if not self.store.escalate(self.job_id, decision.tier, queue):
                 return self._ended_meanwhile()  # nothing to move
-            self.reschedule(self.job_id, queue, Cursor(), 0.0)
+            self.reschedule(self.job_id, queue, Cursor(), 0.0, self.request.priority)
             log.info("job %s falls back from tier %s to %s", self.job_id, self.tier, decision.tier)
             return Status.RETRYING
         if decision.action is Action.WAIT:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from broker.routing import chain_for, route
+from broker.routing import chain_for, queue_for_tier, route
 from tasks.cache import cache_key
 from tasks.errors import InvalidRequest
 from tasks.records import Status
@@ -180,6 +180,12 @@ def _run_claimed_group(
         (job, result.model_copy(update={"tier": group.tier})) for job, result in zip(started, results, strict=True)
     ]
     store.succeed_group(answers, kind=kind, tier=group.tier, provider=group.provider, model_latency_ms=latency_ms)
+    if runtime.webhooks is not None:
+        for job in started:
+            request = by_id[job.job_id][1]
+            if request.callback_url or request.batch_callback:
+                batch_id = request.batch_id if request.batch_callback else None
+                runtime.webhooks.job_ended(job.job_id, queue_for_tier(group.tier), request.callback_url, batch_id)
     log.info(
         "%d jobs succeeded together kind=%s tier=%s model=%s inputs=%d model_ms=%.0f",
         len(started),

@@ -31,6 +31,7 @@ from workers.rate_limits import RateLimiter, Rule, window_rules
 from workers.registry import ModelRegistry, Quantize
 from workers.retry import DEFAULT_DOWNGRADES, RetryPolicy
 from workers.streaming import StreamWriter
+from workers.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 # A shared-state call that takes longer has failed: the job's message is handed back rather than held.
@@ -80,6 +81,7 @@ class WorkerRuntime:
     streams: StreamWriter | None = None  # where the deltas of generations submitted with stream=True go
     # Carries a pipeline on once one of its steps ended (given the run's id); set where messages can be sent.
     step_ended: Callable[[str], None] = field(default=lambda _run_id: None)
+    webhooks: Webhooks | None = None  # sends completion webhooks; set where messages can be sent
 
     def limit_rules(self, tier: str, provider: str, model_id: str) -> list[Rule]:
         """The windows one call of ``model_id`` on ``tier`` must fit in: the tier's, and its provider key's."""

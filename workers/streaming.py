@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from broker.streams import append_delta, end_stream
+from broker.streams import append_delta, end_stream, restart_stream, streamed_text
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,29 @@ class TokenDeltas:
             self._sent = text
 
 
+class Continuation:
+    """An attempt's text against what an earlier attempt of the job streamed before it was cut off: the
+    part already sent is not sent again. A retry that makes the same text (greedy decoding, a
+    deterministic server) carries the stream on where it stopped; one that makes another restarts it."""
+
+    def __init__(self, already: str):
+        self.already = already
+        self.made = ""
+        self.diverged = not already
+
+    def feed(self, piece: str) -> tuple[bool, str]:
+        """(restart the stream first?, the text to send) for the next piece of this attempt."""
+        before, self.made = len(self.made), self.made + piece
+        if self.diverged:
+            return False, piece
+        if self.already.startswith(self.made):
+            return False, ""  # still within what was sent
+        if self.made.startswith(self.already):
+            return False, self.made[max(before, len(self.already)) :]
+        self.diverged = True
+        return True, self.made
+
+
 class StreamWriter:
     """Appends one process's deltas to Redis; never fails a job for it (a reader then gets the whole text)."""
 
@@ -55,9 +78,20 @@ class StreamWriter:
         self.client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
 
     def sink(self, job_id: str) -> Callable[[str], None]:
-        def write(text: str) -> None:
+        """Where one attempt's deltas go (an attempt after one that streamed carries its stream on)."""
+        try:
+            continuation = Continuation(streamed_text(self.client, job_id))
+        except RedisError as exc:
+            log.warning("job %s: its stream could not be read (%s)", job_id, exc)
+            continuation = Continuation("")
+
+        def write(piece: str) -> None:
+            restart, text = continuation.feed(piece)
             try:
-                append_delta(self.client, job_id, text)
+                if restart:
+                    restart_stream(self.client, job_id)
+                if text:
+                    append_delta(self.client, job_id, text)
             except RedisError as exc:
                 log.warning("job %s: a delta was not streamed (%s)", job_id, exc)
 

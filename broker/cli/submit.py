@@ -27,20 +27,7 @@ def describe_result(result: Result) -> str:
 
 
 def _job_json(job: Job, result: Result | None) -> dict[str, Any]:
-    view = job.record()
-    return {
-        "id": view.id,
-        "kind": view.kind,
-        "status": view.status,
-        "tier": view.tier,
-        "queue": view.queue,
-        "model": view.model_used,
-        "latency_ms": view.latency_ms,
-        "attempts": view.attempts,
-        "cached": view.cached,
-        "error": view.error,
-        "result": result.model_dump(mode="json") if result is not None else None,
-    }
+    return {**job.record().document(), "result": result.model_dump(mode="json") if result is not None else None}
 
 
 def _finish(job: Job, wait: bool, timeout: float, as_json: bool) -> None:
@@ -78,6 +65,8 @@ def _finish(job: Job, wait: bool, timeout: float, as_json: bool) -> None:
 @click.option("--seed", type=int)
 @click.option("--fallback", type=click.Choice(["tier", "model", "none"]))
 @click.option("--deadline", "deadline_s", type=float, help="Seconds within which the job must start, or expire.")
+@click.option("--priority", type=int, help="0 (default) to 9: higher is taken first among the tier's waiting jobs.")
+@click.option("--callback-url", help="POST the job's final record here, signed (a completion webhook).")
 @click.option("--params", "params_json", help="More request fields as a JSON object.")
 @click.option(
     "--idempotency-key", help="Submitting again with this key (within LLM_ROUTER_IDEMPOTENCY_TTL_S) gets the same job."

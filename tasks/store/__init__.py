@@ -7,6 +7,7 @@
     usage      the usage report
     endings    jobs cancelled by their caller or expired by their deadline
     runs       comparisons, evaluations and pipelines
+    webhooks   completion webhooks and their delivery attempts
     retention  pruning old final jobs, and the tables' sizes
     base       sessions, and the one place a job or usage row is built
 
@@ -25,6 +26,7 @@ from tasks.store.retention import Pruned, Retention, TableSize
 from tasks.store.runs import RunRecords
 from tasks.store.usage import ModelUsage, UsageReport, UsageReports, percentile
 from tasks.store.views import AttemptView, Busy, JobView, Lease, RunView, UsageRow
+from tasks.store.webhooks import WebhookAttemptView, WebhookRecords, WebhookView
 
 __all__ = [
     "DATABASE_UNAVAILABLE",
@@ -42,9 +44,13 @@ __all__ = [
     "TableSize",
     "UsageReport",
     "UsageRow",
+    "WebhookAttemptView",
+    "WebhookView",
     "percentile",
 ]
 
 
-class JobStore(JobRecords, AttemptWrites, GroupWrites, ResultCache, JobEndings, UsageReports, RunRecords, Retention):
+class JobStore(
+    JobRecords, AttemptWrites, GroupWrites, ResultCache, JobEndings, UsageReports, RunRecords, Retention, WebhookRecords
+):
     """Every read and write of jobs, attempts, usage and runs, over one engine."""

@@ -13,7 +13,16 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status, UsageRecord, utcnow
+from tasks.records import (
+    FINAL_STATUSES,
+    AttemptRecord,
+    JobRecord,
+    RunRecord,
+    Status,
+    UsageRecord,
+    WebhookRecord,
+    utcnow,
+)
 from tasks.schemas import Usage
 
 # What a lost or restarting database raises, or a pool with no connection free for POOL_WAIT_S: the work
@@ -23,6 +32,8 @@ DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 JOBS: Table = JobRecord.__table__  # type: ignore[assignment]
 ATTEMPTS: Table = AttemptRecord.__table__  # type: ignore[assignment]
 USAGE: Table = UsageRecord.__table__  # type: ignore[assignment]
+RUNS: Table = RunRecord.__table__  # type: ignore[assignment]
+WEBHOOKS: Table = WebhookRecord.__table__  # type: ignore[assignment]
 
 MAX_STORED_REJECTED_REQUEST = 64 * 1024
 LOST_ATTEMPT = "the worker was lost during this attempt"

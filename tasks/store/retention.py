@@ -11,12 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Table, delete, func, null, select, text, update
+from sqlalchemy import delete, func, null, select, text, update
 
-from tasks.records import FINAL_STATUSES, JobRecord, RunRecord, RunStatus
-from tasks.store.base import ATTEMPTS, JOBS, USAGE, StoreBase
-
-RUNS: Table = RunRecord.__table__  # type: ignore[assignment]
+from tasks.records import (
+    FINAL_STATUSES,
+    JobRecord,
+    RunRecord,
+    RunStatus,
+    WebhookAttemptRecord,
+    WebhookRecord,
+    WebhookStatus,
+)
+from tasks.store.base import ATTEMPTS, JOBS, RUNS, USAGE, WEBHOOKS, StoreBase
 
 PRUNE_CHUNK = 5_000
 
@@ -46,6 +52,8 @@ class Retention(StoreBase):
             with self.session() as session:
                 return Pruned(int(session.scalar(select(func.count()).where(*old)) or 0), results_only, True)
         self._prune_runs(created_before, results_only)
+        if not results_only:
+            self._prune_webhooks(created_before)
         pruned = 0
         while True:
             with self.sessions.begin() as session:
@@ -78,9 +86,18 @@ class Retention(StoreBase):
             else:
                 session.execute(delete(RunRecord).where(*old))
 
+    def _prune_webhooks(self, created_before: datetime) -> None:
+        """Webhooks that ended go with their delivery attempts."""
+        old = select(WebhookRecord.id).where(
+            WebhookRecord.created_at < created_before, WebhookRecord.status != WebhookStatus.PENDING
+        )
+        with self.sessions.begin() as session:
+            session.execute(delete(WebhookAttemptRecord).where(WebhookAttemptRecord.webhook_id.in_(old)))
+            session.execute(delete(WebhookRecord).where(WebhookRecord.id.in_(old)))
+
     def table_sizes(self) -> dict[str, TableSize]:
-        """Rows and bytes of the jobs, attempts, usage and runs tables."""
-        tables = [table.name for table in (JOBS, ATTEMPTS, USAGE, RUNS)]
+        """Rows and bytes of the jobs, attempts, usage, runs and webhooks tables."""
+        tables = [table.name for table in (JOBS, ATTEMPTS, USAGE, RUNS, WEBHOOKS)]
         with self.session() as session:
             if session.get_bind().dialect.name == "postgresql":
                 rows = session.execute(

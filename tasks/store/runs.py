@@ -10,14 +10,22 @@ from sqlalchemy import exists, insert, select, update
 
 from tasks.records import UNFINISHED_STATUSES, JobRecord, RunRecord, RunStatus, utcnow
 from tasks.redaction import redact
-from tasks.store.base import StoreBase
+from tasks.store.base import RUNS, StoreBase, insert_ignoring_duplicates
 from tasks.store.views import JobView, RunView
 
 
 class RunRecords(StoreBase):
     def create_run(
-        self, run_id: str, kind: str, name: str, models: list[str], request: dict[str, Any] | None = None
+        self,
+        run_id: str,
+        kind: str,
+        name: str,
+        models: list[str],
+        request: dict[str, Any] | None = None,
+        *,
+        if_absent: bool = False,
     ) -> RunView:
+        """Record a new run; with ``if_absent``, a run of that id recorded before is kept as it is."""
         row = {
             "id": run_id,
             "kind": kind,
@@ -28,7 +36,8 @@ class RunRecords(StoreBase):
             "created_at": utcnow(),
         }
         with self.sessions.begin() as session:
-            session.execute(insert(RunRecord), [row])
+            statement = insert_ignoring_duplicates(session, RUNS, "id") if if_absent else insert(RunRecord)
+            session.execute(statement, [row])
         view = self.get_run(run_id)
         assert view is not None
         return view

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, RunRecord, RunStatus, Status
+from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, RunRecord, RunStatus, Status, aware
 
 
 def _fields(view: type, record: object) -> dict[str, Any]:
@@ -51,6 +51,30 @@ class JobView:
     @classmethod
     def of(cls, record: JobRecord | Row[Any]) -> JobView:
         return cls(**_fields(cls, record))
+
+    def document(self) -> dict[str, Any]:
+        """The job's record as JSON for its caller (``--json`` output, a webhook's body): no request."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "tier": self.tier,
+            "queue": self.queue,
+            "model": self.model_used,
+            "batch_id": self.batch_id,
+            "latency_ms": self.latency_ms,
+            "attempts": self.attempts,
+            "cached": self.cached,
+            "error": self.error,
+            "result": self.result,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return aware(moment).isoformat() if moment is not None else None
 
 
 @dataclass(frozen=True)

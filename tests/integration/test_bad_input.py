@@ -20,6 +20,7 @@ from broker.client import EnqueueFailed, Router
 from broker.settings import Settings
 from tasks import limits
 from tasks.errors import InvalidRequest
+from tests.conftest import queued
 
 # A broker database of its own that no worker consumes, so any message enqueued by mistake stays visible.
 QUIET_BROKER = "redis://127.0.0.1:6379/12"
@@ -51,7 +52,7 @@ def nothing_written(pg_url: str) -> Iterator[None]:
     before = jobs()
     yield
     assert jobs() == before, "a rejected submit wrote a job row"
-    assert sum(client.llen(queue) for queue in QUEUES) == 0, "a rejected submit enqueued a message"
+    assert sum(queued(client, queue) for queue in QUEUES) == 0, "a rejected submit enqueued a message"
     client.close()
     engine.dispose()
 

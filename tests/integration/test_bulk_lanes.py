@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from broker.client import Router
 from broker.settings import Settings
 from tasks.schemas import ClassifyResult, EmbedResult
-from tests.conftest import WorkerProcess, empty_redis_db
+from tests.conftest import WorkerProcess, empty_redis_db, queued
 from workers.state import collect
 
 BROKER = "redis://127.0.0.1:6379/6"
@@ -157,7 +157,7 @@ def test_interactive_jobs_behind_500_bulk_jobs_start_first(
         while router.batch_progress(bulk.batch_id).get("succeeded", 0) < 10:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        waiting_bulk = redis.Redis.from_url(BROKER).llen("balanced.bulk")
+        waiting_bulk = queued(redis.Redis.from_url(BROKER), "balanced.bulk")
         interactive = [router.embed(f"interactive request {i}", tier="balanced") for i in range(5)]
         for job in interactive:
             job.wait(120)

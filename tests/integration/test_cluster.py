@@ -16,7 +16,7 @@ from broker.client import Router
 from broker.settings import Settings
 from tasks.errors import JobRejected
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
-from tests.conftest import WorkerProcess, publish_raw
+from tests.conftest import WorkerProcess, priority_keys, publish_raw, queued, queued_raw
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +93,8 @@ def test_a_tier_job_is_consumed_only_by_workers_of_that_queue(
             assert attempt["worker"] == worker.nodename
     assert orphan.status() == "queued"
     client = redis.Redis.from_url(redis_url)
-    assert client.llen("quality") == 1
-    client.delete("quality")
+    assert queued(client, "quality") == 1
+    client.delete(*priority_keys("quality"))
     client.close()
 
 
@@ -142,10 +142,10 @@ def test_malformed_messages_are_recorded_and_the_worker_keeps_serving(
 def test_stored_jobs_keep_their_request_out_of_the_message(router: Router, redis_url: str) -> None:
     # Messages carry only the job id: prompts never reach the broker (or Flower's task arguments).
     client = redis.Redis.from_url(redis_url)
-    client.delete("quality")
+    client.delete(*priority_keys("quality"))
     job = router.generate("a secret prompt that must stay in the database", tier="quality")
-    (raw,) = client.lrange("quality", 0, -1)
-    client.delete("quality")
+    (raw,) = queued_raw(client, "quality")
+    client.delete(*priority_keys("quality"))
     client.close()
     message = json.loads(raw)
     assert "secret prompt" not in raw.decode()

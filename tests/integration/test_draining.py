@@ -13,7 +13,7 @@ import redis
 from broker.celery_app import RouterCelery, create_app
 from broker.queues import INPUTS_HEADER
 from broker.settings import Settings
-from tests.conftest import empty_redis_db, publish_raw
+from tests.conftest import empty_redis_db, publish_raw, queued, queued_raw
 from workers.draining import Drainer
 
 BROKER = "redis://127.0.0.1:6379/4"
@@ -56,7 +56,7 @@ def test_it_takes_interactive_messages_first_and_counts_jobs(app: RouterCelery) 
     assert len(again) == 3
     for item in again:
         item.give_back()
-    assert client.llen("fast") == 3
+    assert queued(client, "fast") == 3
     client.delete("fast")
 
     # Producers put each message's input count in a header: three messages of 40 inputs fill a room of 64
@@ -64,7 +64,7 @@ def test_it_takes_interactive_messages_first_and_counts_jobs(app: RouterCelery) 
     for job_id in _ids(3):
         app.send_task("tasks.embed", args=[job_id], queue="fast", routing_key="fast", headers={INPUTS_HEADER: 40})
     assert len(drainer.take(["fast"], room=64, wait_ms=0)) == 2
-    assert client.llen("fast") == 1
+    assert queued(client, "fast") == 1
 
 
 def test_what_it_must_not_run_now_is_given_back_or_refused(app: RouterCelery) -> None:
@@ -78,7 +78,7 @@ def test_what_it_must_not_run_now_is_given_back_or_refused(app: RouterCelery) ->
     assert [d.args for d in taken] == [(runnable,)]
     client = redis.Redis.from_url(BROKER)
     assert client.hlen("unacked") == 1  # the runnable one; the pickle was refused and acknowledged, never decoded
-    waiting = [json.loads(raw) for raw in client.lrange("fast", 0, -1)]
+    waiting = [json.loads(raw) for raw in queued_raw(client, "fast")]
     names = sorted(m["headers"]["task"] for m in waiting)
     assert names == ["tasks.embed", "tasks.nope"]  # the unknown task and the countdown given back
     (republished,) = [m for m in waiting if m["headers"]["task"] == "tasks.embed"]

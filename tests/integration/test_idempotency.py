@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from broker.client import Router
 from broker.settings import Settings
 from tasks.errors import InvalidRequest
-from tests.conftest import empty_redis_db
+from tests.conftest import empty_redis_db, queued
 
 BROKER = "redis://127.0.0.1:6379/4"  # no worker consumes here: the messages stay countable
 PRODUCERS = 20
@@ -44,7 +44,7 @@ def _records(settings: Settings, key: str) -> int:
 def test_twenty_producers_racing_on_one_key_record_one_job_and_send_one_message(settings: Settings) -> None:
     key = f"order-{uuid.uuid4()}"
     broker = redis.Redis.from_url(BROKER)
-    before = broker.llen("fast")
+    before = queued(broker, "fast")
     routers = [Router(settings) for _ in range(PRODUCERS)]
     for router in routers:
         router.app  # noqa: B018 - connect before the race, so the threads start their submissions together
@@ -64,7 +64,7 @@ def test_twenty_producers_racing_on_one_key_record_one_job_and_send_one_message(
         router.close()
     assert len(job_ids) == PRODUCERS and len(set(job_ids)) == 1
     assert _records(settings, key) == 1
-    assert broker.llen("fast") - before == 1
+    assert queued(broker, "fast") - before == 1
 
 
 def test_a_key_names_one_request(router: Router) -> None:

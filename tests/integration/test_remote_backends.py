@@ -7,6 +7,7 @@ from the recorded attempts, and the real gaps between calls at the server are ch
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 from broker.client import Router
 from broker.settings import Settings
-from tasks.errors import JobFailed
+from tasks.errors import JobCancelled, JobFailed
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings
 from tests.support import inference_server as api
@@ -83,8 +84,8 @@ def server() -> Iterator[InferenceServer]:
         server.on(f"/models/{model}", api.hf_generate)
     server.on(f"/models/{HF_CLS}", api.hf_classify)
     server.on(f"/models/{HF_EMBED}/pipeline/feature-extraction", api.hf_embed)
-    server.on(f"/models/{HF_GEN}/v1/chat/completions", api.openai_chat)
-    server.on("/v1/chat/completions", api.openai_chat)
+    server.on(f"/models/{HF_GEN}/v1/chat/completions", api.openai_chat_streaming)
+    server.on("/v1/chat/completions", api.openai_chat_streaming)
     server.on("/v1/completions", api.openai_completion)
     server.on("/v1/embeddings", api.openai_embeddings)
     server.on("/embed", api.tei_embed)
@@ -170,6 +171,65 @@ def test_openai_compatible_serves_chat_completion_and_embeddings(
     assert isinstance(vectors, EmbedResult) and [v.embedding[0] for v in vectors.data] == [2.0, 4.0]  # by index
     assert fresh.calls_to("/v1/embeddings")[0].headers["Authorization"] == f"Bearer {MODEL_KEY}"
     assert fresh.calls_to("/v1/completions")[0].headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize(
+    ("tier", "path"), [("balanced", "/v1/chat/completions"), ("fast", f"/models/{HF_GEN}/v1/chat/completions")]
+)
+def test_a_streamed_chat_reads_the_servers_event_stream(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer, tier: str, path: str
+) -> None:
+    chat = [{"role": "user", "content": "Capital of France?"}]
+    job = router.generate(messages=chat, tier=tier, stream=True, use_cache=False)
+    deltas = list(job.stream(30))
+    assert deltas == ["Paris", " is", " the", " capital", " of", " France", "."]  # as the server sent them
+    record = job.record()
+    assert record.status == "succeeded" and record.result is not None
+    assert "".join(deltas) == record.result["text"] == "Paris is the capital of France."
+    assert record.result["usage"]["total_tokens"] == 19  # the server's own count, from its last event
+    (call,) = fresh.calls_to(path)
+    assert call.body["stream"] is True and call.body["stream_options"] == {"include_usage": True}
+    assert call.headers["Accept"] == "text/event-stream"
+
+
+def test_a_stream_cut_off_is_retried_and_carried_on_without_repeating_a_delta(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer
+) -> None:
+    cut = api.chat_chunks(OA_GEN, ["Paris", " is", " the"])[:4]  # no finish_reason: the connection just closes
+    fresh.script("/v1/chat/completions", Reply(200, events=cut, cut=True))
+    chat = [{"role": "user", "content": "Capital of France?"}]
+    job = router.generate(messages=chat, tier="balanced", stream=True, use_cache=False)
+    deltas = list(job.stream(30))
+    assert deltas == ["Paris", " is", " the", " capital", " of", " France", "."]  # each once
+    record = job.record()
+    assert record.result is not None and record.result["text"] == "".join(deltas)
+    assert [a.status for a in job.attempts()] == ["failed", "succeeded"]
+    assert "ended before its finish_reason" in (job.attempts()[0].error or "")
+
+
+def test_a_cancelled_remote_stream_closes_the_connection_and_keeps_what_came(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer
+) -> None:
+    pieces = [f" word{n}" for n in range(40)]
+    events = api.chat_chunks(OA_GEN, pieces, {"prompt_tokens": 5, "completion_tokens": 40, "total_tokens": 45})
+    fresh.script("/v1/chat/completions", Reply(200, events=events, event_delay_s=0.1))
+    job = router.generate(
+        messages=[{"role": "user", "content": "Count."}], tier="balanced", stream=True, use_cache=False
+    )
+    deltas: list[str] = []
+    with pytest.raises(JobCancelled):
+        for delta in job.stream(30):
+            deltas.append(delta)
+            if len(deltas) == 3:
+                job.cancel()
+    record = job.record()
+    assert record.status == "cancelled" and record.result is not None
+    assert "".join(deltas) == record.result["text"]
+    assert 3 <= len(deltas) < len(pieces)  # it stopped early
+    deadline = time.monotonic() + 10
+    while fresh.closed_early == 0:  # the server finds the client gone at its next write
+        assert time.monotonic() < deadline, "the worker did not close the stream"
+        time.sleep(0.05)
 
 
 def test_tei_serves_embeddings_and_classification(

@@ -16,7 +16,17 @@ from sqlalchemy import select, update
 
 from broker.cli.main import cli
 from tasks.database import make_engine, upgrade
-from tasks.records import AttemptRecord, JobRecord, RunRecord, RunStatus, Status, UsageRecord
+from tasks.records import (
+    AttemptRecord,
+    JobRecord,
+    RunRecord,
+    RunStatus,
+    Status,
+    UsageRecord,
+    WebhookAttemptRecord,
+    WebhookRecord,
+    WebhookStatus,
+)
 from tasks.schemas import Embedding, EmbedResult, Usage
 from tasks.store import JobStore, JobView, Lease
 from tests.conftest import fresh_database
@@ -91,7 +101,7 @@ def test_prune_takes_old_final_jobs_and_leaves_the_rest(store: JobStore) -> None
     unfinished = store.get(running)
     assert unfinished is not None and unfinished.status == Status.RUNNING  # never pruned, however old
     sizes = store.table_sizes()
-    assert set(sizes) == {"jobs", "attempts", "usage", "runs"}
+    assert set(sizes) == {"jobs", "attempts", "usage", "runs", "webhooks"}
 
 
 def _run(store: JobStore, days_old: float, status: RunStatus) -> str:
@@ -120,6 +130,32 @@ def test_prune_takes_old_ended_runs_with_their_jobs(store: JobStore) -> None:
     kept = store.get_run(recent)
     assert kept is not None and kept.request == {"text": "what the user wrote"}
     assert store.get_run(running) is not None  # a run still going is never pruned
+
+
+def _webhook(store: JobStore, days_old: float, outcome: WebhookStatus | None) -> str:
+    webhook_id = store.claim_webhook(f"job:{uuid.uuid4()}", "job.ended", "https://hooks.example.com/x", "fast")
+    assert webhook_id is not None
+    if outcome is not None:
+        store.record_delivery(webhook_id, status_code=200, error=None, latency_ms=3.0, outcome=outcome)
+    with store.sessions.begin() as session:
+        moment = datetime.now(UTC) - timedelta(days=days_old)
+        session.execute(update(WebhookRecord).where(WebhookRecord.id == webhook_id).values(created_at=moment))
+    return webhook_id
+
+
+def test_prune_takes_old_ended_webhooks_with_their_attempts(store: JobStore) -> None:
+    old = _webhook(store, 40, WebhookStatus.DELIVERED)
+    recent = _webhook(store, 1, WebhookStatus.DELIVERED)
+    pending = _webhook(store, 40, None)
+    cutoff = datetime.now(UTC) - timedelta(days=30)
+    store.prune(cutoff, results_only=True)
+    assert store.webhook(old) is not None  # pruned to results, the bookkeeping stays
+    store.prune(cutoff)
+    assert store.webhook(old) is None
+    with store.session() as session:
+        left = session.scalars(select(WebhookAttemptRecord.webhook_id)).all()
+    assert old not in left and recent in left
+    assert store.webhook(recent) is not None and store.webhook(pending) is not None  # a delivery due is kept
 
 
 def test_the_prune_command(database: str) -> None:

@@ -1,6 +1,6 @@
 """Token streaming from the bundled SmolLM2 through a real worker and Redis: deltas as they are made, equal to
 the recorded text when joined, the same from the start for a late reader, sync and asyncio, on the command
-line; a job that did not stream yields its whole text."""
+line; a job that did not stream yields its whole text; a retry that makes another text restarts the stream."""
 
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 
 from broker.async_client import AsyncRouter
 from broker.client import Router
 from broker.settings import Settings
-from tasks.errors import JobCancelled
+from broker.streams import read_stream, streamed_text
+from tasks.errors import JobCancelled, StreamRestarted
 from tests.conftest import REPO, WorkerProcess
+from workers.streaming import StreamWriter
 
 # A chat request at temperature 0: SmolLM2 answers it at length, the same way every time (a bare prompt may
 # get an end token at once).
@@ -92,3 +96,21 @@ def test_the_command_prints_the_text_as_it_comes(worker: WorkerProcess, cluster_
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
+
+
+def test_readers_of_a_stream_restarted_by_a_retry_with_another_text(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    writer, job_id = StreamWriter(redis_url), f"restart-{uuid.uuid4()}"
+    first = writer.sink(job_id)
+    first("Once upon")
+    first(" a time")
+    early = read_stream(client, job_id)
+    assert [next(early), next(early)] == ["Once upon", " a time"]
+    second = writer.sink(job_id)  # the retry, after the first attempt was cut off
+    second("Once upon")  # the same so far: nothing sent again
+    second(" the hill")  # another text from here
+    with pytest.raises(StreamRestarted):
+        next(early)  # the two deltas it read are void
+    writer.end(job_id, "succeeded")
+    assert [delta for delta in read_stream(client, job_id) if delta is not None] == ["Once upon the hill"]
+    assert streamed_text(client, job_id) == "Once upon the hill"

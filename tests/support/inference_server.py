@@ -27,6 +27,11 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     drop: bool = False  # close the connection without answering
+    # Server-sent events instead of a JSON body: each item a ``data:`` line, then ``data: [DONE]`` unless
+    # ``cut`` (the connection closes mid-stream), ``event_delay_s`` apart.
+    events: list[Any] | None = None
+    event_delay_s: float = 0.0
+    cut: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class Call:
     headers: dict[str, str]
     body: Any
     at: float
+    raw: bytes = b""  # the body as it came (a signature covers these bytes)
 
 
 Handler = Callable[[Any], Reply]
@@ -47,6 +53,7 @@ class InferenceServer(BackgroundServer):
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.Lock()
         self.calls: list[Call] = []
+        self.closed_early = 0
         server = self
 
         class RequestHandler(BaseHTTPRequestHandler):
@@ -62,12 +69,15 @@ class InferenceServer(BackgroundServer):
                     body = json.loads(raw) if raw else None
                 except json.JSONDecodeError:
                     body = raw.decode(errors="replace")
-                reply = server._next(method, self.path, dict(self.headers.items()), body)
+                reply = server._next(method, self.path, dict(self.headers.items()), body, raw)
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 if reply.drop:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if reply.events is not None:
+                    self._stream(reply)
                     return
                 payload = json.dumps(reply.body).encode()
                 try:
@@ -80,6 +90,23 @@ class InferenceServer(BackgroundServer):
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True  # the client gave up (a timeout test)
+
+            def _stream(self, reply: Reply) -> None:
+                self.close_connection = True  # no length: the stream ends when the connection closes
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    for event in reply.events or []:
+                        self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                        self.wfile.flush()
+                        time.sleep(reply.event_delay_s)
+                    if not reply.cut:
+                        self.wfile.write(b"data: [DONE]\n\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    with server._lock:
+                        server.closed_early += 1  # the client closed the stream (a cancelled job)
 
             def do_POST(self) -> None:
                 self._serve("POST")
@@ -106,9 +133,9 @@ class InferenceServer(BackgroundServer):
             self._scripts.clear()
             self.calls.clear()
 
-    def _next(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
+    def _next(self, method: str, path: str, headers: dict[str, str], body: Any, raw: bytes = b"") -> Reply:
         with self._lock:
-            self.calls.append(Call(method, path, headers, body, time.monotonic()))
+            self.calls.append(Call(method, path, headers, body, time.monotonic(), raw))
             script = self._scripts.get(path)
             if script:
                 return script.popleft()
@@ -156,6 +183,30 @@ def openai_chat(body: Any) -> Reply:
             "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
         },
     )
+
+
+def chat_chunks(model: str, pieces: list[str], usage: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """OpenAI's chat.completion.chunk events for ``pieces``: a role, the deltas, the finish, the usage."""
+
+    def chunk(delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model, "choices": [choice]}
+
+    events = [chunk({"role": "assistant", "content": ""})] + [chunk({"content": piece}) for piece in pieces]
+    events.append(chunk({}, "stop"))
+    if usage is not None:
+        events.append({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [], "usage": usage})
+    return events
+
+
+def openai_chat_streaming(body: Any) -> Reply:
+    """``openai_chat``, streamed when asked (``stream: true``), usage last as ``stream_options`` asks."""
+    if not body.get("stream"):
+        return openai_chat(body)
+    pieces = ["Paris", " is", " the", " capital", " of", " France", "."]
+    usage = {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+    include = (body.get("stream_options") or {}).get("include_usage")
+    return Reply(200, events=chat_chunks(body["model"], pieces, usage if include else None))
 
 
 def openai_completion(body: Any) -> Reply:

@@ -79,9 +79,11 @@ class Cluster:
     backend: Scripted
     republished: list[tuple[str, Cursor, float]] = field(default_factory=list)  # (queue, cursor, delay)
     pending: list[JobMessage] = field(default_factory=list)
+    priorities: list[int | None] = field(default_factory=list)  # of each message re-published
 
-    def reschedule(self, job_id: str, queue: str, cursor: Cursor, delay_s: float) -> None:
+    def reschedule(self, job_id: str, queue: str, cursor: Cursor, delay_s: float, priority: int | None) -> None:
         self.republished.append((queue, cursor, delay_s))
+        self.priorities.append(priority)
         self.pending.append(JobMessage(job_id, None, cursor))
 
     def submit(self, request: dict[str, Any], queue: str | None = None) -> str:
@@ -234,6 +236,14 @@ def test_retry_delays_follow_the_policy_and_resume_where_they_failed(tmp_path: P
     assert cluster.republished == [("fast", Cursor(0, 1, "m/a"), 1.0), ("fast", Cursor(0, 2, "m/a"), 2.0)]
     attempt_delays = [attempt.delay_s for attempt in cluster.runtime.store.attempts(job_id)]
     assert attempt_delays == [1.0, 2.0, None]
+
+
+def test_a_retried_deferred_or_escalated_job_keeps_its_priority(tmp_path: Path) -> None:
+    cluster = make_cluster(tmp_path, {"m/a": [RateLimited("429"), ModelNotFound("404")], "m/b": [ModelNotFound("404")]})
+    job_id = cluster.submit({**GENERATE, "priority": 7})
+    assert cluster.drive(job_id)[-1] == Status.SUCCEEDED
+    assert [queue for queue, _, _ in cluster.republished] == ["fast", "balanced"]
+    assert cluster.priorities == [7, 7]
 
 
 def test_a_bulk_job_falls_back_within_the_bulk_lane(tmp_path: Path) -> None:

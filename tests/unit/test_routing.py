@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.catalogue import load_catalogue, parse_catalogue
+from broker.queues import message_priority, tier_queues
 from broker.routing import auto_tier, route
 from tasks.errors import ConfigurationError, InvalidRequest
 from tasks.schemas import parse_request
@@ -110,3 +111,44 @@ def test_the_shipped_hf_inference_catalogue_is_valid() -> None:
     for tier in catalogue.ordered_tiers:
         for kind in ("generate", "embed", "classify"):
             assert all(catalogue.model_spec(m).provider == "hf-inference" for m in catalogue.tiers[tier].chain(kind))
+
+
+REDIS, RABBIT, EMBEDDED = "redis://127.0.0.1:6379/0", "amqp://guest@127.0.0.1//", "filesystem://"
+
+
+@pytest.mark.parametrize(
+    ("priority", "queue", "broker", "expected"),
+    [
+        (None, "fast", RABBIT, 0),  # unset is the lowest: RabbitMQ treats a message without one the same
+        (9, "fast", RABBIT, 9),
+        (5, "fast.bulk", RABBIT, None),  # bulk lanes are not priority queues
+        (None, "fast", REDIS, 9),  # kombu's Redis steps are taken lowest first
+        (9, "fast", REDIS, 0),
+        (3, "fast", REDIS, 6),
+        (None, "fast.bulk", REDIS, 9),  # the last step, after every interactive message of it
+        (9, "fast", EMBEDDED, None),
+    ],
+)
+def test_a_jobs_priority_becomes_its_brokers_message_priority(
+    priority: int | None, queue: str, broker: str, expected: int | None
+) -> None:
+    assert message_priority(priority, queue, broker) == expected
+
+
+def test_higher_priorities_come_first_on_redis_and_bulk_messages_after_every_interactive_one() -> None:
+    order = [message_priority(p, "fast", REDIS) for p in range(10)]
+    assert order == sorted(order, reverse=True)
+    assert all(message_priority(None, "fast.bulk", REDIS) >= step for step in order if step is not None)  # type: ignore[operator]
+
+
+def test_only_rabbitmq_interactive_lanes_are_declared_as_priority_queues() -> None:
+    declared = {q.name: q.queue_arguments for q in tier_queues(CATALOGUE, RABBIT)}
+    assert declared["fast"] == {"x-max-priority": 9}
+    assert declared["fast.bulk"] is None
+    assert all(q.queue_arguments is None for q in tier_queues(CATALOGUE, REDIS))
+
+
+def test_priority_is_checked() -> None:
+    with pytest.raises(InvalidRequest, match="priority"):
+        parse_request({"kind": "embed", "input": "x", "priority": 10})
+    assert parse_request({"kind": "embed", "input": "x", "priority": 9}).priority == 9

@@ -15,7 +15,7 @@ from typing import Any
 from broker.catalogue import GenerationDefaults
 from tasks.schemas import ClassifyRequest, ClassifyResult, EmbedRequest, EmbedResult, GenerateRequest, GenerateResult
 from workers.backends.http import unexpected
-from workers.backends.openai_compat import chat_payload, chat_result
+from workers.backends.openai_compat import chat_payload, chat_result, streamed_chat, wants_stream
 from workers.backends.remote import (
     CallAnswers,
     RemoteDeps,
@@ -51,6 +51,10 @@ class HfInferenceBackend:
     def generate(self, model_id: str, request: GenerateRequest, defaults: GenerationDefaults) -> GenerateResult:
         sampling = Sampling.of(request, defaults)
         headers = self._headers(request.use_cache)
+        if wants_stream(request):  # its OpenAI-compatible chat route streams the same way
+            payload = chat_payload(model_id, request, sampling)
+            url = self._url(model_id, "/v1/chat/completions")
+            return streamed_chat(self._deps.caller, url, payload, request, self._deps.counter, headers)
         if request.messages is not None:
             url = self._url(model_id, "/v1/chat/completions")
             body = self._deps.caller.post(url, chat_payload(model_id, request, sampling), model_id, headers)

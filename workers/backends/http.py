@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from collections.abc import Generator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -147,6 +148,35 @@ class HttpCaller:
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ModelFailed(f"{self.provider} sent a body that is not JSON for {model_id}") from None
+
+    def stream_post(
+        self, url: str, payload: Any, model_id: str, headers: dict[str, str] | None = None
+    ) -> Generator[Any, None, None]:
+        """POST JSON and yield the JSON of each server-sent event until ``data: [DONE]`` (or the end of the
+        body). Closing the generator closes the connection: the server sees the client go."""
+        all_headers = {"Accept": "text/event-stream", **(headers or {}), **self._auth(model_id)}
+        try:
+            with self._client.stream("POST", url, json=payload, headers=all_headers) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_for_response(response, self.provider, model_id, self._secrets())
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue  # comments, event names, the blank lines between events
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        event = json.loads(data)
+                    except json.JSONDecodeError:
+                        raise ModelFailed(
+                            f"{self.provider} streamed an event that is not JSON for {model_id}"
+                        ) from None
+                    yield event
+        except httpx.TimeoutException as exc:
+            raise NetworkError(f"{self.provider} timed out for {model_id} ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise NetworkError(f"{self.provider} connection failed for {model_id} ({type(exc).__name__})") from exc
 
     def get_status(self, url: str, model_id: str | None = None) -> int:
         """The status of a GET (for model status checks); network failures raise ``NetworkError``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker.catalogue import GenerationDefaults
-from tasks.errors import ModelNotFound
+from tasks.errors import ModelNotFound, NetworkError
 from tasks.schemas import (
     ClassifyRequest,
     ClassifyResult,
@@ -21,9 +21,11 @@ from tasks.schemas import (
     GenerateResult,
     Usage,
 )
-from workers.backends.http import unexpected
+from workers.backends.http import HttpCaller, unexpected
 from workers.backends.remote import CallAnswers, RemoteDeps, Sampling, embed_results, in_calls, vectors_of
 from workers.backends.usage import TokenCounter
+from workers.cancellation import STOP_REQUESTED
+from workers.streaming import DELTAS
 
 # The most inputs OpenAI's embeddings route takes in one call.
 INPUTS_PER_CALL = 2048
@@ -64,6 +66,54 @@ def _finish(choice: dict[str, Any]) -> Any:
     return "length" if choice.get("finish_reason") == "length" else "stop"
 
 
+def streamed_chat(
+    caller: HttpCaller,
+    url: str,
+    payload: dict[str, Any],
+    request: GenerateRequest,
+    counter: TokenCounter,
+    headers: dict[str, str] | None = None,
+) -> GenerateResult:
+    """A chat completion asked for with ``stream: true``: each delta goes to the job's stream (``DELTAS``) as
+    it arrives; a cancelled job (``STOP_REQUESTED``) closes the HTTP stream and keeps what came."""
+    model_id, sink, stop = payload["model"], DELTAS.get(), STOP_REQUESTED.get()
+    streamed = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+    pieces: list[str] = []
+    finish: Any = None
+    usage: Usage | None = None
+    stopped = False
+    events = caller.stream_post(url, streamed, model_id, headers)
+    try:
+        for event in events:
+            if not isinstance(event, dict):
+                raise unexpected(caller.provider, model_id, "a streamed event that is not an object")
+            usage = _usage(event) or usage
+            for choice in event.get("choices") or []:
+                delta = (choice.get("delta") or {}).get("content") if isinstance(choice, dict) else None
+                if isinstance(delta, str) and delta:
+                    pieces.append(delta)
+                    if sink is not None:
+                        sink(delta)
+                if isinstance(choice, dict) and choice.get("finish_reason"):
+                    finish = _finish(choice)
+            if stop is not None and stop():
+                stopped = True
+                break
+    finally:
+        events.close()
+    if finish is None and not stopped:
+        # The connection closed before the server said the completion ended: a cut, retried like one.
+        raise NetworkError(f"{caller.provider} stream for {model_id} ended before its finish_reason")
+    text = "".join(pieces)
+    usage = usage or counter.usage(model_id, [m.content for m in request.messages or []], [text])
+    return GenerateResult(text=text, model=model_id, usage=usage, finish_reason=finish or "stop")
+
+
+def wants_stream(request: GenerateRequest) -> bool:
+    """Whether to ask a chat server to stream: the job streams its deltas (a streamer is set)."""
+    return request.messages is not None and DELTAS.get() is not None
+
+
 def chat_result(
     provider: str, model_id: str, body: Any, request: GenerateRequest, counter: TokenCounter
 ) -> GenerateResult:
@@ -85,6 +135,9 @@ class OpenAIBackend:
     def generate(self, model_id: str, request: GenerateRequest, defaults: GenerationDefaults) -> GenerateResult:
         sampling = Sampling.of(request, defaults)
         base = self._deps.base_url(model_id)
+        if wants_stream(request):
+            payload = chat_payload(model_id, request, sampling)
+            return streamed_chat(self._deps.caller, f"{base}/v1/chat/completions", payload, request, self._deps.counter)
         if request.messages is not None:
             body = self._deps.caller.post(
                 f"{base}/v1/chat/completions", chat_payload(model_id, request, sampling), model_id
