@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # Set around a backend call: whether the job being run was asked to stop (checked between tokens).
 STOP_REQUESTED: ContextVar[Callable[[], bool] | None] = ContextVar("llm_router_stop_requested", default=None)
+# Set around a call of many generations at once: whether each row's job was asked to stop.
+ROW_STOPS: ContextVar[list[Callable[[], bool]] | None] = ContextVar("llm_router_row_stops", default=None)
 REMEMBER_S = 3600.0
 REMEMBER_MAX = 100_000
 

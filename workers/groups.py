@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from broker.routing import chain_for, queue_for_tier, route
@@ -22,8 +25,10 @@ from tasks.records import Status
 from tasks.schemas import GenerateRequest, Kind, parse_request
 from tasks.store import Started
 from workers.backends.base import ManyCall, many_call
+from workers.cancellation import ROW_STOPS
 from workers.execution import Request, Reschedule, record_health, run_job
 from workers.messages import Cursor, JobMessage
+from workers.streaming import ROW_DELTAS
 
 if TYPE_CHECKING:
     from broker.catalogue import GenerationDefaults
@@ -91,10 +96,9 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
             or not isinstance(view.request, dict)
             or view.run_step is not None
             or "deadline_s" in view.request
-            or view.request.get("stream")
         ):
             # The one-job path rejects, skips or runs it (a pipeline's step carries the pipeline on; a job
-            # with a deadline may have to expire; a streamed generation writes its own deltas).
+            # with a deadline may have to expire).
             alone.append(message)
             continue
         try:
@@ -129,6 +133,23 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
             chunks.append(_Group(tier, model_id, provider))
         chunks[-1].members.append((message, request))
     return [group for chunks in groups.values() for group in chunks], alone
+
+
+@contextmanager
+def _row_hooks(runtime: WorkerRuntime, jobs: list[tuple[str, Request]]) -> Iterator[None]:
+    """Around a batched generation: each row's stop check (its caller may cancel it) and delta sink."""
+    streams, cancels = runtime.streams, runtime.cancels
+    sinks = [
+        streams.sink(job_id) if streams is not None and getattr(request, "stream", False) else None
+        for job_id, request in jobs
+    ]
+    stops: list[Callable[[], bool]] = [partial(cancels.requested, job_id) for job_id, _ in jobs]
+    sink_token, stop_token = ROW_DELTAS.set(sinks), ROW_STOPS.set(stops)
+    try:
+        yield
+    finally:
+        ROW_DELTAS.reset(sink_token)
+        ROW_STOPS.reset(stop_token)
 
 
 def _run_group(
@@ -166,7 +187,8 @@ def _run_claimed_group(
     try:
         call = _many_call(runtime, kind, group.provider)
         assert call is not None  # the group was planned for a backend that has one
-        results = call(group.model_id, [by_id[job.job_id][1] for job in started])
+        with _row_hooks(runtime, [(job.job_id, by_id[job.job_id][1]) for job in started]):
+            results = call(group.model_id, [by_id[job.job_id][1] for job in started])
     except Exception as exc:  # one bad input must not sink the others: each job runs again on its own
         latency_ms = (time.perf_counter() - began) * 1000.0
         reason = f"the shared call failed ({type(exc).__name__}: {exc}); each job runs on its own"
@@ -179,7 +201,15 @@ def _run_claimed_group(
     answers: list[tuple[Started, Any]] = [
         (job, result.model_copy(update={"tier": group.tier})) for job, result in zip(started, results, strict=True)
     ]
-    store.succeed_group(answers, kind=kind, tier=group.tier, provider=group.provider, model_latency_ms=latency_ms)
+    cancelled = frozenset(job.job_id for job in started if runtime.cancels.requested(job.job_id))
+    store.succeed_group(
+        answers, kind=kind, tier=group.tier, provider=group.provider, model_latency_ms=latency_ms, cancelled=cancelled
+    )
+    ended = {job.job_id: Status.CANCELLED if job.job_id in cancelled else Status.SUCCEEDED for job in started}
+    if runtime.streams is not None:
+        for job in started:
+            if getattr(by_id[job.job_id][1], "stream", False):
+                runtime.streams.end(job.job_id, ended[job.job_id])
     if runtime.webhooks is not None:
         for job in started:
             request = by_id[job.job_id][1]
@@ -195,4 +225,4 @@ def _run_claimed_group(
         sum(len(getattr(by_id[job.job_id][1], "input", None) or [None]) for job in started),
         latency_ms,
     )
-    return outcomes + [Status.SUCCEEDED] * len(started)
+    return outcomes + list(ended.values())

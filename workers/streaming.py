@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 # Set around a backend call of a job submitted with stream=True: where the text's deltas go.
 DELTAS: ContextVar[Callable[[str], None] | None] = ContextVar("llm_router_deltas", default=None)
+# Set around a call of many generations at once: each row's sink (None: it does not stream).
+ROW_DELTAS: ContextVar[list[Callable[[str], None] | None] | None] = ContextVar("llm_router_row_deltas", default=None)
 
 
 class TokenDeltas:
@@ -69,6 +71,24 @@ class Continuation:
             return False, self.made[max(before, len(self.already)) :]
         self.diverged = True
         return True, self.made
+
+
+class RowDeltas:
+    """The streamer of a batched generation: each put holds one token per row; each row that streams
+    decodes its own (a row that ended gets padding, which decodes to nothing)."""
+
+    def __init__(self, tokenizer: Any, sinks: list[Callable[[str], None] | None]):
+        self._rows = [(row, TokenDeltas(tokenizer, sink)) for row, sink in enumerate(sinks) if sink is not None]
+        self._count = len(sinks)
+
+    def put(self, value: Any) -> None:
+        rows = value.reshape(self._count, -1)
+        for row, deltas in self._rows:
+            deltas.put(rows[row])
+
+    def end(self) -> None:
+        for _, deltas in self._rows:
+            deltas.end()
 
 
 class StreamWriter:

@@ -88,9 +88,17 @@ class GroupWrites(StoreBase):
             return started
 
     def succeed_group(
-        self, outcomes: list[tuple[Started, Result]], *, kind: str, tier: str, provider: str, model_latency_ms: float
+        self,
+        outcomes: list[tuple[Started, Result]],
+        *,
+        kind: str,
+        tier: str,
+        provider: str,
+        model_latency_ms: float,
+        cancelled: frozenset[str] = frozenset(),
     ) -> None:
-        """Record each job's result, close its attempt and write its usage row, all in one transaction."""
+        """Record each job's result, close its attempt and write its usage row, all in one transaction. The
+        jobs in ``cancelled`` were stopped by their callers: they end ``cancelled`` with what they made."""
         if not outcomes:
             return
         now = utcnow()
@@ -100,7 +108,7 @@ class GroupWrites(StoreBase):
                 update(JOBS)
                 .where(JOBS.c.id == bindparam("b_id"), JOBS.c.status == Status.RUNNING)
                 .values(
-                    status=Status.SUCCEEDED,
+                    status=bindparam("b_status"),
                     model_used=bindparam("b_model"),
                     result=bindparam("b_result"),
                     error=None,
@@ -110,6 +118,7 @@ class GroupWrites(StoreBase):
                 [
                     {
                         "b_id": job.job_id,
+                        "b_status": Status.CANCELLED if job.job_id in cancelled else Status.SUCCEEDED,
                         "b_model": result.model,
                         "b_result": result.model_dump(mode="json"),
                         "b_latency": elapsed_ms(job.created_at, now),
@@ -121,7 +130,7 @@ class GroupWrites(StoreBase):
                 update(ATTEMPTS)
                 .where(ATTEMPTS.c.job_id == bindparam("b_job"), ATTEMPTS.c.number == bindparam("b_number"))
                 .values(
-                    status=Status.SUCCEEDED,
+                    status=bindparam("b_status"),
                     finished_at=now,
                     latency_ms=model_latency_ms,
                     prompt_tokens=bindparam("b_prompt"),
@@ -132,6 +141,7 @@ class GroupWrites(StoreBase):
                     {
                         "b_job": job.job_id,
                         "b_number": job.number,
+                        "b_status": Status.CANCELLED if job.job_id in cancelled else Status.SUCCEEDED,
                         "b_prompt": result.usage.prompt_tokens,
                         "b_completion": result.usage.completion_tokens,
                         "b_total": result.usage.total_tokens,

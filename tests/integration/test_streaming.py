@@ -11,12 +11,13 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from broker.async_client import AsyncRouter
-from broker.client import Router
+from broker.client import Job, Router
 from broker.settings import Settings
 from broker.streams import read_stream, streamed_text
 from tasks.errors import JobCancelled, StreamRestarted
@@ -27,6 +28,17 @@ from workers.streaming import StreamWriter
 # get an end token at once).
 CHAT = [{"role": "user", "content": "List five colours, one per line, and say why you like each."}]
 STORY = [{"role": "user", "content": "Write a very long story about the sea, chapter after chapter."}]
+SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+CATALOGUE = f"""
+default_tier = "chorus"
+tier_order = ["chorus"]
+[tiers.chorus]                  # this module's own worker: generations that wait together run together
+generate = ["{SMOL}"]
+[models."{SMOL}"]
+provider = "local"
+task = "generate"
+dtype = "bfloat16"
+"""
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +126,52 @@ def test_readers_of_a_stream_restarted_by_a_retry_with_another_text(redis_url: s
     writer.end(job_id, "succeeded")
     assert [delta for delta in read_stream(client, job_id) if delta is not None] == ["Once upon the hill"]
     assert streamed_text(client, job_id) == "Once upon the hill"
+
+
+@pytest.fixture(scope="module")
+def chorus(start_worker: Callable[..., WorkerProcess], own_catalogue: Path) -> Iterator[WorkerProcess]:
+    worker = start_worker("chorus", "chorus", env={"LLM_ROUTER_CONFIG": str(own_catalogue)})
+    yield worker
+    worker.stop()
+
+
+def _waiting_together(router: Router, n: int, max_tokens: int) -> list[Job]:
+    """``n`` sampled streamed generations queued behind a long one, so the worker takes them together."""
+    busy = router.generate(messages=STORY, max_tokens=64, temperature=0, use_cache=False)
+    deadline = time.monotonic() + 120
+    while busy.status() != "running":  # the worker is held: what comes now waits, together
+        assert time.monotonic() < deadline, "the first job did not start"
+        time.sleep(0.02)
+    sampled = {"temperature": 0.8, "max_tokens": max_tokens, "stream": True, "use_cache": False}
+    topics = ["the moon", "a river", "old trains", "a lighthouse"]
+    return [
+        router.generate(messages=[{"role": "user", "content": f"Write about {topics[i]}."}], **sampled)
+        for i in range(n)
+    ]
+
+
+def test_generations_batched_together_each_stream_their_own_text(chorus: WorkerProcess, own_router: Router) -> None:
+    jobs = _waiting_together(own_router, 3, 40)
+    streams = [list(job.stream(180)) for job in jobs]
+    assert len({job.attempts()[0].started_at for job in jobs}) == 1  # one group, one model call
+    for job, deltas in zip(jobs, streams, strict=True):
+        record = job.record()
+        assert record.status == "succeeded" and record.result is not None
+        assert len(deltas) >= 3 and "".join(deltas) == record.result["text"]
+    assert len({"".join(deltas) for deltas in streams}) == 3  # each its own text
+
+
+def test_a_job_cancelled_in_a_batched_generation_stops_alone(chorus: WorkerProcess, own_router: Router) -> None:
+    jobs = _waiting_together(own_router, 3, 160)
+    deltas: list[str] = []
+    with pytest.raises(JobCancelled):
+        for delta in jobs[0].stream(180):
+            deltas.append(delta)
+            if len(deltas) == 3:
+                jobs[0].cancel()
+    others = [job.wait(180) for job in jobs[1:]]
+    stopped = jobs[0].record()
+    assert stopped.status == "cancelled" and stopped.result is not None
+    assert "".join(deltas) == stopped.result["text"]
+    assert stopped.result["usage"]["completion_tokens"] < max(o.usage.completion_tokens for o in others)  # type: ignore[union-attr]
+    assert len({job.attempts()[0].started_at for job in jobs}) == 1

@@ -26,23 +26,34 @@ from tasks.schemas import (
     LabelScore,
     Usage,
 )
-from workers.cancellation import STOP_REQUESTED
+from workers.cancellation import ROW_STOPS, STOP_REQUESTED
 from workers.registry import LoadedModel, ModelRegistry
-from workers.streaming import DELTAS, TokenDeltas
+from workers.streaming import DELTAS, ROW_DELTAS, RowDeltas
 
 BATCH_SIZE = 64
 T = TypeVar("T")
 
 
 class _UntilCancelled:
-    """A stopping criterion: every row ends at the next token once the job is asked to stop."""
+    """A stopping criterion: a row ends at the next token once its job is asked to stop (the others go on)."""
 
-    def __init__(self, stop_requested: Callable[[], bool]):
+    def __init__(self, stop_requested: list[Callable[[], bool]]):
         self._stop_requested = stop_requested
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
-        stop = self._stop_requested()
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+        stops = [requested() for requested in self._stop_requested]
+        return torch.tensor(stops, dtype=torch.bool, device=input_ids.device)
+
+
+def _row_hooks(rows: int) -> tuple[list[Callable[[], bool]], list[Callable[[str], None] | None]]:
+    """Each row's stop check and delta sink: those of the rows of a batched call, or of the one job."""
+    stops, sinks = ROW_STOPS.get(), ROW_DELTAS.get()
+    if stops is not None and sinks is not None and len(stops) == len(sinks) == rows:
+        return stops, sinks
+    stop, sink = STOP_REQUESTED.get(), DELTAS.get()
+    if rows != 1:
+        return [], [None] * rows
+    return ([stop] if stop is not None else []), [sink]
 
 
 @contextmanager
@@ -97,10 +108,10 @@ class LocalBackend:
                 attention_mask[row, width - len(ids) :] = 1
             if first.seed is not None:
                 torch.manual_seed(first.seed)
-            # One job's generation: its caller may cancel it, and may read its text as it is made.
-            stop_requested, deltas = STOP_REQUESTED.get(), DELTAS.get()
-            stopping = [_UntilCancelled(stop_requested)] if stop_requested and len(requests) == 1 else None
-            streamer = TokenDeltas(tokenizer, deltas) if deltas and len(requests) == 1 else None
+            # Each job's caller may cancel it, and may read its text as it is made.
+            stops, sinks = _row_hooks(len(requests))
+            stopping = [_UntilCancelled(stops)] if stops else None
+            streamer = RowDeltas(tokenizer, sinks) if any(sinks) else None
             output = loaded.model.generate(
                 stopping_criteria=stopping,
                 streamer=streamer,
