@@ -59,12 +59,17 @@ class DoneNotices:
     def listening(self, job_id: str) -> Iterator[Callable[[float], None]]:
         """Subscribed to the job's channel for the block; yields a function that sleeps until a notice comes
         or ``timeout`` seconds pass. Raises ``RedisError`` when Redis cannot be reached."""
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.client.pubsub()
         try:
             pubsub.subscribe(channel(job_id))
+            # Wait for Redis to confirm: from then on a notice cannot pass us by, and the first sleep is not
+            # cut short by the confirmation itself (which would cost the caller a needless read).
+            confirmed = pubsub.get_message(timeout=REDIS_TIMEOUT_S)
+            if confirmed is None or confirmed.get("type") != "subscribe":
+                raise RedisError(f"no subscription confirmed for {channel(job_id)}")
 
             def sleep(timeout: float) -> None:
-                pubsub.get_message(timeout=max(timeout, 0.0))
+                pubsub.get_message(ignore_subscribe_messages=True, timeout=max(timeout, 0.0))
 
             yield sleep
         finally:

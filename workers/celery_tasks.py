@@ -163,11 +163,9 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
             if not isinstance(parsed, str):
                 by_kind.setdefault(item.kind, []).extend(parsed)  # type: ignore[arg-type]
         outcomes: list[Status] = []
+        # Each job's waiting callers are woken as soon as its final record is written (workers.execution).
         for each_kind, jobs in by_kind.items():
             outcomes += run_jobs(runtime, each_kind, jobs, task.request.hostname, _rescheduler(task, each_kind))
-        if runtime.notices is not None:
-            # Waiting callers read their job again now rather than at their next poll.
-            runtime.notices.publish([job.job_id for jobs in by_kind.values() for job in jobs])
     except BaseException:
         for item in drained:
             item.give_back()
@@ -191,11 +189,15 @@ def _parse(runtime: WorkerRuntime, kind: Kind, args: tuple[Any, ...], kwargs: di
     except BadBulkMessage as exc:
         for job_id in exc.job_ids:
             runtime.store.reject(job_id, kind, f"bad message: {exc}")
+        if runtime.notices is not None:
+            runtime.notices.publish(exc.job_ids)
         log.error("rejected a bulk %s message: %s", kind, exc)
         return Status.REJECTED
     except BadMessage as exc:
         if exc.job_id is not None:
             runtime.store.reject(exc.job_id, kind, f"bad message: {exc}")
+            if runtime.notices is not None:
+                runtime.notices.publish([exc.job_id])
             return Status.REJECTED
         log.error("dropped a %s message that names no job: %s", kind, exc)
         return "dropped"

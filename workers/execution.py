@@ -96,7 +96,11 @@ def _run_claimed(
     fresh_message = message.cursor == Cursor()
     job, cached = runtime.store.get_with_cached(message.job_id, runtime.settings.cache_ttl_s if fresh_message else None)
     status = _run_loaded(runtime, kind, message, job, cached, worker, reschedule)
-    if job is None or not status.is_final:
+    if not status.is_final:
+        return status
+    if runtime.notices is not None:
+        runtime.notices.publish([message.job_id])  # its callers wake now: first, before any other work
+    if job is None:
         return status
     if job.run_step is not None and job.batch_id is not None:
         # A pipeline's step ended (or its message came again after it did): carry the pipeline on.

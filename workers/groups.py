@@ -206,6 +206,8 @@ def _run_claimed_group(
         answers, kind=kind, tier=group.tier, provider=group.provider, model_latency_ms=latency_ms, cancelled=cancelled
     )
     ended = {job.job_id: Status.CANCELLED if job.job_id in cancelled else Status.SUCCEEDED for job in started}
+    if runtime.notices is not None:
+        runtime.notices.publish(list(ended))
     if runtime.streams is not None:
         for job in started:
             if getattr(by_id[job.job_id][1], "stream", False):
