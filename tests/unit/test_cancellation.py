@@ -43,10 +43,12 @@ def test_a_worker_remembers_the_ids_it_heard_for_a_while(monkeypatch: pytest.Mon
     assert not watch.requested("a") and watch.requested("c")
 
 
-def test_the_stopping_criterion_ends_every_row_once_asked() -> None:
-    asked = {"stop": False}
-    criterion = _UntilCancelled(lambda: asked["stop"])
+def test_the_stopping_criterion_ends_each_row_once_its_job_is_asked() -> None:
+    asked = {"first": False, "second": False}
+    criterion = _UntilCancelled([lambda: asked["first"], lambda: asked["second"]])
     ids = torch.zeros((2, 3), dtype=torch.long)
     assert criterion(ids, torch.zeros(2, 5)).tolist() == [False, False]
-    asked["stop"] = True
+    asked["second"] = True
+    assert criterion(ids, torch.zeros(2, 5)).tolist() == [False, True]  # the other row goes on
+    asked["first"] = True
     assert criterion(ids, torch.zeros(2, 5)).tolist() == [True, True]
