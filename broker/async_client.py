@@ -151,8 +151,8 @@ class AsyncRouter:
     def _job(self, job: Job) -> AsyncJob:
         return AsyncJob(self, job.id, job.kind)
 
-    async def submit(self, request: dict[str, Any]) -> AsyncJob:
-        return self._job(await asyncio.to_thread(self.sync.submit, request))
+    async def submit(self, request: dict[str, Any], *, tenant: str | None = None) -> AsyncJob:
+        return self._job(await asyncio.to_thread(self.sync.submit, request, tenant=tenant))
 
     async def generate(self, prompt: str | None = None, **options: Any) -> AsyncJob:
         return self._job(await asyncio.to_thread(self.sync.generate, prompt, **options))

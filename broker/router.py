@@ -274,18 +274,21 @@ class Router:
             check_callback_url(parsed.callback_url, allowed_networks(self.settings.webhook_allowed_networks))
         return parsed, route(parsed, self.catalogue)
 
-    def submit(self, request: dict[str, Any]) -> Job:
+    def submit(self, request: dict[str, Any], *, tenant: str | None = None) -> Job:
         """Validate, record and enqueue one job of any kind. Nothing is written when validation fails.
 
         An identical request that succeeded within ``cache_ttl_s`` answers at once, without a message. With an
         ``idempotency_key`` (up to 200 characters), a submission that repeats one of the last
-        ``idempotency_ttl_s`` gets the job of the first, with no second record and no second message."""
+        ``idempotency_ttl_s`` gets the job of the first, with no second record and no second message.
+        ``tenant`` (the HTTP gateway's) is recorded on the job and its usage, and scopes its cache and key."""
         if not isinstance(request, dict):
             raise InvalidRequest(f"request: expected a dict, got {type(request).__name__}", field="request")
         key = _idempotency_key(request.get("idempotency_key"))
+        if key is not None and tenant is not None:
+            key = f"{tenant}/{key}"  # one tenant's key never names another's job
         parsed, planned = self.prepare({name: value for name, value in request.items() if name != "idempotency_key"})
         stored = parsed.model_dump(mode="json", exclude_none=True)
-        kind, cache, job_id = parsed.kind, cache_key(parsed, planned.tier), str(uuid.uuid4())
+        kind, cache, job_id = parsed.kind, cache_key(parsed, planned.tier, tenant), str(uuid.uuid4())
         if key is not None:
             earlier = self._job_for_key(key, kind, stored)
             if earlier is not None:
@@ -296,6 +299,7 @@ class Router:
             "request": stored,
             "tier": planned.tier,
             "queue": planned.queue,
+            "tenant": tenant,
         }
         # A keyed submission is recorded with its key even when the cache knows the answer (its worker answers
         # from the cache): the key must name one job.
@@ -341,6 +345,7 @@ class Router:
         job_ids: list[str] | None = None,
         idempotency_key: str | None = None,
         callback_url: str | None = None,
+        tenant: str | None = None,
     ) -> BatchSubmission:
         """Submit many jobs at once: each request is validated on its own, the valid ones are recorded in one
         transaction under ``batch_id`` and enqueued in the bulk lane of their tier, many jobs per message
@@ -352,6 +357,8 @@ class Router:
         last job POSTs the batch's counts there (signed; see ``broker.webhooks``).
         """
         key = _idempotency_key(idempotency_key)
+        if key is not None and tenant is not None:
+            key = f"{tenant}/{key}"
         if key is not None:
             batch_id = batch_id or str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key))
             job_ids = job_ids or [str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{key}:{i}")) for i in range(len(requests))]
@@ -381,7 +388,8 @@ class Router:
                 continue
             stored = parsed.model_dump(mode="json", exclude_none=True)
             queue = queue_for_tier(planned.tier, "bulk")
-            rows.append(NewJob(job_id, parsed.kind, stored, planned.tier, queue, cache_key(parsed, planned.tier)))
+            key = cache_key(parsed, planned.tier, tenant)
+            rows.append(NewJob(job_id, parsed.kind, stored, planned.tier, queue, key, tenant=tenant))
             positions[job_id] = position
             jobs[position] = self._job(job_id, parsed.kind)
         inserted = self.store.create_jobs(rows)

@@ -17,8 +17,12 @@ HANDLING_FIELDS = frozenset(
 )
 
 
-def cache_key(request: GenerateRequest | EmbedRequest | ClassifyRequest, tier: str) -> str:
+def cache_key(request: GenerateRequest | EmbedRequest | ClassifyRequest, tier: str, tenant: str | None = None) -> str:
+    """Identical requests on a tier share a key; a gateway tenant's never match another's (nor that of a
+    request with no tenant): an answer is not handed across tenants, nor is whether a prompt was asked."""
     fields = request.model_dump(mode="json", exclude_none=True, exclude=set(HANDLING_FIELDS))
     fields["tier"] = tier
+    if tenant is not None:
+        fields["tenant"] = tenant
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -94,10 +94,13 @@ class JobRecord(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     # A pipeline's step: its position in the run named by batch_id. The worker that ends it starts the next.
     run_step: Mapped[int | None] = mapped_column(Integer)
+    # Who submitted it through the HTTP gateway (an API key's tenant); None from Python and the CLI.
+    tenant: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index("ix_jobs_cache_key_status", "cache_key", "status"),
         Index("uq_jobs_idempotency_key", "idempotency_key", unique=True),
+        Index("ix_jobs_tenant_created_at", "tenant", "created_at"),
         # Only the jobs not yet final (what the sweeper looks through): a few rows where the table has millions.
         Index("ix_jobs_unfinished", "status", "created_at", postgresql_where=UNFINISHED, sqlite_where=UNFINISHED),
     )
@@ -167,6 +170,7 @@ class UsageRecord(Base):
     cached: Mapped[bool] = mapped_column(default=False)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    tenant: Mapped[str | None] = mapped_column(String(64), index=True)  # the job's
 
 
 class WebhookStatus(StrEnum):
@@ -203,3 +207,19 @@ class WebhookAttemptRecord(Base):
     error: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKeyRecord(Base):
+    """A key of the HTTP gateway: only its SHA-256 is kept (the key is shown once, when created)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, to tell keys apart in lists
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
+    budget_tokens: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]

@@ -268,18 +268,27 @@ def own_router(cluster_settings: Settings, own_catalogue: Path) -> Iterator[Rout
         yield router
 
 
-def embed_catalogue(tier: str) -> str:
-    """A catalogue of one tier that embeds with the bundled MiniLM."""
-    model = "sentence-transformers/all-MiniLM-L6-v2"
-    return f"""
+def local_catalogue(tier: str, *, generate: bool = False) -> str:
+    """A catalogue of one tier that embeds with the bundled MiniLM (and, with ``generate``, generates with
+    the bundled SmolLM2)."""
+    embed, smol = "sentence-transformers/all-MiniLM-L6-v2", "HuggingFaceTB/SmolLM2-135M-Instruct"
+    text = f"""
 default_tier = "{tier}"
 tier_order = ["{tier}"]
 [tiers.{tier}]
-embed = ["{model}"]
-[models."{model}"]
+embed = ["{embed}"]
+{f'generate = ["{smol}"]' if generate else ""}
+[models."{embed}"]
 provider = "local"
 task = "embed"
 """
+    if generate:
+        text += f"""[models."{smol}"]
+provider = "local"
+task = "generate"
+dtype = "bfloat16"
+"""
+    return text
 
 
 def catalogue_env(folder: Path, catalogue: str, broker: str, **variables: str) -> dict[str, str]:

@@ -151,7 +151,7 @@ def _run_loaded(
     ):
         log.info("job %s expired: not started within %s s", job.id, request.deadline_s)
         return Status.EXPIRED
-    key = cache_key(request, first.tier)
+    key = cache_key(request, first.tier, job.tenant if job is not None else None)
     recorded_before = job is not None
     if job is None:
         store.create_job(

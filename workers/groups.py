@@ -120,7 +120,8 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
         if view.tier != first.tier or not usable[route_key] or _parameters(request, catalogue.defaults) is None:
             alone.append(message)
             continue
-        candidates.append((message, request, planned.tier, model_id, provider, cache_key(request, first.tier)))
+        key = cache_key(request, first.tier, view.tenant)
+        candidates.append((message, request, planned.tier, model_id, provider, key))
     keys = [key for _, request, *_, key in candidates if request.use_cache]
     answered = runtime.store.cached_keys(keys, runtime.settings.cache_ttl_s)
     groups: dict[tuple[str, str, str, str | None], list[_Group]] = {}

@@ -14,6 +14,7 @@ from broker.cli.db import db
 from broker.cli.demo import demo
 from broker.cli.evaluate import evaluate
 from broker.cli.flower import flower
+from broker.cli.gateway import keys, serve
 from broker.cli.models import models
 from broker.cli.output import EXIT_UNAVAILABLE, fail
 from broker.cli.pipeline import pipeline, runs
@@ -76,6 +77,8 @@ for command in (
     db,
     models,
     demo,
+    serve,
+    keys,
 ):
     cli.add_command(command)
 

@@ -86,7 +86,17 @@ def status(timeout: float, as_json: bool) -> None:
     app.close()
     healthy = broker["ok"] and database["ok"] and bool(workers)
     recovery = _recovery(settings.resolved_redis_url)
-    report = {"ok": healthy, "broker": broker, "database": database, "workers": workers, "recovery": recovery}
+    from broker.gateway.presence import gateways
+
+    front = gateways(settings.resolved_redis_url)
+    report = {
+        "ok": healthy,
+        "broker": broker,
+        "database": database,
+        "workers": workers,
+        "gateways": front,
+        "recovery": recovery,
+    }
     if as_json:
         emit_json(report)
     else:
@@ -111,6 +121,8 @@ def status(timeout: float, as_json: bool) -> None:
         ]
         if rows:
             click.echo(table(["worker", "queues", "in flight", "pool", "pid", "device", "rss MB", "models"], rows))
+        for gateway in front:
+            click.echo(f"gateway   {gateway['address']} (pid {gateway['pid']} on {gateway['host']})")
         if broker["queues"]:
             click.echo("queues    " + ", ".join(f"{name} {depth}" for name, depth in broker["queues"].items()))
         if database.get("tables"):

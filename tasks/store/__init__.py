@@ -8,6 +8,7 @@
     endings    jobs cancelled by their caller or expired by their deadline
     runs       comparisons, evaluations and pipelines
     webhooks   completion webhooks and their delivery attempts
+    keys       the HTTP gateway's API keys, and what their tenants used
     retention  pruning old final jobs, and the tables' sizes
     base       sessions, and the one place a job or usage row is built
 
@@ -22,6 +23,7 @@ from tasks.store.cache import ResultCache
 from tasks.store.endings import Cancellation, JobEndings
 from tasks.store.groups import GroupWrites, Started
 from tasks.store.jobs import JobRecords
+from tasks.store.keys import ApiKeyView, KeyRecords, TenantUsage
 from tasks.store.retention import Pruned, Retention, TableSize
 from tasks.store.runs import RunRecords
 from tasks.store.usage import ModelUsage, UsageReport, UsageReports, percentile
@@ -30,6 +32,7 @@ from tasks.store.webhooks import WebhookAttemptView, WebhookRecords, WebhookView
 
 __all__ = [
     "DATABASE_UNAVAILABLE",
+    "ApiKeyView",
     "AttemptView",
     "Busy",
     "Cancellation",
@@ -42,6 +45,7 @@ __all__ = [
     "RunView",
     "Started",
     "TableSize",
+    "TenantUsage",
     "UsageReport",
     "UsageRow",
     "WebhookAttemptView",
@@ -51,6 +55,15 @@ __all__ = [
 
 
 class JobStore(
-    JobRecords, AttemptWrites, GroupWrites, ResultCache, JobEndings, UsageReports, RunRecords, Retention, WebhookRecords
+    JobRecords,
+    AttemptWrites,
+    GroupWrites,
+    ResultCache,
+    JobEndings,
+    UsageReports,
+    RunRecords,
+    Retention,
+    WebhookRecords,
+    KeyRecords,
 ):
     """Every read and write of jobs, attempts, usage and runs, over one engine."""

@@ -236,6 +236,7 @@ class AttemptWrites(StoreBase):
                 cached=result.cached,
                 latency_ms=record.latency_ms,
                 now=now,
+                tenant=record.tenant,
             )
             session.execute(insert_ignoring_duplicates(session, USAGE, "job_id"), [row])
 
@@ -276,7 +277,7 @@ class AttemptWrites(StoreBase):
 
 
 # The usage columns that the one-statement success takes from the job's row rather than from parameters.
-_FROM_JOB = {"job_id": "id", "kind": "kind", "tier": "tier"}
+_FROM_JOB = {"job_id": "id", "kind": "kind", "tier": "tier", "tenant": "tenant"}
 
 
 @cache
@@ -292,7 +293,7 @@ def _succeed_statement(job: tuple[str, ...], attempt: tuple[str, ...], usage: tu
     WITH done AS (
         UPDATE {JOBS.name} SET {assignments("job", job)}
         WHERE id = :job_id AND status NOT IN ({_FINAL_LIST})
-        RETURNING id, kind, tier
+        RETURNING id, kind, tier, tenant
     ), closed AS (
         UPDATE {ATTEMPTS.name} SET {assignments("attempt", attempt)}
         WHERE job_id IN (SELECT id FROM done) AND number = :number

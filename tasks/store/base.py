@@ -51,6 +51,7 @@ class NewJob:
     cache_key: str | None = None
     idempotency_key: str | None = None
     run_step: int | None = None
+    tenant: str | None = None
 
 
 class StoreBase:
@@ -85,6 +86,7 @@ def job_row(
     error: str | None = None,
     idempotency_key: str | None = None,
     run_step: int | None = None,
+    tenant: str | None = None,
 ) -> dict[str, Any]:
     """A new job's columns, as ``insert(JobRecord)`` and ``JobRecord(**row)`` take them."""
     now = utcnow()
@@ -100,6 +102,7 @@ def job_row(
         "cache_key": cache_key,
         "idempotency_key": idempotency_key,
         "run_step": run_step,
+        "tenant": tenant,
         "error": error,
         "cached": False,
         "attempts": 0,
@@ -119,6 +122,7 @@ def usage_row(
     cached: bool,
     latency_ms: float | None,
     now: datetime,
+    tenant: str | None = None,
 ) -> dict[str, Any]:
     """A job's one usage row: what it cost (nothing for a cached answer) and how long the caller waited."""
     return {
@@ -133,6 +137,7 @@ def usage_row(
         "cached": cached,
         "latency_ms": latency_ms,
         "created_at": now,
+        "tenant": tenant,
     }
 
 

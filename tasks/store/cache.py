@@ -59,10 +59,21 @@ class ResultCache(StoreBase):
             )
 
     def record_cached(
-        self, *, job_id: str, kind: str, request: dict[str, Any], tier: str, queue: str, cache_key: str, source: JobView
+        self,
+        *,
+        job_id: str,
+        kind: str,
+        request: dict[str, Any],
+        tier: str,
+        queue: str,
+        cache_key: str,
+        source: JobView,
+        tenant: str | None = None,
     ) -> None:
         """A job answered from the cache at submit time: written succeeded, never enqueued."""
-        row = job_row(job_id=job_id, kind=kind, request=request, tier=tier, queue=queue, cache_key=cache_key)
+        row = job_row(
+            job_id=job_id, kind=kind, request=request, tier=tier, queue=queue, cache_key=cache_key, tenant=tenant
+        )
         with self.sessions.begin() as session:
             session.execute(insert(JobRecord), [row])
             record = session.get(JobRecord, job_id)
@@ -98,6 +109,7 @@ class ResultCache(StoreBase):
             usage=Usage(),
             cached=True,
             latency_ms=record.latency_ms,
+            tenant=record.tenant,
             now=now,
         )
         session.execute(insert(UsageRecord), [row])

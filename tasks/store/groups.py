@@ -33,6 +33,7 @@ class Started:
     job_id: str
     number: int
     created_at: datetime
+    tenant: str | None = None
 
 
 class GroupWrites(StoreBase):
@@ -64,10 +65,10 @@ class GroupWrites(StoreBase):
                     lease_owner=lease.owner,
                     lease_until=now + timedelta(seconds=lease.seconds),
                 )
-                .returning(JobRecord.id, JobRecord.attempts, JobRecord.created_at)
+                .returning(JobRecord.id, JobRecord.attempts, JobRecord.created_at, JobRecord.tenant)
                 .execution_options(synchronize_session=False)
             ).all()
-            started = [Started(job_id, number, created_at) for job_id, number, created_at in rows]
+            started = [Started(job_id, number, created_at, tenant) for job_id, number, created_at, tenant in rows]
             if started:
                 session.execute(
                     insert(AttemptRecord),
@@ -161,6 +162,7 @@ class GroupWrites(StoreBase):
                     cached=False,
                     latency_ms=elapsed_ms(job.created_at, now),
                     now=now,
+                    tenant=job.tenant,
                 )
                 for job, result in outcomes
             ]

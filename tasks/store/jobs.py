@@ -37,6 +37,7 @@ class JobRecords(StoreBase):
         queue: str,
         cache_key: str | None = None,
         idempotency_key: str | None = None,
+        tenant: str | None = None,
     ) -> bool:
         """Record one queued job, in one statement; False when its id or its idempotency key is taken (the
         unique index decides between racing submissions, not a read first)."""
@@ -48,6 +49,7 @@ class JobRecords(StoreBase):
             queue=queue,
             cache_key=cache_key,
             idempotency_key=idempotency_key,
+            tenant=tenant,
         )
         with self.statements() as session:  # the INSERT is its own transaction: no BEGIN or COMMIT round trips
             statement = insert_ignoring_duplicates(session, JOBS, None).returning(JOBS.c.id)
@@ -87,6 +89,7 @@ class JobRecords(StoreBase):
                 queue=job.queue,
                 cache_key=job.cache_key,
                 run_step=job.run_step,
+                tenant=job.tenant,
             )
             for job in jobs
         ]
@@ -113,11 +116,11 @@ class JobRecords(StoreBase):
                     found[record.id] = JobView.of(record)
         return found
 
-    def batch_counts(self, batch_id: str) -> dict[str, int]:
+    def batch_counts(self, batch_id: str, tenant: str | None = None) -> dict[str, int]:
+        """Jobs of a batch by status (only ``tenant``'s, when given)."""
+        which = [JobRecord.batch_id == batch_id] + ([JobRecord.tenant == tenant] if tenant is not None else [])
         with self.session() as session:
-            rows = session.execute(
-                select(JobRecord.status, func.count()).where(JobRecord.batch_id == batch_id).group_by(JobRecord.status)
-            )
+            rows = session.execute(select(JobRecord.status, func.count()).where(*which).group_by(JobRecord.status))
             return {status: int(count) for status, count in rows}
 
     def attempts(self, job_id: str) -> list[AttemptView]:

@@ -43,6 +43,7 @@ class JobView:
     lease_owner: str | None = None
     due_at: datetime | None = None
     run_step: int | None = None
+    tenant: str | None = None
 
     @property
     def is_final(self) -> bool:

@@ -10,9 +10,9 @@ import pytest
 
 from broker.client import Router
 from broker.settings import Settings
-from tests.conftest import WorkerProcess, embed_catalogue
+from tests.conftest import WorkerProcess, local_catalogue
 
-CATALOGUE = embed_catalogue("ranked")
+CATALOGUE = local_catalogue("ranked")
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])

@@ -15,11 +15,11 @@ from broker.client import Router
 from broker.settings import Settings
 from broker.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, verify_signature
 from tasks.errors import InvalidRequest
-from tests.conftest import WorkerProcess, embed_catalogue
+from tests.conftest import WorkerProcess, local_catalogue
 from tests.support.inference_server import Call, InferenceServer, Reply
 
 SECRET = "webhook-signing-key-for-tests"
-CATALOGUE = embed_catalogue("hooked")
+CATALOGUE = local_catalogue("hooked")
 
 
 @pytest.fixture(scope="module")

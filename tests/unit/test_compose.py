@@ -19,7 +19,16 @@ def compose() -> dict[str, Any]:
 
 def test_services_and_their_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "postgres", "migrate", "worker-cpu", "worker-gpu", "worker-remote", "flower"}
+    assert set(services) == {
+        "redis",
+        "postgres",
+        "migrate",
+        "worker-cpu",
+        "worker-gpu",
+        "worker-remote",
+        "gateway",
+        "flower",
+    }
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     # A plain `docker compose up` starts what any host can run; the GPU and remote workers are asked for.
     assert [name for name, service in services.items() if "profiles" in service] == ["worker-gpu", "worker-remote"]
@@ -44,6 +53,14 @@ def test_pools_serve_their_tiers(compose: dict[str, Any]) -> None:
     remote = compose["services"]["worker-remote"]
     assert remote["command"][remote["command"].index("--pool") + 1] == "remote"
     assert remote["environment"]["LLM_ROUTER_CONFIG"].endswith("ops/catalogues/hf-inference.toml}")
+
+
+def test_the_gateway_listens_on_the_host_loopback_after_migrations(compose: dict[str, Any]) -> None:
+    gateway = compose["services"]["gateway"]
+    assert gateway["command"][:2] == ["llm-router", "serve"] and "0.0.0.0" in gateway["command"]
+    assert gateway["ports"] == ["127.0.0.1:8000:8000"]  # published to the host only, as Flower is
+    assert "/healthz" in " ".join(gateway["healthcheck"]["test"])
+    assert gateway["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_state_lives_on_volumes(compose: dict[str, Any]) -> None:

@@ -1,0 +1,299 @@
+"""The HTTP gateway: an ASGI app (FastAPI) over ``AsyncRouter``.
+
+    jobs API       POST /v1/jobs, GET /v1/jobs/{id}[?wait=S], DELETE /v1/jobs/{id}, GET /v1/jobs/{id}/stream,
+                   POST /v1/batches (a JSON list or JSON Lines), GET /v1/batches/{id}, GET /v1/usage
+    OpenAI         POST /v1/chat/completions (stream: server-sent chunks), POST /v1/completions,
+                   POST /v1/embeddings, GET /v1/models
+    operations     GET /healthz (no key), GET /readyz, GET /openapi.json, GET /docs
+
+Every endpoint but /healthz takes ``Authorization: Bearer <key>``; a key names a tenant, whose jobs and usage
+only it can read (another's are 404). A client that goes away while it waits for, or streams, an OpenAI
+endpoint's answer cancels its job; a job created with POST /v1/jobs is durable and runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import text
+
+from broker.async_client import AsyncJob, AsyncRouter
+from broker.gateway import errors, openai_format
+from broker.gateway.auth import Quotas, caller
+from broker.gateway.errors import ApiError
+from broker.gateway.presence import announce
+from broker.settings import Settings
+from tasks.errors import JobError, JobTimeout
+from tasks.schemas import EmbedResult, GenerateResult
+from tasks.store import ApiKeyView
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_S = 300.0  # the longest a request waits for its job before it answers with where the job stands
+Key = Annotated[ApiKeyView, Depends(caller)]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        router = AsyncRouter(settings)
+        app.state.router = router
+        app.state.store = router.sync.store
+        app.state.quotas = Quotas(router.sync.store, router.settings.resolved_redis_url)
+        redis_url = router.settings.resolved_redis_url
+        presence = asyncio.create_task(announce(redis_url)) if redis_url else None
+        try:
+            yield
+        finally:
+            if presence is not None:
+                presence.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await presence
+            await app.state.quotas.aclose()
+            await router.aclose()
+
+    app = FastAPI(title="llm-runner-router gateway", version="1", lifespan=lifespan)
+    errors.install(app)
+    _operations(app)
+    _jobs(app)
+    _openai(app)
+    return app
+
+
+def _router(request: Request) -> AsyncRouter:
+    router: AsyncRouter = request.app.state.router
+    return router
+
+
+async def _owned(request: Request, job_id: str, key: ApiKeyView) -> tuple[AsyncJob, Any]:
+    """The tenant's job and its record; 404 for an unknown job and for another tenant's alike."""
+    job = AsyncJob(_router(request), job_id, "")
+    try:
+        view = await job.record()
+    except LookupError:
+        view = None
+    if view is None or view.tenant != key.tenant:
+        raise ApiError("not_found", f"job_id: no job {job_id}", param="job_id")
+    job.kind = view.kind
+    return job, view
+
+
+def _sse(data: Any, event: str | None = None) -> str:
+    return (f"event: {event}\n" if event else "") + f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+# ---- operations -----------------------------------------------------------------------------------------
+
+
+def _operations(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """The process is up (no key needed, nothing else is asked)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz(request: Request, key: Key) -> Any:
+        """The database and the broker answer."""
+        router = _router(request)
+        problems = {}
+        try:
+            async with router.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception as exc:  # whatever the driver raises, the database is not ready
+            problems["database"] = type(exc).__name__
+        try:
+            await asyncio.to_thread(_broker_answers, router)
+        except Exception as exc:  # kombu and the transports raise many kinds
+            problems["broker"] = type(exc).__name__
+        if problems:
+            return errors.error_response("unavailable", f"not ready: {problems}")
+        return {"status": "ready"}
+
+
+def _broker_answers(router: AsyncRouter) -> None:
+    with router.sync.app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)
+
+
+# ---- the jobs API ---------------------------------------------------------------------------------------
+
+
+def _jobs(app: FastAPI) -> None:
+    @app.post("/v1/jobs", status_code=202, tags=["jobs"])
+    async def submit(
+        request: Request,
+        key: Key,
+        body: Annotated[dict[str, Any], Body(description="A generate, embed or classify request, as Router.submit")],
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> Any:
+        """Submit a durable job: it runs whether or not the client stays."""
+        if idempotency_key is not None:
+            body = {**body, "idempotency_key": idempotency_key}
+        job = await _router(request).submit(body, tenant=key.tenant)
+        return (await job.record()).document()
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    async def get_job(
+        request: Request, job_id: str, key: Key, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0
+    ) -> Any:
+        """The job's record; with ``wait``, once it ends or ``wait`` seconds pass (it then says where it is)."""
+        job, view = await _owned(request, job_id, key)
+        if wait and not view.is_final:
+            with contextlib.suppress(JobError, JobTimeout):  # the record says how it ended, or that it runs on
+                await job.wait(wait)
+            view = await job.record()
+        return view.document()
+
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
+    async def cancel_job(request: Request, job_id: str, key: Key) -> Any:
+        """Cancel: a waiting job never runs; a running one is asked to stop; an ended one keeps its result."""
+        job, _ = await _owned(request, job_id, key)
+        await job.cancel()
+        return (await job.record()).document()
+
+    @app.get("/v1/jobs/{job_id}/stream", tags=["jobs"])
+    async def stream_job(request: Request, job_id: str, key: Key) -> Any:
+        """Server-sent events: ``delta`` events with the text as it is made, then an ``end`` event with the
+        record. A durable job: the client going away does not cancel it."""
+        job, _ = await _owned(request, job_id, key)
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                async for delta in job.stream(MAX_WAIT_S):
+                    yield _sse({"delta": delta}, "delta")
+            except (JobError, JobTimeout):
+                pass
+            yield _sse((await job.record()).document(), "end")
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/batches", tags=["jobs"])
+    async def submit_batch(request: Request, key: Key) -> Any:
+        """Many jobs at once, in the bulk lanes: a JSON list of requests, or JSON Lines (one per line)."""
+        raw = await request.body()
+        try:
+            if request.headers.get("content-type", "").startswith("application/json"):
+                requests = json.loads(raw)
+            else:
+                requests = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError("invalid_request", f"body: not JSON or JSON Lines ({exc})", param="body") from None
+        if not isinstance(requests, list) or not requests:
+            raise ApiError("invalid_request", "body: a non-empty list of requests", param="body")
+        submitted = await _router(request).batch(requests, tenant=key.tenant)
+        counts = await asyncio.to_thread(request.app.state.store.batch_counts, submitted.batch_id, key.tenant)
+        return {
+            "id": submitted.batch_id,
+            "jobs": {str(position): job.id for position, job in submitted.jobs.items()},
+            "errors": {str(position): error for position, error in submitted.errors.items()},
+            "counts": counts,
+        }
+
+    @app.get("/v1/batches/{batch_id}", tags=["jobs"])
+    async def get_batch(request: Request, batch_id: str, key: Key) -> Any:
+        counts = await asyncio.to_thread(request.app.state.store.batch_counts, batch_id, key.tenant)
+        if not counts:
+            raise ApiError("not_found", f"batch_id: no batch {batch_id}", param="batch_id")
+        return {"id": batch_id, "counts": counts, "total": sum(counts.values())}
+
+    @app.get("/v1/usage", tags=["jobs"])
+    async def usage(request: Request, key: Key) -> Any:
+        """The tenant's usage: requests, cache hits and tokens, in all and by model."""
+        report = await asyncio.to_thread(request.app.state.store.tenant_usage, key.tenant)
+        return {"tenant": key.tenant, **report.__dict__}
+
+
+# ---- OpenAI-compatible endpoints ------------------------------------------------------------------------
+
+
+def _openai(app: FastAPI) -> None:
+    @app.get("/v1/models", tags=["openai"])
+    async def models(request: Request, key: Key) -> Any:
+        return openai_format.models(_router(request).catalogue)
+
+    @app.post("/v1/chat/completions", tags=["openai"])
+    async def chat(request: Request, key: Key, body: Annotated[dict[str, Any], Body()]) -> Any:
+        return await _generation(request, key, body, chat=True)
+
+    @app.post("/v1/completions", tags=["openai"])
+    async def completions(request: Request, key: Key, body: Annotated[dict[str, Any], Body()]) -> Any:
+        return await _generation(request, key, body, chat=False)
+
+    @app.post("/v1/embeddings", tags=["openai"])
+    async def embeddings(request: Request, key: Key, body: Annotated[dict[str, Any], Body()]) -> Any:
+        router = _router(request)
+        job = await router.submit(openai_format.embedding_request(body, router.catalogue), tenant=key.tenant)
+        result = await _answer(request, job)
+        assert isinstance(result, EmbedResult)
+        return openai_format.embeddings(result, body.get("encoding_format") or "float")
+
+
+async def _generation(request: Request, key: ApiKeyView, body: dict[str, Any], *, chat: bool) -> Any:
+    router = _router(request)
+    translate = openai_format.chat_request if chat else openai_format.completion_request
+    ours = translate(body, router.catalogue)
+    job = await router.submit(ours, tenant=key.tenant)
+    if ours["stream"]:
+        return _stream_chat(request, job, chat=chat)
+    result = await _answer(request, job)
+    assert isinstance(result, GenerateResult)
+    answer = openai_format.chat_completion if chat else openai_format.completion
+    return answer(job.id, result, openai_format.now())
+
+
+async def _answer(request: Request, job: AsyncJob) -> Any:
+    """Wait for the job on the client's behalf; a client that goes away cancels it."""
+    waiting = asyncio.ensure_future(job.wait(MAX_WAIT_S))
+    while not waiting.done():
+        done, _ = await asyncio.wait({waiting}, timeout=1.0)
+        if not done and await request.is_disconnected():
+            waiting.cancel()
+            await job.cancel()
+            raise ApiError("invalid_request", "the client went away; its job was cancelled")
+    try:
+        return waiting.result()
+    except JobTimeout as exc:
+        raise ApiError("timeout", str(exc)) from None
+    except JobError as exc:
+        raise ApiError("job_failed", str(exc)) from None
+
+
+def _stream_chat(request: Request, job: AsyncJob, *, chat: bool) -> StreamingResponse:
+    """OpenAI's streamed answer: a chunk per delta, a last chunk with the finish reason, ``data: [DONE]``.
+    If the client goes away before the end, its job is cancelled."""
+    created = openai_format.now()
+
+    def chunk(text: str, finish: str | None = None, model: str = "") -> str:
+        if chat:
+            delta = {"content": text} if text or finish is None else {}
+            return _sse(openai_format.chat_chunk(job.id, model, created, delta, finish))
+        return _sse(openai_format.completion_chunk(job.id, model, created, text, finish))
+
+    async def events() -> AsyncIterator[str]:
+        finished = False
+        try:
+            if chat:
+                yield _sse(openai_format.chat_chunk(job.id, "", created, {"role": "assistant", "content": ""}))
+            async for delta in job.stream(MAX_WAIT_S):
+                yield chunk(delta)
+            view = await job.record()
+            result = view.result or {}
+            finished = True
+            yield chunk("", result.get("finish_reason") or "stop", view.model_used or "")
+            yield "data: [DONE]\n\n"
+        except (JobError, JobTimeout) as exc:
+            finished = True
+            yield _sse({"error": errors.error_body("job_failed", str(exc))})
+        finally:
+            if not finished:  # the client went away (or the stream broke): nobody will read the rest
+                await asyncio.shield(job.cancel())
+
+    return StreamingResponse(events(), media_type="text/event-stream")
