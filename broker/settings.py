@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     webhook_allowed_networks: str = ""
     webhook_timeout_s: float = Field(default=10.0, gt=0.0, le=120.0)
     webhook_max_attempts: int = Field(default=8, ge=1, le=30)
+    # The gateway's tenants whose keys may read /metrics (cluster-wide figures: no other tenant sees them).
+    metrics_tenants: str = "operators"
     # Connections a worker process keeps to a server database (as many again at peaks); None: its
     # concurrency, 5 to 10. Transactions are short, so a few serve hundreds of remote calls in flight.
     database_pool_size: int | None = Field(default=None, ge=1, le=500)

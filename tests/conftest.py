@@ -62,7 +62,7 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def count_rows(pg_url: str) -> Iterator[Callable[[str], int]]:
     """The number a ``SELECT count(*) …`` of the session's database answers."""
-    engine = create_engine(pg_url)
+    engine = create_engine(pg_url, pool_pre_ping=True)  # survives the reliability tests' Postgres restart
 
     def count(query: str) -> int:
         with engine.connect() as connection:

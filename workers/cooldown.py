@@ -13,6 +13,8 @@ from typing import Protocol
 
 import redis
 
+from broker.counters import COOLDOWN_PREFIX
+
 HEALTH_WINDOW_S = 60.0
 
 
@@ -36,12 +38,12 @@ class RedisCooldowns:
         self._min_calls = min_calls
 
     def remaining_s(self, model_id: str) -> float:
-        ttl_ms = self._redis.pttl(f"llm-router:cooldown:{model_id}")
+        ttl_ms = self._redis.pttl(f"{COOLDOWN_PREFIX}{model_id}")
         return max(0.0, ttl_ms / 1000.0) if isinstance(ttl_ms, int) and ttl_ms > 0 else 0.0
 
     def cool(self, model_id: str, seconds: float) -> None:
         if seconds > 0:
-            self._redis.set(f"llm-router:cooldown:{model_id}", "1", px=max(1, int(seconds * 1000)))
+            self._redis.set(f"{COOLDOWN_PREFIX}{model_id}", "1", px=max(1, int(seconds * 1000)))
 
     def record(self, model_id: str, ok: bool) -> bool:
         # Calls and failures are two sorted sets (by time) counted with ZCARD: the cost of a call stays the same

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from broker.counters import count_deferral
 from broker.routing import Route, chain_for, lane_of, queue_for_tier, route
 from tasks.cache import cache_key
 from tasks.errors import InvalidRequest, RouterError
@@ -341,6 +342,8 @@ class _ChainRun:
         """Publish the job again after ``delay_s``, noting when it is due so it is never taken for lost."""
         self.runtime.store.set_due([self.job_id], delay_s)
         self.reschedule(self.job_id, self.queue, resume, delay_s, self.request.priority)
+        if self.runtime.notices is not None:
+            count_deferral(self.runtime.notices.client, self.tier)
 
     def _note_failure(self, model_id: str, exc: RouterError) -> None:
         policy, cooldowns = self.runtime.policy, self.runtime.cooldowns

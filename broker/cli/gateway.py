@@ -27,6 +27,25 @@ def serve(host: str, port: int, workers: int) -> None:
     uvicorn.run("broker.gateway.app:create_app", factory=True, host=host, port=port, workers=workers)
 
 
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=9108, show_default=True)
+def metrics(host: str, port: int) -> None:
+    """Serve the job-level metrics for Prometheus on http://HOST:PORT/metrics (no key: bind it privately)."""
+    import time
+
+    from prometheus_client import start_http_server
+
+    from broker.client import Router
+    from broker.gateway.metrics import registry
+
+    with Router() as router:
+        start_http_server(port, addr=host, registry=registry(router.store, router.settings.resolved_redis_url))
+        click.echo(f"metrics on http://{host}:{port}/metrics", err=True)
+        while True:
+            time.sleep(3600)
+
+
 @click.group()
 def keys() -> None:
     """The gateway's API keys: one or more per tenant, stored hashed."""

@@ -14,7 +14,7 @@ from broker.cli.db import db
 from broker.cli.demo import demo
 from broker.cli.evaluate import evaluate
 from broker.cli.flower import flower
-from broker.cli.gateway import keys, serve
+from broker.cli.gateway import keys, metrics, serve
 from broker.cli.models import models
 from broker.cli.output import EXIT_UNAVAILABLE, fail
 from broker.cli.pipeline import pipeline, runs
@@ -79,6 +79,7 @@ for command in (
     demo,
     serve,
     keys,
+    metrics,
 ):
     cli.add_command(command)
 

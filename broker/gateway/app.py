@@ -17,23 +17,27 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, Header, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi import Body, Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import text
 
 from broker.async_client import AsyncJob, AsyncRouter
-from broker.gateway import errors, openai_format
+from broker.gateway import batch_api, errors, openai_format
 from broker.gateway.auth import Quotas, caller
 from broker.gateway.errors import ApiError
+from broker.gateway.metrics import exposition, registry
 from broker.gateway.presence import announce
 from broker.settings import Settings
 from tasks.errors import JobError, JobTimeout
+from tasks.records import RunStatus
 from tasks.schemas import EmbedResult, GenerateResult
-from tasks.store import ApiKeyView
+from tasks.store import ApiKeyView, FileView
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.router = router
         app.state.store = router.sync.store
         app.state.quotas = Quotas(router.sync.store, router.settings.resolved_redis_url)
+        app.state.metrics = registry(router.sync.store, router.settings.resolved_redis_url)
         redis_url = router.settings.resolved_redis_url
         presence = asyncio.create_task(announce(redis_url)) if redis_url else None
         try:
@@ -65,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _operations(app)
     _jobs(app)
     _openai(app)
+    _files(app)
     return app
 
 
@@ -98,6 +104,15 @@ def _operations(app: FastAPI) -> None:
     async def healthz() -> dict[str, str]:
         """The process is up (no key needed, nothing else is asked)."""
         return {"status": "ok"}
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics(request: Request, key: Key) -> Any:
+        """Job-level metrics in Prometheus' format, for keys of the tenants in LLM_ROUTER_METRICS_TENANTS."""
+        operators = {name.strip() for name in _router(request).settings.metrics_tenants.split(",") if name.strip()}
+        if key.tenant not in operators:
+            raise ApiError("not_found", "no such endpoint for this key")
+        body, content_type = await asyncio.to_thread(exposition, request.app.state.metrics)
+        return Response(body, media_type=content_type)
 
     @app.get("/readyz", tags=["operations"])
     async def readyz(request: Request, key: Key) -> Any:
@@ -177,7 +192,8 @@ def _jobs(app: FastAPI) -> None:
 
     @app.post("/v1/batches", tags=["jobs"])
     async def submit_batch(request: Request, key: Key) -> Any:
-        """Many jobs at once, in the bulk lanes: a JSON list of requests, or JSON Lines (one per line)."""
+        """Many jobs at once, in the bulk lanes: a JSON list of requests, or JSON Lines (one per line); or,
+        as OpenAI's Batch API, ``{"input_file_id", "endpoint", "completion_window"}``."""
         raw = await request.body()
         try:
             if request.headers.get("content-type", "").startswith("application/json"):
@@ -186,6 +202,8 @@ def _jobs(app: FastAPI) -> None:
                 requests = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError("invalid_request", f"body: not JSON or JSON Lines ({exc})", param="body") from None
+        if isinstance(requests, dict) and "input_file_id" in requests:
+            return await _openai_batch(request, key, requests)
         if not isinstance(requests, list) or not requests:
             raise ApiError("invalid_request", "body: a non-empty list of requests", param="body")
         submitted = await _router(request).batch(requests, tenant=key.tenant)
@@ -199,6 +217,9 @@ def _jobs(app: FastAPI) -> None:
 
     @app.get("/v1/batches/{batch_id}", tags=["jobs"])
     async def get_batch(request: Request, batch_id: str, key: Key) -> Any:
+        """A batch's counts by status; an OpenAI batch's batch object."""
+        if batch_id.startswith(OPENAI_BATCH):
+            return await _openai_batch_object(request, batch_id, key)
         counts = await asyncio.to_thread(request.app.state.store.batch_counts, batch_id, key.tenant)
         if not counts:
             raise ApiError("not_found", f"batch_id: no batch {batch_id}", param="batch_id")
@@ -212,6 +233,122 @@ def _jobs(app: FastAPI) -> None:
 
 
 # ---- OpenAI-compatible endpoints ------------------------------------------------------------------------
+
+OPENAI_BATCH = "batch_"
+MAX_FILE_BYTES = 100 * 2**20
+
+
+def _file_object(view: FileView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "object": "file",
+        "bytes": view.bytes,
+        "created_at": int(view.created_at.timestamp()),
+        "filename": view.filename,
+        "purpose": view.purpose,
+    }
+
+
+async def _owned_batch(request: Request, batch_id: str, key: ApiKeyView) -> Any:
+    store = request.app.state.store
+    run = await asyncio.to_thread(store.get_run, batch_id)
+    if run is None or run.kind != batch_api.RUN_KIND or (run.request or {}).get("tenant") != key.tenant:
+        raise ApiError("not_found", f"batch_id: no batch {batch_id}", param="batch_id")
+    return run
+
+
+async def _openai_batch(request: Request, key: ApiKeyView, body: dict[str, Any]) -> Any:
+    router, store = _router(request), request.app.state.store
+    endpoint, window = body.get("endpoint"), body.get("completion_window", "24h")
+    if endpoint not in batch_api.ENDPOINTS:
+        raise ApiError("invalid_request", f"endpoint: one of {', '.join(batch_api.ENDPOINTS)}", param="endpoint")
+    if window not in batch_api.COMPLETION_WINDOWS:
+        raise ApiError("invalid_request", "completion_window: '24h'", param="completion_window")
+    found = await asyncio.to_thread(store.file_of, str(body["input_file_id"]), key.tenant)
+    if found is None:
+        raise ApiError("not_found", f"input_file_id: no file {body['input_file_id']}", param="input_file_id")
+    lines = batch_api.read_lines(found[1], endpoint, router.catalogue)
+    batch_id = f"{OPENAI_BATCH}{uuid.uuid4().hex[:30]}"  # a run id holds 36 characters
+    positions = sorted(lines.requests)
+    submitted = await router.batch([lines.requests[p] for p in positions], batch_id=batch_id, tenant=key.tenant)
+    jobs = {positions[index]: job.id for index, job in submitted.jobs.items()}
+    lines.errors.update({positions[index]: error for index, error in submitted.errors.items()})
+    kept = {
+        **batch_api.record(batch_id, key.tenant, endpoint, found[0].id, window, lines, jobs),
+        "metadata": body.get("metadata"),
+    }
+    await asyncio.to_thread(store.create_run, batch_id, batch_api.RUN_KIND, found[0].id, [], kept)
+    return await _openai_batch_object(request, batch_id, key)
+
+
+async def _openai_batch_object(request: Request, batch_id: str, key: ApiKeyView) -> Any:
+    store = request.app.state.store
+    run = await _owned_batch(request, batch_id, key)
+    summary = run.summary or {}
+    if "expired_at" not in summary and batch_api.past_window(run, time.time()):
+        await _router(request).cancel_batch(batch_id)  # what finished is kept
+        await asyncio.to_thread(store.update_run, batch_id, {**summary, "expired_at": int(time.time())})
+        run = await _owned_batch(request, batch_id, key)
+    counts = await asyncio.to_thread(store.batch_counts, batch_id, key.tenant)
+    batch = batch_api.batch_object(run, counts)
+    if batch["status"] in ("completed", "cancelled", "expired") and not run.is_final:
+        # Ended: its run is closed (so retention may prune it with its jobs) with what it says.
+        await asyncio.to_thread(store.finish_run, batch_id, RunStatus.SUCCEEDED, run.summary)
+    return batch
+
+
+def _files(app: FastAPI) -> None:
+    @app.post("/v1/files", tags=["openai"])
+    async def upload(
+        request: Request, key: Key, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
+    ) -> Any:
+        """A Batch API input file (JSON Lines, purpose ``batch``, at most 100 MB)."""
+        if purpose != "batch":
+            raise ApiError("invalid_request", "purpose: only 'batch' is supported", param="purpose")
+        raw = await file.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ApiError("invalid_request", "file: at most 100 MB", param="file")
+        try:
+            content = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ApiError("invalid_request", "file: not UTF-8 text", param="file") from None
+        store = request.app.state.store
+        view = await asyncio.to_thread(store.create_file, key.tenant, purpose, file.filename or "batch.jsonl", content)
+        return _file_object(view)
+
+    @app.get("/v1/files/{file_id}", tags=["openai"])
+    async def file_info(request: Request, file_id: str, key: Key) -> Any:
+        found = await asyncio.to_thread(request.app.state.store.file_of, file_id, key.tenant)
+        if found is None:
+            raise ApiError("not_found", f"file_id: no file {file_id}", param="file_id")
+        return _file_object(found[0])
+
+    @app.get("/v1/files/{file_id}/content", tags=["openai"])
+    async def file_content(request: Request, file_id: str, key: Key) -> Any:
+        """An uploaded file, or a batch's output (``…-output``) or error (``…-errors``) file."""
+        store = request.app.state.store
+        for suffix in (batch_api.OUTPUT, batch_api.ERRORS):
+            if file_id.startswith(OPENAI_BATCH) and file_id.endswith(suffix):
+                run = await _owned_batch(request, file_id.removesuffix(suffix), key)
+                jobs = await asyncio.to_thread(store.run_jobs, run.id)
+                text_out = batch_api.output_lines(run, jobs, errors=suffix == batch_api.ERRORS)
+                return Response(text_out, media_type="application/jsonl")
+        found = await asyncio.to_thread(store.file_of, file_id, key.tenant)
+        if found is None:
+            raise ApiError("not_found", f"file_id: no file {file_id}", param="file_id")
+        return Response(found[1], media_type="application/jsonl")
+
+    @app.post("/v1/batches/{batch_id}/cancel", tags=["openai"])
+    async def cancel_batch(request: Request, batch_id: str, key: Key) -> Any:
+        """Cancel a batch: its waiting lines never run, running ones are asked to stop, finished ones stay."""
+        run = await _owned_batch(request, batch_id, key)
+        await _router(request).cancel_batch(batch_id)
+        summary = run.summary or {}
+        if "cancelled_at" not in summary:
+            await asyncio.to_thread(
+                request.app.state.store.update_run, batch_id, {**summary, "cancelled_at": int(time.time())}
+            )
+        return await _openai_batch_object(request, batch_id, key)
 
 
 def _openai(app: FastAPI) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from broker.client import Router  # noqa: E402
 from broker.settings import Settings  # noqa: E402
 from ops.bench.cluster import Cluster, cluster_env  # noqa: E402
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
+from ops.bench.report import compare, percentile  # noqa: E402
 from tasks.schemas import GenerateRequest  # noqa: E402
 from workers.backends.local import LocalBackend  # noqa: E402
 from workers.bundled.prepare import prepare_models  # noqa: E402
@@ -41,11 +41,6 @@ from workers.streaming import DELTAS  # noqa: E402
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CHAT = [{"role": "user", "content": "List five colours, one per line, and say why you like each."}]
 MAX_TOKENS = 32
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary(first: list[float], last: list[float]) -> dict[str, float]:
@@ -118,17 +113,12 @@ def main() -> None:
             results["cluster"] = through_cluster(settings, args.n)
         finally:
             cluster.stop()
-    print(f"\n{'':32} {'alone':>9} {'cluster':>9} {'cluster/alone':>14}")
-    for label, key in (
+    rows = [
         ("first token p50 (ms)", "first_token_p50_ms"),
         ("first token p90 (ms)", "first_token_p90_ms"),
         ("last token p50 (ms)", "last_token_p50_ms"),
-    ):
-        one, many = results["alone"][key], results["cluster"][key]
-        print(f"{label:32} {one:9.1f} {many:9.1f} {many / one:14.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"\nwritten {args.json}")
+    ]
+    compare(results, "alone", "cluster", rows, args.json)
 
 
 if __name__ == "__main__":

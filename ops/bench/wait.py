@@ -15,7 +15,6 @@ poll/notice in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -34,13 +33,9 @@ from broker.notifications import CHANNEL_PREFIX  # noqa: E402
 from broker.settings import Settings  # noqa: E402
 from ops.bench.cluster import Cluster, cluster_env  # noqa: E402
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
+from ops.bench.report import compare, percentile  # noqa: E402
 from tasks.records import aware  # noqa: E402
 from workers.bundled.prepare import prepare_models  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class CountingJob(Job):
@@ -148,13 +143,7 @@ def main() -> None:
         ("a long job: row reads", "row_reads"),
         ("row reads per waiting second", "row_reads_per_waiting_s"),
     ]
-    print(f"\n{'':42} {'notice':>9} {'poll':>9} {'poll/notice':>12}")
-    for label, key in rows:
-        notice, poll = results["notice"][key], results["poll"][key]
-        print(f"{label:42} {notice:9.2f} {poll:9.2f} {poll / notice if notice else float('inf'):12.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"\nwritten {args.json}")
+    compare(results, "notice", "poll", rows, args.json)
 
 
 if __name__ == "__main__":

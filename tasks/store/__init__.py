@@ -9,6 +9,8 @@
     runs       comparisons, evaluations and pipelines
     webhooks   completion webhooks and their delivery attempts
     keys       the HTTP gateway's API keys, and what their tenants used
+    files      files uploaded through the gateway (Batch API inputs)
+    metrics    what /metrics reports, aggregated by the database
     retention  pruning old final jobs, and the tables' sizes
     base       sessions, and the one place a job or usage row is built
 
@@ -21,9 +23,11 @@ from tasks.store.attempts import AttemptWrites
 from tasks.store.base import DATABASE_UNAVAILABLE, NewJob
 from tasks.store.cache import ResultCache
 from tasks.store.endings import Cancellation, JobEndings
+from tasks.store.files import FileRecords, FileView
 from tasks.store.groups import GroupWrites, Started
 from tasks.store.jobs import JobRecords
 from tasks.store.keys import ApiKeyView, KeyRecords, TenantUsage
+from tasks.store.metrics import BUCKETS_S, MetricsReads, MetricsSnapshot
 from tasks.store.retention import Pruned, Retention, TableSize
 from tasks.store.runs import RunRecords
 from tasks.store.usage import ModelUsage, UsageReport, UsageReports, percentile
@@ -31,14 +35,17 @@ from tasks.store.views import AttemptView, Busy, JobView, Lease, RunView, UsageR
 from tasks.store.webhooks import WebhookAttemptView, WebhookRecords, WebhookView
 
 __all__ = [
+    "BUCKETS_S",
     "DATABASE_UNAVAILABLE",
     "ApiKeyView",
     "AttemptView",
     "Busy",
     "Cancellation",
+    "FileView",
     "JobStore",
     "JobView",
     "Lease",
+    "MetricsSnapshot",
     "ModelUsage",
     "NewJob",
     "Pruned",
@@ -65,5 +72,7 @@ class JobStore(
     Retention,
     WebhookRecords,
     KeyRecords,
+    FileRecords,
+    MetricsReads,
 ):
     """Every read and write of jobs, attempts, usage and runs, over one engine."""

@@ -15,6 +15,7 @@ from sqlalchemy import delete, func, null, select, text, update
 
 from tasks.records import (
     FINAL_STATUSES,
+    FileRecord,
     JobRecord,
     RunRecord,
     RunStatus,
@@ -54,6 +55,8 @@ class Retention(StoreBase):
         self._prune_runs(created_before, results_only)
         if not results_only:
             self._prune_webhooks(created_before)
+            with self.sessions.begin() as session:  # uploaded Batch API inputs
+                session.execute(delete(FileRecord).where(FileRecord.created_at < created_before))
         pruned = 0
         while True:
             with self.sessions.begin() as session:

@@ -5,6 +5,7 @@ shape, per-tenant limits, and a streaming client that goes away cancelling its j
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -23,7 +24,23 @@ from tests.conftest import REPO, WorkerProcess, local_catalogue
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-CATALOGUE = local_catalogue("front", generate=True)
+# "front" serves every test; "broken" names a model that is not there (its jobs fail); "limited" takes one
+# request a minute (its second job is deferred).
+CATALOGUE = (
+    local_catalogue("front", generate=True).replace(
+        'tier_order = ["front"]', 'tier_order = ["front", "broken", "limited"]'
+    )
+    + f"""
+[tiers.broken]
+embed = ["org/missing-embedder"]
+[tiers.limited]
+embed = ["{MINILM}"]
+requests_per_minute = 1
+[models."org/missing-embedder"]
+provider = "local"
+task = "embed"
+"""
+)
 CHAT = [{"role": "user", "content": "List five colours, one per line, and say why you like each."}]
 
 
@@ -35,7 +52,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., WorkerProcess], own_catalogue: Path) -> Iterator[WorkerProcess]:
-    started = start_worker("front", "front", env={"LLM_ROUTER_CONFIG": str(own_catalogue)})
+    env = {"LLM_ROUTER_CONFIG": str(own_catalogue), "LLM_ROUTER_COOLDOWN_S": "0"}
+    started = start_worker("front,broken,limited", "front", env=env)
     yield started
     started.stop()
 
@@ -69,6 +87,7 @@ def gateway(
 def keys(own_router: Router) -> dict[str, str]:
     made = {name: own_router.store.create_key(name)[0] for name in ("acme", "globex")}
     made["limited"] = own_router.store.create_key("limited", requests_per_minute=2)[0]
+    made["operators"] = own_router.store.create_key("operators")[0]
     revoked, view = own_router.store.create_key("acme")
     own_router.store.revoke_key(view.id)
     made["revoked"] = revoked
@@ -92,7 +111,7 @@ def test_every_endpoint_but_healthz_needs_a_live_key(gateway: str, keys: dict[st
         assert response.status_code == 401 and error_of(response)["code"] == "unauthorised"
     assert httpx.get(f"{gateway}/readyz", headers=auth(keys["acme"])).json() == {"status": "ready"}
     names = [model["id"] for model in httpx.get(f"{gateway}/v1/models", headers=auth(keys["acme"])).json()["data"]]
-    assert names == ["front", SMOL, MINILM]
+    assert names == ["front", "broken", "limited", SMOL, MINILM, "org/missing-embedder"]
     assert httpx.get(f"{gateway}/openapi.json").status_code == 200
 
 
@@ -252,3 +271,155 @@ def test_status_shows_the_gateway(gateway: str, cluster_env: dict[str, str]) -> 
     )
     addresses = [entry["address"] for entry in json.loads(done.stdout)["gateways"]]
     assert gateway.removeprefix("http://") in addresses
+
+
+def _wait_for_batch(client: openai.OpenAI, batch_id: str, statuses: set[str]) -> Any:
+    deadline = time.monotonic() + 120
+    while (batch := client.batches.retrieve(batch_id)).status not in statuses:
+        assert time.monotonic() < deadline, f"batch still {batch.status}"
+        time.sleep(0.3)
+    return batch
+
+
+def test_the_batch_api_end_to_end(worker: WorkerProcess, gateway: str, keys: dict[str, str], tmp_path: Path) -> None:
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=keys["acme"], timeout=60)
+    lines = [
+        {
+            "custom_id": f"row-{n}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "front", "input": f"row {n}"},
+        }
+        for n in range(5)
+    ]
+    lines.append(
+        {"custom_id": "bad", "method": "POST", "url": "/v1/embeddings", "body": {"model": "nope/nope", "input": "x"}}
+    )
+    source = tmp_path / "batch.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    uploaded = client.files.create(file=source, purpose="batch")
+    assert uploaded.bytes == source.stat().st_size
+    assert client.files.content(uploaded.id).text == source.read_text()
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
+    done = _wait_for_batch(client, batch.id, {"completed"})
+    assert done.request_counts is not None
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (6, 5, 1)
+    assert done.output_file_id is not None and done.error_file_id is not None
+    output = [json.loads(line) for line in client.files.content(done.output_file_id).text.splitlines()]
+    assert [line["custom_id"] for line in output] == [f"row-{n}" for n in range(5)]  # in input order
+    assert all(len(line["response"]["body"]["data"][0]["embedding"]) == 384 for line in output)
+    (error,) = [json.loads(line) for line in client.files.content(done.error_file_id).text.splitlines()]
+    assert error["custom_id"] == "bad" and "model" in error["error"]["message"]
+    other = openai.OpenAI(base_url=f"{gateway}/v1", api_key=keys["globex"])
+    with pytest.raises(openai.NotFoundError):
+        other.batches.retrieve(batch.id)
+    with pytest.raises(openai.NotFoundError):
+        other.files.content(uploaded.id)
+
+
+def test_a_cancelled_batch_keeps_its_finished_lines(
+    worker: WorkerProcess, gateway: str, keys: dict[str, str], tmp_path: Path
+) -> None:
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=keys["acme"], timeout=60)
+    body = {"model": "front", "messages": CHAT, "max_tokens": 24, "temperature": 0}
+    lines = [{"custom_id": f"c{n}", "method": "POST", "url": "/v1/chat/completions", "body": body} for n in range(30)]
+    source = tmp_path / "chats.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    uploaded = client.files.create(file=source, purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 120
+    while (counts := client.batches.retrieve(batch.id).request_counts) is None or counts.completed < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert client.batches.cancel(batch.id).status in ("cancelling", "cancelled")
+    ended = _wait_for_batch(client, batch.id, {"cancelled"})
+    assert ended.request_counts is not None and 1 <= ended.request_counts.completed < 30
+    assert ended.request_counts.completed + ended.request_counts.failed == 30
+    output = client.files.content(ended.output_file_id or "").text.splitlines()
+    assert len(output) == ended.request_counts.completed  # the finished lines are kept
+    first = json.loads(output[0])["response"]["body"]
+    assert first["object"] == "chat.completion" and first["choices"][0]["message"]["content"]
+
+
+def test_no_request_the_openapi_document_allows_gets_a_5xx(gateway: str, keys: dict[str, str]) -> None:
+    """schemathesis, bounded: generated requests to every operation of /openapi.json, none answered 5xx."""
+    command = [
+        str(Path(sys.executable).parent / "st"),
+        "run",
+        f"{gateway}/openapi.json",
+        "--checks",
+        "not_a_server_error",
+        "--phases",
+        "examples,fuzzing",
+        "--max-examples",
+        "15",
+        "--generation-deterministic",
+        "--request-timeout",
+        "30",
+        "--header",
+        f"Authorization: Bearer {keys['globex']}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    document = httpx.get(f"{gateway}/openapi.json").json()
+    operations = sum(len(methods) for methods in document["paths"].values())
+    fuzzed = re.search(r"Fuzzing .*?(\d+) passed", done.stdout, re.S)
+    assert fuzzed is not None and int(fuzzed.group(1)) == operations >= 18, done.stdout[-3000:]
+
+
+def scrape(gateway: str, key: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(f"{gateway}/metrics", headers=auth(key))
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def moved(before: dict[Any, float], after: dict[Any, float], name: str, **labels: str) -> float:
+    """How much the samples of ``name`` whose labels include ``labels`` went up."""
+
+    def total(samples: dict[Any, float]) -> float:
+        return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
+
+    return total(after) - total(before)
+
+
+def test_metrics_follow_the_jobs(worker: WorkerProcess, gateway: str, keys: dict[str, str]) -> None:
+    assert httpx.get(f"{gateway}/metrics", headers=auth(keys["acme"])).status_code == 404  # operators only
+    before = scrape(gateway, keys["operators"])
+    acme = auth(keys["acme"])
+
+    def run(body: dict[str, Any]) -> dict[str, Any]:
+        job = httpx.post(f"{gateway}/v1/jobs", headers=acme, json=body).json()
+        return httpx.get(f"{gateway}/v1/jobs/{job['id']}", params={"wait": 60}, headers=acme, timeout=70).json()
+
+    sentence = f"a sentence for the metrics at {time.time()}"
+    assert run({"kind": "embed", "input": sentence, "tier": "front"})["status"] == "succeeded"
+    assert run({"kind": "embed", "input": sentence, "tier": "front"})["cached"] is True
+    assert run({"kind": "embed", "input": "never embedded", "tier": "broken", "fallback": "none"})["status"] == "failed"
+    first = run({"kind": "embed", "input": "the minute's one", "tier": "limited", "use_cache": False})
+    assert first["status"] == "succeeded"
+    deferred = httpx.post(
+        f"{gateway}/v1/jobs",
+        headers=acme,
+        json={"kind": "embed", "input": "later", "tier": "limited", "use_cache": False},
+    ).json()
+    deadline = time.monotonic() + 30
+    while (after := scrape(gateway, keys["operators"])) and moved(
+        before, after, "llm_router_deferrals_total", tier="limited"
+    ) < 1:
+        assert time.monotonic() < deadline, "no deferral was counted"
+        time.sleep(0.2)
+    assert moved(before, after, "llm_router_jobs_ended_total", tier="front", status="succeeded") >= 2
+    assert moved(before, after, "llm_router_cache_hits_total", tier="front") >= 1
+    assert moved(before, after, "llm_router_jobs_ended_total", tier="broken", status="failed") >= 1
+    assert moved(before, after, "llm_router_attempts_total", model="org/missing-embedder", status="failed") >= 1
+    assert moved(before, after, "llm_router_tokens_total", tier="front", type="prompt") > 0
+    waiting = sum(v for (n, ls), v in after.items() if n == "llm_router_queue_jobs" and dict(ls)["queue"] == "limited")
+    assert waiting >= 1  # the deferred job waits for its minute, counted in jobs, not messages
+    assert moved(before, after, "llm_router_latency_seconds_gcount", stage="end_to_end") >= 3
+    httpx.delete(f"{gateway}/v1/jobs/{deferred['id']}", headers=acme)

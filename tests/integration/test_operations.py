@@ -55,7 +55,7 @@ def test_status_with_a_worker_up(worker: WorkerProcess, router: Router, env: dic
     code, report = _status(env)
     assert code == 0 and report["ok"] is True
     assert report["broker"]["ok"] and report["broker"]["queues"]["quality"] >= 1  # type: ignore[index]
-    assert report["database"]["ok"] and report["database"]["revision"] == "0008"  # type: ignore[index]
+    assert report["database"]["ok"] and report["database"]["revision"] == "0009"  # type: ignore[index]
     tables = report["database"]["tables"]  # type: ignore[index]
     assert set(tables) == {"jobs", "attempts", "usage", "runs", "webhooks"} and all(
         t["bytes"] > 0 for t in tables.values()

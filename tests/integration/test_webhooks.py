@@ -61,12 +61,14 @@ def calls_of(server: InferenceServer, delivery: str | None = None, *, at_least: 
 
 
 def delivered(router: Router, subject_id: str) -> Any:
+    """The webhook once its delivery ended (the worker claims it just after it wakes the job's waiters)."""
     deadline = time.monotonic() + 60
     while True:
-        (webhook,) = router.webhooks(subject_id)
-        if webhook.status != "pending":
+        found = router.webhooks(subject_id)
+        if found and found[0].status != "pending":
+            (webhook,) = found
             return webhook
-        assert time.monotonic() < deadline, "the webhook was still pending after 60 s"
+        assert time.monotonic() < deadline, f"the webhook was still {found[0].status if found else 'unclaimed'}"
         time.sleep(0.05)
 
 

@@ -1,0 +1,45 @@
+"""Files uploaded through the gateway: a tenant's Batch API inputs, read back only by that tenant."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from tasks.records import FileRecord, utcnow
+from tasks.store.base import StoreBase
+
+
+@dataclass(frozen=True)
+class FileView:
+    id: str
+    tenant: str
+    purpose: str
+    filename: str
+    bytes: int
+    created_at: datetime
+
+
+class FileRecords(StoreBase):
+    def create_file(self, tenant: str, purpose: str, filename: str, content: str) -> FileView:
+        record = FileRecord(
+            id=f"file-{uuid.uuid4().hex}",
+            tenant=tenant,
+            purpose=purpose,
+            filename=filename[:255],
+            content=content,
+            bytes=len(content.encode()),
+            created_at=utcnow(),
+        )
+        with self.sessions.begin() as session:
+            session.add(record)
+        return FileView(record.id, tenant, purpose, record.filename, record.bytes, record.created_at)
+
+    def file_of(self, file_id: str, tenant: str) -> tuple[FileView, str] | None:
+        """A tenant's file and its content; None for another's or none."""
+        with self.session() as session:
+            record = session.get(FileRecord, file_id)
+            if record is None or record.tenant != tenant:
+                return None
+            view = FileView(record.id, record.tenant, record.purpose, record.filename, record.bytes, record.created_at)
+            return view, record.content
