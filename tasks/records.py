@@ -170,7 +170,10 @@ class UsageRecord(Base):
     cached: Mapped[bool] = mapped_column(default=False)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-    tenant: Mapped[str | None] = mapped_column(String(64), index=True)  # the job's
+    tenant: Mapped[str | None] = mapped_column(String(64))  # the job's
+
+    # A tenant's tokens of the last minute (the gateway's --tpm) are summed from this index.
+    __table_args__ = (Index("ix_usage_tenant_created_at", "tenant", "created_at"),)
 
 
 class WebhookStatus(StrEnum):

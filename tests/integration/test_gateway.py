@@ -423,3 +423,29 @@ def test_metrics_follow_the_jobs(worker: WorkerProcess, gateway: str, keys: dict
     assert waiting >= 1  # the deferred job waits for its minute, counted in jobs, not messages
     assert moved(before, after, "llm_router_latency_seconds_gcount", stage="end_to_end") >= 3
     httpx.delete(f"{gateway}/v1/jobs/{deferred['id']}", headers=acme)
+
+
+def test_completions_cancel_and_file_info(
+    worker: WorkerProcess, gateway: str, keys: dict[str, str], tmp_path: Path
+) -> None:
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=keys["globex"], timeout=120)
+    completion = client.completions.create(model="front", prompt="Once upon a time", max_tokens=8, temperature=0)
+    assert completion.object == "text_completion" and completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    source = tmp_path / "one.jsonl"
+    source.write_text(json.dumps({"custom_id": "x", "method": "POST", "url": "/v1/embeddings", "body": {}}) + "\n")
+    uploaded = client.files.create(file=source, purpose="batch")
+    info = client.files.retrieve(uploaded.id)
+    assert (info.id, info.purpose, info.bytes, info.filename) == (
+        uploaded.id,
+        "batch",
+        source.stat().st_size,
+        "one.jsonl",
+    )
+    globex = auth(keys["globex"])
+    body = {"kind": "generate", "messages": CHAT, "max_tokens": 1500, "temperature": 0}
+    job = httpx.post(f"{gateway}/v1/jobs", headers=globex, json=body).json()
+    cancelled = httpx.delete(f"{gateway}/v1/jobs/{job['id']}", headers=globex).json()
+    assert cancelled["id"] == job["id"]
+    ended = httpx.get(f"{gateway}/v1/jobs/{job['id']}", params={"wait": 60}, headers=globex, timeout=70).json()
+    assert ended["status"] == "cancelled"  # waiting: never run; running: stopped at its next token

@@ -1,5 +1,5 @@
-"""Load: 5,000 mixed jobs from 4 producer processes against 2 worker processes, with an Inference API
-on 127.0.0.1 that answers 10 % 503 and 5 % 429 at random. Bounded in count and time; reports jobs/s and
+"""Load: 2,000 (LLM_ROUTER_LOAD_JOBS) mixed jobs from 4 producer processes against 2 worker processes, with
+an Inference API on 127.0.0.1 that answers 10 % 503 and 5 % 429 at random. Bounded in count and time; reports jobs/s and
 end-to-end latency percentiles (printed, and written to the file named by LLM_ROUTER_LOAD_REPORT)."""
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
 
 BROKER = "redis://127.0.0.1:6379/8"
-JOBS, PRODUCERS = 5_000, 4
+# 2,000 in the suite (CI's time); ops/RELIABILITY.md's figures come from LLM_ROUTER_LOAD_JOBS=5000.
+JOBS, PRODUCERS = int(os.environ.get("LLM_ROUTER_LOAD_JOBS", "2000")), 4
 LIMIT_PER_MINUTE = 60_000  # never reached: the limiter runs on every call under load without deferring any
 MODELS = {"generate": "org/load-gen", "embed": "org/load-embed", "classify": "org/load-cls"}
 

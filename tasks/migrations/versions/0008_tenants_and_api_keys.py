@@ -32,12 +32,12 @@ def upgrade() -> None:
         batch_op.create_index("ix_jobs_tenant_created_at", ["tenant", "created_at"])
     with op.batch_alter_table("usage") as batch_op:
         batch_op.add_column(sa.Column("tenant", sa.String(length=64), nullable=True))
-        batch_op.create_index("ix_usage_tenant", ["tenant"])
+        batch_op.create_index("ix_usage_tenant_created_at", ["tenant", "created_at"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("usage") as batch_op:
-        batch_op.drop_index("ix_usage_tenant")
+        batch_op.drop_index("ix_usage_tenant_created_at")
         batch_op.drop_column("tenant")
     with op.batch_alter_table("jobs") as batch_op:
         batch_op.drop_index("ix_jobs_tenant_created_at")
