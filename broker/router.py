@@ -35,7 +35,7 @@ from tasks.errors import (
     InvalidRequest,
     RouterError,
 )
-from tasks.records import Status, aware
+from tasks.records import UNSENT, Status, aware
 from tasks.schemas import (
     ClassifyRequest,
     EmbedRequest,
@@ -292,6 +292,8 @@ class Router:
         if key is not None:
             earlier = self._job_for_key(key, kind, stored)
             if earlier is not None:
+                if self.store.revive_unsent(earlier.id):  # its first message was refused: this one sends it
+                    self._send(earlier.id, kind, planned.queue, input_count(stored), parsed.priority)
                 return earlier
         common: dict[str, Any] = {
             "job_id": job_id,
@@ -313,12 +315,17 @@ class Router:
             if earlier is None:
                 raise InvalidRequest(f"idempotency_key: {key!r} is taken; submit again", field="idempotency_key")
             return earlier
-        try:
-            self._publish(job_id, kind, planned.queue, input_count(stored), parsed.priority)
-        except EnqueueFailed:
-            self.store.fail(job_id, "could not enqueue: the broker refused the message")
-            raise
+        self._send(job_id, kind, planned.queue, input_count(stored), parsed.priority)
         return self._job(job_id, kind)
+
+    def _send(self, job_id: str, kind: str, queue: str, inputs: int, priority: int | None) -> None:
+        """Publish a recorded job's message; a message the broker refuses leaves the job failed, unsent (a
+        submission again with the same idempotency key sends it then)."""
+        try:
+            self._publish(job_id, kind, queue, inputs, priority)
+        except EnqueueFailed:
+            self.store.fail(job_id, UNSENT)
+            raise
 
     def _job_for_key(self, key: str, kind: str, request: dict[str, Any]) -> Job | None:
         """The job an earlier submission of ``key`` recorded, if the key still holds; the key of one that has

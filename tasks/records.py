@@ -35,6 +35,8 @@ class Status(StrEnum):
         return self in FINAL_STATUSES
 
 
+# The error of a job whose message the broker refused: submitted again with its idempotency key, it is sent again.
+UNSENT: Final = "could not enqueue: the broker refused the message"
 FINAL_STATUSES: Final = frozenset({Status.SUCCEEDED, Status.FAILED, Status.REJECTED, Status.CANCELLED, Status.EXPIRED})
 UNFINISHED_STATUSES: Final = (Status.QUEUED, Status.RETRYING, Status.RUNNING)
 

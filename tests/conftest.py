@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ from sqlalchemy import create_engine, text
 from broker.client import Router
 from broker.settings import Settings
 from ops.bench.database import bench_database
+from ops.bench.faults import kill_whole
 from tasks.limits import MAX_PRIORITY
 
 PG_ADMIN = os.environ.get("LLM_ROUTER_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
@@ -156,21 +155,6 @@ def cluster_settings(cluster_env: dict[str, str]) -> Settings:
     )
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes under ``pid`` (its children, theirs, …), read from /proc."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        children = [child for child, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
-
-
 class WorkerProcess:
     def __init__(self, process: subprocess.Popen[bytes], nodename: str, log_path: Path):
         self.process = process
@@ -184,12 +168,8 @@ class WorkerProcess:
         return self.process.poll() is None
 
     def kill_whole(self) -> None:
-        """SIGKILL the worker's main process and every process of its pool at once, as the OOM killer, a lost
-        node or a container restart does: nothing of it runs a line more."""
-        for pid in [*descendants(self.process.pid), self.process.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.process.wait()
+        """SIGKILL the worker's main process and every process of its pool at once."""
+        kill_whole(self.process)
 
     def stop(self) -> None:
         if self.alive():

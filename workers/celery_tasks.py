@@ -97,11 +97,12 @@ def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
     import redis
 
     from broker.publishing import recovery_queue, send_again
-    from workers.sweeper import BrokerMark, Retain, Sweeper
+    from workers.sweeper import BrokerMark, HeldMessages, Retain, Sweeper
 
     client = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
     broker = settings.resolved_broker_url
-    mark = BrokerMark(redis.Redis.from_url(broker, socket_timeout=5.0)) if broker.startswith("redis") else None
+    on_redis = broker.startswith("redis")
+    broker_client = redis.Redis.from_url(broker, socket_timeout=5.0) if on_redis else None
     Sweeper(
         runtime.store,
         client,
@@ -109,7 +110,9 @@ def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
         lambda job: recovery_queue(job, runtime.catalogue),
         interval_s=settings.sweep_interval_s,
         lost_message_after_s=settings.lost_message_after_s,
-        broker_mark=mark,
+        broker_mark=BrokerMark(broker_client) if broker_client else None,
+        held=HeldMessages(broker_client) if broker_client else None,
+        held_after_s=settings.lease_s,
         retention=Retain(settings.retention_days, settings.retention_results_only) if settings.retention_days else None,
         carry_on=runtime.step_ended,
     ).start()

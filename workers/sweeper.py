@@ -9,6 +9,12 @@ Every worker process runs a sweeper thread; one at a time cluster-wide (a Redis 
 - every **queued or retrying** job when the broker lost its data: a mark the sweeper keeps in the broker's
   Redis database is gone (a Redis restarted without persistence, a flushed database). Each job is published
   again, with what is left of its countdown;
+- a **queued or retrying** job whose message a worker took and never started (Redis brokers): a worker
+  killed whole leaves the messages it had taken unacknowledged, and the broker hands them out again only
+  after its visibility timeout, hours later. A message handed out ``held_after_s`` ago whose waiting jobs
+  have all been due that long is taken for held by a dead worker: its jobs are published again and the held
+  copy is dropped. (A live worker starts what it takes at once, or at its countdown; if the one holding it
+  lives after all, the job still runs once.)
 - a **queued or retrying** job whose message has been due for ``lost_message_after_s``: a message lost in
   some other way (a long backlog is not lost: its jobs wait that long before they are taken for lost).
 
@@ -21,12 +27,13 @@ dead worker, is kept in Redis for ``llm-router status``.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -34,6 +41,7 @@ import redis
 
 from tasks.records import Status, aware
 from tasks.store import JobStore, JobView
+from workers.messages import BadBulkMessage, BadMessage, parse_messages
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,8 @@ PRUNE_EVERY_S = 3600
 SWEEP_PAGE = 500  # lost jobs read and published per page of a sweep
 STALLED_PIPELINE_S = 5.0  # a pipeline with no step in flight this long after it began: carried on by the sweeper
 KEEP_RECOVERED = 200
+# kombu's Redis transport: each message handed out and not yet acknowledged, by delivery tag, and when.
+UNACKED_KEY, UNACKED_INDEX_KEY = "unacked", "unacked_index"
 
 # (job, queue, countdown in seconds): publishes the job's message again.
 Publish = Callable[[JobView, str, float], None]
@@ -68,10 +78,11 @@ class Sweep:
     abandoned: list[JobView]  # running under a lease that ran out
     lost: list[JobView]  # queued or retrying, their message lost
     broker_lost_data: bool
+    stranded: list[JobView] = field(default_factory=list)  # waiting, their message held by a dead worker
 
     @property
     def count(self) -> int:
-        return len(self.abandoned) + len(self.lost)
+        return len(self.abandoned) + len(self.lost) + len(self.stranded)
 
 
 class BrokerMark:
@@ -95,6 +106,49 @@ class BrokerMark:
         return lost
 
 
+def job_ids_in(held: bytes | None) -> list[str]:
+    """The jobs of a message as kombu's Redis transport keeps it unacknowledged: ``[message, exchange,
+    routing key]``, the message's body a JSON ``[args, kwargs, options]``. Nothing for what is not a job's."""
+    try:
+        message = json.loads(held or b"null")[0]
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args, kwargs = json.loads(body)[:2]
+        return [job.job_id for job in parse_messages(tuple(args), dict(kwargs))]
+    except BadBulkMessage as exc:
+        return exc.job_ids
+    except BadMessage as exc:
+        return [exc.job_id] if exc.job_id else []
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return []
+
+
+class HeldMessages:
+    """The messages a Redis broker handed out and has not had acknowledged."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+
+    def held_since(self, before: float) -> dict[bytes, list[str]]:
+        """Delivery tag → the jobs of its message, for messages handed out before ``before`` (a Unix time)."""
+        tags = cast(list[bytes], self.redis.zrangebyscore(UNACKED_INDEX_KEY, "-inf", before))
+        if not tags:
+            return {}
+        messages = cast(list[bytes | None], self.redis.hmget(UNACKED_KEY, tags))
+        return {tag: job_ids_in(held) for tag, held in zip(tags, messages, strict=True)}
+
+    def drop(self, tags: list[bytes]) -> None:
+        """Drop held copies whose jobs were published again; a holder that lives after all finds its
+        acknowledgement a no-op."""
+        if tags:
+            pipe = self.redis.pipeline(transaction=False)
+            names = [tag.decode() for tag in tags]
+            pipe.hdel(UNACKED_KEY, *names)
+            pipe.zrem(UNACKED_INDEX_KEY, *names)
+            pipe.execute()
+
+
 class Sweeper:
     """Finds the jobs nothing will run and publishes them again; ``sweep`` is one round."""
 
@@ -108,12 +162,15 @@ class Sweeper:
         interval_s: float,
         lost_message_after_s: float,
         broker_mark: BrokerMark | None = None,
+        held: HeldMessages | None = None,
+        held_after_s: float = 30.0,
         retention: Retain | None = None,
         carry_on: Callable[[str], None] | None = None,
     ):
         self.store, self.redis, self.publish, self.queue_of = store, client, publish, queue_of
         self.interval_s, self.lost_message_after_s = interval_s, lost_message_after_s
         self.broker_mark, self.retention, self.carry_on = broker_mark, retention, carry_on
+        self.held, self.held_after_s = held, held_after_s
         self._token = uuid.uuid4().hex.encode()
         self._stop = threading.Event()
 
@@ -167,11 +224,12 @@ class Sweeper:
             else:
                 self.store.set_due([job.id], countdown)  # due when its message is: not lost again before
                 lost.append(job)
+        stranded = [] if broker_lost_data else self._stranded(now, {job.id for job in abandoned + lost})
         if self.carry_on is not None:
             # A pipeline whose worker died between ending a step and starting the next goes on from here.
             for run_id in self.store.stalled_pipelines(now - timedelta(seconds=STALLED_PIPELINE_S)):
                 self.carry_on(run_id)
-        sweep = Sweep(abandoned, lost, broker_lost_data)
+        sweep = Sweep(abandoned, lost, broker_lost_data, stranded)
         if sweep.count or broker_lost_data:
             self._note(sweep, now)
         if self.retention is not None and self.redis.set(PRUNED_KEY, now.isoformat(), nx=True, ex=PRUNE_EVERY_S):
@@ -180,6 +238,33 @@ class Sweeper:
             )
             log.info("retention: pruned %s job(s) older than %g days", pruned.jobs, self.retention.days)
         return sweep
+
+    def _stranded(self, now: datetime, published: set[str]) -> list[JobView]:
+        """Publish again the jobs of messages held by a dead worker: handed out ``held_after_s`` ago, and every
+        job of the message that still waits due at least that long ago."""
+        if self.held is None:
+            return []
+        cutoff = now - timedelta(seconds=self.held_after_s)
+        held = self.held.held_since(cutoff.timestamp())
+        waiting = {job.id: job for job in self.store.waiting_among(sorted({i for ids in held.values() for i in ids}))}
+        stranded: list[JobView] = []
+        dropped: list[bytes] = []
+        for tag, ids in held.items():
+            jobs = [waiting[job_id] for job_id in ids if job_id in waiting]
+            if not jobs or any(aware(job.due_at or job.created_at) > cutoff for job in jobs):
+                continue  # nothing waits on it, or a countdown not long past: a live worker may still start it
+            queues = [self.queue_of(job) for job in jobs]
+            if None in queues:
+                continue  # no tier serves one of its jobs: `llm-router requeue --stale` reports it
+            for job, queue in zip(jobs, queues, strict=True):
+                if queue is not None and job.id not in published:
+                    self.publish(job, queue, 0.0)
+                    self.store.set_due([job.id], 0.0)
+                    published.add(job.id)
+                    stranded.append(job)
+            dropped.append(tag)
+        self.held.drop(dropped)
+        return stranded
 
     def _stale_pages(self, now: datetime, waiting_before: datetime) -> Iterator[JobView]:
         """The lost jobs, a page at a time; between pages the lock is renewed, so a long sweep (a broker that
@@ -202,9 +287,11 @@ class Sweeper:
                 pipe.hset(DEAD_WORKERS_KEY, job.lease_owner, now.isoformat())
         for job in sweep.lost:
             log.warning("job %s recovered: its message was lost (%s)", job.id, job.status)
+        for job in sweep.stranded:
+            log.warning("job %s recovered: the worker that took its message died before starting it", job.id)
         records = [
             json.dumps({"job": job.id, "status": job.status, "worker": job.lease_owner, "at": now.isoformat()})
-            for job in sweep.abandoned + sweep.lost
+            for job in sweep.abandoned + sweep.lost + sweep.stranded
         ]
         if records:
             pipe.lpush(RECOVERED_KEY, *records)

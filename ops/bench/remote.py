@@ -55,6 +55,12 @@ def catalogue(url: str) -> str:
     return f"""
 default_tier = "api"
 tier_order = ["api"]
+{api_tier(url)}"""
+
+
+def api_tier(url: str) -> str:
+    """A tier ``api`` on the remote pool whose models are the stand-in's chat and TEI embeddings."""
+    return f"""
 [tiers.api]
 pool = "remote"
 generate = ["{CHAT}"]

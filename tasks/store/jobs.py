@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, tuple_, update
 
-from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status, utcnow
+from tasks.records import FINAL_STATUSES, UNSENT, AttemptRecord, JobRecord, Status, utcnow
 from tasks.redaction import redact
 from tasks.store.base import (
     ATTEMPTS,
@@ -150,6 +150,23 @@ class JobRecords(StoreBase):
             record.status, record.error, record.finished_at = Status.FAILED, error, now
             record.latency_ms = elapsed_ms(record.created_at, now)
 
+    def revive_unsent(self, job_id: str) -> bool:
+        """A job recorded failed because the broker refused its message, and never started, made queued
+        again to be sent once more; True for the one caller that did it among any racing on the job."""
+        with self.sessions.begin() as session:
+            revived = session.execute(
+                update(JobRecord)
+                .where(
+                    JobRecord.id == job_id,
+                    JobRecord.status == Status.FAILED,
+                    JobRecord.error == UNSENT,
+                    JobRecord.attempts == 0,
+                )
+                .values(status=Status.QUEUED, error=None, finished_at=None, latency_ms=None, due_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            return bool(getattr(revived, "rowcount", 0))
+
     def mark_retrying(self, job_id: str, delay_s: float) -> None:
         """The job waits ``delay_s`` for its retry's message."""
         self.set_due([job_id], delay_s, status=Status.RETRYING)
@@ -191,6 +208,18 @@ class JobRecords(StoreBase):
             record.status, record.lease_owner, record.lease_until = Status.QUEUED, None, None
             record.due_at = now + timedelta(seconds=due_in_s)
             return True
+
+    def waiting_among(self, job_ids: list[str]) -> list[JobView]:
+        """Which of ``job_ids`` still wait (queued or retrying) for a message."""
+        if not job_ids:
+            return []
+        with self.session() as session:
+            rows = session.scalars(
+                select(JobRecord).where(
+                    JobRecord.id.in_(job_ids), JobRecord.status.in_([Status.QUEUED, Status.RETRYING])
+                )
+            )
+            return [JobView.of(row) for row in rows]
 
     def stale(
         self,

@@ -12,9 +12,10 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from broker.client import Router
+from broker.client import EnqueueFailed, Router
 from broker.settings import Settings
 from tasks.errors import InvalidRequest
+from tasks.records import Status
 from tests.conftest import empty_redis_db, queued
 
 BROKER = "redis://127.0.0.1:6379/4"  # no worker consumes here: the messages stay countable
@@ -98,3 +99,20 @@ def test_a_batch_submitted_again_with_its_key_is_the_same_batch(router: Router) 
     again = router.batch(requests, idempotency_key=key)
     assert first.inserted == 5 and again.inserted == 0 and again.batch_id == first.batch_id
     assert [job.id for job in again.jobs.values()] == [job.id for job in first.jobs.values()]
+
+
+def test_a_keyed_submission_the_broker_refused_is_sent_when_submitted_again(settings: Settings) -> None:
+    """A web backend retries a request that failed because the broker was down: with the same key, the job
+    recorded then is sent now, once; nothing is recorded twice."""
+    key = f"order-{uuid.uuid4()}"
+    broker = redis.Redis.from_url(BROKER)
+    down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})  # nothing listens there
+    with Router(down) as router, pytest.raises(EnqueueFailed):
+        router.embed("sent later", tier="fast", idempotency_key=key)
+    with Router(settings) as router:
+        before = queued(broker, "fast")
+        job = router.embed("sent later", tier="fast", idempotency_key=key)
+        assert job.record().status == Status.QUEUED and job.record().error is None
+        again = router.embed("sent later", tier="fast", idempotency_key=key)
+    assert again.id == job.id and _records(settings, key) == 1
+    assert queued(broker, "fast") - before == 1  # sent by the first retry only

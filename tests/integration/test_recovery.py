@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
 from click.testing import CliRunner
+from kombu import Exchange, Queue
 from sqlalchemy import text
 
+from broker.celery_app import create_app
 from broker.cli.main import cli
 from broker.client import Router
+from broker.publishing import send_job
+from broker.queues import TASK_NAMES
 from broker.settings import Settings
 from tasks.database import make_engine
 from tasks.records import Status
@@ -25,7 +32,16 @@ from tasks.store import JobStore, JobView, Lease
 from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings, fresh_database
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer
-from workers.sweeper import DEAD_WORKERS_KEY, EPOCH_KEY, LOCK_KEY, RECOVERED_KEY, BrokerMark, Sweeper
+from workers.sweeper import (
+    DEAD_WORKERS_KEY,
+    EPOCH_KEY,
+    LOCK_KEY,
+    RECOVERED_KEY,
+    UNACKED_KEY,
+    BrokerMark,
+    HeldMessages,
+    Sweeper,
+)
 
 # A broker database no other test module uses: kombu pools connections per URL for the whole process, and a
 # module that used a URL before the Redis restart test leaves stale connections to the next module using it.
@@ -205,7 +221,9 @@ def _start(store: JobStore, job_id: str, owner: str, lease_s: float) -> None:
     store.start_attempt(job_id, model="m", provider="openai", tier="sweep", worker=owner, lease=lease)
 
 
-def _sweeper(store: JobStore, client: redis.Redis, published: list[tuple[str, float]]) -> Sweeper:
+def _sweeper(
+    store: JobStore, client: redis.Redis, published: list[tuple[str, float]], held: HeldMessages | None = None
+) -> Sweeper:
     def publish(job: JobView, queue: str, countdown: float) -> None:
         assert queue == "sweep-test"
         published.append((job.id, countdown))
@@ -218,6 +236,8 @@ def _sweeper(store: JobStore, client: redis.Redis, published: list[tuple[str, fl
         interval_s=10,
         lost_message_after_s=1800,
         broker_mark=BrokerMark(client),
+        held=held,
+        held_after_s=30,
     )
 
 
@@ -287,3 +307,74 @@ def test_a_long_sweep_goes_by_pages_and_publishes_each_job_once(
     # Every waiting job of this database (earlier tests' too) once, across several pages; these five among them.
     assert sweep.broker_lost_data and len(ids) == len(set(ids)) >= 5 and set(waiting) <= set(ids)
     assert shared.get(LOCK_KEY) == sweeper._token  # renewed between pages, never handed over
+
+
+# A consumer that takes messages unacknowledged, as a worker's dynamic batching does, and is killed whole
+# before it starts their jobs: kombu leaves them in its `unacked` hash until the visibility timeout.
+TAKE_AND_DIE = """
+import os, signal, sys
+from kombu import Connection, Exchange, Queue
+url, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+taken = []
+with Connection(url, transport_options={"priority_steps": list(range(10))}) as connection:
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    with connection.Consumer(queue, callbacks=[lambda body, message: taken.append(message)], accept=["json"]) as c:
+        c.qos(prefetch_count=count)
+        print("ready", flush=True)
+        while len(taken) < count:
+            connection.drain_events(timeout=30)
+        print("taken", len(taken), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_jobs_whose_messages_a_dead_worker_took_and_never_started_are_published_again(
+    store: JobStore, shared: redis.Redis, router: Router
+) -> None:
+    single, first, second, running, deferred = (_job(store) for _ in range(5))
+    with subprocess.Popen(
+        [sys.executable, "-c", TAKE_AND_DIE, BROKER, "sweep-test", "4"], stdout=subprocess.PIPE, text=True
+    ) as consumer:
+        try:
+            assert consumer.stdout is not None and consumer.stdout.readline().strip() == "ready"
+            app = create_app(router.settings)
+            app.amqp.queues.add(Queue("sweep-test", Exchange("sweep-test", type="direct"), routing_key="sweep-test"))
+            for job_id in (single, running, deferred):
+                send_job(app, job_id, "generate", "sweep-test", 1)
+            app.send_task(  # a bulk message of two jobs, as Router.batch sends it
+                TASK_NAMES["generate"],
+                kwargs={"job_ids": [first, second]},
+                task_id=f"{first}+1",
+                queue="sweep-test",
+                routing_key="sweep-test",
+            )
+            assert consumer.wait(timeout=60) == -signal.SIGKILL
+        finally:
+            consumer.kill()
+    broker = redis.Redis.from_url(BROKER)
+    held = HeldMessages(broker)
+    ours = {single, first, second, running, deferred}
+    assert {i for ids in held.held_since(time.time()).values() for i in ids} >= ours  # all four messages held
+    _start(store, running, "elsewhere:5", lease_s=60)  # taken over meanwhile by a live worker
+    store.set_due([deferred], 600)  # a deferral of ten minutes: its message is not due yet
+
+    published: list[tuple[str, float]] = []
+    sweeper = _sweeper(store, shared, published, held)
+    sweeper.sweep()
+    assert not {job_id for job_id, _ in published} & ours  # handed out just now: a live worker may start them
+
+    later = datetime.now(UTC) + timedelta(seconds=40)
+    sweep = sweeper.sweep(now=later)
+    assert sorted(job_id for job_id, _ in published if job_id in ours) == sorted([single, first, second])
+    assert {job.id for job in sweep.stranded} == {single, first, second}
+    assert all(countdown == 0.0 for job_id, countdown in published if job_id in ours)
+    still_held = {i for ids in held.held_since(time.time()).values() for i in ids}
+    assert not {single, first, second} & still_held and {running, deferred} <= still_held  # copies dropped
+    assert shared.lrange(RECOVERED_KEY, 0, -1)  # listed by `llm-router status`
+
+    published.clear()
+    sweeper.sweep(now=later)
+    assert not {job_id for job_id, _ in published} & ours  # once: their held copies are gone
+    for tag, ids in held.held_since(time.time()).items():  # leave no held message behind for other tests
+        if set(ids) & ours:
+            broker.hdel(UNACKED_KEY, tag)

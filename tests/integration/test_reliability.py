@@ -6,7 +6,6 @@ import json
 import os
 import pickle
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from sqlalchemy import create_engine, text
 from broker.cli.main import cli
 from broker.client import Router
 from broker.settings import Settings
+from ops.bench.faults import postgres, restart_redis
 from tasks.errors import InvalidRequest
 from tasks.schemas import EmbedResult, GenerateResult
 from tests.conftest import REPO, WorkerProcess, empty_redis_db
@@ -250,14 +250,6 @@ def test_secrets_appear_in_no_log_record_or_status(
     assert "pg-secret-pass" not in status.output and TOKEN not in status.output
 
 
-def _postgres(action: str) -> None:
-    version = os.listdir("/etc/postgresql")[0]
-    extra = ["-m", "fast"] if action == "stop" else []
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, *extra], check=True, timeout=60
-    )
-
-
 @pytest.mark.slow
 def test_postgres_restarted_while_jobs_run(
     worker: WorkerProcess, router: Router, db: Callable[..., list[dict[str, Any]]]
@@ -267,7 +259,7 @@ def test_postgres_restarted_while_jobs_run(
     while jobs[0].status() != "succeeded":
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    _postgres("stop")  # the worker is mid-way through the batch
+    postgres("stop")  # the worker is mid-way through the batch
     try:
         # Down until the worker has met the outage (the next job it records), however long a generation takes.
         deadline = time.monotonic() + 120
@@ -276,7 +268,7 @@ def test_postgres_restarted_while_jobs_run(
             time.sleep(0.2)
         assert worker.alive()
     finally:
-        _postgres("start")
+        postgres("start")
     for job in jobs:
         assert isinstance(job.wait(timeout=120), GenerateResult)
     assert worker.alive()
@@ -288,42 +280,12 @@ def test_postgres_restarted_while_jobs_run(
     assert len(usage) == len(jobs)  # written once each, after the database came back
 
 
-def _restart_redis() -> None:
-    """Restart the machine's Redis (no persistence): every message held by the broker is lost."""
-    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], timeout=30, check=False)
-    deadline = time.monotonic() + 30
-    while subprocess.run(["redis-cli", "-h", "127.0.0.1", "ping"], capture_output=True, check=False).returncode == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    time.sleep(1.0)
-    subprocess.run(
-        [
-            "redis-server",
-            "--daemonize",
-            "yes",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "6379",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        check=True,
-        timeout=30,
-    )
-    while subprocess.run(["redis-cli", "-h", "127.0.0.1", "ping"], capture_output=True, check=False).returncode != 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 def test_redis_restarted_workers_reconnect_and_lost_jobs_are_recovered(
     worker: WorkerProcess, router: Router, env: dict[str, str], db: Callable[..., list[dict[str, Any]]]
 ) -> None:
     jobs = [router.generate(f"Broker restart story {i}:", tier="fast", max_tokens=24, seed=i) for i in range(4)]
-    _restart_redis()  # the queued messages vanish with it
+    restart_redis()  # the queued messages vanish with it
     assert worker.alive()
 
     # New work flows once the worker has reconnected by itself.

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
+from typing import Any
 
 import pytest
 
 from workers.messages import BadBulkMessage, BadMessage, parse_message, parse_messages
+from workers.sweeper import job_ids_in
 
 ID = str(uuid.uuid4())
 
@@ -68,3 +72,21 @@ def test_bad_bulk_messages_name_the_ids_they_could_read(
         assert not isinstance(caught.value, BadBulkMessage)
     else:
         assert isinstance(caught.value, BadBulkMessage) and len(caught.value.job_ids) == readable
+
+
+def _held(args: list[Any], kwargs: dict[str, Any], *, base64_body: bool = True) -> bytes:
+    """A message as kombu's Redis transport keeps it unacknowledged: [message, exchange, routing key]."""
+    body = json.dumps([args, kwargs, {}]).encode()
+    encoded = base64.b64encode(body).decode() if base64_body else body.decode()
+    properties = {"body_encoding": "base64"} if base64_body else {}
+    return json.dumps([{"body": encoded, "properties": properties}, "", "fast"]).encode()
+
+
+def test_the_jobs_of_a_held_message_are_read_and_anything_else_reads_as_none() -> None:
+    one, two = str(uuid.uuid4()), str(uuid.uuid4())
+    assert job_ids_in(_held([one], {})) == [one]
+    assert job_ids_in(_held([], {"job_ids": [one, two]})) == [one, two]
+    assert job_ids_in(_held([one], {}, base64_body=False)) == [one]
+    assert job_ids_in(_held([], {"job_ids": [one, "not-an-id"]})) == [one]  # a bad bulk message's readable ids
+    for garbage in (None, b"", b"{", b"[1, 2]", json.dumps([{"body": "!!"}, "", "q"]).encode(), _held(["x"], {})):
+        assert job_ids_in(garbage) == []
