@@ -242,3 +242,14 @@ class FileRecord(Base):
     content: Mapped[str] = mapped_column(Text)
     bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ClusterMark(Base):
+    """A value the whole cluster shares and no broker loss takes away (the broker epoch the sweeper last
+    recovered from)."""
+
+    __tablename__ = "cluster_marks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

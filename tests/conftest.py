@@ -20,7 +20,7 @@ from broker.client import Router
 from broker.settings import Settings
 from ops.bench.database import bench_database
 from ops.bench.faults import kill_whole
-from tasks.limits import MAX_PRIORITY
+from tests.support.brokers import priority_keys
 
 PG_ADMIN = os.environ.get("LLM_ROUTER_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 PG_URL_TEMPLATE = os.environ.get("LLM_ROUTER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
@@ -71,11 +71,6 @@ def count_rows(pg_url: str) -> Iterator[Callable[[str], int]]:
     engine.dispose()
 
 
-def priority_keys(queue: str) -> list[str]:
-    """The Redis lists kombu keeps a queue's messages in, one per priority step (broker.queues)."""
-    return [queue if step == 0 else f"{queue}\x06\x16{step}" for step in range(MAX_PRIORITY + 1)]
-
-
 def queued(client: redis.Redis, queue: str) -> int:
     """Messages waiting on a Redis broker's queue, at every priority."""
     return sum(int(client.llen(key)) for key in priority_keys(queue))  # type: ignore[arg-type]
@@ -104,13 +99,34 @@ def rabbitmqctl(*args: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def rabbit_url() -> Iterator[str]:
-    """A RabbitMQ virtual host of this test session on the machine's broker, deleted afterwards."""
-    vhost = f"llmr_test_{uuid.uuid4().hex[:10]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    rabbitmqctl("delete_vhost", vhost)
+def rabbit_vhost() -> Iterator[Callable[[str], str]]:
+    """The URL of a RabbitMQ virtual host of this test session, one per name (a module's own, as a module has
+    its own Redis database), on the machine's broker; every one deleted afterwards."""
+    made: dict[str, str] = {}
+
+    def vhost(name: str) -> str:
+        if name not in made:
+            host = f"llmr_test_{name}_{uuid.uuid4().hex[:8]}"
+            rabbitmqctl("add_vhost", host)
+            rabbitmqctl("set_permissions", "-p", host, "guest", ".*", ".*", ".*")
+            made[name] = f"amqp://guest:guest@127.0.0.1:5672/{host}"
+        return made[name]
+
+    yield vhost
+    for url in made.values():
+        rabbitmqctl("delete_vhost", url.rsplit("/", 1)[1])
+
+
+@pytest.fixture(scope="session")
+def rabbit_url(rabbit_vhost: Callable[[str], str]) -> str:
+    return rabbit_vhost("session")
+
+
+# The tests that run on both fleet brokers take the module's ``broker`` fixture through one of these; a module
+# runs all its Redis tests, then all its RabbitMQ ones (pytest groups module-scoped parameters).
+ON_BOTH_BROKERS = pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True, scope="module")
+ON_REDIS = pytest.mark.parametrize("broker", ["redis"], indirect=True, scope="module")
+ON_RABBITMQ = pytest.mark.parametrize("broker", ["rabbitmq"], indirect=True, scope="module")
 
 
 def rabbit_queue_counts(url: str) -> dict[str, tuple[int, int]]:
@@ -288,10 +304,10 @@ def catalogue_settings(cluster_settings: Settings, env: dict[str, str]) -> Setti
     return cluster_settings.model_copy(update=update)
 
 
-def publish_raw(redis_url: str, queue: str, body: bytes, content_type: str, task: str) -> None:
+def publish_raw(broker_url: str, queue: str, body: bytes, content_type: str, task: str, task_id: str = "") -> None:
     """Publish a hand-made message straight to a queue, bypassing Celery's client."""
-    task_id = str(uuid.uuid4())
-    with Connection(redis_url) as connection:
+    task_id = task_id or str(uuid.uuid4())
+    with Connection(broker_url) as connection:
         Producer(connection).publish(
             body,
             exchange=Exchange("llm-router", type="direct"),

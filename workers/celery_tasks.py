@@ -110,7 +110,7 @@ def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
         lambda job: recovery_queue(job, runtime.catalogue),
         interval_s=settings.sweep_interval_s,
         lost_message_after_s=settings.lost_message_after_s,
-        broker_mark=BrokerMark(broker_client) if broker_client else None,
+        broker_mark=BrokerMark(broker_client, runtime.store) if broker_client else None,
         held=HeldMessages(broker_client) if broker_client else None,
         held_after_s=settings.lease_s,
         retention=Retain(settings.retention_days, settings.retention_results_only) if settings.retention_days else None,

@@ -7,8 +7,8 @@ Every worker process runs a sweeper thread; one at a time cluster-wide (a Redis 
   or lost its database for longer than a lease), so the job is published again at once. The lease is the
   heartbeat: a live worker renews the leases of its running jobs every third of ``lease_s``;
 - every **queued or retrying** job when the broker lost its data: a mark the sweeper keeps in the broker's
-  Redis database is gone (a Redis restarted without persistence, a flushed database). Each job is published
-  again, with what is left of its countdown;
+  Redis database is gone or another than the one the database says the last recovery saw (a Redis restarted
+  without persistence, a flushed database). Each job is published again, with what is left of its countdown;
 - a **queued or retrying** job whose message a worker took and never started (Redis brokers): a worker
   killed whole leaves the messages it had taken unacknowledged, and the broker hands them out again only
   after its visibility timeout, hours later. A message handed out ``held_after_s`` ago whose waiting jobs
@@ -87,23 +87,30 @@ class Sweep:
 
 class BrokerMark:
     """A mark in the broker's Redis database, to tell when it lost its data: a restarted Redis without
-    persistence, or a flushed database, loses the mark with the messages. The sweeper remembers the mark it
-    saw; when the mark is gone or another, the messages of every waiting job are gone too."""
+    persistence, or a flushed database, loses the mark with the messages. The database keeps the mark that the
+    last complete sweep recovered from (or the first sweeper saw): it outlives the broker and is the same for
+    every sweeper, so a loss is recovered by whichever sweeper sweeps next, even one started after the loss,
+    and a sweep cut short (a lost lock, an error) is done again by the next."""
 
-    def __init__(self, client: redis.Redis):
-        self.redis = client
-        self.seen = self._current()
+    def __init__(self, client: redis.Redis, store: JobStore):
+        self.redis, self.store = client, store
+        where = client.connection_pool.connection_kwargs
+        self.name = f"broker-epoch {where.get('host')}:{where.get('port')}/{where.get('db', 0)}"
+        store.set_mark(self.name, self.current(), if_absent=True)
 
-    def _current(self) -> bytes:
+    def current(self) -> str:
         self.redis.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
         mark = self.redis.get(EPOCH_KEY)
-        return mark if isinstance(mark, bytes) else b""
+        return mark.decode() if isinstance(mark, bytes) else ""
 
-    def lost_data(self) -> bool:
-        """Whether the broker lost its data since the last look (the first look after it answers again)."""
-        current = self._current()
-        lost, self.seen = current != self.seen, current
-        return lost
+    def lost_since_recovered(self) -> str | None:
+        """The broker's mark now, when it lost its data since the last recovery; None when it did not."""
+        current = self.current()
+        return current if current != self.store.mark(self.name) else None
+
+    def recovered(self, mark: str) -> None:
+        """Every waiting job was published again after the loss that ``mark`` followed."""
+        self.store.set_mark(self.name, mark)
 
 
 def job_ids_in(held: bytes | None) -> list[str]:
@@ -171,6 +178,7 @@ class Sweeper:
         self.interval_s, self.lost_message_after_s = interval_s, lost_message_after_s
         self.broker_mark, self.retention, self.carry_on = broker_mark, retention, carry_on
         self.held, self.held_after_s = held, held_after_s
+        self._swept_every_page = False
         self._token = uuid.uuid4().hex.encode()
         self._stop = threading.Event()
 
@@ -202,7 +210,8 @@ class Sweeper:
 
     def sweep(self, now: datetime | None = None) -> Sweep:
         now = now or datetime.now(UTC)
-        broker_lost_data = self.broker_mark is not None and self.broker_mark.lost_data()
+        lost_mark = self.broker_mark.lost_since_recovered() if self.broker_mark is not None else None
+        broker_lost_data = lost_mark is not None
         # After a loss every waiting job's message is gone, whenever it is due; otherwise a message is taken
         # for lost once it has been due for a long time (a backlog that long is not lost, only slow).
         waiting_before = (
@@ -224,6 +233,8 @@ class Sweeper:
             else:
                 self.store.set_due([job.id], countdown)  # due when its message is: not lost again before
                 lost.append(job)
+        if lost_mark is not None and self.broker_mark is not None and self._swept_every_page:
+            self.broker_mark.recovered(lost_mark)
         stranded = [] if broker_lost_data else self._stranded(now, {job.id for job in abandoned + lost})
         if self.carry_on is not None:
             # A pipeline whose worker died between ending a step and starting the next goes on from here.
@@ -270,10 +281,14 @@ class Sweeper:
         """The lost jobs, a page at a time; between pages the lock is renewed, so a long sweep (a broker that
         lost thousands of messages) is never run by two sweepers at once. A sweeper that lost its lock stops."""
         after: JobView | None = None
+        self._swept_every_page = False
         while True:
             page = self.store.stale(running_before=now, waiting_before=waiting_before, limit=SWEEP_PAGE, after=after)
             yield from page
-            if len(page) < SWEEP_PAGE or not self.take_turn():
+            if len(page) < SWEEP_PAGE:
+                self._swept_every_page = True
+                return
+            if not self.take_turn():
                 return
             after = page[-1]
 

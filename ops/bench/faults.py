@@ -74,3 +74,18 @@ def restart_postgres(down_s: float = 2.0) -> None:
     postgres("stop")
     time.sleep(down_s)
     postgres("start")
+
+
+def _rabbitmq_answers() -> bool:
+    return (
+        subprocess.run(["rabbitmq-diagnostics", "-q", "check_running"], capture_output=True, check=False).returncode
+        == 0
+    )
+
+
+def restart_rabbitmq() -> None:
+    """Stop and start the machine's RabbitMQ broker (the node stays up): every connection is cut; durable
+    queues keep their persistent messages."""
+    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, timeout=120)
+    subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, timeout=120)
+    _until(True, _rabbitmq_answers, "RabbitMQ did not come back", timeout_s=60)

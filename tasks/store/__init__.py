@@ -11,6 +11,7 @@
     keys       the HTTP gateway's API keys, and what their tenants used
     files      files uploaded through the gateway (Batch API inputs)
     metrics    what /metrics reports, aggregated by the database
+    marks      values the whole cluster shares (the broker epoch the sweeper recovered from)
     retention  pruning old final jobs, and the tables' sizes
     base       sessions, and the one place a job or usage row is built
 
@@ -27,6 +28,7 @@ from tasks.store.files import FileRecords, FileView
 from tasks.store.groups import GroupWrites, Started
 from tasks.store.jobs import JobRecords
 from tasks.store.keys import ApiKeyView, KeyRecords, TenantUsage
+from tasks.store.marks import ClusterMarks
 from tasks.store.metrics import BUCKETS_S, MetricsReads, MetricsSnapshot
 from tasks.store.retention import Pruned, Retention, TableSize
 from tasks.store.runs import RunRecords
@@ -74,5 +76,6 @@ class JobStore(
     KeyRecords,
     FileRecords,
     MetricsReads,
+    ClusterMarks,
 ):
     """Every read and write of jobs, attempts, usage and runs, over one engine."""

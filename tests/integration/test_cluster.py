@@ -1,32 +1,42 @@
-"""The whole path on the real services: Router → Redis queues → real worker subprocesses → Postgres."""
+"""The whole path on the real services: Router → broker queues → real worker subprocesses → Postgres, on Redis
+and on RabbitMQ."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import create_engine, text
 
 from broker.client import Router
 from broker.settings import Settings
 from tasks.errors import JobRejected
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
-from tests.conftest import WorkerProcess, priority_keys, publish_raw, queued, queued_raw
+from tests.conftest import ON_BOTH_BROKERS, WorkerProcess, publish_raw
+from tests.support.brokers import BrokerQueues
+
+pytestmark = ON_BOTH_BROKERS
 
 
 @pytest.fixture(scope="module")
-def workers(start_worker: Callable[..., WorkerProcess]) -> dict[str, WorkerProcess]:
-    return {"fast": start_worker("fast", "fast"), "balanced": start_worker("balanced", "balanced")}
+def broker(request: pytest.FixtureRequest, redis_url: str, rabbit_vhost: Callable[[str], str]) -> str:
+    return redis_url if request.param == "redis" else rabbit_vhost("cluster")
 
 
 @pytest.fixture(scope="module")
-def router(cluster_settings: Settings) -> Iterator[Router]:
-    with Router(cluster_settings) as router:
+def workers(
+    start_worker: Callable[..., WorkerProcess], cluster_env: dict[str, str], broker: str, redis_url: str
+) -> dict[str, WorkerProcess]:
+    env, suffix = {**cluster_env, "LLM_ROUTER_BROKER_URL": broker}, "" if broker == redis_url else "-rabbit"
+    return {tier: start_worker(tier, f"{tier}{suffix}", env=env) for tier in ("fast", "balanced")}
+
+
+@pytest.fixture(scope="module")
+def router(cluster_settings: Settings, broker: str) -> Iterator[Router]:
+    with Router(cluster_settings.model_copy(update={"broker_url": broker})) as router:
         yield router
 
 
@@ -80,7 +90,7 @@ def test_all_three_kinds_succeed_and_are_recorded(
 
 
 def test_a_tier_job_is_consumed_only_by_workers_of_that_queue(
-    workers: dict[str, WorkerProcess], router: Router, db: Callable[..., list[dict[str, Any]]], redis_url: str
+    workers: dict[str, WorkerProcess], router: Router, db: Callable[..., list[dict[str, Any]]], broker: str
 ) -> None:
     fast = [router.embed(f"fast sentence {i}", tier="fast") for i in range(3)]
     balanced = [router.embed(f"balanced sentence {i}", tier="balanced") for i in range(3)]
@@ -92,14 +102,13 @@ def test_a_tier_job_is_consumed_only_by_workers_of_that_queue(
             (attempt,) = db("SELECT worker FROM attempts WHERE job_id = :id", id=job.id)
             assert attempt["worker"] == worker.nodename
     assert orphan.status() == "queued"
-    client = redis.Redis.from_url(redis_url)
-    assert queued(client, "quality") == 1
-    client.delete(*priority_keys("quality"))
-    client.close()
+    queues = BrokerQueues(broker)
+    assert queues.count("quality") == 1
+    queues.purge("quality")
 
 
 def test_malformed_messages_are_recorded_and_the_worker_keeps_serving(
-    workers: dict[str, WorkerProcess], router: Router, db: Callable[..., list[dict[str, Any]]], redis_url: str
+    workers: dict[str, WorkerProcess], router: Router, db: Callable[..., list[dict[str, Any]]], broker: str
 ) -> None:
     app = router.app
     bad_request, extra_args, unknown_id = (str(uuid.uuid4()) for _ in range(3))
@@ -113,10 +122,8 @@ def test_malformed_messages_are_recorded_and_the_worker_keeps_serving(
     app.send_task("tasks.classify", args=["not-a-uuid"], queue="fast")
     # An unknown task name, a pickle payload, and a body that is not JSON.
     app.send_task("tasks.nope", args=[str(uuid.uuid4())], queue="fast")
-    publish_raw(
-        redis_url, "fast", b"\x80\x04\x95\x00cos\nsystem\n.", "application/x-python-serialize", "tasks.generate"
-    )
-    publish_raw(redis_url, "fast", b"{not json", "application/json", "tasks.generate")
+    publish_raw(broker, "fast", b"\x80\x04\x95\x00cos\nsystem\n.", "application/x-python-serialize", "tasks.generate")
+    publish_raw(broker, "fast", b"{not json", "application/json", "tasks.generate")
 
     after = router.embed("the worker still serves", tier="fast").wait(timeout=60)
     assert isinstance(after, EmbedResult)
@@ -139,14 +146,11 @@ def test_malformed_messages_are_recorded_and_the_worker_keeps_serving(
     assert "untrusted content" in log.lower() or "refusing" in log.lower()  # pickle is refused
 
 
-def test_stored_jobs_keep_their_request_out_of_the_message(router: Router, redis_url: str) -> None:
+def test_stored_jobs_keep_their_request_out_of_the_message(router: Router, broker: str) -> None:
     # Messages carry only the job id: prompts never reach the broker (or Flower's task arguments).
-    client = redis.Redis.from_url(redis_url)
-    client.delete(*priority_keys("quality"))
+    queues = BrokerQueues(broker)
+    queues.purge("quality")
     job = router.generate("a secret prompt that must stay in the database", tier="quality")
-    (raw,) = queued_raw(client, "quality")
-    client.delete(*priority_keys("quality"))
-    client.close()
-    message = json.loads(raw)
-    assert "secret prompt" not in raw.decode()
-    assert message["headers"]["id"] == job.id and message["content-type"] == "application/json"
+    (message,) = queues.take("quality")
+    assert b"secret prompt" not in message.raw
+    assert message.headers["id"] == job.id and message.content_type == "application/json"

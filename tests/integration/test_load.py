@@ -1,6 +1,7 @@
-"""Load: 2,000 (LLM_ROUTER_LOAD_JOBS) mixed jobs from 4 producer processes against 2 worker processes, with
-an Inference API on 127.0.0.1 that answers 10 % 503 and 5 % 429 at random. Bounded in count and time; reports jobs/s and
-end-to-end latency percentiles (printed, and written to the file named by LLM_ROUTER_LOAD_REPORT)."""
+"""Load: 2,000 (LLM_ROUTER_LOAD_JOBS) mixed jobs from 4 producer processes against 2 worker processes, on Redis
+and on RabbitMQ, with an Inference API on 127.0.0.1 that answers 10 % 503 and 5 % 429 at random. Bounded in
+count and time; reports jobs/s and end-to-end latency percentiles (printed, and written to the file named by
+LLM_ROUTER_LOAD_REPORT)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from sqlalchemy import create_engine, text
 
 from broker.settings import Settings
 from tasks.store import percentile
-from tests.conftest import WorkerProcess, empty_redis_db
+from tests.conftest import ON_BOTH_BROKERS, WorkerProcess, empty_redis_db
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
 
@@ -59,8 +60,13 @@ def server() -> Iterator[InferenceServer]:
 
 
 @pytest.fixture(scope="module")
+def broker(request: pytest.FixtureRequest, rabbit_vhost: Callable[[str], str]) -> str:
+    return empty_redis_db(BROKER) if request.param == "redis" else rabbit_vhost("load")
+
+
+@pytest.fixture(scope="module")
 def env(
-    server: InferenceServer, cluster_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    server: InferenceServer, cluster_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, broker: str
 ) -> dict[str, str]:
     config = tmp_path_factory.mktemp("load") / "catalogue.toml"
     lines = ['default_tier = "fast"']
@@ -70,10 +76,9 @@ def env(
     for model in MODELS.values():
         lines += [f'[models."{model}"]', 'provider = "hf-inference"']
     config.write_text("\n".join(lines) + "\n")
-    empty_redis_db(BROKER)
     return {
         **cluster_env,
-        "LLM_ROUTER_BROKER_URL": BROKER,
+        "LLM_ROUTER_BROKER_URL": broker,
         "LLM_ROUTER_CONFIG": str(config),
         "LLM_ROUTER_RETRY_DELAY_SCALE": "0.1",
         "LLM_ROUTER_COOLDOWN_S": "0",
@@ -90,7 +95,7 @@ def _produce(env: dict[str, str], index: int, count: int) -> list[str]:
     with Router() as router:
         for n in range(count):
             kind = kinds[n % 3]
-            text_ = f"load {index}-{n}"
+            text_ = f"load {env['LLM_ROUTER_BROKER_URL'][:4]} {index}-{n}"  # distinct on each broker: no cache hit
             request = {"kind": kind, "prompt": text_} if kind == "generate" else {"kind": kind, "input": text_}
             ids.append(
                 router.submit({**request, "tier": "fast", "max_tokens": 8} if kind == "generate" else request).id
@@ -98,15 +103,19 @@ def _produce(env: dict[str, str], index: int, count: int) -> list[str]:
     return ids
 
 
+@ON_BOTH_BROKERS
 @pytest.mark.slow
 def test_five_thousand_mixed_jobs_all_end_and_add_up(
     start_worker: Callable[..., WorkerProcess],
     env: dict[str, str],
+    broker: str,
     server: InferenceServer,
     pg_url: str,
     cluster_settings: Settings,
 ) -> None:
-    workers = [start_worker("fast,balanced,quality", f"load-{i}", env=env) for i in range(2)]
+    server.reset()  # the calls of this broker's run only
+    suffix = "" if broker == BROKER else "-rabbit"
+    workers = [start_worker("fast,balanced,quality", f"load-{i}{suffix}", env=env) for i in range(2)]
     engine = create_engine(pg_url, pool_pre_ping=True)
     with engine.connect() as connection:
         before = int(connection.execute(text("SELECT count(*) FROM jobs")).scalar_one())
@@ -167,6 +176,7 @@ def test_five_thousand_mixed_jobs_all_end_and_add_up(
 
     latencies = [latency for status, latency in rows if status == "succeeded" and latency is not None]
     report = {
+        "broker": "redis" if broker == BROKER else "rabbitmq",
         "jobs": JOBS,
         "producers": PRODUCERS,
         "workers": len(workers),
@@ -180,7 +190,8 @@ def test_five_thousand_mixed_jobs_all_end_and_add_up(
     }
     print("\nload:", json.dumps(report))
     target = os.environ.get("LLM_ROUTER_LOAD_REPORT")
-    if target:
-        Path(target).write_text(json.dumps(report, indent=2))
+    if target:  # one file per broker: /tmp/load.json → /tmp/load-redis.json, /tmp/load-rabbitmq.json
+        path = Path(target)
+        path.with_name(f"{path.stem}-{report['broker']}{path.suffix}").write_text(json.dumps(report, indent=2))
     for worker in workers:
         worker.stop()

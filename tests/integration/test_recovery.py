@@ -206,7 +206,7 @@ def store(database: str) -> Iterator[JobStore]:
 @pytest.fixture
 def shared() -> redis.Redis:
     client = redis.Redis.from_url(SWEEPER_REDIS)
-    client.delete(LOCK_KEY, EPOCH_KEY, RECOVERED_KEY, DEAD_WORKERS_KEY)
+    client.delete(LOCK_KEY, RECOVERED_KEY, DEAD_WORKERS_KEY)  # its broker mark stays: the broker lost nothing
     return client
 
 
@@ -235,7 +235,7 @@ def _sweeper(
         lambda job: job.queue if job.queue == "sweep-test" else None,  # this test's jobs only
         interval_s=10,
         lost_message_after_s=1800,
-        broker_mark=BrokerMark(client),
+        broker_mark=BrokerMark(client, store),
         held=held,
         held_after_s=30,
     )
@@ -270,6 +270,30 @@ def test_a_sweep_recovers_dead_workers_and_lost_messages_and_leaves_the_rest(
     assert set(by_job) == {abandoned, deferred, fresh, lost}  # every waiting job; not the one running
     assert 590 < by_job[deferred] <= 600  # a deferral keeps its countdown: it is never run early
     assert by_job[fresh] == by_job[lost] == by_job[abandoned] == 0.0
+
+
+def test_a_broker_loss_is_recovered_by_the_next_sweep_whoever_sweeps_and_however_the_last_ended(
+    store: JobStore, shared: redis.Redis
+) -> None:
+    waiting = _job(store)
+    published: list[tuple[str, float]] = []
+    old = _sweeper(store, shared, published)  # a worker alive before the loss
+    assert not old.sweep().broker_lost_data
+    shared.delete(EPOCH_KEY)  # the broker's Redis restarted without persistence
+    late = _sweeper(store, shared, published)  # a worker started after the loss, before any sweep
+
+    def refused(job: JobView, queue: str, countdown: float) -> None:
+        raise ConnectionError("the broker is not back yet")
+
+    old.publish = refused  # the old worker sweeps first, and fails while publishing
+    with pytest.raises(ConnectionError):
+        old.sweep()
+    sweep = late.sweep()  # the loss is still known: the database kept the mark the last recovery saw
+    assert sweep.broker_lost_data and waiting in {job_id for job_id, _ in published}
+    published.clear()
+    old.publish = late.publish
+    assert not old.sweep().broker_lost_data and not late.sweep().broker_lost_data  # recovered once, for all
+    assert waiting not in {job_id for job_id, _ in published}
 
 
 def test_one_sweeper_at_a_time_and_another_takes_over_when_it_dies(store: JobStore, shared: redis.Redis) -> None:

@@ -9,21 +9,19 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from kombu import Connection, Exchange, Producer
 from sqlalchemy import create_engine, text
 
 from broker.cli.main import cli
 from broker.client import Router
 from broker.settings import Settings
-from ops.bench.faults import postgres, restart_redis
+from ops.bench.faults import postgres, restart_rabbitmq, restart_redis
 from tasks.errors import InvalidRequest
 from tasks.schemas import EmbedResult, GenerateResult
-from tests.conftest import REPO, WorkerProcess, empty_redis_db
+from tests.conftest import ON_BOTH_BROKERS, ON_RABBITMQ, ON_REDIS, REPO, WorkerProcess, empty_redis_db, publish_raw
 from workers.state import collect
 
 BROKER = "redis://127.0.0.1:6379/9"
@@ -31,19 +29,24 @@ TOKEN = "hf_RELIABILITY_sentinel_0a9b8c7d"
 
 
 @pytest.fixture(scope="module")
-def env(cluster_env: dict[str, str]) -> dict[str, str]:
-    empty_redis_db(BROKER)
-    return {**cluster_env, "LLM_ROUTER_BROKER_URL": BROKER, "HUGGINGFACE_API_KEY": TOKEN}
+def broker(request: pytest.FixtureRequest, rabbit_vhost: Callable[[str], str]) -> str:
+    return empty_redis_db(BROKER) if request.param == "redis" else rabbit_vhost("reliability")
 
 
 @pytest.fixture(scope="module")
-def worker(start_worker: Callable[..., WorkerProcess], env: dict[str, str]) -> WorkerProcess:
-    return start_worker("fast,balanced,quality", "reliability", env=env)
+def env(cluster_env: dict[str, str], broker: str) -> dict[str, str]:
+    return {**cluster_env, "LLM_ROUTER_BROKER_URL": broker, "HUGGINGFACE_API_KEY": TOKEN}
 
 
 @pytest.fixture(scope="module")
-def router(cluster_settings: Settings) -> Iterator[Router]:
-    with Router(cluster_settings.model_copy(update={"broker_url": BROKER})) as router:
+def worker(start_worker: Callable[..., WorkerProcess], env: dict[str, str], broker: str) -> WorkerProcess:
+    name = "reliability" if broker == BROKER else "reliability-rabbit"
+    return start_worker("fast,balanced,quality", name, env=env)
+
+
+@pytest.fixture(scope="module")
+def router(cluster_settings: Settings, broker: str) -> Iterator[Router]:
+    with Router(cluster_settings.model_copy(update={"broker_url": broker})) as router:
         yield router
 
 
@@ -59,6 +62,7 @@ def db(pg_url: str) -> Iterator[Callable[..., list[dict[str, Any]]]]:
     engine.dispose()
 
 
+@ON_BOTH_BROKERS
 def test_a_worker_process_killed_mid_job_leaves_the_job_to_finish_exactly_once(
     worker: WorkerProcess, router: Router, db: Callable[..., list[dict[str, Any]]]
 ) -> None:
@@ -81,6 +85,7 @@ def test_a_worker_process_killed_mid_job_leaves_the_job_to_finish_exactly_once(
     assert row == {"status": "succeeded", "attempts": 2}
 
 
+@ON_BOTH_BROKERS
 def test_requeue_stale_recovers_jobs_whose_messages_the_broker_lost(
     worker: WorkerProcess, router: Router, env: dict[str, str]
 ) -> None:
@@ -138,6 +143,7 @@ ROUTER_CASES: list[tuple[str, dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("kind", "fields", "words"), ROUTER_CASES)
+@ON_REDIS
 def test_hostile_input_through_the_router(router: Router, kind: str, fields: dict[str, Any], words: str) -> None:
     before = sum(router.store.status_counts().values())  # jobs of other tests may change status meanwhile
     with pytest.raises(InvalidRequest) as caught:
@@ -157,26 +163,19 @@ CLI_CASES: list[tuple[list[str], str]] = [
 
 
 @pytest.mark.parametrize(("arguments", "words"), CLI_CASES)
+@ON_REDIS
 def test_hostile_input_through_the_cli(env: dict[str, str], arguments: list[str], words: str) -> None:
     outcome = CliRunner().invoke(cli, ["submit", *arguments], env=env)
     assert outcome.exit_code == 2 and words in outcome.output, outcome.output
 
 
-def _publish(body: bytes, content_type: str, task: str, task_id: str) -> None:
-    with Connection(BROKER) as connection:
-        Producer(connection).publish(
-            body,
-            exchange=Exchange("llm-router", type="direct"),
-            routing_key="fast",
-            content_type=content_type,
-            content_encoding="utf-8" if content_type == "application/json" else "binary",
-            headers={"task": task, "id": task_id, "lang": "py", "argsrepr": "", "kwargsrepr": ""},
-        )
-
-
+@ON_BOTH_BROKERS
 def test_hostile_broker_messages_are_refused_or_rejected_and_the_worker_stays_up(
-    worker: WorkerProcess, router: Router, db: Callable[..., list[dict[str, Any]]], tmp_path: Path
+    worker: WorkerProcess, router: Router, db: Callable[..., list[dict[str, Any]]], broker: str
 ) -> None:
+    def _publish(body: bytes, content_type: str, task: str, task_id: str) -> None:
+        publish_raw(broker, "fast", body, content_type, task, task_id)
+
     cwd_before = set(os.listdir(REPO))  # the worker's working directory
     ids = [str(uuid.uuid4()) for _ in range(6)]
     cases: list[tuple[str, Callable[[], None]]] = [
@@ -233,6 +232,7 @@ def test_hostile_broker_messages_are_refused_or_rejected_and_the_worker_stays_up
     assert set(os.listdir(REPO)) == cwd_before
 
 
+@ON_REDIS
 def test_secrets_appear_in_no_log_record_or_status(
     worker: WorkerProcess, env: dict[str, str], db: Callable[..., list[dict[str, Any]]]
 ) -> None:
@@ -251,6 +251,7 @@ def test_secrets_appear_in_no_log_record_or_status(
 
 
 @pytest.mark.slow
+@ON_BOTH_BROKERS
 def test_postgres_restarted_while_jobs_run(
     worker: WorkerProcess, router: Router, db: Callable[..., list[dict[str, Any]]]
 ) -> None:
@@ -281,6 +282,7 @@ def test_postgres_restarted_while_jobs_run(
 
 
 @pytest.mark.slow
+@ON_REDIS
 def test_redis_restarted_workers_reconnect_and_lost_jobs_are_recovered(
     worker: WorkerProcess, router: Router, env: dict[str, str], db: Callable[..., list[dict[str, Any]]]
 ) -> None:
@@ -301,4 +303,30 @@ def test_redis_restarted_workers_reconnect_and_lost_jobs_are_recovered(
     ids = {f"j{i}": job.id for i, job in enumerate(jobs)}
     placeholders = ", ".join(f":{name}" for name in ids)
     assert len(db(f"SELECT job_id FROM usage WHERE job_id IN ({placeholders})", **ids)) == len(jobs)
+    assert worker.alive()
+
+
+@ON_RABBITMQ
+@pytest.mark.slow
+def test_rabbitmq_restarted_keeps_its_messages_and_the_worker_reconnects(
+    worker: WorkerProcess, router: Router, db: Callable[..., list[dict[str, Any]]]
+) -> None:
+    jobs = [router.generate(f"Broker restart story {i}:", tier="fast", max_tokens=24, seed=i) for i in range(4)]
+    deadline = time.monotonic() + 60
+    while jobs[0].status() == "queued":  # one taken, the others waiting in the queue
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    restart_rabbitmq()  # durable queues and persistent messages: what waited is still there
+    assert worker.alive()
+    # No command run: the worker reconnects by itself, the waiting messages are still queued, and the one it
+    # held unacknowledged is handed out again (its job then found running here, or ended: run once).
+    for job in jobs:
+        assert isinstance(job.wait(timeout=180), GenerateResult)
+    fresh = router.embed("after the broker came back", tier="fast", use_cache=False)
+    assert isinstance(fresh.wait(timeout=60), EmbedResult)
+    ids = {f"j{i}": job.id for i, job in enumerate(jobs)}
+    placeholders = ", ".join(f":{name}" for name in ids)
+    assert len(db(f"SELECT job_id FROM usage WHERE job_id IN ({placeholders})", **ids)) == len(jobs)
+    succeeded = db(f"SELECT job_id FROM attempts WHERE status = 'succeeded' AND job_id IN ({placeholders})", **ids)
+    assert len(succeeded) == len(jobs)  # one succeeded attempt each
     assert worker.alive()

@@ -11,19 +11,24 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import create_engine, text
 
 from broker.client import Router
 from broker.settings import Settings
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
-from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings
+from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings, queued
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
+from workers.sweeper import HeldMessages
 
 BROKER = "redis://127.0.0.1:6379/2"  # a broker database of its own: this worker has its own catalogue
 COMPLETE, TEI_EMBED, TEI_CLS = "org/slow-completion", "org/tei-embed", "org/tei-cls"
 # Tier names of their own: `requeue --stale` republishes lost jobs of every test to their tier's queue.
 KILLED = "org/cut-off"  # on a tier of its own, served only by the worker that is killed
+NARROW, NARROW_SLOTS = "org/narrow", 4  # served only by a worker of 4 slots
+# Two tiers whose models share one provider key, limited to 15 calls a minute across both.
+KEYED_A, KEYED_B, KEY_PER_MINUTE = "org/keyed-a", "org/keyed-b", 15
 LIMITED, PER_MINUTE = "org/limited", 20
 STORMY, STORM_S, RETRY_AFTER_S = "org/stormy", 3.0, 2  # answers 429 (Retry-After: 2) for its first 3 s
 IN_FLIGHT = 64
@@ -53,6 +58,24 @@ generate = ["{STORMY}"]
 [models."{STORMY}"]
 provider = "openai"
 base_url = "{url}/stormy"
+[providers.hf-inference]
+requests_per_minute = {KEY_PER_MINUTE}
+[tiers.remote_key_a]
+pool = "remote"
+generate = ["{KEYED_A}"]
+[tiers.remote_key_b]
+pool = "remote"
+generate = ["{KEYED_B}"]
+[models."{KEYED_A}"]
+provider = "hf-inference"
+[models."{KEYED_B}"]
+provider = "hf-inference"
+[tiers.remote_narrow]
+pool = "remote"
+generate = ["{NARROW}"]
+[models."{NARROW}"]
+provider = "openai"
+base_url = "{url}/narrow"
 [tiers.remote_killable]
 pool = "remote"
 generate = ["{KILLED}"]
@@ -98,6 +121,9 @@ def server() -> Iterator[InferenceServer]:
     server = InferenceServer().start()
     server.on("/v1/completions", _slow_completion)
     server.on("/slow/v1/completions", _slower_completion)
+    server.on("/narrow/v1/completions", _slower_completion)
+    server.on(f"/models/{KEYED_A}", api.hf_generate)
+    server.on(f"/models/{KEYED_B}", api.hf_generate)
     server.on("/limited/v1/completions", api.openai_completion)
     server.on("/stormy/v1/completions", Storm.reply)
     server.on("/embed", api.tei_embed)
@@ -114,13 +140,15 @@ def remote_env(server: InferenceServer, tmp_path_factory: pytest.TempPathFactory
         BROKER,
         LLM_ROUTER_DATABASE_POOL_SIZE="2",  # 4 connections at most, for 64 jobs in flight
         LLM_ROUTER_REQUEST_TIMEOUT_S="30",
+        HUGGINGFACE_BASE_URL=server.url,
     )
 
 
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., WorkerProcess], remote_env: dict[str, str]) -> WorkerProcess:
     options = ("--pool", "remote", "--concurrency", str(IN_FLIGHT))
-    return start_worker("remote,remote_limited,remote_stormy", "remote-pool", env=remote_env, options=options)
+    queues = "remote,remote_limited,remote_stormy,remote_key_a,remote_key_b"
+    return start_worker(queues, "remote-pool", env=remote_env, options=options)
 
 
 @pytest.fixture(scope="module")
@@ -265,14 +293,33 @@ def test_many_threads_never_exceed_a_tiers_rate_limit(
     jobs = [
         router.generate(f"limited question {i}", tier="remote_limited", max_tokens=10) for i in range(2 * PER_MINUTE)
     ]
+    _only_the_window_runs(worker, jobs, PER_MINUTE, lambda: len(fresh.calls_to("/limited/v1/completions")))
+
+
+def test_many_threads_never_exceed_a_provider_keys_rate_limit_across_tiers(
+    worker: WorkerProcess, router: Router, fresh: InferenceServer
+) -> None:
+    tiers = ("remote_key_a", "remote_key_b")
+    jobs = [router.generate(f"keyed question {i}", tier=tiers[i % 2], max_tokens=10) for i in range(2 * KEY_PER_MINUTE)]
+
+    def calls() -> int:
+        return len(fresh.calls_to(f"/models/{KEYED_A}")) + len(fresh.calls_to(f"/models/{KEYED_B}"))
+
+    _only_the_window_runs(worker, jobs, KEY_PER_MINUTE, calls)
+    assert fresh.calls_to(f"/models/{KEYED_A}") and fresh.calls_to(f"/models/{KEYED_B}")  # both tiers shared it
+
+
+def _only_the_window_runs(worker: WorkerProcess, jobs: list[Any], per_minute: int, calls: Callable[[], int]) -> None:
+    """Of twice a minute's window submitted at once to 64 threads, exactly the window's calls are made; the
+    others wait for it to free, each published again once (a deferral), never spinning."""
     deadline = time.monotonic() + 60
-    while sum(job.status() == "succeeded" for job in jobs) < PER_MINUTE:
+    while sum(job.status() == "succeeded" for job in jobs) < per_minute:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     time.sleep(2.0)  # time for any call over the limit to show
-    assert len(fresh.calls_to("/limited/v1/completions")) == PER_MINUTE  # 64 threads, 20 calls a minute
+    assert calls() == per_minute
     waiting = [job for job in jobs if job.status() != "succeeded"]
-    assert len(waiting) == PER_MINUTE
+    assert len(waiting) == len(jobs) - per_minute
     # Deferred until the window frees (the rest of the minute), not spinning: each holds no attempt yet.
     assert all(job.attempts() == [] for job in waiting)
     assert all(job.status() == "queued" for job in waiting)
@@ -303,3 +350,25 @@ def test_a_429_storm_does_not_turn_into_a_republish_storm(
     assert len(calls) <= 3 * IN_FLIGHT
     refused = [call for call in calls if call.at < Storm.until]
     assert refused and all(job.status() == "succeeded" for job in jobs)
+
+
+def test_a_worker_takes_no_more_messages_than_it_has_free_slots(
+    start_worker: Callable[..., WorkerProcess], remote_env: dict[str, str], router: Router, fresh: InferenceServer
+) -> None:
+    options = ("--pool", "remote", "--concurrency", str(NARROW_SLOTS))
+    narrow = start_worker("remote_narrow", "remote-narrow", env=remote_env, options=options)
+    jobs = [router.generate(f"narrow question {i}", tier="remote_narrow", max_tokens=10) for i in range(12)]
+    ids = {job.id for job in jobs}
+    deadline = time.monotonic() + 30
+    while len(fresh.calls_to("/narrow/v1/completions")) < NARROW_SLOTS:  # the first four calls (3 s each)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(1.0)  # well inside those calls: a worker that prefetched more would hold more by now
+    held = HeldMessages(redis.Redis.from_url(BROKER)).held_since(time.time())
+    taken = [tag for tag, job_ids in held.items() if set(job_ids) & ids]
+    assert len(taken) == NARROW_SLOTS  # one message per busy slot, handed out and unacknowledged
+    assert queued(redis.Redis.from_url(BROKER), "remote_narrow") == len(jobs) - NARROW_SLOTS  # the rest wait
+    assert len(fresh.calls_to("/narrow/v1/completions")) == NARROW_SLOTS
+    for job in jobs:
+        assert isinstance(job.wait(timeout=60), GenerateResult)
+    narrow.stop()
