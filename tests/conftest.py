@@ -129,6 +129,18 @@ ON_REDIS = pytest.mark.parametrize("broker", ["redis"], indirect=True, scope="mo
 ON_RABBITMQ = pytest.mark.parametrize("broker", ["rabbitmq"], indirect=True, scope="module")
 
 
+def second_run(broker_url: str) -> dict[str, str]:
+    """Environment for a module's workers on RabbitMQ: its Redis run answered the same requests a moment ago,
+    and the result cache (the same database) would answer them again; it is tested on its own elsewhere."""
+    return {"LLM_ROUTER_CACHE_TTL_S": "0"} if broker_url.startswith("amqp") else {}
+
+
+def producer_settings(cluster_settings: Settings, broker_url: str) -> Settings:
+    """A producer of the test cluster on ``broker_url`` (with no result cache on RabbitMQ: see second_run)."""
+    cache = {"cache_ttl_s": 0.0} if second_run(broker_url) else {}
+    return cluster_settings.model_copy(update={"broker_url": broker_url, **cache})
+
+
 def rabbit_queue_counts(url: str) -> dict[str, tuple[int, int]]:
     """(ready, unacknowledged) messages per queue of the virtual host in ``url``."""
     import json

@@ -49,6 +49,7 @@ LOCK_KEY = "llm-router:sweeper:lock"
 EPOCH_KEY = "llm-router:broker-epoch"
 RECOVERED_KEY = "llm-router:recovered"  # the latest recoveries, newest first
 DEAD_WORKERS_KEY = "llm-router:dead-workers"  # owner → when its jobs were last recovered
+RECOVERY_KEY = "llm-router:broker-recovery"  # how far the recovery from a broker loss got, for the next sweeper
 PRUNED_KEY = "llm-router:pruned"  # set for an hour after a prune: the cluster prunes once an hour
 PRUNE_EVERY_S = 3600
 SWEEP_PAGE = 500  # lost jobs read and published per page of a sweep
@@ -219,22 +220,30 @@ class Sweeper:
         )
         abandoned: list[JobView] = []
         lost: list[JobView] = []
-        for job in self._stale_pages(now, waiting_before):
-            queue = self.queue_of(job)
-            if queue is None:
-                continue  # no tier serves it: `llm-router requeue --stale` reports it
-            countdown = max(0.0, (aware(job.due_at) - now).total_seconds()) if job.due_at else 0.0
-            self.publish(job, queue, countdown)
-            if job.status == Status.RUNNING:
-                # Queued again (its dead run's attempt closed as lost), it is not taken for lost at the next
-                # sweep. A worker may already have taken it over, on this very message: then it keeps it.
-                self.store.requeue_abandoned(job.id, countdown)
-                abandoned.append(job)
-            else:
-                self.store.set_due([job.id], countdown)  # due when its message is: not lost again before
+        for page in self._stale_pages(now, waiting_before, lost_mark):
+            due_now: list[str] = []  # most lost jobs are due at once: their due time is set in one statement
+            for job in page:
+                queue = self.queue_of(job)
+                if queue is None:
+                    continue  # no tier serves it: `llm-router requeue --stale` reports it
+                countdown = max(0.0, (aware(job.due_at) - now).total_seconds()) if job.due_at else 0.0
+                self.publish(job, queue, countdown)
+                if job.status == Status.RUNNING:
+                    # Queued again (its dead run's attempt closed as lost), it is not taken for lost at the next
+                    # sweep. A worker may already have taken it over, on this very message: then it keeps it.
+                    self.store.requeue_abandoned(job.id, countdown)
+                    abandoned.append(job)
+                    continue
+                if countdown:
+                    self.store.set_due([job.id], countdown)  # due when its message is: not lost again before
+                else:
+                    due_now.append(job.id)
                 lost.append(job)
+            if due_now:
+                self.store.set_due(due_now, 0.0)
         if lost_mark is not None and self.broker_mark is not None and self._swept_every_page:
             self.broker_mark.recovered(lost_mark)
+            self.redis.delete(RECOVERY_KEY)
         stranded = [] if broker_lost_data else self._stranded(now, {job.id for job in abandoned + lost})
         if self.carry_on is not None:
             # A pipeline whose worker died between ending a step and starting the next goes on from here.
@@ -277,20 +286,33 @@ class Sweeper:
         self.held.drop(dropped)
         return stranded
 
-    def _stale_pages(self, now: datetime, waiting_before: datetime) -> Iterator[JobView]:
+    def _stale_pages(self, now: datetime, waiting_before: datetime, lost_mark: str | None) -> Iterator[list[JobView]]:
         """The lost jobs, a page at a time; between pages the lock is renewed, so a long sweep (a broker that
-        lost thousands of messages) is never run by two sweepers at once. A sweeper that lost its lock stops."""
-        after: JobView | None = None
+        lost thousands of messages) is never run by two sweepers at once. A sweeper that lost its lock (or
+        died) stops; the recovery from a broker loss notes after each page how far it got, and the next
+        sweeper goes on from there."""
+        after = self._recovery_from(lost_mark)
         self._swept_every_page = False
         while True:
             page = self.store.stale(running_before=now, waiting_before=waiting_before, limit=SWEEP_PAGE, after=after)
-            yield from page
+            yield page
             if len(page) < SWEEP_PAGE:
                 self._swept_every_page = True
                 return
+            after = (page[-1].created_at, page[-1].id)
+            if lost_mark is not None:
+                progress = {"mark": lost_mark, "created_at": after[0].isoformat(), "id": after[1]}
+                self.redis.set(RECOVERY_KEY, json.dumps(progress), ex=PRUNE_EVERY_S)
             if not self.take_turn():
                 return
-            after = page[-1]
+
+    def _recovery_from(self, lost_mark: str | None) -> tuple[datetime, str] | None:
+        """Where the recovery from this loss stopped, if a sweeper began it."""
+        raw = self.redis.get(RECOVERY_KEY) if lost_mark is not None else None
+        progress = json.loads(cast(bytes, raw)) if raw else None
+        if not progress or progress.get("mark") != lost_mark:
+            return None
+        return datetime.fromisoformat(progress["created_at"]), str(progress["id"])
 
     def _note(self, sweep: Sweep, now: datetime) -> None:
         if sweep.broker_lost_data:

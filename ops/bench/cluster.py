@@ -20,6 +20,7 @@ def cluster_env(broker_url: str, database_url: str, work: Path, **variables: str
         LLM_ROUTER_DATABASE_URL=database_url,
         LLM_ROUTER_VAR_DIR=str(work / "var"),
         PYTHONPATH=str(REPO),
+        PYTHONUNBUFFERED="1",  # a worker killed whole keeps its log to its last line
         **variables,
     )
     return env

@@ -226,12 +226,13 @@ class JobRecords(StoreBase):
         running_before: datetime,
         waiting_before: datetime | None = None,
         limit: int = 10_000,
-        after: JobView | None = None,
+        after: tuple[datetime, str] | None = None,
     ) -> list[JobView]:
         """Jobs that are lost: running under a lease that ran out before ``running_before`` (its worker died),
         or queued or retrying with a message due before ``waiting_before`` (a broker lost it; the same time
         when not given). A job that a live worker runs, or that waits for a retry's or deferral's countdown
-        due later, is never stale. In order of creation, from the one ``after`` (the last of a previous page)."""
+        due later, is never stale. In order of creation, after ``after`` (the creation time and id of the last job of
+        a previous page)."""
         waiting_before = running_before if waiting_before is None else waiting_before
         running_lost = (JobRecord.status == Status.RUNNING) & (
             func.coalesce(JobRecord.lease_until, JobRecord.started_at, JobRecord.created_at) < running_before
@@ -239,7 +240,7 @@ class JobRecords(StoreBase):
         waiting_lost = (JobRecord.status.in_([Status.QUEUED, Status.RETRYING])) & (
             func.coalesce(JobRecord.due_at, JobRecord.created_at) < waiting_before
         )
-        page = [] if after is None else [tuple_(JobRecord.created_at, JobRecord.id) > (after.created_at, after.id)]
+        page = [] if after is None else [tuple_(JobRecord.created_at, JobRecord.id) > after]
         with self.session() as session:
             rows = session.scalars(
                 select(JobRecord)

@@ -15,7 +15,7 @@ from broker.client import Router
 from broker.settings import Settings
 from tasks.errors import JobRejected
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
-from tests.conftest import ON_BOTH_BROKERS, WorkerProcess, publish_raw
+from tests.conftest import ON_BOTH_BROKERS, WorkerProcess, producer_settings, publish_raw, second_run
 from tests.support.brokers import BrokerQueues
 
 pytestmark = ON_BOTH_BROKERS
@@ -30,13 +30,14 @@ def broker(request: pytest.FixtureRequest, redis_url: str, rabbit_vhost: Callabl
 def workers(
     start_worker: Callable[..., WorkerProcess], cluster_env: dict[str, str], broker: str, redis_url: str
 ) -> dict[str, WorkerProcess]:
-    env, suffix = {**cluster_env, "LLM_ROUTER_BROKER_URL": broker}, "" if broker == redis_url else "-rabbit"
+    env = {**cluster_env, "LLM_ROUTER_BROKER_URL": broker, **second_run(broker)}
+    suffix = "" if broker == redis_url else "-rabbit"
     return {tier: start_worker(tier, f"{tier}{suffix}", env=env) for tier in ("fast", "balanced")}
 
 
 @pytest.fixture(scope="module")
 def router(cluster_settings: Settings, broker: str) -> Iterator[Router]:
-    with Router(cluster_settings.model_copy(update={"broker_url": broker})) as router:
+    with Router(producer_settings(cluster_settings, broker)) as router:
         yield router
 
 

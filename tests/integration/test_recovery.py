@@ -402,3 +402,38 @@ def test_jobs_whose_messages_a_dead_worker_took_and_never_started_are_published_
     for tag, ids in held.held_since(time.time()).items():  # leave no held message behind for other tests
         if set(ids) & ours:
             broker.hdel(UNACKED_KEY, tag)
+
+
+def test_a_recovery_cut_short_goes_on_from_its_last_page(
+    store: JobStore, shared: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.sweeper
+
+    monkeypatch.setattr(workers.sweeper, "SWEEP_PAGE", 2)
+    mine = {_job(store) for _ in range(5)}
+    first_calls: list[tuple[str, float]] = []
+    first = _sweeper(store, shared, first_calls)
+
+    def dies_on_the_third(job: JobView, queue: str, countdown: float) -> None:
+        if len(first_calls) == 2:
+            raise ConnectionError("the sweeper's worker was killed")
+        first_calls.append((job.id, countdown))
+
+    first.publish = dies_on_the_third
+    shared.delete(EPOCH_KEY)  # the broker lost every message
+    assert first.take_turn()
+    with pytest.raises(ConnectionError):
+        first.sweep()
+    first_page = {job_id for job_id, _ in first_calls}
+    assert len(first_page) == 2
+
+    shared.delete(LOCK_KEY)  # its lock ran out
+    published: list[tuple[str, float]] = []
+    second = _sweeper(store, shared, published)
+    assert second.take_turn()
+    sweep = second.sweep()
+    ids = [job_id for job_id, _ in published]
+    assert sweep.broker_lost_data and len(ids) == len(set(ids))
+    assert not first_page & set(ids)  # the page the first one finished is not published again
+    assert mine - first_page <= set(ids)  # and every other waiting job is
+    assert not second.sweep().broker_lost_data  # recovered: the next sweep finds no loss

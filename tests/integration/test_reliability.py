@@ -21,7 +21,17 @@ from broker.settings import Settings
 from ops.bench.faults import postgres, restart_rabbitmq, restart_redis
 from tasks.errors import InvalidRequest
 from tasks.schemas import EmbedResult, GenerateResult
-from tests.conftest import ON_BOTH_BROKERS, ON_RABBITMQ, ON_REDIS, REPO, WorkerProcess, empty_redis_db, publish_raw
+from tests.conftest import (
+    ON_BOTH_BROKERS,
+    ON_RABBITMQ,
+    ON_REDIS,
+    REPO,
+    WorkerProcess,
+    empty_redis_db,
+    producer_settings,
+    publish_raw,
+    second_run,
+)
 from workers.state import collect
 
 BROKER = "redis://127.0.0.1:6379/9"
@@ -35,7 +45,7 @@ def broker(request: pytest.FixtureRequest, rabbit_vhost: Callable[[str], str]) -
 
 @pytest.fixture(scope="module")
 def env(cluster_env: dict[str, str], broker: str) -> dict[str, str]:
-    return {**cluster_env, "LLM_ROUTER_BROKER_URL": broker, "HUGGINGFACE_API_KEY": TOKEN}
+    return {**cluster_env, "LLM_ROUTER_BROKER_URL": broker, "HUGGINGFACE_API_KEY": TOKEN, **second_run(broker)}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +56,7 @@ def worker(start_worker: Callable[..., WorkerProcess], env: dict[str, str], brok
 
 @pytest.fixture(scope="module")
 def router(cluster_settings: Settings, broker: str) -> Iterator[Router]:
-    with Router(cluster_settings.model_copy(update={"broker_url": broker})) as router:
+    with Router(producer_settings(cluster_settings, broker)) as router:
         yield router
 
 

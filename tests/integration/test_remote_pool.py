@@ -37,6 +37,7 @@ PER_CALL = 32
 
 
 def _catalogue(url: str) -> str:
+    # A job whose chain is spent falls back to the next tier in this order: tiers added for one test go last.
     return f"""
 default_tier = "remote"
 tier_order = ["remote"]
@@ -58,24 +59,6 @@ generate = ["{STORMY}"]
 [models."{STORMY}"]
 provider = "openai"
 base_url = "{url}/stormy"
-[providers.hf-inference]
-requests_per_minute = {KEY_PER_MINUTE}
-[tiers.remote_key_a]
-pool = "remote"
-generate = ["{KEYED_A}"]
-[tiers.remote_key_b]
-pool = "remote"
-generate = ["{KEYED_B}"]
-[models."{KEYED_A}"]
-provider = "hf-inference"
-[models."{KEYED_B}"]
-provider = "hf-inference"
-[tiers.remote_narrow]
-pool = "remote"
-generate = ["{NARROW}"]
-[models."{NARROW}"]
-provider = "openai"
-base_url = "{url}/narrow"
 [tiers.remote_killable]
 pool = "remote"
 generate = ["{KILLED}"]
@@ -93,6 +76,24 @@ max_inputs_per_call = {PER_CALL}
 provider = "tei"
 base_url = "{url}"
 max_inputs_per_call = {PER_CALL}
+[tiers.remote_key_a]
+pool = "remote"
+generate = ["{KEYED_A}"]
+[tiers.remote_key_b]
+pool = "remote"
+generate = ["{KEYED_B}"]
+[models."{KEYED_A}"]
+provider = "hf-inference"
+[models."{KEYED_B}"]
+provider = "hf-inference"
+[tiers.remote_narrow]
+pool = "remote"
+generate = ["{NARROW}"]
+[models."{NARROW}"]
+provider = "openai"
+base_url = "{url}/narrow"
+[providers.hf-inference]
+requests_per_minute = {KEY_PER_MINUTE}
 """
 
 

@@ -67,6 +67,7 @@ class BrokerQueues:
             channel = connection.default_channel
             while (message := channel.basic_get(queue, no_ack=True)) is not None:
                 headers = dict(message.headers or {})
-                raw = json.dumps(headers, default=str).encode() + bytes(message.body)
+                body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+                raw = json.dumps(headers, default=str).encode() + body
                 taken.append(Waiting(headers, str(message.content_type), raw))
         return taken
