@@ -43,6 +43,11 @@ def tier_queues(catalogue: Catalogue, broker_url: str = "") -> list[Queue]:
     ]
 
 
+def redis_lists(queue: str) -> list[str]:
+    """The Redis lists kombu keeps a queue's messages in, one per priority step (see ``message_priority``)."""
+    return [queue if step == 0 else f"{queue}\x06\x16{step}" for step in range(MAX_PRIORITY + 1)]
+
+
 def message_priority(priority: int | None, queue: str, broker_url: str) -> int | None:
     """The broker priority of a job's message: a job's ``priority`` (0 to 9, higher first, 0 when unset)
     orders the interactive lane; a bulk lane has no priorities.

@@ -97,6 +97,7 @@ def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
     import redis
 
     from broker.publishing import recovery_queue, send_again
+    from broker.queues import queue_names
     from workers.sweeper import BrokerMark, HeldMessages, Retain, Sweeper
 
     client = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
@@ -113,6 +114,7 @@ def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
         broker_mark=BrokerMark(broker_client, runtime.store) if broker_client else None,
         held=HeldMessages(broker_client) if broker_client else None,
         held_after_s=settings.lease_s,
+        queues=queue_names(runtime.catalogue.ordered_tiers),
         retention=Retain(settings.retention_days, settings.retention_results_only) if settings.retention_days else None,
         carry_on=runtime.step_ended,
     ).start()

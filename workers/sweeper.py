@@ -14,7 +14,10 @@ Every worker process runs a sweeper thread; one at a time cluster-wide (a Redis 
   after its visibility timeout, hours later. A message handed out ``held_after_s`` ago whose waiting jobs
   have all been due that long is taken for held by a dead worker: its jobs are published again and the held
   copy is dropped. (A live worker starts what it takes at once, or at its countdown; if the one holding it
-  lives after all, the job still runs once.)
+  lives after all, the job still runs once.) A worker killed between taking a message off its queue and
+  recording it unacknowledged (kombu's Redis transport does these in two steps) leaves no copy at all: a job
+  due twice ``held_after_s`` ago on a queue that holds no message, and in no held message, is published
+  again (a producer still publishing a large batch may see a few of its jobs published twice: each runs once);
 - a **queued or retrying** job whose message has been due for ``lost_message_after_s``: a message lost in
   some other way (a long backlog is not lost: its jobs wait that long before they are taken for lost).
 
@@ -39,6 +42,7 @@ from typing import Any, cast
 
 import redis
 
+from broker.queues import redis_lists
 from tasks.records import Status, aware
 from tasks.store import JobStore, JobView
 from workers.messages import BadBulkMessage, BadMessage, parse_messages
@@ -80,10 +84,11 @@ class Sweep:
     lost: list[JobView]  # queued or retrying, their message lost
     broker_lost_data: bool
     stranded: list[JobView] = field(default_factory=list)  # waiting, their message held by a dead worker
+    vanished: list[JobView] = field(default_factory=list)  # waiting on an empty queue, their message nowhere
 
     @property
     def count(self) -> int:
-        return len(self.abandoned) + len(self.lost) + len(self.stranded)
+        return len(self.abandoned) + len(self.lost) + len(self.stranded) + len(self.vanished)
 
 
 class BrokerMark:
@@ -146,6 +151,13 @@ class HeldMessages:
         messages = cast(list[bytes | None], self.redis.hmget(UNACKED_KEY, tags))
         return {tag: job_ids_in(held) for tag, held in zip(tags, messages, strict=True)}
 
+    def empty(self, queue: str) -> bool:
+        """Whether no message waits on ``queue``, at any priority."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in redis_lists(queue):
+            pipe.llen(key)
+        return not any(pipe.execute())
+
     def drop(self, tags: list[bytes]) -> None:
         """Drop held copies whose jobs were published again; a holder that lives after all finds its
         acknowledgement a no-op."""
@@ -172,13 +184,14 @@ class Sweeper:
         broker_mark: BrokerMark | None = None,
         held: HeldMessages | None = None,
         held_after_s: float = 30.0,
+        queues: list[str] | None = None,
         retention: Retain | None = None,
         carry_on: Callable[[str], None] | None = None,
     ):
         self.store, self.redis, self.publish, self.queue_of = store, client, publish, queue_of
         self.interval_s, self.lost_message_after_s = interval_s, lost_message_after_s
         self.broker_mark, self.retention, self.carry_on = broker_mark, retention, carry_on
-        self.held, self.held_after_s = held, held_after_s
+        self.held, self.held_after_s, self.queues = held, held_after_s, queues or []
         self._swept_every_page = False
         self._token = uuid.uuid4().hex.encode()
         self._stop = threading.Event()
@@ -244,12 +257,14 @@ class Sweeper:
         if lost_mark is not None and self.broker_mark is not None and self._swept_every_page:
             self.broker_mark.recovered(lost_mark)
             self.redis.delete(RECOVERY_KEY)
-        stranded = [] if broker_lost_data else self._stranded(now, {job.id for job in abandoned + lost})
+        published = {job.id for job in abandoned + lost}
+        stranded = [] if broker_lost_data else self._stranded(now, published)
+        vanished = [] if broker_lost_data else self._vanished(now, published)
         if self.carry_on is not None:
             # A pipeline whose worker died between ending a step and starting the next goes on from here.
             for run_id in self.store.stalled_pipelines(now - timedelta(seconds=STALLED_PIPELINE_S)):
                 self.carry_on(run_id)
-        sweep = Sweep(abandoned, lost, broker_lost_data, stranded)
+        sweep = Sweep(abandoned, lost, broker_lost_data, stranded, vanished)
         if sweep.count or broker_lost_data:
             self._note(sweep, now)
         if self.retention is not None and self.redis.set(PRUNED_KEY, now.isoformat(), nx=True, ex=PRUNE_EVERY_S):
@@ -285,6 +300,29 @@ class Sweeper:
             dropped.append(tag)
         self.held.drop(dropped)
         return stranded
+
+    def _vanished(self, now: datetime, published: set[str]) -> list[JobView]:
+        """Publish again the jobs due twice ``held_after_s`` ago on a queue that holds no message, whose message
+        no worker holds either: it is nowhere, and the queue is not a backlog they wait behind."""
+        if self.held is None:
+            return []
+        cutoff = now - timedelta(seconds=2 * self.held_after_s)
+        candidates = [
+            job for queue in self.queues if self.held.empty(queue) for job in self.store.waiting_on(queue, cutoff)
+        ]
+        if not candidates:
+            return []
+        held = {job_id for ids in self.held.held_since(now.timestamp()).values() for job_id in ids}
+        vanished: list[JobView] = []
+        for job in candidates:
+            queue = self.queue_of(job)
+            if job.id in held or job.id in published or queue is None:
+                continue
+            self.publish(job, queue, 0.0)
+            self.store.set_due([job.id], 0.0)
+            published.add(job.id)
+            vanished.append(job)
+        return vanished
 
     def _stale_pages(self, now: datetime, waiting_before: datetime, lost_mark: str | None) -> Iterator[list[JobView]]:
         """The lost jobs, a page at a time; between pages the lock is renewed, so a long sweep (a broker that
@@ -326,9 +364,11 @@ class Sweeper:
             log.warning("job %s recovered: its message was lost (%s)", job.id, job.status)
         for job in sweep.stranded:
             log.warning("job %s recovered: the worker that took its message died before starting it", job.id)
+        for job in sweep.vanished:
+            log.warning("job %s recovered: its message is on no queue and held by no worker", job.id)
         records = [
             json.dumps({"job": job.id, "status": job.status, "worker": job.lease_owner, "at": now.isoformat()})
-            for job in sweep.abandoned + sweep.lost + sweep.stranded
+            for job in sweep.abandoned + sweep.lost + sweep.stranded + sweep.vanished
         ]
         if records:
             pipe.lpush(RECOVERED_KEY, *records)

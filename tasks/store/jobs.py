@@ -221,6 +221,21 @@ class JobRecords(StoreBase):
             )
             return [JobView.of(row) for row in rows]
 
+    def waiting_on(self, queue: str, due_before: datetime, limit: int = 500) -> list[JobView]:
+        """Jobs of ``queue`` that wait (queued or retrying) for a message due before ``due_before``."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(JobRecord)
+                .where(
+                    JobRecord.status.in_([Status.QUEUED, Status.RETRYING]),
+                    JobRecord.queue == queue,
+                    func.coalesce(JobRecord.due_at, JobRecord.created_at) < due_before,
+                )
+                .order_by(JobRecord.created_at)
+                .limit(limit)
+            )
+            return [JobView.of(row) for row in rows]
+
     def stale(
         self,
         running_before: datetime,

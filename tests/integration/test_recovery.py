@@ -222,7 +222,11 @@ def _start(store: JobStore, job_id: str, owner: str, lease_s: float) -> None:
 
 
 def _sweeper(
-    store: JobStore, client: redis.Redis, published: list[tuple[str, float]], held: HeldMessages | None = None
+    store: JobStore,
+    client: redis.Redis,
+    published: list[tuple[str, float]],
+    held: HeldMessages | None = None,
+    queues: list[str] | None = None,
 ) -> Sweeper:
     def publish(job: JobView, queue: str, countdown: float) -> None:
         assert queue == "sweep-test"
@@ -238,6 +242,7 @@ def _sweeper(
         broker_mark=BrokerMark(client, store),
         held=held,
         held_after_s=30,
+        queues=queues,
     )
 
 
@@ -437,3 +442,25 @@ def test_a_recovery_cut_short_goes_on_from_its_last_page(
     assert not first_page & set(ids)  # the page the first one finished is not published again
     assert mine - first_page <= set(ids)  # and every other waiting job is
     assert not second.sweep().broker_lost_data  # recovered: the next sweep finds no loss
+
+
+def test_a_job_whose_message_is_on_no_queue_and_held_by_no_worker_is_published_again(
+    store: JobStore, shared: redis.Redis
+) -> None:
+    """A worker killed between taking a message off its queue and recording it unacknowledged leaves no copy:
+    once its queue has drained, the job is published again; behind a backlog it waits its turn."""
+    vanished = _job(store)
+    store.set_due([vanished], -120)  # its message was due two minutes ago
+    published: list[tuple[str, float]] = []
+    sweeper = _sweeper(store, shared, published, HeldMessages(shared), ["sweep-test"])
+    shared.lpush("sweep-test", b"a message of another job")  # a backlog: its message may be in it
+    try:
+        sweeper.sweep()
+        assert vanished not in {job_id for job_id, _ in published}
+    finally:
+        shared.delete("sweep-test")
+    sweep = sweeper.sweep()  # the queue drained, and no worker holds it: it is nowhere
+    assert (vanished, 0.0) in published and vanished in {job.id for job in sweep.vanished}
+    published.clear()
+    sweeper.sweep()
+    assert vanished not in {job_id for job_id, _ in published}  # once: it is due now

@@ -12,12 +12,7 @@ from typing import Any
 import redis
 from kombu import Connection
 
-from tasks.limits import MAX_PRIORITY
-
-
-def priority_keys(queue: str) -> list[str]:
-    """The Redis lists kombu keeps a queue's messages in, one per priority step (broker.queues)."""
-    return [queue if step == 0 else f"{queue}\x06\x16{step}" for step in range(MAX_PRIORITY + 1)]
+from broker.queues import redis_lists as priority_keys
 
 
 @dataclass(frozen=True)
