@@ -317,6 +317,7 @@ def main() -> None:
                 "redeliveries_ignored": _in_logs(work, "redelivery ignored"),
                 "recovered_from_held_messages": _in_logs(work, "died before starting it"),
                 "recovered_from_lapsed_leases": _in_logs(work, "stopped renewing its lease"),
+                "recovered_from_vanished_messages": _in_logs(work, "on no queue and held by no worker"),
             }
         finally:
             faults.stop.set()

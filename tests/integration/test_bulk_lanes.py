@@ -83,7 +83,7 @@ def _same(one: EmbedResult | ClassifyResult, other: EmbedResult | ClassifyResult
     assert one.usage.total_tokens == other.usage.total_tokens
 
 
-@ON_BOTH_BROKERS
+@ON_REDIS  # the model path; dynamic batching of RabbitMQ's messages is test_rabbitmq's 200 mixed jobs
 def test_jobs_run_together_answer_as_jobs_run_one_by_one(
     start_worker: Callable[..., WorkerProcess], env: dict[str, str], settings: Settings, pg_url: str, broker: str
 ) -> None:

@@ -1,5 +1,5 @@
-"""Load: 2,000 (LLM_ROUTER_LOAD_JOBS) mixed jobs from 4 producer processes against 2 worker processes, on Redis
-and on RabbitMQ, with an Inference API on 127.0.0.1 that answers 10 % 503 and 5 % 429 at random. Bounded in
+"""Load: 2,000 (LLM_ROUTER_LOAD_JOBS) mixed jobs from 4 producer processes against 2 worker processes, on Redis,
+and half as many on RabbitMQ, with an Inference API on 127.0.0.1 that answers 10 % 503 and 5 % 429 at random. Bounded in
 count and time; reports jobs/s and end-to-end latency percentiles (printed, and written to the file named by
 LLM_ROUTER_LOAD_REPORT)."""
 
@@ -25,7 +25,8 @@ from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
 
 BROKER = "redis://127.0.0.1:6379/8"
-# 2,000 in the suite (CI's time); ops/RELIABILITY.md's figures come from LLM_ROUTER_LOAD_JOBS=5000.
+# 2,000 in the suite (CI's time), half as many on RabbitMQ, where the same path runs a second time;
+# ops/RELIABILITY.md's figures come from LLM_ROUTER_LOAD_JOBS=5000.
 JOBS, PRODUCERS = int(os.environ.get("LLM_ROUTER_LOAD_JOBS", "2000")), 4
 LIMIT_PER_MINUTE = 60_000  # never reached: the limiter runs on every call under load without deferring any
 MODELS = {"generate": "org/load-gen", "embed": "org/load-embed", "classify": "org/load-cls"}
@@ -114,6 +115,7 @@ def test_five_thousand_mixed_jobs_all_end_and_add_up(
     cluster_settings: Settings,
 ) -> None:
     server.reset()  # the calls of this broker's run only
+    jobs = JOBS if broker == BROKER else JOBS // 2
     suffix = "" if broker == BROKER else "-rabbit"
     workers = [start_worker("fast,balanced,quality", f"load-{i}{suffix}", env=env) for i in range(2)]
     engine = create_engine(pg_url, pool_pre_ping=True)
@@ -122,10 +124,10 @@ def test_five_thousand_mixed_jobs_all_end_and_add_up(
     started = time.monotonic()
     context = multiprocessing.get_context("spawn")
     with context.Pool(PRODUCERS) as pool:
-        batches = pool.starmap(_produce, [(env, i, JOBS // PRODUCERS) for i in range(PRODUCERS)])
+        batches = pool.starmap(_produce, [(env, i, jobs // PRODUCERS) for i in range(PRODUCERS)])
     submitted = time.monotonic() - started
     ids = [job_id for batch in batches for job_id in batch]
-    assert len(set(ids)) == JOBS
+    assert len(set(ids)) == jobs
 
     deadline = started + 600
     while True:
@@ -166,10 +168,10 @@ def test_five_thousand_mixed_jobs_all_end_and_add_up(
     counts: dict[str, int] = {}
     for status, _ in rows:
         counts[status] = counts.get(status, 0) + 1
-    assert sum(counts.values()) == JOBS and after - before == JOBS  # every job recorded once, none extra
-    assert set(counts) <= {"succeeded", "failed"} and counts.get("succeeded", 0) >= 0.99 * JOBS
+    assert sum(counts.values()) == jobs and after - before == jobs  # every job recorded once, none extra
+    assert set(counts) <= {"succeeded", "failed"} and counts.get("succeeded", 0) >= 0.99 * jobs
     assert usage == counts.get("succeeded", 0)  # one usage row per succeeded job
-    assert retried > 0.05 * JOBS  # the 503s and 429s really happened and were retried
+    assert retried > 0.05 * jobs  # the 503s and 429s really happened and were retried
     assert all(worker.alive() for worker in workers)
     calls = server.calls
     assert len(calls) == made  # every API call is recorded as one attempt, and no attempt is invented
@@ -177,7 +179,7 @@ def test_five_thousand_mixed_jobs_all_end_and_add_up(
     latencies = [latency for status, latency in rows if status == "succeeded" and latency is not None]
     report = {
         "broker": "redis" if broker == BROKER else "rabbitmq",
-        "jobs": JOBS,
+        "jobs": jobs,
         "producers": PRODUCERS,
         "workers": len(workers),
         "by_status": counts,
@@ -185,7 +187,7 @@ def test_five_thousand_mixed_jobs_all_end_and_add_up(
         "model_calls": len(calls),
         "submit_s": round(submitted, 1),
         "elapsed_s": round(elapsed, 1),
-        "jobs_per_s": round(JOBS / elapsed, 1),
+        "jobs_per_s": round(jobs / elapsed, 1),
         "latency_ms": {f"p{int(q * 100)}": round(percentile(latencies, q) or 0.0, 1) for q in (0.5, 0.95, 0.99)},
     }
     print("\nload:", json.dumps(report))
