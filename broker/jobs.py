@@ -93,6 +93,10 @@ class Job:
         without it, or while Redis cannot be reached, it polls the row."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._notices is not None:
+            # A job that already ended needs no subscription (a connection and two round trips).
+            ended = self._outcome(self.record())
+            if ended is not None:
+                return ended
             try:
                 with self._notices.listening(self.id) as sleep:  # subscribed before the first read
                     return self._wait(deadline, timeout, lambda _delay, left: sleep(min(left, SAFETY_POLL_S)))

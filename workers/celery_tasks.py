@@ -178,8 +178,7 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
     finally:
         if runtime.registry.version != runtime.published_version:
             publish_state(runtime)
-    for item in drained:
-        item.ack()
+    _drainer(task.app).ack(drained)
     summary = (
         str(outcomes[0]) if len(outcomes) == 1 else " ".join(f"{k}={v}" for k, v in sorted(Counter(outcomes).items()))
     )

@@ -24,6 +24,7 @@ from typing import Any
 from kombu.message import Message
 
 from broker.queues import INPUTS_HEADER, TASK_NAMES
+from workers.redis_take import RedisTake, supports
 
 log = logging.getLogger(__name__)
 KIND_OF_TASK = {name: kind for kind, name in TASK_NAMES.items()}
@@ -76,6 +77,7 @@ class Drainer:
         self.app = app
         self._pid: int | None = None
         self._connection: Any = None
+        self._redis: RedisTake | None = None
 
     def _channel(self) -> Any:
         if self._pid != os.getpid() or self._connection is None:
@@ -83,10 +85,12 @@ class Drainer:
             # would close the connection under the messages this process holds.
             self._connection = self.app.connection_for_read(heartbeat=0)
             self._pid = os.getpid()
+            channel = self._connection.default_channel
+            self._redis = RedisTake(channel) if supports(channel) else None
         return self._connection.default_channel
 
     def _reset(self) -> None:
-        connection, self._connection = self._connection, None
+        connection, self._connection, self._redis = self._connection, None, None
         if connection is not None:
             with contextlib.suppress(Exception):  # already broken: nothing left to release
                 connection.release()
@@ -110,14 +114,9 @@ class Drainer:
         deadline = time.monotonic() + wait_ms / 1000.0
         channel = self._channel()
         while jobs < room and len(held) < room:
-            got = False
-            for queue in queues:
-                raw = channel.basic_get(queue=queue, no_ack=False)
-                if raw is None:
-                    continue
-                # py-amqp hands back its own raw message; kombu's virtual transports (Redis) a kombu one.
-                message = raw if isinstance(raw, Message) else channel.message_to_python(raw)
-                got = True
+            asked = room - jobs
+            got = self._next(channel, queues, asked)
+            for message in got:
                 if not _runnable_now(message.headers or {}):
                     held.append(message)  # given back below, or the next get would return it again
                 else:
@@ -125,14 +124,40 @@ class Drainer:
                     if drained is not None:
                         taken.append(drained)
                         jobs += inputs_of(message.headers or {})
-                break  # start again from the first queue: interactive lanes stay first
-            if not got:
+            # Redis answers with all it has: fewer inputs than asked means the queues are empty for now.
+            emptied = not got or (self._redis is not None and sum(inputs_of(m.headers or {}) for m in got) < asked)
+            if emptied:
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(0.001)
         for message in held:
             _settle(message, "requeue")
         return taken
+
+    def _next(self, channel: Any, queues: list[str], room: int) -> list[Any]:
+        """The next waiting messages, interactive lanes first: on Redis as many as fill ``room`` in one round
+        trip; elsewhere the first message of the first queue that has one."""
+        if self._redis is not None:
+            return self._redis.pop(queues, room)
+        for queue in queues:
+            raw = channel.basic_get(queue=queue, no_ack=False)
+            if raw is not None:
+                # py-amqp hands back its own raw message; kombu's virtual transports a kombu one.
+                return [raw if isinstance(raw, Message) else channel.message_to_python(raw)]
+        return []
+
+    def ack(self, drained: list[Drained]) -> None:
+        """Acknowledge the messages of jobs that were recorded (on Redis, in one round trip)."""
+        if self._redis is not None and drained:
+            try:
+                self._redis.ack([item.message for item in drained])
+                return
+            except Exception as exc:  # as in _settle: the broker hands the messages out again
+                log.warning("could not ack drained messages (%s); the broker hands them out again", type(exc).__name__)
+                self._reset()
+                return
+        for item in drained:
+            item.ack()
 
     def _accept(self, message: Any) -> Drained | None:
         headers = message.headers or {}
@@ -157,7 +182,17 @@ class Drainer:
         task was received (its name and its arguments, which are job ids only) and succeeded."""
         if not drained:
             return
-        with self.app.events.default_dispatcher(hostname=hostname) as dispatcher:
+        # One message of many events ("task.multi", which Celery's receivers and Flower read as a list).
+        with (
+            self.app.amqp.producer_pool.acquire(block=True) as producer,
+            self.app.events.Dispatcher(
+                producer.connection,
+                hostname,
+                channel=producer.channel,
+                buffer_group=frozenset({"task"}),
+                buffer_limit=2 * len(drained) + 1,
+            ) as dispatcher,
+        ):
             for item in drained:
                 if item.task_id:
                     dispatcher.send(
@@ -169,3 +204,4 @@ class Drainer:
                         retries=0,
                     )
                     dispatcher.send("task-succeeded", uuid=item.task_id, result=repr(outcome), runtime=runtime_s)
+            dispatcher.flush()

@@ -4,8 +4,11 @@ what it does with those it must not run now."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -86,3 +89,31 @@ def test_what_it_must_not_run_now_is_given_back_or_refused(app: RouterCelery) ->
     for item in taken:
         item.ack()
     assert client.hlen("unacked") == 0
+
+
+def test_a_take_is_acknowledged_and_reported_to_monitors_in_one_message(app: RouterCelery) -> None:
+    """Redis: the jobs of a take are acknowledged together, and Flower's receivers get every drained task's
+    received and succeeded events (one ``task.multi`` message, which Celery's receivers read as a list)."""
+    ids = _ids(3)
+    for job_id in ids:
+        app.send_task("tasks.classify", args=[job_id], queue="fast", routing_key="fast")
+    drainer = Drainer(app)
+    taken = drainer.take(["fast"], room=10, wait_ms=0)
+    client = redis.Redis.from_url(BROKER)
+    assert client.hlen("unacked") == 3 and client.zcard("unacked_index") == 3
+    drainer.ack(taken)
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+
+    heard: list[dict[str, Any]] = []
+    with app.connection_for_read() as connection:
+        receiver = app.events.Receiver(connection, handlers={"*": heard.append})
+        listening = threading.Thread(target=lambda: receiver.capture(limit=6, timeout=10, wakeup=False))
+        listening.start()
+        time.sleep(0.5)  # subscribed before the events go out (Redis fans out to whoever listens now)
+        drainer.report(taken, "drainer@test", "succeeded", 0.01)
+        listening.join(timeout=15)
+    assert sorted((e["type"], e["uuid"]) for e in heard) == sorted(
+        (kind, item.task_id) for item in taken for kind in ("task-received", "task-succeeded")
+    )
+    assert sorted(item.args[0] for item in taken) == sorted(ids)
+    assert {e["name"] for e in heard if e["type"] == "task-received"} == {"tasks.classify"}
