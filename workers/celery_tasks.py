@@ -28,14 +28,14 @@ from broker.routing import lane_of, queue_for_tier
 from tasks.records import Status
 from tasks.schemas import Kind
 from tasks.store import DATABASE_UNAVAILABLE
-from workers.draining import Drained, Drainer, inputs_of
+from workers.draining import Drainer, Take, inputs_of
 from workers.execution import Reschedule
 from workers.groups import MAX_GENERATIONS_TOGETHER, run_jobs
 from workers.messages import BadBulkMessage, BadMessage, Cursor, JobMessage, parse_messages
 from workers.webhooks import WEBHOOK_TASK, Webhooks, webhook_task_id
 
 if TYPE_CHECKING:
-    from workers.runtime import WorkerRuntime
+    from workers.runtime import WorkerProfile, WorkerRuntime
 
 log = logging.getLogger(__name__)
 DB_RETRY_S = 5
@@ -148,18 +148,21 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
     messages = _parse(runtime, kind, args, kwargs)
     if isinstance(messages, str):
         return messages
-    drained: list[Drained] = []
+    take = Take([])
     profile = runtime.profile
     room = min(profile.max_batch, MAX_GENERATIONS_TOGETHER) if kind == "generate" else profile.max_batch
     in_hand = max(inputs_of({INPUTS_HEADER: getattr(task.request, INPUTS_HEADER, None)}), len(messages))
-    # The remote pool's threads share one broker connection, which only Celery's consumer may read.
-    if room > in_hand and task.request.delivery_info and profile.runs_models:
+    # The remote pool sends the inputs of many embed or classify jobs in one HTTP call; generations there are
+    # calls of their own, each in a slot of its own, so it takes no waiting message with them.
+    tasks = None if profile.runs_models else REMOTE_BATCHED_TASKS
+    if room > in_hand and task.request.delivery_info and (tasks is None or TASK_NAMES[kind] in tasks):
         # Dynamic batching: the jobs already waiting in this worker's queues join this one's model call.
         # An interactive job takes only interactive ones with it: bulk work must not lengthen its wait.
         queues = list(task.app.amqp.queues.consume_from or task.app.amqp.queues)
         if lane_of(task.request.delivery_info.get("routing_key")) == "interactive":
             queues = [queue for queue in queues if lane_of(queue) == "interactive"]
-        drained = _drainer(task.app).take(queues, room - in_hand, profile.max_wait_ms)
+        take = _drainer(task.app, profile).take(queues, room - in_hand, profile.max_wait_ms, tasks)
+    drained = take.drained
     began = time.perf_counter()
     try:
         by_kind: dict[Kind, list[JobMessage]] = {kind: messages}
@@ -172,17 +175,16 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
         for each_kind, jobs in by_kind.items():
             outcomes += run_jobs(runtime, each_kind, jobs, task.request.hostname, _rescheduler(task, each_kind))
     except BaseException:
-        for item in drained:
-            item.give_back()
+        take.give_back()
         raise
     finally:
         if runtime.registry.version != runtime.published_version:
             publish_state(runtime)
-    _drainer(task.app).ack(drained)
+    take.ack()
     summary = (
         str(outcomes[0]) if len(outcomes) == 1 else " ".join(f"{k}={v}" for k, v in sorted(Counter(outcomes).items()))
     )
-    _drainer(task.app).report(drained, task.request.hostname, summary, time.perf_counter() - began)
+    _drainer(task.app, profile).report(drained, task.request.hostname, summary, time.perf_counter() - began)
     return summary
 
 
@@ -224,13 +226,20 @@ def _rescheduler(task: JobTask, kind: Kind) -> Reschedule:
 
 
 _drainers: dict[int, Drainer] = {}
+_drainers_lock = threading.Lock()
+# Taking messages holds a broker connection from the take until its jobs are recorded: the remote pool keeps
+# a few for its many threads, so that many batched HTTP calls are in flight at once.
+REMOTE_DRAINING_CONNECTIONS = 8
+REMOTE_BATCHED_TASKS = frozenset({TASK_NAMES["embed"], TASK_NAMES["classify"]})
 
 
-def _drainer(app: Any) -> Drainer:
-    drainer = _drainers.get(id(app))
-    if drainer is None:
-        drainer = _drainers[id(app)] = Drainer(app)
-    return drainer
+def _drainer(app: Any, profile: WorkerProfile) -> Drainer:
+    with _drainers_lock:
+        drainer = _drainers.get(id(app))
+        if drainer is None:
+            lines = 1 if profile.runs_models else REMOTE_DRAINING_CONNECTIONS
+            drainer = _drainers[id(app)] = Drainer(app, lines)
+        return drainer
 
 
 @shared_task(bind=True, base=JobTask, name=WEBHOOK_TASK)

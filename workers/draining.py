@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,62 +71,134 @@ def _runnable_now(headers: dict[str, Any]) -> bool:
         return False
 
 
-class Drainer:
-    """One broker connection per worker process, opened on first use (after the fork)."""
+class _Line:
+    """One broker connection for taking messages, used by one thread at a time, opened on first use (after
+    the fork)."""
 
     def __init__(self, app: Any):
         self.app = app
-        self._pid: int | None = None
-        self._connection: Any = None
-        self._redis: RedisTake | None = None
+        self.connection: Any = None
+        self.redis: RedisTake | None = None
 
-    def _channel(self) -> Any:
-        if self._pid != os.getpid() or self._connection is None:
+    def channel(self) -> Any:
+        if self.connection is None:
             # No heartbeats: nothing would send them between two takes, and a broker that missed them
             # would close the connection under the messages this process holds.
-            self._connection = self.app.connection_for_read(heartbeat=0)
-            self._pid = os.getpid()
-            channel = self._connection.default_channel
-            self._redis = RedisTake(channel) if supports(channel) else None
-        return self._connection.default_channel
+            self.connection = self.app.connection_for_read(heartbeat=0)
+            channel = self.connection.default_channel
+            self.redis = RedisTake(channel) if supports(channel) else None
+        return self.connection.default_channel
 
-    def _reset(self) -> None:
-        connection, self._connection, self._redis = self._connection, None, None
+    def reset(self) -> None:
+        connection, self.connection, self.redis = self.connection, None, None
         if connection is not None:
             with contextlib.suppress(Exception):  # already broken: nothing left to release
                 connection.release()
 
-    def take(self, queues: list[str], room: int, wait_ms: float) -> list[Drained]:
-        """Messages of our tasks from ``queues`` (in order) holding up to ``room`` inputs (the count their
-        producer put in a header; one when absent), waiting at most ``wait_ms`` for them to arrive. The last
-        message taken may overfill ``room``: a message is never split. A broker error ends the take with
-        nothing: the message in hand runs alone and the broker hands the others out again."""
+
+class Take:
+    """The messages of one take, held unacknowledged on their connection until they are acknowledged or given
+    back; either frees the connection for the next take."""
+
+    def __init__(self, drained: list[Drained], line: _Line | None = None, free: Any = None):
+        self.drained = drained
+        self._line, self._free = line, free
+
+    def ack(self) -> None:
+        """Acknowledge the messages of jobs that were recorded (on Redis, in one round trip)."""
+        line = self._line
         try:
-            return self._take(queues, room, wait_ms)
+            if line is not None and line.redis is not None and self.drained:
+                try:
+                    line.redis.ack([item.message for item in self.drained])
+                except Exception as exc:  # as in _settle: the broker hands the messages out again
+                    failure = type(exc).__name__
+                    log.warning("could not ack drained messages (%s); the broker hands them out again", failure)
+                    line.reset()
+            else:
+                for item in self.drained:
+                    item.ack()
+        finally:
+            self._release()
+
+    def give_back(self) -> None:
+        try:
+            for item in self.drained:
+                item.give_back()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._line is not None:
+            self._free(self._line)
+            self._line = None
+
+
+class Drainer:
+    """A worker process's connections for taking waiting messages: ``lines`` of them, each used by one thread
+    at a time from its take until the take is acknowledged or given back. A thread that finds none free runs
+    its own message alone (the prefork and solo pools have one thread, the remote pool many)."""
+
+    def __init__(self, app: Any, lines: int = 1):
+        self.app = app
+        self._lines = lines
+        self._pid: int | None = None
+        self._free: list[_Line] = []
+        self._lock = threading.Lock()
+
+    def _acquire(self) -> _Line | None:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child opens connections of its own
+                self._pid, self._free = os.getpid(), [_Line(self.app) for _ in range(self._lines)]
+            return self._free.pop() if self._free else None
+
+    def _release(self, line: _Line) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                self._free.append(line)
+
+    def take(self, queues: list[str], room: int, wait_ms: float, tasks: frozenset[str] | None = None) -> Take:
+        """Messages of our tasks (of ``tasks`` when given) from ``queues`` (in order) holding up to ``room``
+        inputs (the count their producer put in a header; one when absent), waiting at most ``wait_ms`` for
+        them to arrive. The last message taken may overfill ``room``: a message is never split. A broker
+        error ends the take with nothing: the message in hand runs alone and the broker hands the others out
+        again."""
+        line = self._acquire()
+        if line is None:
+            return Take([])
+        try:
+            drained = self._take(line, queues, room, wait_ms, tasks)
         except Exception as exc:
             log.warning("dynamic batching skipped: the broker connection failed (%s)", type(exc).__name__)
-            self._reset()
-            return []
+            line.reset()
+            drained = []
+        return Take(drained, line, self._release)
 
-    def _take(self, queues: list[str], room: int, wait_ms: float) -> list[Drained]:
+    def _take(
+        self, line: _Line, queues: list[str], room: int, wait_ms: float, tasks: frozenset[str] | None
+    ) -> list[Drained]:
         taken: list[Drained] = []
         held: list[Any] = []
         jobs = 0
         deadline = time.monotonic() + wait_ms / 1000.0
-        channel = self._channel()
+        channel = line.channel()
         while jobs < room and len(held) < room:
             asked = room - jobs
-            got = self._next(channel, queues, asked)
+            got = self._next(line, channel, queues, asked, tasks)
             for message in got:
                 if not _runnable_now(message.headers or {}):
                     held.append(message)  # given back below, or the next get would return it again
+                elif tasks is not None and (message.headers or {}).get("task") not in tasks:
+                    held.append(message)  # another kind of task, first in line: the take ends here
+                    got = []
+                    break
                 else:
                     drained = self._accept(message)
                     if drained is not None:
                         taken.append(drained)
                         jobs += inputs_of(message.headers or {})
             # Redis answers with all it has: fewer inputs than asked means the queues are empty for now.
-            emptied = not got or (self._redis is not None and sum(inputs_of(m.headers or {}) for m in got) < asked)
+            emptied = not got or (line.redis is not None and sum(inputs_of(m.headers or {}) for m in got) < asked)
             if emptied:
                 if time.monotonic() >= deadline:
                     break
@@ -134,30 +207,18 @@ class Drainer:
             _settle(message, "requeue")
         return taken
 
-    def _next(self, channel: Any, queues: list[str], room: int) -> list[Any]:
+    @staticmethod
+    def _next(line: _Line, channel: Any, queues: list[str], room: int, tasks: frozenset[str] | None) -> list[Any]:
         """The next waiting messages, interactive lanes first: on Redis as many as fill ``room`` in one round
         trip; elsewhere the first message of the first queue that has one."""
-        if self._redis is not None:
-            return self._redis.pop(queues, room)
+        if line.redis is not None:
+            return line.redis.pop(queues, room, tasks)
         for queue in queues:
             raw = channel.basic_get(queue=queue, no_ack=False)
             if raw is not None:
                 # py-amqp hands back its own raw message; kombu's virtual transports a kombu one.
                 return [raw if isinstance(raw, Message) else channel.message_to_python(raw)]
         return []
-
-    def ack(self, drained: list[Drained]) -> None:
-        """Acknowledge the messages of jobs that were recorded (on Redis, in one round trip)."""
-        if self._redis is not None and drained:
-            try:
-                self._redis.ack([item.message for item in drained])
-                return
-            except Exception as exc:  # as in _settle: the broker hands the messages out again
-                log.warning("could not ack drained messages (%s); the broker hands them out again", type(exc).__name__)
-                self._reset()
-                return
-        for item in drained:
-            item.ack()
 
     def _accept(self, message: Any) -> Drained | None:
         headers = message.headers or {}

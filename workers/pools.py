@@ -28,6 +28,10 @@ LaneChoice = Literal["both", "interactive", "bulk"]
 BULK_NICENESS = 10
 # Remote calls wait on the network, not the CPU: one process keeps this many in flight by default.
 REMOTE_CONCURRENCY = 200
+# Inputs run together: a local model's batch; for remote tiers one HTTP call of the embed or classify jobs
+# taken together (TEI's max_client_batch_size and the Inference API take 32 by default).
+LOCAL_MAX_BATCH = 64
+REMOTE_MAX_BATCH = 32
 MAX_REMOTE_CONCURRENCY = 2000
 
 
@@ -50,7 +54,7 @@ def plan_pool(
     quantize: Quantize = "none",
     max_memory_bytes: int | None = None,
     lanes: LaneChoice = "both",
-    max_batch: int = 64,
+    max_batch: int | None = None,
     max_wait_ms: float = 0.0,
     niceness: int | None = None,
     torch_threads: int | None = None,
@@ -64,6 +68,8 @@ def plan_pool(
         )
     if not chosen:
         raise ConfigurationError(f"--pool {pool}: no tier of the catalogue uses this pool; pass --queues")
+    if max_batch is None:
+        max_batch = REMOTE_MAX_BATCH if pool == "remote" else LOCAL_MAX_BATCH
     if not 1 <= max_batch <= 4096:
         raise ConfigurationError(f"--max-batch: must be between 1 and 4096, got {max_batch}")
     if not 0 <= max_wait_ms <= 10_000:

@@ -20,10 +20,12 @@ from kombu.transport.virtual.base import QoS as VirtualQoS
 from broker.queues import INPUTS_HEADER, redis_lists
 
 # KEYS: the lists in order of preference, then the unacked hash and its index.
-# ARGV: the inputs wanted, the time now, the input-count header's name.
+# ARGV: the inputs wanted, the time now, the input-count header's name, the task names to take (all when empty).
 # A message counts the inputs its producer put in the header (one when absent); the last one may overfill.
 _POP = """
 local room, now, header = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local accepted, only = {}, ARGV[4] ~= ''
+for name in string.gmatch(ARGV[4], '[^,]+') do accepted[name] = true end
 local unacked, index = KEYS[#KEYS - 1], KEYS[#KEYS]
 local taken, inputs = {}, 0
 for i = 1, #KEYS - 2 do
@@ -33,16 +35,18 @@ for i = 1, #KEYS - 2 do
     local ok, payload = pcall(cjson.decode, item)
     local props = ok and type(payload) == 'table' and payload['properties']
     local info = type(props) == 'table' and props['delivery_info']
-    if type(info) ~= 'table' or type(props['delivery_tag']) ~= 'string' then
-      -- not a kombu message: back where it was, for Celery's consumer to refuse
+    local headers = ok and type(payload) == 'table' and payload['headers']
+    if type(headers) ~= 'table' then headers = {} end
+    if type(info) ~= 'table' or type(props['delivery_tag']) ~= 'string' or (only and not accepted[headers['task']]) then
+      -- not a kombu message, or not a task this take runs: back at the head of its list, where Celery's
+      -- consumer takes it next; the rest of this list waits behind it
       redis.call('RPUSH', KEYS[i], item)
       break
     end
     redis.call('ZADD', index, now, props['delivery_tag'])
     redis.call('HSET', unacked, props['delivery_tag'],
       '[' .. item .. ',' .. cjson.encode(info['exchange']) .. ',' .. cjson.encode(info['routing_key']) .. ']')
-    local headers = payload['headers']
-    local count = type(headers) == 'table' and headers[header]
+    local count = headers[header]
     if type(count) ~= 'number' or count < 1 then count = 1 end
     inputs = inputs + count
     taken[#taken + 1] = item
@@ -63,13 +67,14 @@ class RedisTake:
         self._channel = channel
         self._pop = channel.client.register_script(_POP)
 
-    def pop(self, queues: list[str], room: int) -> list[Any]:
+    def pop(self, queues: list[str], room: int, tasks: frozenset[str] | None = None) -> list[Any]:
         """Up to ``room`` inputs' worth of messages from ``queues`` (in order, each queue's priority steps in
-        order), held unacknowledged on this channel as ``basic_get`` holds them."""
+        order), held unacknowledged on this channel as ``basic_get`` holds them; only messages of ``tasks``
+        when given (a list stops at its first other message)."""
         channel = self._channel
         keys = [key for queue in queues for key in redis_lists(queue)]
         keys += [channel.unacked_key, channel.unacked_index_key]
-        raw = self._pop(keys=keys, args=[room, time.time(), INPUTS_HEADER])
+        raw = self._pop(keys=keys, args=[room, time.time(), INPUTS_HEADER, ",".join(sorted(tasks or ()))])
         messages = []
         for item in raw:
             message = channel.Message(json.loads(item), channel=channel)

@@ -31,7 +31,10 @@ from tasks.errors import ConfigurationError
     help="Which lanes of the tiers to serve; with both, interactive jobs are always taken first.",
 )
 @click.option(
-    "--max-batch", type=int, default=64, show_default=True, help="Most inputs run through a model in one call."
+    "--max-batch",
+    type=int,
+    help="Most inputs run through a model in one call [default: 64; remote pool: 32, one HTTP call to TEI or the "
+    "Inference API].",
 )
 @click.option(
     "--max-wait-ms",
@@ -56,7 +59,7 @@ def worker(
     quantize: str,
     max_memory: str | None,
     lanes: str,
-    max_batch: int,
+    max_batch: int | None,
     max_wait_ms: float,
     niceness: int | None,
     torch_threads: int | None,

@@ -27,6 +27,7 @@ COMPLETE, TEI_EMBED, TEI_CLS = "org/slow-completion", "org/tei-embed", "org/tei-
 # Tier names of their own: `requeue --stale` republishes lost jobs of every test to their tier's queue.
 KILLED = "org/cut-off"  # on a tier of its own, served only by the worker that is killed
 NARROW, NARROW_SLOTS = "org/narrow", 4  # served only by a worker of 4 slots
+BATCHED_SLOTS = 4  # the tier remote_batched, served only by a worker of 4 slots started after its jobs wait
 # Two tiers whose models share one provider key, limited to 15 calls a minute across both.
 KEYED_A, KEYED_B, KEY_PER_MINUTE = "org/keyed-a", "org/keyed-b", 15
 LIMITED, PER_MINUTE = "org/limited", 20
@@ -92,6 +93,10 @@ generate = ["{NARROW}"]
 [models."{NARROW}"]
 provider = "openai"
 base_url = "{url}/narrow"
+[tiers.remote_batched]
+pool = "remote"
+generate = ["{COMPLETE}"]
+embed = ["{TEI_EMBED}"]
 [providers.hf-inference]
 requests_per_minute = {KEY_PER_MINUTE}
 """
@@ -373,3 +378,30 @@ def test_a_worker_takes_no_more_messages_than_it_has_free_slots(
     for job in jobs:
         assert isinstance(job.wait(timeout=60), GenerateResult)
     narrow.stop()
+
+
+def test_interactive_embed_jobs_waiting_together_travel_in_few_calls(
+    start_worker: Callable[..., WorkerProcess], remote_env: dict[str, str], router: Router, fresh: InferenceServer
+) -> None:
+    """Dynamic batching in the remote pool: 40 interactive embed jobs and a generation wait in one queue when a
+    worker of 4 slots starts. Each slot takes the waiting embed jobs with its own into one HTTP call of at most
+    32 inputs; the generation is a call of its own, never held back in another job's slot."""
+    texts = ["b" * (i + 1) for i in range(40)]
+    jobs = [router.embed(sentence, tier="remote_batched", use_cache=False) for sentence in texts[:20]]
+    generation = router.generate("a question among embeddings", tier="remote_batched", max_tokens=5, use_cache=False)
+    jobs += [router.embed(sentence, tier="remote_batched", use_cache=False) for sentence in texts[20:]]
+    options = ("--pool", "remote", "--concurrency", str(BATCHED_SLOTS))
+    batched = start_worker("remote_batched", "remote-batched", env=remote_env, options=options)
+    for sentence, job in zip(texts, jobs, strict=True):
+        result = job.wait(timeout=60)
+        assert isinstance(result, EmbedResult)
+        assert result.data[0].embedding == api.vectors([sentence])[0]  # each job got its own input's vector
+        assert len(job.attempts()) == 1
+    assert isinstance(generation.wait(timeout=60), GenerateResult)
+    sizes = [len(call.body["inputs"]) for call in fresh.calls_to("/embed")]
+    assert sum(sizes) == len(texts) and max(sizes) <= PER_CALL
+    # One call per job without batching; with it, at most a call per slot that found nothing more waiting,
+    # plus the calls of what waited behind the generation and after the first takes.
+    assert len(sizes) <= 2 * BATCHED_SLOTS, sizes
+    assert len(fresh.calls_to("/v1/completions")) == 1
+    batched.stop()
