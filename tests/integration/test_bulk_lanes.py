@@ -106,7 +106,7 @@ def test_jobs_run_together_answer_as_jobs_run_one_by_one(
             _same(alone[request["kind"], position % len(SENTENCES) % 12], batched[position])
 
         # Greedy generation gives the same text whatever else the worker does: 8 prompts of different
-        # lengths, 48 tokens, run one at a time, then all waiting together behind a busy job.
+        # lengths, 24 tokens, run one at a time, then all waiting together behind a busy job.
         prompts = [
             "Once upon a time",
             "The capital of France is",
@@ -117,24 +117,24 @@ def test_jobs_run_together_answer_as_jobs_run_one_by_one(
             "Hi",
             "Give me a short recipe for a cheese sandwich, step by step, with the ingredients first.",
         ]
-        greedy = {"temperature": 0.0, "max_tokens": 48, "use_cache": False}
+        greedy = {"temperature": 0.0, "max_tokens": 24, "use_cache": False}
         written = [router.generate(prompt, **greedy).wait(120) for prompt in prompts]
 
         # Interactive jobs that wait while the worker is busy join one model call (dynamic batching); for
         # generation, left-padded prompts with the same parameters.
-        busy = router.generate("Write a long story about a lighthouse keeper.", max_tokens=48, use_cache=False)
+        busy = router.generate("Write a long story about a lighthouse keeper.", max_tokens=24, use_cache=False)
         waiting = [router.embed(sentence, use_cache=False) for sentence in SENTENCES[:12]]
         busy.wait(120)
         for i, job in enumerate(waiting):
             _same(alone["embed", i], job.wait(60))
-        busy = router.generate("Write a long story about a lighthouse keeper.", max_tokens=48, use_cache=False)
+        busy = router.generate("Write a long story about a lighthouse keeper.", max_tokens=24, use_cache=False)
         again = [router.generate(prompt, **greedy) for prompt in prompts]
         for job, one_by_one in zip(again, written, strict=True):
             under_load: Any = job.wait(180)
             assert (under_load.text, under_load.usage) == (one_by_one.text, one_by_one.usage)  # type: ignore[union-attr]
         busy.wait(120)
         # Sampled generations with equal parameters do share a left-padded call.
-        busy = router.generate("Write a long story about a lighthouse keeper.", max_tokens=48, use_cache=False)
+        busy = router.generate("Write a long story about a lighthouse keeper.", max_tokens=24, use_cache=False)
         sampled = {"temperature": 0.8, "max_tokens": 8, "use_cache": False}
         stories = [router.generate(prompt, **sampled) for prompt in prompts[:4]]
         for job in stories:

@@ -84,7 +84,7 @@ def test_a_live_job_is_never_run_twice(
     start_worker: Callable[..., WorkerProcess], env: dict[str, str], router: Router, pg_url: str
 ) -> None:
     worker = start_worker("fast", "two-slots", env=env, options=("--concurrency", "2"))
-    long = {"max_tokens": 400, "temperature": 0.0, "repetition_penalty": 1.3, "use_cache": False}
+    long = {"max_tokens": 160, "temperature": 0.0, "repetition_penalty": 1.3, "use_cache": False}
     story = [{"role": "user", "content": "Write a long story about a lighthouse keeper and her cat."}]
     job = router.generate(messages=story, **long)
     deadline = time.monotonic() + 60
