@@ -131,7 +131,7 @@ def test_a_job_whose_worker_is_killed_whole_mid_generation_succeeds_with_no_comm
     start_worker: Callable[..., WorkerProcess], env: dict[str, str], router: Router, database: str
 ) -> None:
     doomed = start_worker("recover_local", "recover-doomed", env=env)
-    job = router.generate("Tell a long story about a sea voyage.", tier="recover_local", max_tokens=400)
+    job = router.generate("Tell a long story about a sea voyage.", tier="recover_local", max_tokens=160)
     deadline = time.monotonic() + 60
     while job.status() != "running":
         assert time.monotonic() < deadline, "the job never started"
