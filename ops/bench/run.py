@@ -18,8 +18,9 @@ Every figure is measured in this run:
 (f) p95 latency (created → recorded) of single interactive embed jobs submitted every 50 ms while a bulk
     batch of N embed jobs runs, and (g) the same on an idle cluster. Measured twice: with one worker
     serving both lanes, and with a worker per lane (the bulk one at niceness 10) on the same two cores;
-(h) generation: SmolLM2 tokens per second through the cluster, one job at a time and 8 jobs at once (the
-    worker batches them), against ``model.generate`` alone on one prompt and on 8 prompts together.
+(h) generation: SmolLM2 tokens per second through the cluster, one job at a time (greedy) and 8 jobs at once
+    (sampled; the worker batches them), against ``model.generate`` in this process on one prompt and on 8
+    prompts together, the two sides measured in turns.
 
 It prints a table and writes JSON with every figure and the ratios ``embed_per_job_ratio`` = b/a,
 ``embed_batched_ratio`` = c/a, ``noop_vs_celery_ratio`` = d/e, ``noop_one_by_one_ratio``,
@@ -276,85 +277,109 @@ def _count_new_tokens(row: list[int], ends: set[int]) -> int:
     return next((i + 1 for i, token in enumerate(row) if token in ends), len(row))
 
 
-def generation_alone(settings: Settings, catalogue_path: Path) -> dict[str, float]:
-    """SmolLM2 through ``model.generate`` alone, loaded as a worker loads it (same dtype and sampling): each
-    prompt on its own, then the 8 prompts in one left-padded call. Tokens per second of new tokens."""
-    import torch
+class GenerationAlone:
+    """SmolLM2 through ``model.generate`` in this process, loaded as a worker loads it (same dtype, prompt
+    template and parameters): one prompt on its own, or several in one left-padded call."""
 
-    from broker.catalogue import load_catalogue
-    from workers.registry import ModelRegistry
+    def __init__(self, settings: Settings, catalogue_path: Path):
+        from broker.catalogue import load_catalogue
+        from workers.registry import ModelRegistry
 
-    catalogue = load_catalogue(catalogue_path)
-    model_id = catalogue.tiers["fast"].generate[0]
-    defaults = catalogue.defaults
-    loaded = ModelRegistry(catalogue, settings.models_dir, "cpu", settings.hf_cache_dir).get(model_id, "generate")
-    tokenizer, model = loaded.tokenizer, loaded.model
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ends = {tokenizer.eos_token_id, pad}
-    sampling = {
-        "do_sample": True,
-        "temperature": defaults.temperature,
-        "top_p": defaults.top_p,
-        "top_k": defaults.top_k,
-        "repetition_penalty": defaults.repetition_penalty,
-        "max_new_tokens": GENERATE_TOKENS,
-        "pad_token_id": pad,
-    }
-    tokenizer.padding_side = "left"
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for p in GENERATE_PROMPTS
-    ]
+        catalogue = load_catalogue(catalogue_path)
+        model_id = catalogue.tiers["fast"].generate[0]
+        self.defaults = catalogue.defaults
+        loaded = ModelRegistry(catalogue, settings.models_dir, "cpu", settings.hf_cache_dir).get(model_id, "generate")
+        self.tokenizer, self.model = loaded.tokenizer, loaded.model
+        self.pad = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        )
+        self.tokenizer.padding_side = "left"
 
-    def run(prompts: list[str]) -> int:
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    def run(self, prompts: list[str], greedy: bool) -> int:
+        """New tokens made for ``prompts``: greedy (as a job of temperature 0 runs) or sampled at the
+        catalogue's defaults (as a job with no parameters runs)."""
+        import torch
+
+        defaults, tokenizer = self.defaults, self.tokenizer
+        parameters: dict[str, Any] = {"do_sample": False, "repetition_penalty": defaults.repetition_penalty}
+        if not greedy:
+            parameters.update(
+                do_sample=True, temperature=defaults.temperature, top_p=defaults.top_p, top_k=defaults.top_k
+            )
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
-            output = model.generate(**batch, **sampling)
+            output = self.model.generate(**batch, **parameters, max_new_tokens=GENERATE_TOKENS, pad_token_id=self.pad)
         width = batch["input_ids"].shape[1]
+        ends = {tokenizer.eos_token_id, self.pad}
         return sum(_count_new_tokens(row[width:].tolist(), ends) for row in output)
 
-    run(texts[:1])  # warm-up
-    return tokens_per_second(timed(lambda: sum(run([text]) for text in texts)), timed(lambda: run(texts)))
 
+def generation(
+    router: Router, cluster: Cluster, settings: Settings, catalogue_path: Path, rounds: int = 2
+) -> dict[str, Any]:
+    """Tokens per second through the cluster against ``model.generate`` in this process, measured in turns
+    (the machine's speed drifts over minutes; turns put both sides under the same drift):
 
-def generation_through_cluster(router: Router, cluster: Cluster) -> dict[str, float]:
-    """The same prompts as generate jobs: one at a time (each waited for) on a worker at its defaults, then all
-    8 submitted at once to a worker that waits up to 200 ms to batch them."""
+    - one job at a time, each waited for, on a worker at its defaults, greedy: the job and the model alone make
+      the same tokens, so both sides do the same work; turns of one prompt each;
+    - the 8 prompts submitted at once to a worker that waits up to 200 ms to batch them, sampled at the
+      catalogue's defaults (greedy jobs never share a call), against the 8 prompts in one ``generate``; turns
+      of the 8 prompts."""
+    alone = GenerationAlone(settings, catalogue_path)
 
-    def submit(prompt: str) -> Any:
+    def submit(prompt: str, greedy: bool) -> Any:
         messages = [{"role": "user", "content": prompt}]
-        return router.generate(messages=messages, tier="fast", max_tokens=GENERATE_TOKENS, use_cache=False)
+        temperature = 0.0 if greedy else None
+        return router.generate(
+            messages=messages, tier="fast", max_tokens=GENERATE_TOKENS, temperature=temperature, use_cache=False
+        )
+
+    def job_tokens(prompt: str) -> int:
+        return int(submit(prompt, greedy=True).wait(timeout=300).usage.completion_tokens)
 
     def together() -> int:
-        jobs = [submit(prompt) for prompt in GENERATE_PROMPTS]
+        jobs = [submit(prompt, greedy=False) for prompt in GENERATE_PROMPTS]
         return sum(job.wait(timeout=300).usage.completion_tokens for job in jobs)
 
-    def on_worker(name: str, run: Callable[[], int]) -> tuple[int, float]:
-        cluster.start(name, *WORKERS[name])
-        submit(GENERATE_PROMPTS[0]).wait(timeout=300)  # warm-up
-        figures = timed(run)
-        cluster.stop()
-        return figures
+    sides: dict[str, list[float]] = {name: [0.0, 0.0] for name in ("alone", "cluster", "alone_8", "cluster_8")}
 
-    single = on_worker(
-        "generate", lambda: sum(submit(p).wait(timeout=300).usage.completion_tokens for p in GENERATE_PROMPTS)
-    )
-    return tokens_per_second(single, on_worker("generate_batched", together))
+    def add(side: str, figures: tuple[int, float]) -> None:
+        sides[side][0] += figures[0]
+        sides[side][1] += figures[1]
+
+    cluster.start("generate", *WORKERS["generate"])
+    job_tokens(GENERATE_PROMPTS[0])  # warm-up, both sides
+    alone.run(GENERATE_PROMPTS[:1], greedy=True)
+    for _ in range(rounds):
+        for prompt in GENERATE_PROMPTS:
+            add("alone", timed(lambda prompt=prompt: alone.run([prompt], greedy=True)))
+            add("cluster", timed(lambda prompt=prompt: job_tokens(prompt)))
+    cluster.stop()
+    cluster.start("generate_batched", *WORKERS["generate_batched"])
+    together()  # warm-up
+    for _ in range(rounds):
+        add("alone_8", timed(lambda: alone.run(GENERATE_PROMPTS, greedy=False)))
+        add("cluster_8", timed(together))
+    cluster.stop()
+    return {
+        "tokens_per_s": sides["alone"][0] / sides["alone"][1],
+        "cluster_tokens_per_s": sides["cluster"][0] / sides["cluster"][1],
+        "batched_tokens_per_s": sides["alone_8"][0] / sides["alone_8"][1],
+        "cluster_batched_tokens_per_s": sides["cluster_8"][0] / sides["cluster_8"][1],
+        "tokens": {side: int(figures[0]) for side, figures in sides.items()},
+        "same_tokens": sides["alone"][0] == sides["cluster"][0],  # greedy: the same text on both sides
+        "rounds": rounds,
+    }
 
 
 def timed(run: Callable[[], int]) -> tuple[int, float]:
     """What ``run`` returns (new tokens), and the seconds it took."""
     started = time.perf_counter()
     return run(), time.perf_counter() - started
-
-
-def tokens_per_second(single: tuple[int, float], batched: tuple[int, float]) -> dict[str, float]:
-    return {
-        "tokens_per_s": single[0] / single[1],
-        "batched_tokens_per_s": batched[0] / batched[1],
-        "tokens": single[0],
-        "batched_tokens": batched[0],
-    }
 
 
 PARTS = ("embed", "latency", "noop", "generate")
@@ -426,10 +451,8 @@ def main() -> None:
                 if "noop" in parts:
                     noop_figures(router, cluster, env, args.redis, n, args.chunk, results)
                 if "generate" in parts:
-                    print("(h) generation through the cluster …", flush=True)
-                    results["generate_cluster"] = generation_through_cluster(router, cluster)
-                    print("(h) generation, model.generate alone …", flush=True)
-                    results["generate_alone"] = generation_alone(settings, catalogue)
+                    print("(h) generation, through the cluster and model.generate alone in turns …", flush=True)
+                    results["generate"] = generation(router, cluster, settings, catalogue)
             finally:
                 cluster.stop()
 
@@ -538,16 +561,17 @@ def print_table(results: dict[str, Any]) -> None:
             ("(f) p95 under bulk, one worker", f"{shared['busy_p95_ms']:.0f} ms",
              f"f/g = {results['interactive_p95_ratio_one_worker']:.2f}, {shared['busy_samples']} jobs"),
         ]  # fmt: skip
-    if "generate_alone" in results:
-        alone, cluster = results["generate_alone"], results["generate_cluster"]
-        results["generate_ratio"] = cluster["tokens_per_s"] / alone["tokens_per_s"]
-        results["generate_batched_ratio"] = cluster["batched_tokens_per_s"] / alone["batched_tokens_per_s"]
+    if "generate" in results:
+        g = results["generate"]
+        results["generate_ratio"] = g["cluster_tokens_per_s"] / g["tokens_per_s"]
+        results["generate_batched_ratio"] = g["cluster_batched_tokens_per_s"] / g["batched_tokens_per_s"]
+        same = "the same tokens" if g["same_tokens"] else "NOT the same tokens"
         rows += [
-            ("(h) model.generate alone, 1 prompt", f"{alone['tokens_per_s']:.1f} tokens/s", "reference"),
-            ("    through the cluster, 1 job", f"{cluster['tokens_per_s']:.1f} tokens/s",
+            ("(h) model.generate alone, 1 prompt", f"{g['tokens_per_s']:.1f} tokens/s", f"reference, greedy, {same}"),
+            ("    through the cluster, 1 job", f"{g['cluster_tokens_per_s']:.1f} tokens/s",
              f"ratio {results['generate_ratio']:.2f} (target ≥ 0.9)"),
-            ("    model.generate alone, 8 prompts", f"{alone['batched_tokens_per_s']:.1f} tokens/s", "reference"),
-            ("    through the cluster, 8 jobs", f"{cluster['batched_tokens_per_s']:.1f} tokens/s",
+            ("    model.generate alone, 8 prompts", f"{g['batched_tokens_per_s']:.1f} tokens/s", "reference, sampled"),
+            ("    through the cluster, 8 jobs", f"{g['cluster_batched_tokens_per_s']:.1f} tokens/s",
              f"ratio {results['generate_batched_ratio']:.2f}"),
         ]  # fmt: skip
     width = max((len(r[0]) for r in rows), default=0)
