@@ -98,7 +98,9 @@ def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
 
     from broker.publishing import recovery_queue, send_again
     from broker.queues import queue_names
-    from workers.sweeper import BrokerMark, HeldMessages, Retain, Sweeper
+    from workers.broker_mark import BrokerMark
+    from workers.held_messages import HeldMessages
+    from workers.sweeper import Retain, Sweeper
 
     client = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
     broker = settings.resolved_broker_url

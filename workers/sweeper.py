@@ -30,7 +30,6 @@ dead worker, is kept in Redis for ``llm-router status``.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import threading
@@ -42,15 +41,14 @@ from typing import Any, cast
 
 import redis
 
-from broker.queues import redis_lists
 from tasks.records import Status, aware
 from tasks.store import JobStore, JobView
-from workers.messages import BadBulkMessage, BadMessage, parse_messages
+from workers.broker_mark import BrokerMark
+from workers.held_messages import HeldMessages
 
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "llm-router:sweeper:lock"
-EPOCH_KEY = "llm-router:broker-epoch"
 RECOVERED_KEY = "llm-router:recovered"  # the latest recoveries, newest first
 DEAD_WORKERS_KEY = "llm-router:dead-workers"  # owner → when its jobs were last recovered
 RECOVERY_KEY = "llm-router:broker-recovery"  # how far the recovery from a broker loss got, for the next sweeper
@@ -59,9 +57,6 @@ PRUNE_EVERY_S = 3600
 SWEEP_PAGE = 500  # lost jobs read and published per page of a sweep
 STALLED_PIPELINE_S = 5.0  # a pipeline with no step in flight this long after it began: carried on by the sweeper
 KEEP_RECOVERED = 200
-# kombu's Redis transport: each message handed out and not yet acknowledged, by delivery tag, and when.
-UNACKED_KEY, UNACKED_INDEX_KEY = "unacked", "unacked_index"
-
 # (job, queue, countdown in seconds): publishes the job's message again.
 Publish = Callable[[JobView, str, float], None]
 # The queue a lost job goes back to, or None when no tier serves it.
@@ -89,84 +84,6 @@ class Sweep:
     @property
     def count(self) -> int:
         return len(self.abandoned) + len(self.lost) + len(self.stranded) + len(self.vanished)
-
-
-class BrokerMark:
-    """A mark in the broker's Redis database, to tell when it lost its data: a restarted Redis without
-    persistence, or a flushed database, loses the mark with the messages. The database keeps the mark that the
-    last complete sweep recovered from (or the first sweeper saw): it outlives the broker and is the same for
-    every sweeper, so a loss is recovered by whichever sweeper sweeps next, even one started after the loss,
-    and a sweep cut short (a lost lock, an error) is done again by the next."""
-
-    def __init__(self, client: redis.Redis, store: JobStore):
-        self.redis, self.store = client, store
-        where = client.connection_pool.connection_kwargs
-        self.name = f"broker-epoch {where.get('host')}:{where.get('port')}/{where.get('db', 0)}"
-        store.set_mark(self.name, self.current(), if_absent=True)
-
-    def current(self) -> str:
-        self.redis.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
-        mark = self.redis.get(EPOCH_KEY)
-        return mark.decode() if isinstance(mark, bytes) else ""
-
-    def lost_since_recovered(self) -> str | None:
-        """The broker's mark now, when it lost its data since the last recovery; None when it did not."""
-        current = self.current()
-        return current if current != self.store.mark(self.name) else None
-
-    def recovered(self, mark: str) -> None:
-        """Every waiting job was published again after the loss that ``mark`` followed."""
-        self.store.set_mark(self.name, mark)
-
-
-def job_ids_in(held: bytes | None) -> list[str]:
-    """The jobs of a message as kombu's Redis transport keeps it unacknowledged: ``[message, exchange,
-    routing key]``, the message's body a JSON ``[args, kwargs, options]``. Nothing for what is not a job's."""
-    try:
-        message = json.loads(held or b"null")[0]
-        body = message["body"]
-        if message.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args, kwargs = json.loads(body)[:2]
-        return [job.job_id for job in parse_messages(tuple(args), dict(kwargs))]
-    except BadBulkMessage as exc:
-        return exc.job_ids
-    except BadMessage as exc:
-        return [exc.job_id] if exc.job_id else []
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-        return []
-
-
-class HeldMessages:
-    """The messages a Redis broker handed out and has not had acknowledged."""
-
-    def __init__(self, client: redis.Redis):
-        self.redis = client
-
-    def held_since(self, before: float) -> dict[bytes, list[str]]:
-        """Delivery tag → the jobs of its message, for messages handed out before ``before`` (a Unix time)."""
-        tags = cast(list[bytes], self.redis.zrangebyscore(UNACKED_INDEX_KEY, "-inf", before))
-        if not tags:
-            return {}
-        messages = cast(list[bytes | None], self.redis.hmget(UNACKED_KEY, tags))
-        return {tag: job_ids_in(held) for tag, held in zip(tags, messages, strict=True)}
-
-    def empty(self, queue: str) -> bool:
-        """Whether no message waits on ``queue``, at any priority."""
-        pipe = self.redis.pipeline(transaction=False)
-        for key in redis_lists(queue):
-            pipe.llen(key)
-        return not any(pipe.execute())
-
-    def drop(self, tags: list[bytes]) -> None:
-        """Drop held copies whose jobs were published again; a holder that lives after all finds its
-        acknowledgement a no-op."""
-        if tags:
-            pipe = self.redis.pipeline(transaction=False)
-            names = [tag.decode() for tag in tags]
-            pipe.hdel(UNACKED_KEY, *names)
-            pipe.zrem(UNACKED_INDEX_KEY, *names)
-            pipe.execute()
 
 
 class Sweeper:

@@ -32,16 +32,9 @@ from tasks.store import JobStore, JobView, Lease
 from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings, fresh_database
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer
-from workers.sweeper import (
-    DEAD_WORKERS_KEY,
-    EPOCH_KEY,
-    LOCK_KEY,
-    RECOVERED_KEY,
-    UNACKED_KEY,
-    BrokerMark,
-    HeldMessages,
-    Sweeper,
-)
+from workers.broker_mark import EPOCH_KEY, BrokerMark
+from workers.held_messages import UNACKED_KEY, HeldMessages
+from workers.sweeper import DEAD_WORKERS_KEY, LOCK_KEY, RECOVERED_KEY, Sweeper
 
 # A broker database no other test module uses: kombu pools connections per URL for the whole process, and a
 # module that used a URL before the Redis restart test leaves stale connections to the next module using it.

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from workers.held_messages import job_ids_in
 from workers.messages import BadBulkMessage, BadMessage, parse_message, parse_messages
-from workers.sweeper import job_ids_in
 
 ID = str(uuid.uuid4())
 
