@@ -12,6 +12,7 @@ from celery import Celery
 
 from broker.catalogue import Catalogue, load_catalogue
 from broker.queues import EXCHANGE, is_amqp, tier_queues
+from broker.redis_publish import RedisPublisher, publishes_directly
 from broker.settings import Settings
 from tasks.limits import MAX_PRIORITY
 
@@ -21,6 +22,20 @@ class RouterCelery(Celery):
 
     router_settings: Settings
     catalogue: Catalogue
+    _redis_publisher: RedisPublisher | None = None
+
+    @property
+    def redis_publisher(self) -> RedisPublisher | None:
+        """What publishes job messages in one round trip, on a Redis broker (see ``broker.redis_publish``)."""
+        if self._redis_publisher is None and publishes_directly(self):
+            self._redis_publisher = RedisPublisher(self)
+        return self._redis_publisher
+
+    def close(self) -> None:
+        if self._redis_publisher is not None:
+            self._redis_publisher.close()
+            self._redis_publisher = None
+        super().close()
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:

@@ -21,6 +21,10 @@ def send_job(
     app: Any, job_id: str, kind: str, queue: str, inputs: int, countdown: float = 0.0, priority: int | None = None
 ) -> None:
     """Publish one job's message on ``queue``; raises what the transport raises when it is refused."""
+    publisher = getattr(app, "redis_publisher", None)
+    if publisher is not None and not countdown:
+        publisher.send(TASK_NAMES[kind], job_id, queue, inputs, broker_priority(app, priority, queue))
+        return
     app.send_task(
         TASK_NAMES[kind],
         args=[job_id],

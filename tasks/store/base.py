@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Table, Update, update
+from sqlalchemy import ColumnElement, Engine, Insert, Table, Update, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -67,6 +67,12 @@ class StoreBase:
         # parts chained in data-modifying CTEs: one round trip instead of five or six. Elsewhere (SQLite)
         # the same writes run as a transaction of several statements.
         self.one_statement_writes = engine.dialect.name == "postgresql"
+        # A submission's one INSERT skips the session and Core's execution where the driver allows it.
+        self.driver_insert = (
+            DriverInsert(engine, postgresql.insert(JOBS).on_conflict_do_nothing().returning(JOBS.c.id), JOB_COLUMNS)
+            if DriverInsert.serves(engine)
+            else None
+        )
 
     def session(self) -> Session:
         """A session whose statements each commit on their own: for reads. Writes of several statements use
@@ -106,9 +112,13 @@ def job_row(
         "error": error,
         "cached": False,
         "attempts": 0,
+        "tier_hops": 0,
         "created_at": now,
         "finished_at": now if status in FINAL_STATUSES else None,
     }
+
+
+JOB_COLUMNS = list(job_row(job_id="", kind="", request=None))
 
 
 def usage_row(
@@ -170,6 +180,53 @@ def insert_ignoring_duplicates(session: Session, table: Table, column: str | Non
     if dialect == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=columns)
     raise NotImplementedError(f"inserts that skip duplicates on {dialect}")
+
+
+class DriverInsert:
+    """An INSERT compiled once and run on the database driver's own connection, in autocommit: for the
+    producer's hot path, where an ORM session and Core's execution cost more (0.5 ms) than the statement's
+    own round trip (0.2 ms). The values go through the columns' own bind processors, as Core sends them;
+    the driver's errors come back as SQLAlchemy's, and a connection that failed is discarded."""
+
+    def __init__(self, engine: Engine, statement: Insert, keys: list[str]):
+        dialect = engine.dialect
+        self._engine = engine
+        self._sql = str(statement.compile(dialect=dialect, column_keys=keys))
+        table = statement.table
+        self._processors = {
+            column.key: column.type.dialect_impl(dialect).bind_processor(dialect) for column in table.columns
+        }
+
+    @staticmethod
+    def serves(engine: Engine) -> bool:
+        """Whether ``engine``'s driver takes the statement as compiled: PostgreSQL's, with named parameters."""
+        return engine.dialect.name == "postgresql" and engine.dialect.paramstyle == "pyformat"
+
+    def first(self, row: dict[str, Any]) -> Any:
+        """Insert ``row``; the first row the statement returns (None: none)."""
+        parameters = {
+            key: processor(value) if (processor := self._processors[key]) else value for key, value in row.items()
+        }
+        pooled = self._engine.raw_connection()
+        try:
+            driver = pooled.driver_connection
+            assert driver is not None
+            driver.autocommit = True
+            try:
+                cursor = driver.cursor()
+                cursor.execute(self._sql, parameters)
+                return cursor.fetchone()
+            finally:
+                driver.autocommit = False  # the pool hands out connections in transaction mode
+        except self._engine.dialect.loaded_dbapi.Error as exc:
+            invalidated = self._engine.dialect.is_disconnect(exc, driver, None)
+            if invalidated:
+                pooled.invalidate()
+            raise DBAPIError.instance(
+                self._sql, None, exc, self._engine.dialect.loaded_dbapi.Error, connection_invalidated=invalidated
+            ) from exc
+        finally:
+            pooled.close()
 
 
 def close_lost_attempts(which: ColumnElement[bool], now: datetime) -> Update:

@@ -51,6 +51,8 @@ class JobRecords(StoreBase):
             idempotency_key=idempotency_key,
             tenant=tenant,
         )
+        if self.driver_insert is not None:
+            return self.driver_insert.first(row) is not None
         with self.statements() as session:  # the INSERT is its own transaction: no BEGIN or COMMIT round trips
             statement = insert_ignoring_duplicates(session, JOBS, None).returning(JOBS.c.id)
             return session.execute(statement, [row]).first() is not None

@@ -1,5 +1,6 @@
-"""A job's hot writes on PostgreSQL: starting an attempt and recording a success run as one statement each,
-and leave exactly the rows that the transaction of several statements (SQLite's way) leaves."""
+"""A job's hot writes on PostgreSQL: recording a submission on the driver's own connection, starting an
+attempt and recording a success as one statement each; each leaves exactly the rows that the session's
+statements and transactions (SQLite's way) leave."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from tasks.database import make_engine
 from tasks.records import AttemptRecord, JobRecord, Status, UsageRecord
@@ -30,7 +32,8 @@ def stores() -> Iterator[tuple[JobStore, JobStore]]:
     with fresh_database() as url:
         one, several = JobStore(make_engine(url)), JobStore(make_engine(url))
         several.one_statement_writes = False
-        assert one.one_statement_writes
+        several.driver_insert = None
+        assert one.one_statement_writes and one.driver_insert is not None
         yield one, several
         one.engine.dispose()
         several.engine.dispose()
@@ -57,6 +60,50 @@ def rows(store: JobStore, job_id: str) -> dict[str, Any]:
             "attempts": sorted((columns(a) for a in attempts), key=lambda a: a["number"]),
             "usage": [columns(u) for u in usage],
         }
+
+
+def test_a_submission_recorded_on_the_drivers_connection_leaves_the_sessions_row(
+    stores: tuple[JobStore, JobStore],
+) -> None:
+    request = {"kind": "generate", "prompt": 'héllo \u2603 "quoted"', "model": "m", "batch_id": "b1", "stop": ["\n"]}
+    recorded = []
+    for store in stores:
+        job_id = str(uuid.uuid4())
+        common: dict[str, Any] = {"kind": "generate", "request": request, "tier": "fast", "queue": "fast"}
+        key = f"key-{job_id}"
+        assert store.create_job(job_id=job_id, **common, cache_key="c" * 64, idempotency_key=key, tenant="acme")
+        assert not store.create_job(job_id=job_id, **common), "a taken id is refused"
+        assert not store.create_job(job_id=str(uuid.uuid4()), **common, idempotency_key=key), "so is a taken key"
+        with store.session() as session:
+            job = session.get(JobRecord, job_id)
+            assert job is not None and job.created_at.tzinfo is not None
+            columns = {c.name: getattr(job, c.name) for c in JobRecord.__table__.columns}
+        assert columns["request"] == request and columns["idempotency_key"] == key
+        recorded.append(
+            {name: value for name, value in columns.items() if name not in {"id", "created_at", "idempotency_key"}}
+        )
+    assert recorded[0] == recorded[1]
+
+
+def test_a_connection_the_database_closed_fails_one_submission_and_is_discarded() -> None:
+    with fresh_database() as url:
+        store = JobStore(make_engine(url, pool_size=1, ping_on_checkout=False))  # no ping to hide the loss
+        common: dict[str, Any] = {"kind": "embed", "request": {"input": ["a"]}, "tier": "fast", "queue": "fast"}
+        assert store.create_job(job_id=str(uuid.uuid4()), **common)
+        admin = make_engine(url)
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        admin.dispose()
+        with pytest.raises(OperationalError) as failure:
+            store.create_job(job_id=str(uuid.uuid4()), **common)
+        assert failure.value.connection_invalidated
+        job_id = str(uuid.uuid4())
+        assert store.create_job(job_id=job_id, **common), "the pool opened a new connection"
+        assert store.get(job_id) is not None
+        store.engine.dispose()
 
 
 def run_once(store: JobStore, owner: str) -> dict[str, Any]:

@@ -1,0 +1,74 @@
+"""A job's message published on Redis in one round trip is, byte for byte after decoding, the message Celery's
+``send_task`` writes through kombu, on the list of the same priority step (real Redis)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+import redis
+
+from broker.celery_app import create_app
+from broker.publishing import broker_priority, send_job
+from broker.queues import INPUTS_HEADER, TASK_NAMES, redis_lists
+from broker.settings import Settings
+from tests.conftest import empty_redis_db
+
+BROKER = "redis://127.0.0.1:6379/12"  # no worker consumes here (test_bad_input's quiet broker): the lists are counted
+
+
+def decoded(raw: bytes) -> dict[str, Any]:
+    """A stored message with its body decoded and its delivery tag (a fresh uuid each) set aside."""
+    message = json.loads(raw)
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    assert message["properties"].pop("delivery_tag")
+    return message
+
+
+@pytest.mark.parametrize(
+    ("queue", "priority"), [("fast", None), ("fast", 8), ("fast.bulk", None)], ids=["default", "urgent", "bulk"]
+)
+def test_a_message_published_directly_is_the_message_send_task_writes(queue: str, priority: int | None) -> None:
+    url = empty_redis_db(BROKER)
+    app = create_app(Settings(broker_url=url))
+    client = redis.Redis.from_url(url)
+    try:
+        assert app.redis_publisher is not None
+        send_job(app, "job-1", "embed", queue, 5, priority=priority)  # the direct way
+        step = broker_priority(app, priority, queue) or 0
+        app.send_task(  # Celery's way, as send_job went before
+            TASK_NAMES["embed"],
+            args=["job-1"],
+            task_id="job-1",
+            queue=queue,
+            routing_key=queue,
+            headers={INPUTS_HEADER: 5},
+            priority=step,
+        )
+        lists = [name for name in redis_lists(queue) if client.llen(name)]
+        assert lists == [redis_lists(queue)[step]], "both on the list of the job's priority step"
+        direct, celery = (decoded(raw) for raw in client.lrange(lists[0], 0, -1)[::-1])
+        assert direct == celery
+        assert direct["headers"]["task"] == "tasks.embed" and direct["body"][0] == ["job-1"]
+    finally:
+        app.close()
+        client.close()
+
+
+def test_a_countdown_or_another_broker_goes_through_send_task(tmp_path: Any) -> None:
+    url = empty_redis_db(BROKER)
+    app = create_app(Settings(broker_url=url))
+    client = redis.Redis.from_url(url)
+    try:
+        send_job(app, "job-2", "generate", "fast", 1, countdown=30)
+        # Celery holds a message with an ETA in the worker; on Redis it waits on its list like any other.
+        (raw,) = [raw for name in redis_lists("fast") for raw in client.lrange(name, 0, -1)]
+        assert decoded(raw)["headers"]["eta"] is not None
+    finally:
+        app.close()
+        client.close()
+    embedded = create_app(Settings(var_dir=tmp_path))
+    assert embedded.redis_publisher is None
+    embedded.close()
