@@ -6,7 +6,6 @@ torch errors become ours here (``ModelFailed``); nothing above this module catch
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy
@@ -27,6 +26,7 @@ from tasks.schemas import (
     Usage,
 )
 from workers.cancellation import ROW_STOPS, STOP_REQUESTED
+from workers.model_thread import on_model_thread
 from workers.registry import LoadedModel, ModelRegistry
 from workers.streaming import DELTAS, ROW_DELTAS, RowDeltas
 
@@ -56,13 +56,18 @@ def _row_hooks(rows: int) -> tuple[list[Callable[[], bool]], list[Callable[[str]
     return ([stop] if stop is not None else []), [sink]
 
 
-@contextmanager
-def _model_errors(model_id: str) -> Iterator[None]:
-    try:
-        with torch.inference_mode():
-            yield
-    except (RuntimeError, ValueError, IndexError) as exc:
-        raise ModelFailed(f"model {model_id!r} failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+def _run_model(model_id: str, loaded: LoadedModel, call: Callable[[], T]) -> T:
+    """``call()`` on the model thread (see ``workers.model_thread``), one at a time per model, without autograd;
+    torch's errors become ``ModelFailed``."""
+
+    def guarded() -> T:
+        try:
+            with torch.inference_mode(), loaded.lock:  # inference mode holds in the thread that enters it
+                return call()
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise ModelFailed(f"model {model_id!r} failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+
+    return on_model_thread(guarded)
 
 
 def _token_ids(value: int | list[int] | None) -> list[int]:
@@ -98,7 +103,8 @@ class LocalBackend:
         first = requests[0]
         max_new_tokens = first.max_tokens or defaults.max_tokens
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        with _model_errors(model_id), loaded.lock:
+
+        def run() -> tuple[torch.Tensor, list[torch.Tensor], int]:
             prompts = [self._encode_prompt(loaded, request, max_new_tokens)[0] for request in requests]
             width = max(len(ids) for ids in prompts)
             input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=loaded.device)
@@ -123,6 +129,9 @@ class LocalBackend:
                 tokenizer=tokenizer if first.stop else None,
                 **self._sampling(first, defaults),
             )
+            return output, prompts, width
+
+        output, prompts, width = _run_model(model_id, loaded, run)
         limits = (max_new_tokens, set(_token_ids(loaded.model.generation_config.eos_token_id)) | {pad_id})
         return [
             self._generated(model_id, tokenizer, request, output[row, width:].tolist(), len(prompts[row]), limits)
@@ -259,7 +268,8 @@ class LocalBackend:
         texts = [requests[r].input[i] for r, i in owners]
         outputs: list[list[Any]] = [[None] * len(request.input) for request in requests]
         tokens = [0] * len(requests)
-        with _model_errors(model_id), loaded.lock:
+
+        def run() -> None:
             for indices in _length_sorted_batches(texts, self._batch_size):
                 batch = self._tokenize(loaded, [texts[i] for i in indices])
                 lengths = batch["attention_mask"].sum(dim=1).tolist()
@@ -267,6 +277,8 @@ class LocalBackend:
                     request_index, input_index = owners[index]
                     outputs[request_index][input_index] = output
                     tokens[request_index] += int(length)
+
+        _run_model(model_id, loaded, run)
         return list(zip(outputs, tokens, strict=True))
 
     @staticmethod
