@@ -23,7 +23,7 @@ def send_job(
     """Publish one job's message on ``queue``; raises what the transport raises when it is refused."""
     publisher = getattr(app, "redis_publisher", None)
     if publisher is not None and not countdown:
-        publisher.send(TASK_NAMES[kind], job_id, queue, inputs, broker_priority(app, priority, queue))
+        publisher.send(TASK_NAMES[kind], job_id, queue, inputs, broker_priority(app, priority, queue), [job_id])
         return
     app.send_task(
         TASK_NAMES[kind],
@@ -34,6 +34,24 @@ def send_job(
         headers={INPUTS_HEADER: inputs},
         countdown=countdown or None,
         priority=broker_priority(app, priority, queue),
+    )
+
+
+def send_bulk(app: Any, job_ids: list[str], kind: str, queue: str, inputs: int) -> None:
+    """Publish one bulk message for ``job_ids`` (the keyword ``job_ids``, its id the first job's and a count)."""
+    task_id, priority = f"{job_ids[0]}+{len(job_ids) - 1}", broker_priority(app, None, queue)
+    publisher = getattr(app, "redis_publisher", None)
+    if publisher is not None:
+        publisher.send(TASK_NAMES[kind], task_id, queue, inputs, priority, job_ids)
+        return
+    app.send_task(
+        TASK_NAMES[kind],
+        kwargs={"job_ids": job_ids},
+        task_id=task_id,
+        queue=queue,
+        routing_key=queue,
+        headers={INPUTS_HEADER: inputs},
+        priority=priority,
     )
 
 

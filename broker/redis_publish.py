@@ -40,16 +40,23 @@ class RedisPublisher:
             app.conf.broker_url, retry=_RETRY, retry_on_error=[redis.ConnectionError, redis.TimeoutError]
         )
 
-    def send(self, task_name: str, job_id: str, queue: str, inputs: int, priority: int | None) -> None:
-        """Put a job's message on ``queue`` at ``priority`` (kombu's order: lower first); raises what
-        redis-py raises when Redis cannot be reached."""
-        self._client.lpush(redis_lists(queue)[priority or 0], self.envelope(task_name, job_id, queue, inputs, priority))
+    def send(
+        self, task_name: str, task_id: str, queue: str, inputs: int, priority: int | None, job_ids: list[str]
+    ) -> None:
+        """Put a message on ``queue`` at ``priority`` (kombu's order: lower first): a job's (``job_ids`` its one
+        id, its argument) or a bulk message's (its ids, as the keyword ``job_ids``). Raises what redis-py
+        raises when Redis cannot be reached."""
+        envelope = self.envelope(task_name, task_id, queue, inputs, priority, job_ids)
+        self._client.lpush(redis_lists(queue)[priority or 0], envelope)
 
-    def envelope(self, task_name: str, job_id: str, queue: str, inputs: int, priority: int | None) -> str:
+    def envelope(
+        self, task_name: str, task_id: str, queue: str, inputs: int, priority: int | None, job_ids: list[str]
+    ) -> str:
         """The message as kombu's Redis transport stores it."""
         app = self._app
+        args, kwargs = (job_ids, {}) if len(job_ids) == 1 and job_ids[0] == task_id else ([], {"job_ids": job_ids})
         headers, properties, body, _ = app.amqp.create_task_message(
-            job_id, task_name, [job_id], {}, reply_to=app.thread_oid, ignore_result=None
+            task_id, task_name, args, kwargs, reply_to=app.thread_oid, ignore_result=None
         )
         headers[INPUTS_HEADER] = inputs
         encoded = base64.b64encode(json.dumps(body).encode()).decode()

@@ -23,8 +23,7 @@ from broker.jobs import Job, UnknownJob, cancel_jobs
 from broker.notifications import DoneNotices
 from broker.packing import input_count, pack
 from broker.pipeline_runs import PipelineResult, read_pipeline, start_pipeline
-from broker.publishing import broker_priority, recovery_queue, send_again, send_job
-from broker.queues import INPUTS_HEADER, TASK_NAMES
+from broker.publishing import recovery_queue, send_again, send_bulk, send_job
 from broker.routing import Route, queue_for_tier, route
 from broker.settings import Settings
 from broker.webhooks import allowed_networks, check_callback_url
@@ -444,15 +443,7 @@ class Router:
             self._publish(job_ids[0], kind, queue, inputs)
             return
         try:
-            self.app.send_task(
-                TASK_NAMES[kind],
-                kwargs={"job_ids": job_ids},
-                task_id=f"{job_ids[0]}+{len(job_ids) - 1}",
-                queue=queue,
-                routing_key=queue,
-                headers={INPUTS_HEADER: inputs},
-                priority=broker_priority(self.app, None, queue),
-            )
+            send_bulk(self.app, job_ids, kind, queue, inputs)
         except Exception as exc:
             raise EnqueueFailed(
                 f"{len(job_ids)} jobs from {job_ids[0]} could not be enqueued on {self.settings.safe_broker_url()}"

@@ -95,6 +95,8 @@ class JobRecords(StoreBase):
             )
             for job in jobs
         ]
+        if self.driver_insert_many is not None:
+            return {job_id for (job_id,) in self.driver_insert_many.many(values)}
         with self.sessions.begin() as session:
             statement = insert_ignoring_duplicates(session, JOBS, "id")
             return set(session.scalars(statement.returning(JobRecord.id), values))

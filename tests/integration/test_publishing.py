@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from broker.celery_app import create_app
-from broker.publishing import broker_priority, send_job
+from broker.publishing import broker_priority, send_bulk, send_job
 from broker.queues import INPUTS_HEADER, TASK_NAMES, redis_lists
 from broker.settings import Settings
 from tests.conftest import empty_redis_db
@@ -52,6 +52,31 @@ def test_a_message_published_directly_is_the_message_send_task_writes(queue: str
         direct, celery = (decoded(raw) for raw in client.lrange(lists[0], 0, -1)[::-1])
         assert direct == celery
         assert direct["headers"]["task"] == "tasks.embed" and direct["body"][0] == ["job-1"]
+    finally:
+        app.close()
+        client.close()
+
+
+def test_a_bulk_message_published_directly_is_the_message_send_task_writes() -> None:
+    url = empty_redis_db(BROKER)
+    app = create_app(Settings(broker_url=url))
+    client = redis.Redis.from_url(url)
+    try:
+        job_ids = ["job-a", "job-b", "job-c"]
+        send_bulk(app, job_ids, "classify", "fast.bulk", 7)
+        app.send_task(
+            TASK_NAMES["classify"],
+            kwargs={"job_ids": job_ids},
+            task_id="job-a+2",
+            queue="fast.bulk",
+            routing_key="fast.bulk",
+            headers={INPUTS_HEADER: 7},
+            priority=broker_priority(app, None, "fast.bulk"),
+        )
+        (name,) = [name for name in redis_lists("fast.bulk") if client.llen(name)]
+        direct, celery = (decoded(raw) for raw in client.lrange(name, 0, -1)[::-1])
+        assert direct == celery
+        assert direct["body"][:2] == [[], {"job_ids": job_ids}] and direct["headers"]["id"] == "job-a+2"
     finally:
         app.close()
         client.close()

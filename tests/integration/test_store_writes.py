@@ -17,6 +17,7 @@ from tasks.database import make_engine
 from tasks.records import AttemptRecord, JobRecord, Status, UsageRecord
 from tasks.schemas import GenerateResult, Usage
 from tasks.store import Busy, JobStore, Lease
+from tasks.store.base import NewJob
 from tests.conftest import fresh_database
 
 VOLATILE = {"id", "job_id", "created_at", "started_at", "finished_at", "lease_until", "latency_ms", "result"}
@@ -32,8 +33,8 @@ def stores() -> Iterator[tuple[JobStore, JobStore]]:
     with fresh_database() as url:
         one, several = JobStore(make_engine(url)), JobStore(make_engine(url))
         several.one_statement_writes = False
-        several.driver_insert = None
-        assert one.one_statement_writes and one.driver_insert is not None
+        several.driver_insert = several.driver_insert_many = None
+        assert one.one_statement_writes and one.driver_insert is not None and one.driver_insert_many is not None
         yield one, several
         one.engine.dispose()
         several.engine.dispose()
@@ -83,6 +84,42 @@ def test_a_submission_recorded_on_the_drivers_connection_leaves_the_sessions_row
             {name: value for name, value in columns.items() if name not in {"id", "created_at", "idempotency_key"}}
         )
     assert recorded[0] == recorded[1]
+
+
+def test_a_batch_recorded_through_the_drivers_pipeline_leaves_the_sessions_rows(
+    stores: tuple[JobStore, JobStore],
+) -> None:
+    recorded = []
+    for store in stores:
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        jobs = [
+            NewJob(
+                job_id=job_id,
+                kind="embed",
+                request={"input": [f"text {n} é"], "batch_id": "b2"},
+                tier="fast",
+                queue="fast.bulk",
+                cache_key=f"{n:064d}",
+                run_step=n,
+                tenant="acme",
+            )
+            for n, job_id in enumerate(ids)
+        ]
+        assert store.create_jobs(jobs[:1]) == {ids[0]}
+        assert store.create_jobs(jobs) == set(ids[1:]), "an id already recorded is skipped"
+        with store.session() as session:
+            records = [session.get(JobRecord, job_id) for job_id in ids]
+            recorded.append(
+                [
+                    {
+                        c.name: getattr(r, c.name)
+                        for c in JobRecord.__table__.columns
+                        if c.name not in {"id", "created_at"}
+                    }
+                    for r in records
+                ]
+            )
+    assert recorded[0] == recorded[1] and recorded[0][2]["run_step"] == 2
 
 
 def test_a_connection_the_database_closed_fails_one_submission_and_is_discarded() -> None:
