@@ -14,6 +14,7 @@ from celery import group
 from broker.catalogue import Catalogue
 from broker.packing import input_count
 from broker.queues import INPUTS_HEADER, TASK_NAMES, message_priority, queue_names
+from broker.redis_publish import TaskMessage
 from tasks.store import JobView
 
 
@@ -21,37 +22,32 @@ def send_job(
     app: Any, job_id: str, kind: str, queue: str, inputs: int, countdown: float = 0.0, priority: int | None = None
 ) -> None:
     """Publish one job's message on ``queue``; raises what the transport raises when it is refused."""
-    publisher = getattr(app, "redis_publisher", None)
-    if publisher is not None and not countdown:
-        publisher.send(TASK_NAMES[kind], job_id, queue, inputs, broker_priority(app, priority, queue), [job_id])
-        return
-    app.send_task(
-        TASK_NAMES[kind],
-        args=[job_id],
-        task_id=job_id,
-        queue=queue,
-        routing_key=queue,
-        headers={INPUTS_HEADER: inputs},
-        countdown=countdown or None,
-        priority=broker_priority(app, priority, queue),
-    )
+    priority = broker_priority(app, priority, queue)
+    _send(app, TaskMessage(TASK_NAMES[kind], job_id, [job_id], {}, queue, inputs, priority), countdown)
 
 
 def send_bulk(app: Any, job_ids: list[str], kind: str, queue: str, inputs: int) -> None:
     """Publish one bulk message for ``job_ids`` (the keyword ``job_ids``, its id the first job's and a count)."""
     task_id, priority = f"{job_ids[0]}+{len(job_ids) - 1}", broker_priority(app, None, queue)
+    _send(app, TaskMessage(TASK_NAMES[kind], task_id, [], {"job_ids": job_ids}, queue, inputs, priority))
+
+
+def _send(app: Any, message: TaskMessage, countdown: float = 0.0) -> None:
+    """On Redis in one ``LPUSH`` (``broker.redis_publish``); a countdown, or another broker, through Celery."""
     publisher = getattr(app, "redis_publisher", None)
-    if publisher is not None:
-        publisher.send(TASK_NAMES[kind], task_id, queue, inputs, priority, job_ids)
+    if publisher is not None and not countdown:
+        publisher.send(message)
         return
     app.send_task(
-        TASK_NAMES[kind],
-        kwargs={"job_ids": job_ids},
-        task_id=task_id,
-        queue=queue,
-        routing_key=queue,
-        headers={INPUTS_HEADER: inputs},
-        priority=priority,
+        message.task_name,
+        args=message.args,
+        kwargs=message.kwargs,
+        task_id=message.task_id,
+        queue=message.queue,
+        routing_key=message.queue,
+        headers={INPUTS_HEADER: message.inputs},
+        countdown=countdown or None,
+        priority=message.priority,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -24,6 +25,19 @@ from broker.queues import INPUTS_HEADER, redis_lists
 # As kombu's publish does by default: a dropped connection (a Redis restart) is tried again three times,
 # for about half a second in all, before the producer is told the message was not sent.
 _RETRY = Retry(ExponentialBackoff(cap=0.2, base=0.05), 3)
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """A task's message: a job's (``args`` its id) or a bulk message's (``kwargs`` its ``job_ids``)."""
+
+    task_name: str
+    task_id: str
+    args: list[str]
+    kwargs: dict[str, Any]
+    queue: str
+    inputs: int  # the texts its jobs run through the model, in the header dynamic batching counts
+    priority: int | None  # the broker's priority step
 
 
 def publishes_directly(app: Any) -> bool:
@@ -40,25 +54,23 @@ class RedisPublisher:
             app.conf.broker_url, retry=_RETRY, retry_on_error=[redis.ConnectionError, redis.TimeoutError]
         )
 
-    def send(
-        self, task_name: str, task_id: str, queue: str, inputs: int, priority: int | None, job_ids: list[str]
-    ) -> None:
-        """Put a message on ``queue`` at ``priority`` (kombu's order: lower first): a job's (``job_ids`` its one
-        id, its argument) or a bulk message's (its ids, as the keyword ``job_ids``). Raises what redis-py
+    def send(self, message: TaskMessage) -> None:
+        """Put a task's message on its queue at its priority (kombu's order: lower first); raises what redis-py
         raises when Redis cannot be reached."""
-        envelope = self.envelope(task_name, task_id, queue, inputs, priority, job_ids)
-        self._client.lpush(redis_lists(queue)[priority or 0], envelope)
+        self._client.lpush(redis_lists(message.queue)[message.priority or 0], self.envelope(message))
 
-    def envelope(
-        self, task_name: str, task_id: str, queue: str, inputs: int, priority: int | None, job_ids: list[str]
-    ) -> str:
+    def envelope(self, message: TaskMessage) -> str:
         """The message as kombu's Redis transport stores it."""
         app = self._app
-        args, kwargs = (job_ids, {}) if len(job_ids) == 1 and job_ids[0] == task_id else ([], {"job_ids": job_ids})
         headers, properties, body, _ = app.amqp.create_task_message(
-            task_id, task_name, args, kwargs, reply_to=app.thread_oid, ignore_result=None
+            message.task_id,
+            message.task_name,
+            message.args,
+            message.kwargs,
+            reply_to=app.thread_oid,
+            ignore_result=None,
         )
-        headers[INPUTS_HEADER] = inputs
+        headers[INPUTS_HEADER] = message.inputs
         encoded = base64.b64encode(json.dumps(body).encode()).decode()
         return json.dumps(
             {
@@ -69,8 +81,8 @@ class RedisPublisher:
                 "properties": {
                     **properties,
                     "delivery_mode": 2,
-                    "delivery_info": {"exchange": "", "routing_key": queue},
-                    "priority": priority or 0,
+                    "delivery_info": {"exchange": "", "routing_key": message.queue},
+                    "priority": message.priority or 0,
                     "body_encoding": "base64",
                     "delivery_tag": str(uuid.uuid4()),
                 },
