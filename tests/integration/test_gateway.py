@@ -83,6 +83,20 @@ def gateway(
     process.wait(timeout=30)
 
 
+@pytest.fixture
+def openai_client(gateway: str, keys: dict[str, str]) -> Iterator[Callable[..., openai.OpenAI]]:
+    """The official client for a tenant, closed after the test (its pooled sockets with it)."""
+    made: list[openai.OpenAI] = []
+
+    def make(tenant: str, **options: Any) -> openai.OpenAI:
+        made.append(openai.OpenAI(base_url=f"{gateway}/v1", api_key=keys[tenant], **options))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+
+
 @pytest.fixture(scope="module")
 def keys(own_router: Router) -> dict[str, str]:
     made = {name: own_router.store.create_key(name)[0] for name in ("acme", "globex")}
@@ -164,8 +178,8 @@ def test_bad_input_gets_the_error_shape_naming_the_field(gateway: str, keys: dic
     assert response.status_code == 400 and error_of(response)["param"] == "model"
 
 
-def test_the_official_openai_client(worker: WorkerProcess, gateway: str, keys: dict[str, str]) -> None:
-    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=keys["globex"], timeout=120)
+def test_the_official_openai_client(worker: WorkerProcess, openai_client: Callable[..., openai.OpenAI]) -> None:
+    client = openai_client("globex", timeout=120)
     answer = client.chat.completions.create(model="front", messages=CHAT, max_tokens=20, temperature=0)  # type: ignore[arg-type]
     assert answer.choices[0].message.content and answer.usage is not None and answer.usage.completion_tokens > 0
     stream = client.chat.completions.create(model=SMOL, messages=CHAT, max_tokens=20, temperature=0, stream=True)  # type: ignore[arg-type]
@@ -175,7 +189,7 @@ def test_the_official_openai_client(worker: WorkerProcess, gateway: str, keys: d
     vectors = client.embeddings.create(model="front", input=["first", "second"])
     assert [item.index for item in vectors.data] == [0, 1] and len(vectors.data[0].embedding) == 384
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=f"{gateway}/v1", api_key=keys["revoked"]).models.list()
+        openai_client("revoked").models.list()
 
 
 def test_over_its_limit_a_tenant_gets_429_with_retry_after(gateway: str, keys: dict[str, str]) -> None:
@@ -281,20 +295,14 @@ def _wait_for_batch(client: openai.OpenAI, batch_id: str, statuses: set[str]) ->
     return batch
 
 
-def test_the_batch_api_end_to_end(worker: WorkerProcess, gateway: str, keys: dict[str, str], tmp_path: Path) -> None:
-    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=keys["acme"], timeout=60)
-    lines = [
-        {
-            "custom_id": f"row-{n}",
-            "method": "POST",
-            "url": "/v1/embeddings",
-            "body": {"model": "front", "input": f"row {n}"},
-        }
-        for n in range(5)
-    ]
-    lines.append(
-        {"custom_id": "bad", "method": "POST", "url": "/v1/embeddings", "body": {"model": "nope/nope", "input": "x"}}
-    )
+def test_the_batch_api_end_to_end(
+    worker: WorkerProcess,
+    tmp_path: Path,
+    openai_client: Callable[..., openai.OpenAI],
+) -> None:
+    client = openai_client("acme", timeout=60)
+    lines = [_batch_line(f"row-{n}", "/v1/embeddings", {"model": "front", "input": f"row {n}"}) for n in range(5)]
+    lines.append(_batch_line("bad", "/v1/embeddings", {"model": "nope/nope", "input": "x"}))
     source = tmp_path / "batch.jsonl"
     source.write_text("".join(json.dumps(line) + "\n" for line in lines))
     uploaded = client.files.create(file=source, purpose="batch")
@@ -310,19 +318,37 @@ def test_the_batch_api_end_to_end(worker: WorkerProcess, gateway: str, keys: dic
     assert all(len(line["response"]["body"]["data"][0]["embedding"]) == 384 for line in output)
     (error,) = [json.loads(line) for line in client.files.content(done.error_file_id).text.splitlines()]
     assert error["custom_id"] == "bad" and "model" in error["error"]["message"]
-    other = openai.OpenAI(base_url=f"{gateway}/v1", api_key=keys["globex"])
+    other = openai_client("globex")
     with pytest.raises(openai.NotFoundError):
         other.batches.retrieve(batch.id)
     with pytest.raises(openai.NotFoundError):
         other.files.content(uploaded.id)
 
 
+def _batch_line(custom_id: str, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
+
+
+def _numbered(chat: list[dict[str, str]], n: int) -> list[dict[str, str]]:
+    return [{**chat[0], "content": f"{chat[0]['content']} ({n})"}, *chat[1:]]
+
+
 def test_a_cancelled_batch_keeps_its_finished_lines(
-    worker: WorkerProcess, gateway: str, keys: dict[str, str], tmp_path: Path
+    worker: WorkerProcess,
+    tmp_path: Path,
+    openai_client: Callable[..., openai.OpenAI],
 ) -> None:
-    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=keys["acme"], timeout=60)
-    body = {"model": "front", "messages": CHAT, "max_tokens": 24, "temperature": 0}
-    lines = [{"custom_id": f"c{n}", "method": "POST", "url": "/v1/chat/completions", "body": body} for n in range(30)]
+    client = openai_client("acme", timeout=60)
+    # Each line asks something of its own: the same greedy chat thirty times would be answered from the cache
+    # once the first had run, all at once, and there would be nothing left to cancel.
+    lines = [
+        _batch_line(
+            f"c{n}",
+            "/v1/chat/completions",
+            {"model": "front", "messages": _numbered(CHAT, n), "max_tokens": 24, "temperature": 0},
+        )
+        for n in range(30)
+    ]
     source = tmp_path / "chats.jsonl"
     source.write_text("".join(json.dumps(line) + "\n" for line in lines))
     uploaded = client.files.create(file=source, purpose="batch")
@@ -426,14 +452,18 @@ def test_metrics_follow_the_jobs(worker: WorkerProcess, gateway: str, keys: dict
 
 
 def test_completions_cancel_and_file_info(
-    worker: WorkerProcess, gateway: str, keys: dict[str, str], tmp_path: Path
+    worker: WorkerProcess,
+    gateway: str,
+    keys: dict[str, str],
+    tmp_path: Path,
+    openai_client: Callable[..., openai.OpenAI],
 ) -> None:
-    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=keys["globex"], timeout=120)
+    client = openai_client("globex", timeout=120)
     completion = client.completions.create(model="front", prompt="Once upon a time", max_tokens=8, temperature=0)
     assert completion.object == "text_completion" and completion.choices[0].finish_reason in ("stop", "length")
     assert completion.usage is not None and completion.usage.completion_tokens > 0
     source = tmp_path / "one.jsonl"
-    source.write_text(json.dumps({"custom_id": "x", "method": "POST", "url": "/v1/embeddings", "body": {}}) + "\n")
+    source.write_text(json.dumps(_batch_line("x", "/v1/embeddings", {})) + "\n")
     uploaded = client.files.create(file=source, purpose="batch")
     info = client.files.retrieve(uploaded.id)
     assert (info.id, info.purpose, info.bytes, info.filename) == (
