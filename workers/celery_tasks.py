@@ -30,7 +30,7 @@ from tasks.schemas import Kind
 from tasks.store import DATABASE_UNAVAILABLE
 from workers.draining import Drainer, Take, inputs_of
 from workers.execution import Reschedule
-from workers.groups import MAX_GENERATIONS_TOGETHER, run_jobs
+from workers.groups import inputs_per_call, run_jobs
 from workers.messages import BadBulkMessage, BadMessage, Cursor, JobMessage, parse_messages
 from workers.webhooks import WEBHOOK_TASK, Webhooks, webhook_task_id
 
@@ -152,7 +152,8 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
         return messages
     take = Take([])
     profile = runtime.profile
-    room = min(profile.max_batch, MAX_GENERATIONS_TOGETHER) if kind == "generate" else profile.max_batch
+    lane = lane_of((task.request.delivery_info or {}).get("routing_key"))
+    room = inputs_per_call(profile, kind, lane)
     in_hand = max(inputs_of({INPUTS_HEADER: getattr(task.request, INPUTS_HEADER, None)}), len(messages))
     # The remote pool sends the inputs of many embed or classify jobs in one HTTP call; generations there are
     # calls of their own, each in a slot of its own, so it takes no waiting message with them.
@@ -161,7 +162,7 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
         # Dynamic batching: the jobs already waiting in this worker's queues join this one's model call.
         # An interactive job takes only interactive ones with it: bulk work must not lengthen its wait.
         queues = list(task.app.amqp.queues.consume_from or task.app.amqp.queues)
-        if lane_of(task.request.delivery_info.get("routing_key")) == "interactive":
+        if lane == "interactive":
             queues = [queue for queue in queues if lane_of(queue) == "interactive"]
         take = _drainer(task.app, profile).take(queues, room - in_hand, profile.max_wait_ms, tasks)
     drained = take.drained

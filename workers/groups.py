@@ -32,13 +32,25 @@ from workers.streaming import ROW_DELTAS
 
 if TYPE_CHECKING:
     from broker.catalogue import GenerationDefaults
-    from workers.runtime import WorkerRuntime
+    from broker.routing import Lane
+    from workers.runtime import WorkerProfile, WorkerRuntime
 
 log = logging.getLogger(__name__)
 
 
 # Generations share a call only in small groups: a batch runs as long as its longest answer.
 MAX_GENERATIONS_TOGETHER = 8
+
+
+def inputs_per_call(profile: WorkerProfile, kind: Kind, lane: Lane) -> int:
+    """How many inputs a call that starts from a message of ``kind`` on ``lane`` takes together."""
+    if kind == "generate":
+        return min(profile.max_batch, MAX_GENERATIONS_TOGETHER)
+    if lane == "bulk" and profile.runs_models:
+        return max(profile.max_batch, profile.bulk_window)
+    return profile.max_batch
+
+
 SHARED_GENERATION_PARAMETERS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop"}
 
 

@@ -51,6 +51,9 @@ class WorkerProfile:
     # inputs; max_wait_ms is how long a short batch waits for more (0: take only what already waits).
     max_batch: int = 64
     max_wait_ms: float = 0.0
+    # A bulk job's call also takes the waiting messages up to this many inputs (pools that run models): they
+    # go through the model sorted by token count, max_batch at a time, so that little of each pass is padding.
+    bulk_window: int = 256
     niceness: int = 0
     concurrency: int = 1  # jobs this process runs at once (threads of the remote pool)
 

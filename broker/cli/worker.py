@@ -44,6 +44,12 @@ from tasks.errors import ConfigurationError
     help="How long a short embed/classify batch waits for more jobs (0: only those already waiting).",
 )
 @click.option(
+    "--bulk-window",
+    type=int,
+    help="Inputs a bulk embed/classify call takes together, sorted by token count into passes of --max-batch "
+    "[default: 1024 with --lanes bulk, else 256, so that an interactive job waits little behind a bulk call].",
+)
+@click.option(
     "--torch-threads",
     type=int,
     help="Threads per process for torch (cpu pool; default LLM_ROUTER_TORCH_THREADS, else cores / processes).",
@@ -61,6 +67,7 @@ def worker(
     lanes: str,
     max_batch: int | None,
     max_wait_ms: float,
+    bulk_window: int | None,
     niceness: int | None,
     torch_threads: int | None,
     hostname: str | None,
@@ -86,6 +93,7 @@ def worker(
             lanes=lanes,  # type: ignore[arg-type]
             max_batch=max_batch,
             max_wait_ms=max_wait_ms,
+            bulk_window=bulk_window,
             niceness=niceness,
             torch_threads=torch_threads or settings.torch_threads,
         )

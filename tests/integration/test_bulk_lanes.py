@@ -160,7 +160,7 @@ def test_interactive_jobs_behind_500_bulk_jobs_start_first(
     start_worker: Callable[..., WorkerProcess], env: dict[str, str], settings: Settings, pg_url: str
 ) -> None:
     # One job per message and no dynamic batching: this is the order in which the worker takes messages.
-    start_worker("balanced", "lanes", env=env, options=("--max-batch", "1"))
+    start_worker("balanced", "lanes", env=env, options=("--max-batch", "1", "--bulk-window", "1"))
     with Router(settings.model_copy(update={"bulk_message_jobs": 1})) as router:
         bulk = router.batch([{"kind": "embed", "input": f"bulk sentence {i}", "tier": "balanced"} for i in range(500)])
         deadline = time.monotonic() + 120

@@ -9,7 +9,7 @@ import pytest
 from broker.catalogue import load_catalogue
 from tasks.errors import ModelNotFound
 from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
-from workers.backends.local import LocalBackend
+from workers.backends.local import LocalBackend, length_sorted_batches
 from workers.bundled.prepare import MINILM_ID, SENTIMENT_ID, SMOLLM_ID
 from workers.registry import ModelRegistry
 
@@ -50,6 +50,13 @@ def test_length_sorted_batching_keeps_input_order(backend: LocalBackend) -> None
     for index, text in enumerate(texts):
         alone = backend.embed(MINILM_ID, EmbedRequest(input=text)).data[0].embedding
         assert together[index].embedding == pytest.approx(alone, abs=1e-5)
+
+
+def test_batches_group_inputs_of_similar_token_counts() -> None:
+    counts = [9, 3, 30, 4, 29, 10, 3]
+    batches = list(length_sorted_batches(counts, 2))
+    assert [[counts[i] for i in batch] for batch in batches] == [[3, 3], [4, 9], [10, 29], [30]]
+    assert sorted(i for batch in batches for i in batch) == list(range(len(counts)))
 
 
 @pytest.mark.parametrize(("text", "label"), [("I love this!", "POSITIVE"), ("This is terrible.", "NEGATIVE")])

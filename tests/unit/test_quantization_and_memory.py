@@ -1,4 +1,5 @@
-"""The CPU pool's 8-bit dynamic quantisation on the real models, and the registry's memory cap."""
+"""The CPU pool's plan (threads, lanes, batching windows), its 8-bit dynamic quantisation on the real models, and the
+registry's memory cap."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from tasks.errors import ConfigurationError
 from tasks.schemas import ClassifyRequest, EmbedRequest
 from workers.backends.local import LocalBackend
 from workers.bundled.prepare import MINILM_ID, SENTIMENT_ID
+from workers.groups import MAX_GENERATIONS_TOGETHER, inputs_per_call
 from workers.pools import parse_size, plan_pool
 from workers.registry import ModelRegistry
+from workers.runtime import WorkerProfile
 
 CATALOGUE = load_catalogue(None)
 SENTENCES = [
@@ -82,6 +85,22 @@ def test_bad_sizes_and_pool_options_are_refused() -> None:
         plan_pool("gpu", CATALOGUE, device="cpu", concurrency=2)
     with pytest.raises(ConfigurationError, match="--queues: unknown"):
         plan_pool("cpu", CATALOGUE, queues=["turbo"])
+    with pytest.raises(ConfigurationError, match="--bulk-window: must be between 1 and 16384, got 0"):
+        plan_pool("cpu", CATALOGUE, bulk_window=0)
+
+
+def test_a_bulk_call_takes_a_wider_window_on_a_worker_of_the_bulk_lane_only() -> None:
+    shared, bulk = plan_pool("cpu", CATALOGUE).profile, plan_pool("cpu", CATALOGUE, lanes="bulk").profile
+    assert (shared.bulk_window, bulk.bulk_window) == (256, 1024)
+    assert (inputs_per_call(shared, "embed", "bulk"), inputs_per_call(bulk, "classify", "bulk")) == (256, 1024)
+    # an interactive call stays at max_batch; generations share a call eight at most
+    assert inputs_per_call(shared, "embed", "interactive") == 64
+    assert inputs_per_call(bulk, "generate", "bulk") == MAX_GENERATIONS_TOGETHER == 8
+    # a window narrower than a pass is a pass; the remote pool's calls are HTTP calls of max_batch inputs
+    narrow = plan_pool("cpu", CATALOGUE, bulk_window=16, max_batch=64).profile
+    assert inputs_per_call(narrow, "embed", "bulk") == 64
+    remote = WorkerProfile("remote", max_batch=32, bulk_window=1024)
+    assert inputs_per_call(remote, "embed", "bulk") == 32
 
 
 def test_cpu_pool_divides_torch_threads_between_processes() -> None:
