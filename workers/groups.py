@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,7 +26,6 @@ from tasks.schemas import GenerateRequest, Kind, parse_request
 from tasks.store import Started
 from workers.backends.base import ManyCall, many_call
 from workers.cancellation import ROW_STOPS
-from workers.early_records import EarlyRecords
 from workers.execution import Request, Reschedule, record_health, run_job
 from workers.messages import Cursor, JobMessage
 from workers.streaming import ROW_DELTAS
@@ -198,31 +197,30 @@ def _run_claimed_group(
     if not started:
         return outcomes
     began = time.perf_counter()
-    ended: dict[str, Status] = {}
-    record = partial(_record_answers, runtime, kind, group, began, ended)
-    early = EarlyRecords(started, record)
-    failure: Exception | None = None
-    results: Sequence[Any] = ()
-    call = _many_call(runtime, kind, group.provider)
-    assert call is not None  # the group was planned for a backend that has one
-    with _row_hooks(runtime, [(job.job_id, by_id[job.job_id][1]) for job in started]), early.collecting():
-        try:
+    try:
+        call = _many_call(runtime, kind, group.provider)
+        assert call is not None  # the group was planned for a backend that has one
+        with _row_hooks(runtime, [(job.job_id, by_id[job.job_id][1]) for job in started]):
             results = call(group.model_id, [by_id[job.job_id][1] for job in started])
-        except Exception as exc:  # one bad input must not sink the others: each job runs again on its own
-            failure = exc
-    early.raise_failure()  # a record the writer could not write fails the message, as the caller's own would
-    pending = [index for index in range(len(started)) if not early.recorded(index)]
-    if failure is not None:
-        rest = [started[index] for index in pending]
+    except Exception as exc:  # one bad input must not sink the others: each job runs again on its own
         latency_ms = (time.perf_counter() - began) * 1000.0
-        reason = f"the shared call failed ({type(failure).__name__}: {failure}); each job runs on its own"
-        store.fail_group_attempts(rest, reason, latency_ms=latency_ms)
-        log.warning("%d %s jobs on %s: %s", len(rest), kind, group.model_id, reason)
-        runtime.running.release([job.job_id for job in rest])
-        outcomes += list(ended.values())
-        return outcomes + [run_job(runtime, kind, by_id[job.job_id][0], worker, reschedule) for job in rest]
+        reason = f"the shared call failed ({type(exc).__name__}: {exc}); each job runs on its own"
+        store.fail_group_attempts(started, reason, latency_ms=latency_ms)
+        log.warning("%d %s jobs on %s: %s", len(started), kind, group.model_id, reason)
+        runtime.running.release([job.job_id for job in started])
+        return outcomes + [run_job(runtime, kind, by_id[job.job_id][0], worker, reschedule) for job in started]
+    latency_ms = (time.perf_counter() - began) * 1000.0
     record_health(runtime.cooldowns, group.model_id, ok=True)
-    record([(started[index], results[index]) for index in pending])
+    answers: list[tuple[Started, Any]] = [
+        (job, result.model_copy(update={"tier": group.tier})) for job, result in zip(started, results, strict=True)
+    ]
+    cancelled = frozenset(job.job_id for job in started if runtime.cancels.requested(job.job_id))
+    store.succeed_group(
+        answers, kind=kind, tier=group.tier, provider=group.provider, model_latency_ms=latency_ms, cancelled=cancelled
+    )
+    ended = {job.job_id: Status.CANCELLED if job.job_id in cancelled else Status.SUCCEEDED for job in started}
+    if runtime.notices is not None:
+        runtime.notices.publish(list(ended))
     if runtime.streams is not None:
         for job in started:
             if getattr(by_id[job.job_id][1], "stream", False):
@@ -233,36 +231,13 @@ def _run_claimed_group(
             if request.callback_url or request.batch_callback:
                 batch_id = request.batch_id if request.batch_callback else None
                 runtime.webhooks.job_ended(job.job_id, queue_for_tier(group.tier), request.callback_url, batch_id)
-    return outcomes + [ended[job.job_id] for job in started]
-
-
-def _record_answers(
-    runtime: WorkerRuntime,
-    kind: Kind,
-    group: _Group,
-    began: float,
-    ended: dict[str, Status],
-    answers: list[tuple[Started, Any]],
-) -> None:
-    """Record the results of some jobs of a group's call (in one transaction) and wake their callers."""
-    if not answers:
-        return
-    latency_ms = (time.perf_counter() - began) * 1000.0
-    tiered = [(job, result.model_copy(update={"tier": group.tier})) for job, result in answers]
-    cancelled = frozenset(job.job_id for job, _ in answers if runtime.cancels.requested(job.job_id))
-    runtime.store.succeed_group(
-        tiered, kind=kind, tier=group.tier, provider=group.provider, model_latency_ms=latency_ms, cancelled=cancelled
-    )
-    for job, _ in answers:
-        ended[job.job_id] = Status.CANCELLED if job.job_id in cancelled else Status.SUCCEEDED
-    if runtime.notices is not None:
-        runtime.notices.publish([job.job_id for job, _ in answers])
     log.info(
         "%d jobs succeeded together kind=%s tier=%s model=%s inputs=%d model_ms=%.0f",
-        len(answers),
+        len(started),
         kind,
         group.tier,
         group.model_id,
-        sum(len(getattr(result, "data", None) or [None]) for _, result in answers),
+        sum(len(getattr(by_id[job.job_id][1], "input", None) or [None]) for job in started),
         latency_ms,
     )
+    return outcomes + list(ended.values())

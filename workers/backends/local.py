@@ -26,14 +26,12 @@ from tasks.schemas import (
     Usage,
 )
 from workers.cancellation import ROW_STOPS, STOP_REQUESTED
-from workers.early_records import ROW_DONE
 from workers.model_thread import on_model_thread
 from workers.registry import LoadedModel, ModelRegistry
 from workers.streaming import DELTAS, ROW_DELTAS, RowDeltas
 
 BATCH_SIZE = 64
 T = TypeVar("T")
-R = TypeVar("R")
 
 
 class _UntilCancelled:
@@ -224,14 +222,15 @@ class LocalBackend:
             # on a CPU, to the same bits (both scale, round half to even and scale back).
             return numpy.round(vectors, 8).tolist()  # type: ignore[no-any-return]
 
-        def result(vectors: list[list[float]], tokens: int) -> EmbedResult:
-            return EmbedResult(
+        outputs = self._run_texts(model_id, loaded, requests, forward)
+        return [
+            EmbedResult(
                 model=model_id,
                 data=[Embedding(index=i, embedding=vector) for i, vector in enumerate(vectors)],
                 usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
             )
-
-        return self._run_texts(model_id, loaded, requests, forward, result)
+            for vectors, tokens in outputs
+        ]
 
     def classify(self, model_id: str, request: ClassifyRequest) -> ClassifyResult:
         return self.classify_many(model_id, [request])[0]
@@ -247,15 +246,16 @@ class LocalBackend:
             ranked = [sorted(enumerate(row), key=lambda pair: pair[1], reverse=True) for row in scores.tolist()]
             return [[LabelScore(label=str(id2label[i]), score=score) for i, score in row] for row in ranked]
 
-        def result(labels: list[list[LabelScore]], tokens: int) -> ClassifyResult:
-            return ClassifyResult(
+        outputs = self._run_texts(model_id, loaded, requests, forward)
+        return [
+            ClassifyResult(
                 model=model_id,
                 labels=labels[0],
                 data=[Classification(index=i, labels=scores) for i, scores in enumerate(labels)],
                 usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
             )
-
-        return self._run_texts(model_id, loaded, requests, forward, result)
+            for labels, tokens in outputs
+        ]
 
     def _run_texts(
         self,
@@ -263,39 +263,26 @@ class LocalBackend:
         loaded: LoadedModel,
         requests: list[EmbedRequest] | list[ClassifyRequest],
         forward: Callable[[Any], list[T]],
-        result: Callable[[list[T], int], R],
-    ) -> list[R]:
-        """Run ``forward`` over all texts of all requests in length-sorted batches; each request's result is
-        made from its outputs (in input order) and its token count as soon as its last input is through, and
-        handed to ``ROW_DONE`` when a caller set it (``workers.early_records``)."""
+    ) -> list[tuple[list[T], int]]:
+        """Run ``forward`` over all texts of all requests in length-sorted batches; per request, its outputs
+        in input order and its token count."""
         owners = [(r, i) for r, request in enumerate(requests) for i in range(len(request.input))]
         texts = [requests[r].input[i] for r, i in owners]
         outputs: list[list[Any]] = [[None] * len(request.input) for request in requests]
         tokens = [0] * len(requests)
-        left = [len(request.input) for request in requests]
-        results: list[R | None] = [None] * len(requests)
-        done = ROW_DONE.get()
 
         def run() -> None:
             counted = loaded.tokenizer(texts, truncation=True, max_length=loaded.max_length)["input_ids"]
             for indices in length_sorted_batches([len(ids) for ids in counted], self._batch_size):
                 batch = self._tokenize(loaded, [texts[i] for i in indices])
                 lengths = batch["attention_mask"].sum(dim=1).tolist()
-                finished = []
                 for index, output, length in zip(indices, forward(batch), lengths, strict=True):
                     request_index, input_index = owners[index]
                     outputs[request_index][input_index] = output
                     tokens[request_index] += int(length)
-                    left[request_index] -= 1
-                    if left[request_index] == 0:
-                        finished.append(request_index)
-                for request_index in finished:
-                    results[request_index] = result(outputs[request_index], tokens[request_index])
-                    if done is not None:
-                        done(request_index, results[request_index])
 
         _run_model(model_id, loaded, run)
-        return [made if made is not None else result(outputs[r], tokens[r]) for r, made in enumerate(results)]
+        return list(zip(outputs, tokens, strict=True))
 
     @staticmethod
     def _tokenize(loaded: LoadedModel, texts: list[str]) -> Any:
