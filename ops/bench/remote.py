@@ -12,7 +12,9 @@ Uses the real Redis (broker, one database emptied first) and a fresh PostgreSQL 
      stand-in serves, so the run also measures the ceiling: the same calls over bare asyncio keep-alive
      connections (``chat_ratio_to_ceiling``). The worker's RSS is sampled while its slots are busy.
 (h') the same N jobs when 10 % of calls answer 503 and 5 % answer 429 (``Retry-After: 1``), retry delays at a
-     tenth of the policy's and up to 6 retries a model: every job must succeed, with one usage row each.
+     tenth of the policy's and up to 6 retries a model, on a tier limited to ``LIMITED_RPM`` calls a minute
+     (fewer than the run makes, so the limit binds and jobs are deferred): every job must succeed, with one
+     usage row each, and no 60 s span may see more calls arrive at the stand-in than the limit.
 (i)  ``--inputs`` embed inputs, one per job, as one bulk batch to a TEI stand-in taking at most 32 inputs a
      call and answering after 20 ms, 4 calls at a time (its own limit: 4 calls of 32 inputs every 20 ms,
      6,400 inputs/s): HTTP calls against inputs/32, and inputs/s against that limit.
@@ -47,6 +49,7 @@ from ops.bench.stand_in import Behaviour  # noqa: E402
 from ops.bench.stand_in import start as start_stand_in  # noqa: E402
 
 CHAT, TEI = "stand-in/chat", "stand-in/tei"
+LIMITED_RPM = 1500  # (h')'s tier: about half the calls the run makes (2,000 jobs and their retries)
 TEI_PER_CALL, TEI_CALL_S, TEI_AT_ONCE = 32, 0.020, 4
 CONCURRENCY = 200  # the remote pool's default, so that the reference client gets as many connections
 
@@ -54,8 +57,23 @@ CONCURRENCY = 200  # the remote pool's default, so that the reference client get
 def catalogue(url: str) -> str:
     return f"""
 default_tier = "api"
-tier_order = ["api"]
-{api_tier(url)}"""
+tier_order = ["api", "limited"]
+{api_tier(url)}
+[tiers.limited]
+pool = "remote"
+generate = ["{CHAT}"]
+requests_per_minute = {LIMITED_RPM}
+"""
+
+
+def most_in_any_window(arrivals: list[float], window_s: float) -> int:
+    """The most arrivals in any span of ``window_s`` seconds (a moving window, as the limiter's)."""
+    times, most, first = sorted(arrivals), 0, 0
+    for last, at in enumerate(times):
+        while times[first] <= at - window_s:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
 
 
 def api_tier(url: str) -> str:
@@ -132,7 +150,7 @@ def rss_mb(pid: int) -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def chat_jobs(router: Router, database_url: str, n: int, worker_pid: int) -> dict[str, Any]:
+def chat_jobs(router: Router, database_url: str, n: int, worker_pid: int, tier: str = "api") -> dict[str, Any]:
     peak = [0.0]
     stop = threading.Event()
 
@@ -144,7 +162,7 @@ def chat_jobs(router: Router, database_url: str, n: int, worker_pid: int) -> dic
     sampler.start()
     marker = str(uuid.uuid4())
     started = time.time()
-    jobs = [router.generate(f"{marker} question {i}", max_tokens=10, use_cache=False) for i in range(n)]
+    jobs = [router.generate(f"{marker} question {i}", max_tokens=10, use_cache=False, tier=tier) for i in range(n)]
     submit_s = time.time() - started
     for job in jobs:
         job.wait(timeout=1800)
@@ -246,9 +264,17 @@ def main() -> None:
                 results["chat_jobs"] = chat_jobs(router, database_url, args.n, worker.pid)
                 print(f"    {results['chat_jobs']['per_s']:.1f} jobs/s", flush=True)
                 control(url, reset=True, failing=True)
-                print("(h') the same with 10 % 503 and 5 % 429 …", flush=True)
-                results["chat_jobs_failing"] = chat_jobs(router, database_url, args.n, worker.pid)
-                results["chat_jobs_failing"]["stand_in"] = control(url, failing=False)
+                print(f"(h') the same with 10 % 503 and 5 % 429, {LIMITED_RPM} calls a minute …", flush=True)
+                failing = chat_jobs(router, database_url, args.n, worker.pid, tier="limited")
+                seen = control(url, failing=False)
+                arrivals = seen.pop("completion_arrivals")
+                failing.update(
+                    stand_in=seen,
+                    calls=len(arrivals),
+                    limit_per_minute=LIMITED_RPM,
+                    most_calls_in_any_60_s=most_in_any_window(arrivals, 60.0),
+                )
+                results["chat_jobs_failing"] = failing
                 print(f"(i) {args.inputs} embed inputs, one per job, as a bulk batch to TEI …", flush=True)
                 results["tei_batch"] = embed_batch(router, url, args.inputs)
         finally:
@@ -266,9 +292,10 @@ def main() -> None:
          f"h/ref = {results['chat_ratio']:.2f} (target ≥ 0.5), h/ceiling = {results['chat_ratio_to_ceiling']:.2f}; "
          f"submit {h['submit_s']:.1f} s; "
          f"peak RSS {h['worker_peak_rss_mb']:.0f} MB"),
-        ("(h') with 10 % 503, 5 % 429", f"{failing['per_s']:.1f} jobs/s",
+        ("(h') with 10 % 503, 5 % 429, a limit", f"{failing['per_s']:.1f} jobs/s",
          f"{failing['succeeded']}/{args.n} succeeded, {failing['usage_rows']} usage rows, "
-         f"{failing['attempts']} attempts"),
+         f"{failing['attempts']} attempts; {failing['calls']} calls, at most {failing['most_calls_in_any_60_s']} "
+         f"in any 60 s (limit {failing['limit_per_minute']})"),
         ("(i) TEI bulk embeds", f"{tei['inputs_per_s']:.0f} inputs/s",
          f"{tei['ratio_to_limit']:.2f} of the stand-in's {tei['stand_in_limit_per_s']:.0f}/s; "
          f"{tei['http_calls']} calls (floor {tei['calls_floor']}), largest {tei['largest_call']}"),

@@ -8,7 +8,8 @@ concurrent connections its threads and the interpreter lock become the limit, so
     POST /embed            at most ``tei_per_call`` inputs (413 beyond, as TEI), ``tei_at_once`` calls at a
                            time, each after ``tei_call_s``
     POST /control          {"failing": bool, "reset": bool}
-    GET  /stats            calls per path, inputs per /embed call, replies per status, per-second call counts
+    GET  /stats            calls per path, inputs per /embed call, replies per status, per-second call counts,
+                           and when each completion call arrived
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class State:
     statuses: Counter[int] = field(default_factory=Counter)
     embed_sizes: list[int] = field(default_factory=list)
     per_second: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
+    completion_arrivals: list[float] = field(default_factory=list)
 
 
 class StandIn:
@@ -61,6 +63,7 @@ class StandIn:
         state.calls[path] += 1
         state.per_second[int(time.time())] += 1
         if path == "/v1/completions":
+            state.completion_arrivals.append(time.time())
             await asyncio.sleep(behaviour.delay_s)
             if state.failing:
                 draw = self.random.random()
@@ -87,6 +90,7 @@ class StandIn:
             "statuses": {str(k): v for k, v in state.statuses.items()},
             "embed_sizes": state.embed_sizes,
             "busiest_second": max(state.per_second.values(), default=0),
+            "completion_arrivals": state.completion_arrivals,
         }
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
