@@ -26,6 +26,7 @@ CHANNEL_PREFIX = "llm-router:done:"
 CANCEL_CHANNEL = "llm-router:cancel"  # the ids of running jobs whose callers cancelled them
 SAFETY_POLL_S = 2.0
 REDIS_TIMEOUT_S = 5.0
+WAITS_CLIENT_NAME = "llm-router-waits"  # how the asyncio waits' connection shows in Redis's CLIENT LIST
 
 
 def channel(job_id: str) -> str:
@@ -85,7 +86,10 @@ class AsyncDoneNotices:
 
     def __init__(self, url: str):
         self.client = aioredis.Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+            url,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            client_name=WAITS_CLIENT_NAME,
         )
         self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         self._events: dict[str, set[asyncio.Event]] = {}

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from broker.async_client import AsyncRouter
 from broker.client import Job, Router
+from broker.notifications import channel
 from tasks.errors import JobCancelled, JobExpired
 from tests.conftest import REPO, WorkerProcess
 
@@ -139,7 +141,9 @@ def test_a_waiter_learns_of_the_cancel_at_once_and_async_jobs_cancel_too(
 
     waiter = threading.Thread(target=wait)
     waiter.start()
-    time.sleep(0.3)
+    notices = redis.Redis.from_url(cluster_settings.resolved_broker_url)
+    wait_for(lambda: notices.pubsub_numsub(channel(job.id))[0][1] == 1, timeout_s=10)  # the waiter listens
+    notices.close()
     began = time.monotonic()
     job.cancel()
     waiter.join(10)

@@ -12,7 +12,7 @@ import redis
 
 from broker.async_client import AsyncRouter
 from broker.client import Job, Router
-from broker.notifications import SAFETY_POLL_S, DoneNotices
+from broker.notifications import SAFETY_POLL_S, WAITS_CLIENT_NAME, DoneNotices
 from broker.settings import Settings
 from tasks.schemas import EmbedResult
 from tests.conftest import WorkerProcess
@@ -64,22 +64,35 @@ def test_two_hundred_asyncio_waits_share_one_pub_sub_connection(
     worker: WorkerProcess, cluster_settings: Settings
 ) -> None:
     texts = [f"concurrent sentence number {i}" for i in range(200)]
+    url = cluster_settings.resolved_broker_url
 
-    async def run() -> tuple[list[EmbedResult], int]:
-        before = _pub_sub_clients(cluster_settings.resolved_broker_url)  # the workers' broadcast channels
+    async def run() -> tuple[list[EmbedResult], list[tuple[int, int]]]:
         async with AsyncRouter(cluster_settings) as router:
-            jobs = [await router.embed(text, use_cache=False) for text in texts]
-            waits = [asyncio.create_task(job.wait(120)) for job in jobs]
-            await asyncio.sleep(0.05)
-            subscribers = _pub_sub_clients(cluster_settings.resolved_broker_url) - before
+            # A long job holds the worker's one process, so the 200 jobs are still queued while their waits
+            # subscribe: the samples below see many jobs waiting at once, however fast the machine.
+            blocker = await router.embed(LONG, use_cache=False)
+            while (await blocker.record()).started_at is None:
+                await asyncio.sleep(0.02)
+            jobs, waits = [], []
+            for text in texts:
+                job = await router.embed(text, use_cache=False)
+                jobs.append(job)
+                waits.append(asyncio.create_task(job.wait(120)))
+            samples = []  # (connections subscribed, job channels subscribed), taken while the waits run
+            while not all(wait.done() for wait in waits):
+                samples.append(await asyncio.to_thread(_subscriptions, url))
+                await asyncio.sleep(0.01)
             results = await asyncio.gather(*waits)
             again = await (await router.get(jobs[0].id)).result()
             assert again is not None and again.model_dump() == results[0].model_dump()
-            return results, subscribers  # type: ignore[return-value]
+            await blocker.wait(120)
+            return results, samples  # type: ignore[return-value]
 
-    results, subscribers = asyncio.run(run())
+    results, samples = asyncio.run(run())
     assert [len(r.data[0].embedding) for r in results] == [384] * 200
-    assert subscribers == 1  # one connection for every waiting job of the router
+    most_waiting = max(channels for _, channels in samples)
+    assert most_waiting >= 20, samples  # the samples saw many jobs waiting at once...
+    assert {connections for connections, channels in samples if channels} == {1}  # ...on one connection
     vectors = {tuple(r.data[0].embedding[:4]) for r in results}
     assert len(vectors) == 200  # each wait got its own job's answer
 
@@ -95,9 +108,15 @@ def test_an_asyncio_wait_polls_without_notices(worker: WorkerProcess, cluster_se
     assert len(asyncio.run(run()).data[0].embedding) == 384
 
 
-def _pub_sub_clients(url: str) -> int:
+def _subscriptions(url: str) -> tuple[int, int]:
+    """The asyncio waits' pub/sub connections and the job channels they hold, from one CLIENT LIST."""
     client = redis.Redis.from_url(url)
     try:
-        return sum(1 for entry in client.client_list() if int(entry.get("sub", 0)) or int(entry.get("psub", 0)))
+        subscribed = [
+            int(entry["sub"])
+            for entry in client.client_list()
+            if entry.get("name") == WAITS_CLIENT_NAME and int(entry.get("sub", 0))
+        ]
     finally:
         client.close()
+    return len(subscribed), sum(subscribed)
