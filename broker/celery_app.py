@@ -6,6 +6,7 @@ the broker and out of Flower's task arguments, and lets a job be re-published wi
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from celery import Celery
@@ -23,12 +24,15 @@ class RouterCelery(Celery):
     router_settings: Settings
     catalogue: Catalogue
     _redis_publisher: RedisPublisher | None = None
+    _publisher_lock = threading.Lock()  # the remote pool's threads publish at once: one publisher, one pool
 
     @property
     def redis_publisher(self) -> RedisPublisher | None:
         """What publishes job messages in one round trip, on a Redis broker (see ``broker.redis_publish``)."""
         if self._redis_publisher is None and publishes_directly(self):
-            self._redis_publisher = RedisPublisher(self)
+            with self._publisher_lock:
+                if self._redis_publisher is None:
+                    self._redis_publisher = RedisPublisher(self)
         return self._redis_publisher
 
     def close(self) -> None:

@@ -38,7 +38,9 @@ PER_CALL = 32
 
 
 def _catalogue(url: str) -> str:
-    # A job whose chain is spent falls back to the next tier in this order: tiers added for one test go last.
+    # A job whose chain is spent falls back to the next tier in this order: tiers added for one test go last,
+    # and remote_stormy's jobs, whose model cools down in the storm, fall back to remote_calm, which the
+    # module's worker serves.
     return f"""
 default_tier = "remote"
 tier_order = ["remote"]
@@ -60,6 +62,9 @@ generate = ["{STORMY}"]
 [models."{STORMY}"]
 provider = "openai"
 base_url = "{url}/stormy"
+[tiers.remote_calm]
+pool = "remote"
+generate = ["{COMPLETE}"]
 [tiers.remote_killable]
 pool = "remote"
 generate = ["{KILLED}"]
@@ -153,7 +158,7 @@ def remote_env(server: InferenceServer, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., WorkerProcess], remote_env: dict[str, str]) -> WorkerProcess:
     options = ("--pool", "remote", "--concurrency", str(IN_FLIGHT))
-    queues = "remote,remote_limited,remote_stormy,remote_key_a,remote_key_b"
+    queues = "remote,remote_limited,remote_stormy,remote_calm,remote_key_a,remote_key_b"
     return start_worker(queues, "remote-pool", env=remote_env, options=options)
 
 
