@@ -7,6 +7,7 @@ raised, so a worker keeps serving whatever arrives.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -28,9 +29,10 @@ from broker.routing import lane_of, queue_for_tier
 from tasks.records import Status
 from tasks.schemas import Kind
 from tasks.store import DATABASE_UNAVAILABLE
-from workers.draining import Drainer, Take, inputs_of
+from workers.draining import Drained, Drainer, Take, inputs_of
 from workers.execution import Reschedule
 from workers.groups import inputs_per_call, run_jobs
+from workers.interludes import interludes
 from workers.messages import BadBulkMessage, BadMessage, Cursor, JobMessage, parse_messages
 from workers.webhooks import WEBHOOK_TASK, Webhooks, webhook_task_id
 
@@ -167,16 +169,10 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
         take = _drainer(task.app, profile).take(queues, room - in_hand, profile.max_wait_ms, tasks)
     drained = take.drained
     began = time.perf_counter()
+    serve_waiting = _interactive_interlude(task, runtime) if lane == "bulk" and profile.runs_models else None
     try:
-        by_kind: dict[Kind, list[JobMessage]] = {kind: messages}
-        for item in drained:
-            parsed = _parse(runtime, item.kind, item.args, item.kwargs)  # type: ignore[arg-type]
-            if not isinstance(parsed, str):
-                by_kind.setdefault(item.kind, []).extend(parsed)  # type: ignore[arg-type]
-        outcomes: list[Status] = []
-        # Each job's waiting callers are woken as soon as its final record is written (workers.execution).
-        for each_kind, jobs in by_kind.items():
-            outcomes += run_jobs(runtime, each_kind, jobs, task.request.hostname, _rescheduler(task, each_kind))
+        with interludes(serve_waiting) if serve_waiting is not None else contextlib.nullcontext():
+            outcomes = _run_messages(task, runtime, {kind: messages}, drained)
     except BaseException:
         take.give_back()
         raise
@@ -184,11 +180,63 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
         if runtime.registry.version != runtime.published_version:
             publish_state(runtime)
     take.ack()
-    summary = (
-        str(outcomes[0]) if len(outcomes) == 1 else " ".join(f"{k}={v}" for k, v in sorted(Counter(outcomes).items()))
-    )
+    summary = _summary(outcomes)
     _drainer(task.app, profile).report(drained, task.request.hostname, summary, time.perf_counter() - began)
     return summary
+
+
+def _run_messages(
+    task: JobTask, runtime: WorkerRuntime, by_kind: dict[Kind, list[JobMessage]], drained: list[Drained]
+) -> list[Status]:
+    """Run the jobs of the message in hand (``by_kind``) and of the messages taken with it."""
+    for item in drained:
+        parsed = _parse(runtime, item.kind, item.args, item.kwargs)  # type: ignore[arg-type]
+        if not isinstance(parsed, str):
+            by_kind.setdefault(item.kind, []).extend(parsed)  # type: ignore[arg-type]
+    outcomes: list[Status] = []
+    # Each job's waiting callers are woken as soon as its final record is written (workers.execution).
+    for each_kind, jobs in by_kind.items():
+        outcomes += run_jobs(runtime, each_kind, jobs, task.request.hostname, _rescheduler(task, each_kind))
+    return outcomes
+
+
+def _summary(outcomes: list[Status]) -> str:
+    if len(outcomes) == 1:
+        return str(outcomes[0])
+    return " ".join(f"{k}={v}" for k, v in sorted(Counter(outcomes).items()))
+
+
+def _interactive_interlude(task: JobTask, runtime: WorkerRuntime) -> Callable[[], None] | None:
+    """What a bulk model call runs between its passes on a worker that also serves interactive queues: the
+    interactive jobs waiting there, taken and run at once (see ``workers.interludes``)."""
+    consumed = list(task.app.amqp.queues.consume_from or task.app.amqp.queues)
+    queues = [queue for queue in consumed if lane_of(queue) == "interactive"]
+    if not queues:
+        return None
+    profile, hostname = runtime.profile, task.request.hostname
+    drainer = _drainer(task.app, profile)
+
+    def serve_waiting() -> None:
+        take = drainer.take(queues, profile.max_batch, 0.0)
+        if not take.drained:
+            take.ack()  # frees the connection
+            return
+        began = time.perf_counter()
+        try:
+            outcomes = _run_messages(task, runtime, {}, take.drained)
+        except Exception:  # the bulk call goes on; the broker hands these messages out again
+            take.give_back()
+            log.exception("interactive jobs taken between the passes of a bulk call failed; given back")
+            return
+        except BaseException:
+            take.give_back()
+            raise
+        take.ack()
+        summary = _summary(outcomes)
+        log.info("between the passes of a bulk call: %d interactive messages ran (%s)", len(take.drained), summary)
+        drainer.report(take.drained, hostname, summary, time.perf_counter() - began)
+
+    return serve_waiting
 
 
 def _parse(runtime: WorkerRuntime, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[JobMessage] | str:
@@ -240,7 +288,8 @@ def _drainer(app: Any, profile: WorkerProfile) -> Drainer:
     with _drainers_lock:
         drainer = _drainers.get(id(app))
         if drainer is None:
-            lines = 1 if profile.runs_models else REMOTE_DRAINING_CONNECTIONS
+            # A model pool's process takes with the message in hand, and between the passes of a bulk call.
+            lines = 2 if profile.runs_models else REMOTE_DRAINING_CONNECTIONS
             drainer = _drainers[id(app)] = Drainer(app, lines)
         return drainer
 

@@ -33,10 +33,9 @@ REMOTE_CONCURRENCY = 200
 LOCAL_MAX_BATCH = 64
 # Inputs a bulk call takes together, sorted by token count into passes of max_batch: the wider, the less
 # padding (run.py's one-input jobs, as Router.batch packs them: the passes hold 22 % more tokens than the
-# sentences when a message of 64 is its own call, 8 % in calls of 256, 3 % in 1,024), but an interactive job
-# waits for the call in hand when one worker serves both lanes.
-BULK_WINDOW_SHARED = 256
-BULK_WINDOW_BULK_ONLY = 1024
+# sentences when a message of 64 is its own call, 8 % in calls of 256, 3 % in 1,024). An interactive job
+# waits for one pass, not the call: the worker runs it between two passes (workers.interludes).
+BULK_WINDOW = 1024
 REMOTE_MAX_BATCH = 32
 MAX_REMOTE_CONCURRENCY = 2000
 
@@ -82,7 +81,7 @@ def plan_pool(
     if not 0 <= max_wait_ms <= 10_000:
         raise ConfigurationError(f"--max-wait-ms: must be between 0 and 10000, got {max_wait_ms:g}")
     if bulk_window is None:
-        bulk_window = BULK_WINDOW_BULK_ONLY if lanes == "bulk" else BULK_WINDOW_SHARED
+        bulk_window = BULK_WINDOW
     if not 1 <= bulk_window <= 16_384:
         raise ConfigurationError(f"--bulk-window: must be between 1 and 16384, got {bulk_window}")
     served: tuple[Lane, ...] = LANES if lanes == "both" else (lanes,)

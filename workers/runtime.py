@@ -53,7 +53,7 @@ class WorkerProfile:
     max_wait_ms: float = 0.0
     # A bulk job's call also takes the waiting messages up to this many inputs (pools that run models): they
     # go through the model sorted by token count, max_batch at a time, so that little of each pass is padding.
-    bulk_window: int = 256
+    bulk_window: int = 1024
     niceness: int = 0
     concurrency: int = 1  # jobs this process runs at once (threads of the remote pool)
 

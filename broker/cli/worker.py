@@ -47,7 +47,7 @@ from tasks.errors import ConfigurationError
     "--bulk-window",
     type=int,
     help="Inputs a bulk embed/classify call takes together, sorted by token count into passes of --max-batch "
-    "[default: 1024 with --lanes bulk, else 256, so that an interactive job waits little behind a bulk call].",
+    "(waiting interactive jobs run between two passes) [default: 1024].",
 )
 @click.option(
     "--torch-threads",

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from sqlalchemy import create_engine, text
 from broker.client import Router
 from broker.settings import Settings
 from tasks.schemas import ClassifyResult, EmbedResult
-from tests.conftest import ON_BOTH_BROKERS, ON_REDIS, WorkerProcess, empty_redis_db, queued
+from tests.conftest import ON_BOTH_BROKERS, ON_REDIS, WorkerProcess, empty_redis_db, local_catalogue, queued
 from workers.state import collect
 
 BROKER = "redis://127.0.0.1:6379/6"
@@ -180,6 +181,52 @@ def test_interactive_jobs_behind_500_bulk_jobs_start_first(
     bulk_starts = [r["started_at"] for r in _attempts(pg_url, [job.id for job in bulk.jobs.values()])]
     overtaken = [t for t in bulk_starts if submitted_at < t < last_interactive]
     assert len(overtaken) <= 1, overtaken  # at most the bulk job already in hand when they arrived
+
+
+@ON_BOTH_BROKERS
+def test_an_interactive_job_runs_between_the_passes_of_a_bulk_call(
+    start_worker: Callable[..., WorkerProcess],
+    env: dict[str, str],
+    settings: Settings,
+    pg_url: str,
+    broker: str,
+    tmp_path: Path,
+) -> None:
+    catalogue = tmp_path / "catalogue.toml"
+    catalogue.write_text(local_catalogue("interlude"))
+    texts = [f"bulk sentence {i}: {SENTENCES[i % len(SENTENCES)]} {SENTENCES[-1 - i % 7]}" for i in range(1024)]
+    with Router(settings.model_copy(update={"config": catalogue})) as router:
+        # Queued before the worker starts, so its first bulk call takes all 1,024 inputs: 16 passes of 64.
+        bulk = router.batch([{"kind": "embed", "input": t, "tier": "interlude", "use_cache": False} for t in texts])
+        options = ("--bulk-window", "1024")
+        worker = start_worker(
+            "interlude", _name("interlude", broker), env={**env, "LLM_ROUTER_CONFIG": str(catalogue)}, options=options
+        )
+        deadline = time.monotonic() + 60
+        while router.batch_progress(bulk.batch_id).get("running", 0) < 1024:
+            assert time.monotonic() < deadline, router.batch_progress(bulk.batch_id)
+            time.sleep(0.01)
+        interactive = router.embed("an interactive question", tier="interlude", use_cache=False)
+        assert isinstance(interactive.wait(60), EmbedResult)
+        while router.batch_progress(bulk.batch_id).get("succeeded", 0) < 1024:
+            assert time.monotonic() < deadline + 120, router.batch_progress(bulk.batch_id)
+            time.sleep(0.1)
+        answered_at = interactive.record().finished_at
+    bulk_ended = _finished_at(pg_url, [job.id for job in bulk.jobs.values()])
+    worker.stop()
+    assert answered_at is not None and len(bulk_ended) == 1024
+    # The bulk call was running when the interactive job came; it ended after the interactive job did.
+    assert answered_at < min(bulk_ended)
+    assert "between the passes of a bulk call: 1 interactive messages ran" in worker.log()
+
+
+def _finished_at(pg_url: str, job_ids: list[str]) -> list[Any]:
+    engine = create_engine(pg_url)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT finished_at FROM jobs WHERE id = ANY(:ids)"), {"ids": job_ids})
+        found = [row.finished_at for row in rows]
+    engine.dispose()
+    return found
 
 
 @ON_BOTH_BROKERS

@@ -9,8 +9,9 @@ import pytest
 from broker.catalogue import load_catalogue
 from tasks.errors import ModelNotFound
 from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
-from workers.backends.local import LocalBackend, length_sorted_batches
+from workers.backends.local import BATCH_SIZE, LocalBackend, length_sorted_batches, padded_rows
 from workers.bundled.prepare import MINILM_ID, SENTIMENT_ID, SMOLLM_ID
+from workers.interludes import interludes
 from workers.registry import ModelRegistry
 
 CATALOGUE = load_catalogue(None)
@@ -57,6 +58,34 @@ def test_batches_group_inputs_of_similar_token_counts() -> None:
     batches = list(length_sorted_batches(counts, 2))
     assert [[counts[i] for i in batch] for batch in batches] == [[3, 3], [4, 9], [10, 29], [30]]
     assert sorted(i for batch in batches for i in batch) == list(range(len(counts)))
+
+
+@pytest.mark.parametrize("model_id", [MINILM_ID, SENTIMENT_ID, SMOLLM_ID])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_rows_are_what_the_tokenizer_pads(backend: LocalBackend, model_id: str, side: str) -> None:
+    kind = {MINILM_ID: "embed", SENTIMENT_ID: "classify", SMOLLM_ID: "generate"}[model_id]
+    tokenizer = backend._registry.get(model_id, kind).tokenizer  # type: ignore[arg-type]
+    texts = [("word " * k) + "unbelievably tokenized héllo" for k in range(1, 120, 9)]
+    picked = [5, 0, 11, 3, 7]
+    was = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        expected = tokenizer([texts[i] for i in picked], padding=True, return_tensors="pt")
+        got = padded_rows(tokenizer, tokenizer(texts), picked)
+    finally:
+        tokenizer.padding_side = was
+    assert sorted(got) == sorted(expected.keys())
+    for name, tensor in got.items():
+        assert tensor.dtype == expected[name].dtype and tensor.tolist() == expected[name].tolist(), name
+
+
+def test_a_call_of_many_passes_runs_the_interlude_between_them(backend: LocalBackend) -> None:
+    texts = [f"sentence number {i} of a long call" for i in range(3 * BATCH_SIZE)]
+    calls: list[int] = []
+    with interludes(lambda: calls.append(len(calls))):
+        backend.embed(MINILM_ID, EmbedRequest(input=texts))
+        backend.embed(MINILM_ID, EmbedRequest(input=texts[:BATCH_SIZE]))  # one pass: nothing between
+    assert calls == [0, 1]  # between the first and second pass, and the second and third
 
 
 @pytest.mark.parametrize(("text", "label"), [("I love this!", "POSITIVE"), ("This is terrible.", "NEGATIVE")])

@@ -89,10 +89,10 @@ def test_bad_sizes_and_pool_options_are_refused() -> None:
         plan_pool("cpu", CATALOGUE, bulk_window=0)
 
 
-def test_a_bulk_call_takes_a_wider_window_on_a_worker_of_the_bulk_lane_only() -> None:
+def test_a_bulk_call_takes_a_window_wider_than_an_interactive_call() -> None:
     shared, bulk = plan_pool("cpu", CATALOGUE).profile, plan_pool("cpu", CATALOGUE, lanes="bulk").profile
-    assert (shared.bulk_window, bulk.bulk_window) == (256, 1024)
-    assert (inputs_per_call(shared, "embed", "bulk"), inputs_per_call(bulk, "classify", "bulk")) == (256, 1024)
+    assert (shared.bulk_window, bulk.bulk_window) == (1024, 1024)
+    assert (inputs_per_call(shared, "embed", "bulk"), inputs_per_call(bulk, "classify", "bulk")) == (1024, 1024)
     # an interactive call stays at max_batch; generations share a call eight at most
     assert inputs_per_call(shared, "embed", "interactive") == 64
     assert inputs_per_call(bulk, "generate", "bulk") == MAX_GENERATIONS_TOGETHER == 8

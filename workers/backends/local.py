@@ -26,6 +26,7 @@ from tasks.schemas import (
     Usage,
 )
 from workers.cancellation import ROW_STOPS, STOP_REQUESTED
+from workers.interludes import between_passes
 from workers.model_thread import on_model_thread
 from workers.registry import LoadedModel, ModelRegistry
 from workers.streaming import DELTAS, ROW_DELTAS, RowDeltas
@@ -72,6 +73,26 @@ def _run_model(model_id: str, loaded: LoadedModel, call: Callable[[], T]) -> T:
 
 def _token_ids(value: int | list[int] | None) -> list[int]:
     return [] if value is None else [value] if isinstance(value, int) else list(value)
+
+
+def padded_rows(tokenizer: Any, encoded: Any, indices: list[int]) -> dict[str, torch.Tensor]:
+    """The rows ``indices`` of unpadded encodings, padded to the longest as the tokenizer pads them (its
+    padding side, pad token and pad token type), as tensors: what ``tokenizer(texts, padding=True)`` returns
+    for those texts, without tokenizing them again."""
+    lengths = numpy.array([len(encoded["input_ids"][i]) for i in indices])
+    columns = numpy.arange(int(lengths.max()))[None, :]
+    if tokenizer.padding_side == "left":
+        filled = columns >= (columns.shape[1] - lengths)[:, None]
+    else:
+        filled = columns < lengths[:, None]
+    pads = {"input_ids": tokenizer.pad_token_id, "token_type_ids": tokenizer.pad_token_type_id}
+    rows = {}
+    for name, values in encoded.items():
+        array = numpy.full(filled.shape, pads.get(name, 0), dtype=numpy.int64)
+        # The filled cells, read row by row, are the rows' ids one after another.
+        array[filled] = numpy.concatenate([values[i] for i in indices])
+        rows[name] = torch.from_numpy(array)
+    return rows
 
 
 def length_sorted_batches(token_counts: list[int], size: int) -> Iterator[list[int]]:
@@ -271,22 +292,25 @@ class LocalBackend:
         outputs: list[list[Any]] = [[None] * len(request.input) for request in requests]
         tokens = [0] * len(requests)
 
-        def run() -> None:
-            counted = loaded.tokenizer(texts, truncation=True, max_length=loaded.max_length)["input_ids"]
-            for indices in length_sorted_batches([len(ids) for ids in counted], self._batch_size):
-                batch = self._tokenize(loaded, [texts[i] for i in indices])
+        def encode() -> Any:
+            return loaded.tokenizer(texts, truncation=True, max_length=loaded.max_length)
+
+        encoded = _run_model(model_id, loaded, encode)  # once: the token counts sort, the ids are padded per pass
+        batches = length_sorted_batches([len(ids) for ids in encoded["input_ids"]], self._batch_size)
+        for number, indices in enumerate(batches):
+            if number:
+                between_passes()  # waiting interactive jobs run here, not after the whole call
+
+            def one_pass(indices: list[int] = indices) -> list[tuple[int, Any, int]]:
+                batch = {
+                    name: tensor.to(loaded.device)
+                    for name, tensor in padded_rows(loaded.tokenizer, encoded, indices).items()
+                }
                 lengths = batch["attention_mask"].sum(dim=1).tolist()
-                for index, output, length in zip(indices, forward(batch), lengths, strict=True):
-                    request_index, input_index = owners[index]
-                    outputs[request_index][input_index] = output
-                    tokens[request_index] += int(length)
+                return list(zip(indices, forward(batch), lengths, strict=True))
 
-        _run_model(model_id, loaded, run)
+            for index, output, length in _run_model(model_id, loaded, one_pass):
+                request_index, input_index = owners[index]
+                outputs[request_index][input_index] = output
+                tokens[request_index] += int(length)
         return list(zip(outputs, tokens, strict=True))
-
-    @staticmethod
-    def _tokenize(loaded: LoadedModel, texts: list[str]) -> Any:
-        batch = loaded.tokenizer(
-            texts, padding=True, truncation=True, max_length=loaded.max_length, return_tensors="pt"
-        )
-        return batch.to(loaded.device)
