@@ -112,7 +112,8 @@ class AsyncJob:
                     return outcome
                 left = float("inf") if deadline is None else deadline - time.monotonic()
                 if left <= 0:
-                    raise JobTimeout(self.id, view.status, f"still {view.status} after {timeout:g} s")
+                    note = await asyncio.to_thread(self._router.sync.waiting_note, view)
+                    raise JobTimeout(self.id, view.status, f"still {view.status} after {timeout:g} s{note}")
                 if event is None:
                     await asyncio.sleep(min(delay, left))
                     delay = min(delay * 1.5, 0.25)

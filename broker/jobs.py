@@ -19,7 +19,7 @@ from tasks.errors import (
     JobTimeout,
     RouterError,
 )
-from tasks.records import Status
+from tasks.records import WAITING_STATUSES, Status
 from tasks.schemas import (
     ClassifyResult,
     EmbedResult,
@@ -60,8 +60,10 @@ class Job:
         poll_s: float = 0.05,
         notices: DoneNotices | None = None,
         cancel: Callable[[list[str]], Cancellation] | None = None,
+        waiting_note: Callable[[JobView], str] = lambda _view: "",
     ):
         self._store = store
+        self._waiting_note = waiting_note  # why a job still waits, when it is known (no worker serves its queue)
         self.id = job_id
         self.kind = kind
         self._poll_s = poll_s
@@ -113,7 +115,8 @@ class Job:
                 return outcome
             left = float("inf") if deadline is None else deadline - time.monotonic()
             if left <= 0:
-                raise JobTimeout(self.id, view.status, f"still {view.status} after {timeout:g} s")
+                note = self._waiting_note(view)
+                raise JobTimeout(self.id, view.status, f"still {view.status} after {timeout:g} s{note}")
             sleep(delay, left)
             delay = min(delay * 1.5, max(self._poll_s, 0.25))
 
@@ -168,7 +171,7 @@ class Job:
         deadline_s = (view.request or {}).get("deadline_s")
         if view.status == Status.EXPIRED:
             raise JobExpired(view.id, view.status, view.error)
-        if view.status in (Status.QUEUED, Status.RETRYING) and past_deadline(view, deadline_s):
+        if view.status in WAITING_STATUSES and past_deadline(view, deadline_s):
             # Its worker records it expired when it takes the message; the caller need not wait for that.
             raise JobExpired(view.id, Status.EXPIRED, f"not started within its deadline of {deadline_s:g} s")
         return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from broker.catalogue import Catalogue
@@ -95,14 +95,14 @@ def _record_step(
     kind = request["kind"]
     inserted = store.create_jobs([NewJob(job_id, kind, request, tier, queue, run_step=index)])
     existing = None if inserted else store.get(job_id)
-    if inserted or _unstarted(existing):
+    if inserted or _unstarted(store, existing):
         publish(job_id, kind, queue, input_count(request))
 
 
-def _unstarted(job: JobView | None) -> bool:
+def _unstarted(store: JobStore, job: JobView | None) -> bool:
     if job is None or job.status != Status.QUEUED or job.attempts:
         return False
-    return aware(job.created_at) < datetime.now(UTC) - timedelta(seconds=REPUBLISH_AFTER_S)
+    return aware(job.created_at) < store.database_now() - timedelta(seconds=REPUBLISH_AFTER_S)
 
 
 def _steps(store: JobStore, run_id: str) -> dict[int, JobView]:

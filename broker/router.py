@@ -17,6 +17,7 @@ from typing import Any
 from broker.catalogue import Catalogue, load_catalogue
 from broker.celery_app import RouterCelery, create_app
 from broker.compare import Comparison, compare
+from broker.consumers import ServedQueues, unserved_note
 from broker.evaluation import Evaluation, evaluate, load_cases
 from broker.hub import Hub, ModelDetails, ModelSummary, SearchQuery, SortKey
 from broker.jobs import Job, UnknownJob, cancel_jobs
@@ -24,17 +25,18 @@ from broker.notifications import DoneNotices
 from broker.packing import input_count, pack
 from broker.pipeline_runs import PipelineResult, read_pipeline, start_pipeline
 from broker.publishing import recovery_queue, send_again, send_bulk, send_job
-from broker.routing import Route, queue_for_tier, route
+from broker.queues import queue_names
+from broker.routing import AUTO, Route, queue_for_tier, route
 from broker.settings import Settings
 from broker.webhooks import allowed_networks, check_callback_url
 from tasks.cache import cache_key
 from tasks.cases import Case
-from tasks.database import make_engine, upgrade
+from tasks.database import check_schema, make_engine, upgrade
 from tasks.errors import (
     InvalidRequest,
     RouterError,
 )
-from tasks.records import UNSENT, Status, aware
+from tasks.records import UNSENT, WAITING_STATUSES, Status, aware
 from tasks.schemas import (
     ClassifyRequest,
     EmbedRequest,
@@ -92,11 +94,14 @@ class Router:
         self.catalogue = catalogue or load_catalogue(self.settings.config)
         self._app = app
         self._notices: DoneNotices | None = None
+        self._served: ServedQueues | None = None
         engine = make_engine(
             self.settings.resolved_database_url, sqlite_busy_timeout_s=self.settings.sqlite_busy_timeout_s
         )
         if engine.dialect.name == "sqlite":
             upgrade(engine)  # embedded mode: nobody else runs migrations (a no-op when current)
+        else:
+            check_schema(engine)  # a fleet's database is migrated by `llm-router db upgrade`: say so, in one line
         self.store = JobStore(engine)
 
     def close(self) -> None:
@@ -109,16 +114,40 @@ class Router:
         self.store.engine.dispose()
 
     def _job(self, job_id: str, kind: str) -> Job:
+        notices, poll_s = self.notices, self.settings.wait_poll_s
+        return Job(self.store, job_id, kind, poll_s, notices, self.cancel_jobs, self.waiting_note)
+
+    @property
+    def notices(self) -> DoneNotices | None:
+        """This producer's Redis client for wake-ups and shared state (None without Redis)."""
         redis_url = self.settings.resolved_redis_url
         if self._notices is None and redis_url:
             self._notices = DoneNotices(redis_url)
-        return Job(self.store, job_id, kind, self.settings.wait_poll_s, self._notices, self.cancel_jobs)
+        return self._notices
+
+    def served_queues(self) -> frozenset[str] | None:
+        """The catalogue's queues some live worker consumes (None: not known without Redis)."""
+        if self._served is None:
+            self._served = ServedQueues(self.notices.client if self.notices is not None else None)
+        return self._served.served(queue_names(self.catalogue.ordered_tiers))
+
+    def unserved(self, request: dict[str, Any]) -> str | None:
+        """The queue ``request`` would go to when it is known that no live worker consumes it; None when one
+        does or nobody can tell. Raises ``InvalidRequest``."""
+        _, planned = self.prepare(request)
+        served = self.served_queues()
+        return planned.queue if served is not None and planned.queue not in served else None
+
+    def waiting_note(self, view: JobView) -> str:
+        """ "; no worker serves queue X" for a waiting job whose queue nobody consumes, else nothing."""
+        if view.status not in WAITING_STATUSES or not view.queue:
+            return ""
+        served = self.served_queues()
+        return f"; {unserved_note(view.queue)}" if served is not None and view.queue not in served else ""
 
     def cancel_jobs(self, job_ids: list[str]) -> Cancellation:
         """Cancel these jobs (see ``Job.cancel``)."""
-        if self._notices is None and self.settings.resolved_redis_url:
-            self._notices = DoneNotices(self.settings.resolved_redis_url)
-        return cancel_jobs(self.store, self._notices, job_ids)
+        return cancel_jobs(self.store, self.notices, job_ids)
 
     def cancel_batch(self, batch_id: str) -> Cancellation:
         """Cancel the unfinished jobs of a batch (or run); those that ended keep their results."""
@@ -271,7 +300,9 @@ class Router:
         parsed = parse_request({key: value for key, value in request.items() if value is not None})
         if parsed.callback_url is not None:
             check_callback_url(parsed.callback_url, allowed_networks(self.settings.webhook_allowed_networks))
-        return parsed, route(parsed, self.catalogue)
+        # tier="auto" goes only to a tier some live worker serves, when that is known.
+        served = self.served_queues() if parsed.tier == AUTO else None
+        return parsed, route(parsed, self.catalogue, served)
 
     def submit(self, request: dict[str, Any], *, tenant: str | None = None) -> Job:
         """Validate, record and enqueue one job of any kind. Nothing is written when validation fails.
@@ -459,7 +490,8 @@ class Router:
         worker would ever take it."""
         requeued: list[JobView] = []
         unroutable: list[JobView] = []
-        for job in self.store.stale(datetime.now(UTC) - timedelta(seconds=older_than_s)):
+        # Leases and due times are the database clock's: judged by it, whatever this host's clock says.
+        for job in self.store.stale(self.store.database_now() - timedelta(seconds=older_than_s)):
             queue = recovery_queue(job, self.catalogue)
             if queue is None:
                 unroutable.append(job)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from broker.catalogue import Catalogue
 from tasks.errors import InvalidRequest
-from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
+from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest, Kind
 
 AUTO = "auto"
 # The seed's selectOptimalModel thresholds: (prompt characters, max_tokens) strictly below → tier index.
@@ -49,12 +49,32 @@ def _request_size(request: GenerateRequest | EmbedRequest | ClassifyRequest, cat
     return sum(len(text) for text in request.input), 0
 
 
-def route(request: GenerateRequest | EmbedRequest | ClassifyRequest, catalogue: Catalogue) -> Route:
-    """Where a request goes. Raises ``InvalidRequest`` naming the field for unknown tiers or models."""
+def nearest_served_tier(tier: str, kind: Kind, catalogue: Catalogue, served: frozenset[str]) -> str:
+    """``tier``, or when no live worker consumes either of its lanes, the nearest tier in the catalogue's order
+    that one does (the faster one when two are as near); ``tier`` itself when none is served."""
+    order = [name for name in catalogue.ordered_tiers if catalogue.tiers[name].chain(kind)]
+    if tier not in order:
+        return tier
+    at = order.index(tier)
+    for candidate in sorted(order, key=lambda name: (abs(order.index(name) - at), order.index(name))):
+        if served & {queue_for_tier(candidate), queue_for_tier(candidate, "bulk")}:
+            return candidate
+    return tier
+
+
+def route(
+    request: GenerateRequest | EmbedRequest | ClassifyRequest,
+    catalogue: Catalogue,
+    served: frozenset[str] | None = None,
+) -> Route:
+    """Where a request goes. Raises ``InvalidRequest`` naming the field for unknown tiers or models. With
+    ``served`` (the queues some live worker consumes), ``tier="auto"`` picks only among the tiers served."""
     kind = request.kind
     tier = request.tier or (None if request.model else catalogue.default_tier)
     if tier == AUTO:
         tier = auto_tier(*_request_size(request, catalogue), catalogue)
+        if served is not None:
+            tier = nearest_served_tier(tier, kind, catalogue, served)
     if tier is not None and tier not in catalogue.tiers:
         known = ", ".join([*catalogue.ordered_tiers, AUTO])
         raise InvalidRequest(f"tier: unknown tier {tier!r}; expected one of {known}", field="tier")

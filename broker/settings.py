@@ -7,14 +7,18 @@ Variables carry the prefix ``LLM_ROUTER_``; the Hugging Face ones keep the names
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from dotenv import dotenv_values
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
+
+from tasks.errors import ConfigurationError
 
 DEFAULT_HF_BASE_URL = "https://router.huggingface.co/hf-inference"
 
@@ -23,8 +27,19 @@ def _default_models_dir() -> Path:
     return Path.home() / ".cache" / "llm-runner-router" / "models"
 
 
+PREFIX = "LLM_ROUTER_"
+ENV_FILE = ".env"  # read from the working directory, as docker compose reads it
+FLEET = ("LLM_ROUTER_BROKER_URL", "LLM_ROUTER_DATABASE_URL")
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LLM_ROUTER_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_file=ENV_FILE, extra="ignore", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _environment_is_whole(cls, data: Any) -> Any:
+        check_environment({**dotenv_values(ENV_FILE), **os.environ} if Path(ENV_FILE).is_file() else os.environ)
+        return data
 
     var_dir: Path = Path("var")
     broker_url: str | None = None
@@ -153,3 +168,42 @@ class Settings(BaseSettings):
         credentials, _, host = rest.rpartition("@")
         user = credentials.split(":", 1)[0]
         return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
+
+
+def known_variables() -> set[str]:
+    """Every ``LLM_ROUTER_*`` variable that names a setting."""
+    names: set[str] = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice).upper() for choice in alias.choices if str(choice).upper().startswith(PREFIX))
+        else:
+            names.add(PREFIX + name.upper())
+    return names
+
+
+def check_environment(variables: Mapping[str, str | None]) -> None:
+    """Refuse, in one line, the mistakes that would otherwise fail silently: an ``LLM_ROUTER_*`` variable that
+    names no setting (a mistyped broker URL would send jobs to the embedded broker under ./var), and a fleet
+    half set up (a broker but no database, or the reverse: the embedded one would stand in for it)."""
+    known = known_variables()
+    unknown = sorted(
+        name for name in (key.upper() for key in variables) if name.startswith(PREFIX) and name not in known
+    )
+    if unknown:
+        closest = difflib.get_close_matches(unknown[0], sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {closest[0]}?" if closest else " (the README's Configuration lists them)"
+        raise ConfigurationError(f"{unknown[0]}: no such setting{hint}")
+    given = {key.upper() for key, value in variables.items() if value}
+    fleet = [name for name in FLEET if name in given]
+    if len(fleet) == 1:
+        missing = next(name for name in FLEET if name not in given)
+        raise ConfigurationError(
+            f"{fleet[0]} is set but {missing} is not: a fleet needs both (with neither, the broker and the database "
+            "are embedded under LLM_ROUTER_VAR_DIR)"
+        )
+    if not fleet and PREFIX + "REDIS_URL" in given:
+        raise ConfigurationError(
+            "LLM_ROUTER_REDIS_URL is set but neither LLM_ROUTER_BROKER_URL nor LLM_ROUTER_DATABASE_URL: a fleet "
+            "needs both (with neither, the broker and the database are embedded under LLM_ROUTER_VAR_DIR)"
+        )

@@ -3,6 +3,7 @@
     RouterError
     ├── InvalidRequest            bad input; the job is recorded ``rejected`` and never retried
     ├── ConfigurationError        a bad catalogue or setting; fails at start with file, key and reason
+    ├── SchemaNotCurrent          the database has no schema, or an older one: run `llm-router db upgrade`
     ├── PermanentError            retrying the same model cannot help
     │   ├── ModelNotFound         the model is unknown or not available here (fall back to the next model)
     │   ├── Unauthorised          the endpoint refused our credentials (401, 403)
@@ -43,6 +44,10 @@ class InvalidRequest(RouterError, ValueError):
 
 class ConfigurationError(RouterError):
     """The catalogue or settings are unusable."""
+
+
+class SchemaNotCurrent(RouterError):
+    """The database has no schema, or one older than this code: nothing may use it before an upgrade."""
 
 
 class PermanentError(RouterError):

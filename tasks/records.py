@@ -11,6 +11,8 @@ from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from tasks.storable import StorableString, StorableText
+
 JsonColumn = JSON().with_variant(JSONB(), "postgresql")
 
 
@@ -38,7 +40,8 @@ class Status(StrEnum):
 # The error of a job whose message the broker refused: submitted again with its idempotency key, it is sent again.
 UNSENT: Final = "could not enqueue: the broker refused the message"
 FINAL_STATUSES: Final = frozenset({Status.SUCCEEDED, Status.FAILED, Status.REJECTED, Status.CANCELLED, Status.EXPIRED})
-UNFINISHED_STATUSES: Final = (Status.QUEUED, Status.RETRYING, Status.RUNNING)
+WAITING_STATUSES: Final = (Status.QUEUED, Status.RETRYING)  # waiting for a message to run them
+UNFINISHED_STATUSES: Final = (*WAITING_STATUSES, Status.RUNNING)
 
 
 def utcnow() -> datetime:
@@ -70,10 +73,10 @@ class JobRecord(Base):
     tier: Mapped[str | None] = mapped_column(String(64))
     queue: Mapped[str | None] = mapped_column(String(64))
     requested_model: Mapped[str | None] = mapped_column(String(200))
-    model_used: Mapped[str | None] = mapped_column(String(200))
+    model_used: Mapped[str | None] = mapped_column(StorableString(200))
     request: Mapped[dict[str, Any] | None]
     result: Mapped[dict[str, Any] | None]
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(StorableText)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     cached: Mapped[bool] = mapped_column(default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -83,8 +86,9 @@ class JobRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
-    # The worker process running the job ("host:pid") and until when its lease holds; the process renews
-    # it while it runs, so a job whose lease ran out was left by a worker that died.
+    # The worker process running the job ("host#pid-namespace:pid") and until when its lease holds, on the
+    # database's clock; the process renews it while it runs, so a job whose lease ran out was left by a worker
+    # that died.
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_until: Mapped[datetime | None]
     # When a waiting job's message is due (creation, or the end of a retry's or deferral's countdown): a
@@ -123,12 +127,12 @@ class RunRecord(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # compare, evaluate, pipeline
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(StorableString(200))
     status: Mapped[str] = mapped_column(String(16))
     models: Mapped[list[str] | None]
     request: Mapped[dict[str, Any] | None]
     summary: Mapped[dict[str, Any] | None]
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(StorableText)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
 
@@ -141,12 +145,12 @@ class AttemptRecord(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
-    model: Mapped[str | None] = mapped_column(String(200))
+    model: Mapped[str | None] = mapped_column(StorableString(200))
     provider: Mapped[str | None] = mapped_column(String(32))
     tier: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(200))
     http_status: Mapped[int | None] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(StorableText)
     delay_s: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -164,7 +168,7 @@ class UsageRecord(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
     kind: Mapped[str] = mapped_column(String(16))
     tier: Mapped[str | None] = mapped_column(String(64))
-    model: Mapped[str] = mapped_column(String(200), index=True)
+    model: Mapped[str] = mapped_column(StorableString(200), index=True)
     provider: Mapped[str | None] = mapped_column(String(32))
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
@@ -209,7 +213,7 @@ class WebhookAttemptRecord(Base):
     webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
     status_code: Mapped[int | None] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(StorableText)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -238,8 +242,8 @@ class FileRecord(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64), index=True)
     purpose: Mapped[str] = mapped_column(String(32))
-    filename: Mapped[str] = mapped_column(String(255))
-    content: Mapped[str] = mapped_column(Text)
+    filename: Mapped[str] = mapped_column(StorableString(255))
+    content: Mapped[str] = mapped_column(StorableText)
     bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from xml.etree import ElementTree
 
+from tasks.records import UNFINISHED_STATUSES
+
 
 @dataclass(frozen=True)
 class ModelAnswer:
@@ -52,7 +54,7 @@ def summarise_comparison(rows: list[ModelAnswer]) -> ComparisonSummary:
     """The guide's ``analyzeResults``: counts, average latency and tokens of the successful rows, the fastest
     model and the one with the longest response."""
     done = [r for r in rows if r.success]
-    late = [r for r in rows if r.status in ("late", "queued", "running", "retrying")]
+    late = [r for r in rows if r.status == "late" or r.status in UNFINISHED_STATUSES]
     fastest = min(done, key=lambda r: r.latency_ms or 0.0, default=None)
     longest = max(done, key=lambda r: len(r.text or ""), default=None)
     return ComparisonSummary(

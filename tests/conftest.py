@@ -22,9 +22,9 @@ from ops.bench.database import bench_database
 from ops.bench.faults import kill_whole
 from tests.support.brokers import priority_keys
 
-PG_ADMIN = os.environ.get("LLM_ROUTER_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-PG_URL_TEMPLATE = os.environ.get("LLM_ROUTER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
-REDIS_TEST_URL = os.environ.get("LLM_ROUTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+PG_ADMIN = os.environ.get("LLMR_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+PG_URL_TEMPLATE = os.environ.get("LLMR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
+REDIS_TEST_URL = os.environ.get("LLMR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -30,9 +30,11 @@ from tasks.records import Status
 from tasks.schemas import Kind
 from tasks.store import DATABASE_UNAVAILABLE
 from workers.draining import Drained, Drainer, Take, inputs_of
-from workers.execution import Reschedule
+from workers.execution import Reschedule, cause_of
 from workers.groups import inputs_per_call, run_jobs
+from workers.heartbeat import ServingHeartbeat
 from workers.interludes import interludes
+from workers.job_end import Ended, after_final
 from workers.messages import BadBulkMessage, BadMessage, Cursor, JobMessage, parse_messages
 from workers.webhooks import WEBHOOK_TASK, Webhooks, webhook_task_id
 
@@ -145,6 +147,26 @@ def _handle(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, 
             "rate-limit store unavailable (%s); %s message retried in %ss", type(exc).__name__, kind, DB_RETRY_S
         )
         raise task.retry(countdown=DB_RETRY_S, max_retries=None) from None
+    except Exception as exc:
+        return _end_jobs_of_failed_message(task, kind, args, kwargs, exc)
+
+
+def _end_jobs_of_failed_message(
+    task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
+) -> str:
+    """A message whose handling raised (a bug, or a record the database refused): its jobs that are not final
+    end ``failed`` with the cause, rather than stay queued or running under this live process's lease for
+    ever. A job another process runs now is left to it."""
+    log.exception("a %s message could not be handled; its unfinished jobs end failed", kind)
+    try:
+        job_ids = [message.job_id for message in parse_messages(args, kwargs)]
+    except (BadMessage, BadBulkMessage):
+        return Status.FAILED
+    runtime = current_runtime(task.app)
+    cause = f"internal error while running its message ({cause_of(exc)})"
+    ended = runtime.store.fail_unfinished(job_ids, cause, not_leased_by_others=runtime.lease.owner)
+    after_final(runtime, [Ended(job_id, Status.FAILED) for job_id in ended])
+    return Status.FAILED
 
 
 def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -357,6 +379,9 @@ def _preload(app: Any) -> None:
     for problem in problems:
         log.error("preload: %s", problem)
     publish_state(runtime)
+    redis_url = runtime.settings.resolved_redis_url
+    if redis_url:  # producers learn that these queues have a consumer (broker.consumers)
+        ServingHeartbeat(redis_url, sorted(queues), runtime.lease.owner).start()
     loaded = ", ".join(
         f"{m.model_id} ({m.load_s:.1f}s, {m.size_bytes / 2**20:.0f} MB)" for m in runtime.registry.loaded()
     )

@@ -14,15 +14,17 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
+from kombu.exceptions import OperationalError as BrokerUnavailable
 from redis.exceptions import RedisError
 
 from broker.counters import count_deferral
 from broker.routing import Route, chain_for, lane_of, queue_for_tier, route
 from tasks.cache import cache_key
 from tasks.errors import InvalidRequest, RouterError
-from tasks.records import Status
+from tasks.records import WAITING_STATUSES, Status
 from tasks.schemas import (
     ClassifyRequest,
     ClassifyResult,
@@ -33,9 +35,9 @@ from tasks.schemas import (
     Kind,
     parse_request,
 )
-from tasks.store import Busy, JobView
-from tasks.store.endings import past_deadline
+from tasks.store import DATABASE_UNAVAILABLE, Busy, JobStore, JobView
 from workers.cancellation import STOP_REQUESTED
+from workers.job_end import Ended, after_final
 from workers.messages import Cursor, JobMessage
 from workers.retry import Action, after_chain
 from workers.streaming import DELTAS
@@ -47,6 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Request = GenerateRequest | EmbedRequest | ClassifyRequest
+# What a worker waits out rather than blames on a job: the database, the shared Redis or the broker down. The
+# message is handed back with a countdown; anything else that stops a job's outcome being recorded ends it.
+INFRASTRUCTURE = (*DATABASE_UNAVAILABLE, RedisError, BrokerUnavailable)
 Result = GenerateResult | EmbedResult | ClassifyResult
 # (job id, queue, where to resume, seconds to wait): publishes the job again.
 Reschedule = Callable[[str, str, Cursor, float, int | None], None]  # job, queue, cursor, delay, priority
@@ -60,6 +65,27 @@ def record_health(cooldowns: Cooldowns, model_id: str, *, ok: bool) -> bool:
     except RedisError as exc:
         log.warning("call to %s not counted: cooldown store unavailable (%s)", model_id, type(exc).__name__)
         return False
+
+
+def cause_of(exc: Exception) -> str:
+    """An error in words that can be stored: its type (the driver's own, for a database error) and the first
+    line of its message, never the rest (a database's error may quote the data it refused)."""
+    cause = getattr(exc, "orig", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0][:200]
+    return f"{type(cause).__name__}: {first}"
+
+
+def unrecordable(exc: Exception) -> str:
+    """Why a job's outcome could not be written."""
+    return f"its outcome could not be recorded ({cause_of(exc)})"
+
+
+def end_unrecorded(store: JobStore, job_id: str, exc: Exception) -> Status:
+    """End a job whose outcome the database refused: ``failed``, with the cause, every attempt closed."""
+    cause = unrecordable(exc)
+    log.error("job %s failed: %s", job_id, cause, exc_info=exc)
+    store.fail(job_id, cause)
+    return Status.FAILED
 
 
 def busy_recheck_s(lease_remaining_s: float) -> float:
@@ -99,19 +125,10 @@ def _run_claimed(
     status = _run_loaded(runtime, kind, message, job, cached, worker, reschedule)
     if not status.is_final:
         return status
-    if runtime.notices is not None:
-        runtime.notices.publish([message.job_id])  # its callers wake now: first, before any other work
-    if job is None:
-        return status
-    if job.run_step is not None and job.batch_id is not None:
-        # A pipeline's step ended (or its message came again after it did): carry the pipeline on.
-        runtime.step_ended(job.batch_id)
-    request = job.request or {}
-    if request.get("stream") and runtime.streams is not None:
-        runtime.streams.end(job.id, status)  # after the final record: a reader that sees the end finds it
-    if runtime.webhooks is not None and (request.get("callback_url") or request.get("batch_callback")):
-        batch_id = job.batch_id if request.get("batch_callback") else None
-        runtime.webhooks.job_ended(job.id, job.queue, request.get("callback_url"), batch_id)
+    if job is None:  # a message of a job never recorded, rejected: its callers only need waking
+        after_final(runtime, [Ended(message.job_id, status)])
+    else:
+        after_final(runtime, [Ended.of(job.id, status, job.request or {}, queue=job.queue, run_step=job.run_step)])
     return status
 
 
@@ -146,9 +163,9 @@ def _run_loaded(
 
     if (
         job is not None
-        and job.status in (Status.QUEUED, Status.RETRYING)
-        and past_deadline(job, request.deadline_s)
-        and store.expire(job.id, f"not started within its deadline of {request.deadline_s:g} s")
+        and job.status in WAITING_STATUSES
+        and request.deadline_s is not None
+        and store.expire(job.id, request.deadline_s)  # judged on the database's clock
     ):
         log.info("job %s expired: not started within %s s", job.id, request.deadline_s)
         return Status.EXPIRED
@@ -275,13 +292,28 @@ class _ChainRun:
         try:
             result = self._call(provider, model_id)
         except RouterError as exc:
-            return self._failed(at, number, exc, (time.perf_counter() - started) * 1000.0)
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            return self._recording(partial(self._failed, at, number, exc, latency_ms))
         except Exception as exc:  # a bug must end the job, not leave it running forever
             log.exception("job %s attempt %s on %s raised unexpectedly", self.job_id, number, model_id)
-            self.store.fail_attempt(self.job_id, number, f"internal error: {type(exc).__name__}")
             self.errors.append(f"{model_id}: internal error: {type(exc).__name__}")
-            return self._fail()
-        return self._succeeded(number, model_id, provider, result, (time.perf_counter() - started) * 1000.0)
+            return self._recording(partial(self._internal_error, number, exc))
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        return self._recording(partial(self._succeeded, number, model_id, provider, result, latency_ms))
+
+    def _recording(self, record: Callable[[], Status | None]) -> Status | None:
+        """Record an attempt's outcome; one the database refuses ends the job ``failed`` with the cause, never
+        running (an outage is waited out: the message comes back later)."""
+        try:
+            return record()
+        except INFRASTRUCTURE:
+            raise
+        except Exception as exc:
+            return end_unrecorded(self.store, self.job_id, exc)
+
+    def _internal_error(self, number: int, exc: Exception) -> Status:
+        self.store.fail_attempt(self.job_id, number, f"internal error: {type(exc).__name__}")
+        return self._fail()
 
     def _failed(self, at: _Place, number: int, exc: RouterError, latency_ms: float) -> Status | None:
         """Record a failed attempt and carry out the policy's decision; None: on to the next model."""

@@ -26,7 +26,16 @@ from tasks.schemas import GenerateRequest, Kind, parse_request
 from tasks.store import Started
 from workers.backends.base import ManyCall, many_call
 from workers.cancellation import ROW_STOPS
-from workers.execution import Request, Reschedule, record_health, run_job
+from workers.execution import (
+    INFRASTRUCTURE,
+    Request,
+    Reschedule,
+    end_unrecorded,
+    record_health,
+    run_job,
+    unrecordable,
+)
+from workers.job_end import after_final, ended_request
 from workers.messages import Cursor, JobMessage
 from workers.streaming import ROW_DELTAS
 
@@ -215,22 +224,12 @@ def _run_claimed_group(
         (job, result.model_copy(update={"tier": group.tier})) for job, result in zip(started, results, strict=True)
     ]
     cancelled = frozenset(job.job_id for job in started if runtime.cancels.requested(job.job_id))
-    store.succeed_group(
-        answers, kind=kind, tier=group.tier, provider=group.provider, model_latency_ms=latency_ms, cancelled=cancelled
+    ended = _record_group(runtime, kind, group, answers, latency_ms, cancelled)
+    queue = queue_for_tier(group.tier)
+    after_final(
+        runtime,
+        [ended_request(job.job_id, ended[job.job_id], by_id[job.job_id][1], queue=queue) for job in started],
     )
-    ended = {job.job_id: Status.CANCELLED if job.job_id in cancelled else Status.SUCCEEDED for job in started}
-    if runtime.notices is not None:
-        runtime.notices.publish(list(ended))
-    if runtime.streams is not None:
-        for job in started:
-            if getattr(by_id[job.job_id][1], "stream", False):
-                runtime.streams.end(job.job_id, ended[job.job_id])
-    if runtime.webhooks is not None:
-        for job in started:
-            request = by_id[job.job_id][1]
-            if request.callback_url or request.batch_callback:
-                batch_id = request.batch_id if request.batch_callback else None
-                runtime.webhooks.job_ended(job.job_id, queue_for_tier(group.tier), request.callback_url, batch_id)
     log.info(
         "%d jobs succeeded together kind=%s tier=%s model=%s inputs=%d model_ms=%.0f",
         len(started),
@@ -241,3 +240,55 @@ def _run_claimed_group(
         latency_ms,
     )
     return outcomes + list(ended.values())
+
+
+def _record_group(
+    runtime: WorkerRuntime,
+    kind: Kind,
+    group: _Group,
+    answers: list[tuple[Started, Any]],
+    latency_ms: float,
+    cancelled: frozenset[str],
+) -> dict[str, Status]:
+    """Record the group's answers in one transaction; what became of each job. When the database refuses the
+    group's record (anything but an outage), each job is recorded on its own, and one whose own record is
+    refused ends ``failed`` with the cause: no job of the group is left running."""
+    store = runtime.store
+    wanted = {job.job_id: Status.CANCELLED if job.job_id in cancelled else Status.SUCCEEDED for job, _ in answers}
+    try:
+        store.succeed_group(
+            answers,
+            kind=kind,
+            tier=group.tier,
+            provider=group.provider,
+            model_latency_ms=latency_ms,
+            cancelled=cancelled,
+        )
+        return wanted
+    except INFRASTRUCTURE:
+        raise
+    except Exception as exc:
+        log.warning(
+            "%d %s jobs could not be recorded together (%s); each is recorded on its own",
+            len(answers),
+            kind,
+            unrecordable(exc),
+        )
+    ended: dict[str, Status] = {}
+    for job, result in answers:
+        try:
+            store.succeed(
+                job.job_id,
+                job.number,
+                result=result,
+                provider=group.provider,
+                model_latency_ms=latency_ms,
+                created_at=job.created_at,
+                status=wanted[job.job_id],
+            )
+            ended[job.job_id] = wanted[job.job_id]
+        except INFRASTRUCTURE:
+            raise
+        except Exception as exc:
+            ended[job.job_id] = end_unrecorded(store, job.job_id, exc)
+    return ended

@@ -1,10 +1,16 @@
 """The lease a worker process holds on the jobs it runs, and the thread that keeps it.
 
-A job is started under a lease ("host:pid", until when). The process renews the lease of all its running
-jobs every third of the lease, in one statement, for as long as it lives; a duplicate message of a job whose
-lease holds is put off instead of running the job a second time. A process that dies stops renewing: its
-jobs' leases run out and the next message (a redelivery, a requeue) takes them over. On the same host a
-dead process is known at once, so a killed pool process's job is taken over without waiting for its lease.
+A job is started under a lease ("host#namespace:pid", until when, on the database's clock). The process
+renews the lease of all its running jobs every third of the lease, in one statement, for as long as it lives;
+a duplicate message of a job whose lease holds is put off instead of running the job a second time. A process
+that dies stops renewing: its jobs' leases run out and the next message (a redelivery, a requeue) takes them
+over. A dead process whose pid this process can see is known at once, so a killed pool process's job is taken
+over without waiting for its lease.
+
+A host name alone does not say which process a pid is: containers on the host's network share the host's
+name, not its process ids, and two machines may share a name. So a lease also names the process-id namespace
+it was taken in (the boot's id and the namespace's inode); a pid is asked about (``os.kill(pid, 0)``) only when
+both are this process's own. Anywhere else, only the lease's end can tell.
 """
 
 from __future__ import annotations
@@ -13,17 +19,37 @@ import logging
 import os
 import socket
 import threading
+from functools import cache
+from pathlib import Path
 
 from tasks.store import JobStore, Lease
 
 log = logging.getLogger(__name__)
 
 
+@cache
+def pid_namespace() -> str:
+    """Which process-id namespace this process is in, on this boot of this machine ("-": no /proc to tell,
+    where one host is one namespace)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:12]
+        return f"{boot}.{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return "-"
+
+
+def lease_owner() -> str:
+    """This process, as its leases name it: host, pid namespace and pid."""
+    return f"{socket.gethostname()}#{pid_namespace()}:{os.getpid()}"
+
+
 def process_alive(owner: str) -> bool:
-    """Whether the process named by a lease may still be alive: False only when it is known dead."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # another machine: only its lease can tell
+    """Whether the process named by a lease may still be alive: False only when it is known dead, that is
+    when its pid is one this process can see (the same host, boot and pid namespace) and names no process."""
+    place, _, pid = owner.rpartition(":")
+    host, _, namespace = place.partition("#")
+    if host != socket.gethostname() or namespace != pid_namespace() or not pid.isdigit():
+        return True  # another machine or another namespace (or an older worker's lease): only its end can tell
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -34,7 +60,7 @@ def process_alive(owner: str) -> bool:
 
 
 def lease_for_this_process(seconds: float) -> Lease:
-    return Lease(owner=f"{socket.gethostname()}:{os.getpid()}", seconds=seconds, alive=process_alive)
+    return Lease(owner=lease_owner(), seconds=seconds, alive=process_alive)
 
 
 class LeaseKeeper:

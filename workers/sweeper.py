@@ -140,7 +140,9 @@ class Sweeper:
         return False
 
     def sweep(self, now: datetime | None = None) -> Sweep:
-        now = now or datetime.now(UTC)
+        """One round. Leases and due times are judged on the database's clock, read once (``now``: another
+        moment, for tests), never this host's: a sweeper whose clock runs ahead takes no live job for lost."""
+        now = now or self.store.database_now()
         lost_mark = self.broker_mark.lost_since_recovered() if self.broker_mark is not None else None
         broker_lost_data = lost_mark is not None
         # After a loss every waiting job's message is gone, whenever it is due; otherwise a message is taken

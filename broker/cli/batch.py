@@ -22,9 +22,9 @@ from typing import Any, TextIO
 import click
 
 from broker.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, fail
+from tasks.records import FINAL_STATUSES, Status
 
 NAMESPACE = uuid.UUID("6f1c2a52-0d4e-4c35-9a7e-3b8e5d2f9c41")
-FINAL = {"succeeded", "failed", "rejected"}
 
 
 @dataclass(frozen=True)
@@ -204,13 +204,14 @@ def _wait(router: Any, batch_id: str, job_ids: dict[int, str], invalid: int, tim
     pending = list(job_ids.values())
     while True:
         counts = router.store.batch_counts(batch_id)
-        ended = min(len(job_ids), sum(counts.get(status, 0) for status in FINAL))
-        failed = min(ended, counts.get("failed", 0) + counts.get("rejected", 0)) + invalid
+        ended = min(len(job_ids), sum(counts.get(status, 0) for status in FINAL_STATUSES))
+        failed = ended - min(ended, counts.get(Status.SUCCEEDED, 0)) + invalid
         if ended >= len(job_ids) or time.monotonic() > deadline:
             views.update(router.store.statuses(pending))
-            pending = [job_id for job_id in pending if views.get(job_id) is None or views[job_id].status not in FINAL]
+            pending = [job_id for job_id in pending if views.get(job_id) is None or not views[job_id].is_final]
             if not pending or time.monotonic() > deadline:
-                failed = sum(1 for view in views.values() if view.status in ("failed", "rejected")) + invalid
+                unsucceeded = [view for view in views.values() if view.is_final and view.status != Status.SUCCEEDED]
+                failed = len(unsucceeded) + invalid
                 progress.show(len(job_ids) - len(pending) + invalid, failed, final=True)
                 return views
         progress.show(ended + invalid, failed)
@@ -231,9 +232,9 @@ def _write(
             else:
                 job_id = job_ids[line.number]
                 view = views.get(job_id)
-                if view is not None and view.status == "succeeded":
-                    record.update(status="succeeded", job_id=job_id, result=view.result)
-                elif view is not None and view.status in FINAL:
+                if view is not None and view.status == Status.SUCCEEDED:
+                    record.update(status=Status.SUCCEEDED, job_id=job_id, result=view.result)
+                elif view is not None and view.is_final:
                     failed += 1
                     record.update(status=view.status, job_id=job_id, error=view.error)
                 else:

@@ -16,7 +16,7 @@ from broker.cli.evaluate import evaluate
 from broker.cli.flower import flower
 from broker.cli.gateway import keys, metrics, serve
 from broker.cli.models import models
-from broker.cli.output import EXIT_UNAVAILABLE, fail
+from broker.cli.output import EXIT_INVALID, EXIT_UNAVAILABLE, fail
 from broker.cli.pipeline import pipeline, runs
 from broker.cli.prune import prune
 from broker.cli.requeue import requeue
@@ -27,14 +27,20 @@ from broker.cli.worker import worker
 
 
 class RouterCli(click.Group):
-    """Turns an unreachable database or broker into one line naming it, and exit status 3, in every command."""
+    """Turns an unreachable database or broker into one line naming it, and exit status 3, and settings that
+    cannot be used into one line and exit status 2, in every command."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from broker.client import EnqueueFailed
+        from tasks.errors import ConfigurationError, SchemaNotCurrent
         from tasks.store import DATABASE_UNAVAILABLE
 
         try:
             return super().invoke(ctx)
+        except ConfigurationError as exc:  # a mistyped variable, a fleet half set up, a bad catalogue
+            fail(str(exc), code=EXIT_INVALID)
+        except SchemaNotCurrent as exc:  # the database is there but not usable yet: as if unavailable
+            fail(str(exc), code=EXIT_UNAVAILABLE)
         except DATABASE_UNAVAILABLE as exc:
             fail(f"the database cannot be reached ({_database()}): {_first_line(exc)}", code=EXIT_UNAVAILABLE)
         except (EnqueueFailed, KombuOperationalError, ConnectionError) as exc:

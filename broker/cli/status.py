@@ -28,15 +28,20 @@ def _broker(app: Any) -> dict[str, Any]:
 
 
 def _database(url: str) -> dict[str, Any]:
-    from tasks.database import make_engine, schema_revision
+    from tasks.database import check_schema, make_engine, schema_revision
+    from tasks.errors import SchemaNotCurrent
     from tasks.store import JobStore
 
     engine = make_engine(url)
     try:
         revision = schema_revision(engine)
-        tables = JobStore(engine).table_sizes() if revision else {}  # nothing to count before `db upgrade`
+        if engine.dialect.name != "sqlite":  # the embedded database is created by its first user
+            check_schema(engine)
+        tables = JobStore(engine).table_sizes() if revision else {}  # nothing to count before the schema
         sizes = {name: size.__dict__ for name, size in tables.items()}
         return {"ok": True, "revision": revision, "tables": sizes}
+    except SchemaNotCurrent as exc:
+        return {"ok": False, "error": str(exc)}
     except Exception as exc:
         return {"ok": False, "error": type(exc).__name__}
     finally:
@@ -60,6 +65,20 @@ def _recovery(redis_url: str | None) -> dict[str, Any]:
         return recoveries(redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0))
     except redis.RedisError as exc:
         return {"recovered": [], "dead_workers": {}, "error": type(exc).__name__}
+
+
+def _unserved(redis_url: str | None, queues: list[str]) -> list[str]:
+    """The queues no live worker consumes (none known without Redis)."""
+    if not redis_url or not queues:
+        return []
+    import redis
+
+    from broker.consumers import ServedQueues
+
+    served = ServedQueues(redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)).served(
+        queues
+    )
+    return [] if served is None else [queue for queue in queues if queue not in served]
 
 
 def _workers(app: Any, timeout: float) -> dict[str, Any]:
@@ -86,6 +105,7 @@ def status(timeout: float, as_json: bool) -> None:
     app.close()
     healthy = broker["ok"] and database["ok"] and bool(workers)
     recovery = _recovery(settings.resolved_redis_url)
+    unserved = _unserved(settings.resolved_redis_url, list(broker["queues"]))
     from broker.gateway.presence import gateways
 
     front = gateways(settings.resolved_redis_url)
@@ -96,6 +116,7 @@ def status(timeout: float, as_json: bool) -> None:
         "workers": workers,
         "gateways": front,
         "recovery": recovery,
+        "unserved_queues": unserved,
     }
     if as_json:
         emit_json(report)
@@ -124,7 +145,11 @@ def status(timeout: float, as_json: bool) -> None:
         for gateway in front:
             click.echo(f"gateway   {gateway['address']} (pid {gateway['pid']} on {gateway['host']})")
         if broker["queues"]:
-            click.echo("queues    " + ", ".join(f"{name} {depth}" for name, depth in broker["queues"].items()))
+            depths = [
+                f"{name} {depth}" + (" (no worker serves it)" if name in unserved else "")
+                for name, depth in broker["queues"].items()
+            ]
+            click.echo("queues    " + ", ".join(depths))
         if database.get("tables"):
             click.echo("tables    " + ", ".join(_size(name, size) for name, size in database["tables"].items()))
         recovered, dead = recovery["recovered"], recovery["dead_workers"]

@@ -76,7 +76,7 @@ def worker(
     """Consume jobs of the pool's tier queues and run their models."""
     from broker.celery_app import create_app
     from broker.settings import Settings
-    from tasks.database import make_engine, upgrade
+    from tasks.database import check_schema, make_engine, upgrade
     from workers.pools import parse_size, plan_pool
 
     settings = Settings()
@@ -100,9 +100,13 @@ def worker(
     except ConfigurationError as exc:
         fail(str(exc), code=EXIT_INVALID)
     engine = make_engine(settings.resolved_database_url)
-    if engine.dialect.name == "sqlite":
-        upgrade(engine)  # embedded mode: nobody else runs migrations
-    engine.dispose()
+    try:
+        if engine.dialect.name == "sqlite":
+            upgrade(engine)  # embedded mode: nobody else runs migrations
+        else:
+            check_schema(engine)  # a worker never starts on a database it cannot write
+    finally:
+        engine.dispose()
     if plan.profile.niceness:
         os.nice(plan.profile.niceness)  # before the pool forks, so every process inherits it
     app.worker_profile = plan.profile  # type: ignore[attr-defined]

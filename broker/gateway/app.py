@@ -28,21 +28,26 @@ from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import text
 
 from broker.async_client import AsyncJob, AsyncRouter
+from broker.consumers import unserved_note
 from broker.gateway import batch_api, errors, openai_format
-from broker.gateway.auth import Quotas, caller
+from broker.gateway.auth import caller
 from broker.gateway.errors import ApiError
 from broker.gateway.metrics import exposition, registry
 from broker.gateway.presence import announce
+from broker.gateway.quotas import Quotas, estimate_tokens
 from broker.settings import Settings
 from tasks.errors import JobError, JobTimeout
 from tasks.records import RunStatus
 from tasks.schemas import EmbedResult, GenerateResult
+from tasks.storable import NUL
 from tasks.store import ApiKeyView, FileView
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 300.0  # the longest a request waits for its job before it answers with where the job stands
 Key = Annotated[ApiKeyView, Depends(caller)]
+# A retried request with the same key gets the first one's job: no second job, no second reservation.
+Keyed = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -51,18 +56,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         router = AsyncRouter(settings)
         app.state.router = router
         app.state.store = router.sync.store
-        app.state.quotas = Quotas(router.sync.store, router.settings.resolved_redis_url)
-        app.state.metrics = registry(router.sync.store, router.settings.resolved_redis_url)
         redis_url = router.settings.resolved_redis_url
-        presence = asyncio.create_task(announce(redis_url)) if redis_url else None
+        quotas = Quotas(router.sync.store, redis_url, router.catalogue.defaults.max_tokens)
+        app.state.quotas = quotas
+        app.state.metrics = registry(router.sync.store, redis_url)
+        background = [asyncio.create_task(quotas.run())]
+        if redis_url:
+            background.append(asyncio.create_task(announce(redis_url)))
         try:
             yield
         finally:
-            if presence is not None:
-                presence.cancel()
+            for task in background:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await presence
-            await app.state.quotas.aclose()
+                    await task
+            await quotas.aclose()
             await router.aclose()
 
     app = FastAPI(title="llm-runner-router gateway", version="1", lifespan=lifespan)
@@ -77,6 +85,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _router(request: Request) -> AsyncRouter:
     router: AsyncRouter = request.app.state.router
     return router
+
+
+def _quotas(request: Request) -> Quotas:
+    quotas: Quotas = request.app.state.quotas
+    return quotas
+
+
+async def _submit(request: Request, key: ApiKeyView, body: dict[str, Any], idempotency_key: str | None) -> AsyncJob:
+    """Admit and submit one job for the key's tenant: what it may spend is reserved first (429 when a limit
+    refuses it, and nothing is submitted), given back if the submission fails, and settled once the job ends.
+    A submission repeated with its idempotency key was admitted the first time: it reserves nothing more."""
+    router = _router(request)
+    earlier = None
+    if idempotency_key is not None:
+        earlier = await asyncio.to_thread(router.sync.store.job_for_key, f"{key.tenant}/{idempotency_key}")
+    reservation = None if earlier is not None else await _quotas(request).admit(key, [body])
+    keyed = {**body, "idempotency_key": idempotency_key} if idempotency_key is not None else body
+    try:
+        job = await router.submit(keyed, tenant=key.tenant)
+    except BaseException:
+        await _quotas(request).release(reservation)
+        raise
+    await _quotas(request).attach(reservation, f"job:{job.id}")
+    return job
+
+
+async def _submit_batch(request: Request, key: ApiKeyView, requests: list[Any], **options: Any) -> Any:
+    """Admit a batch whole (every line's tokens reserved at once, or 429 and nothing submitted) and submit it;
+    what the refused lines would have spent is given back."""
+    router, quotas = _router(request), _quotas(request)
+    reservation = await quotas.admit(key, requests)
+    try:
+        submitted = await router.batch(requests, tenant=key.tenant, **options)
+    except BaseException:
+        await quotas.release(reservation)
+        raise
+    default = router.catalogue.defaults.max_tokens
+    kept = sum(estimate_tokens(requests[position], default) for position in submitted.jobs)
+    await quotas.attach(reservation, f"batch:{submitted.batch_id}", kept)
+    return submitted
 
 
 async def _owned(request: Request, job_id: str, key: ApiKeyView) -> tuple[AsyncJob, Any]:
@@ -147,12 +195,10 @@ def _jobs(app: FastAPI) -> None:
         request: Request,
         key: Key,
         body: Annotated[dict[str, Any], Body(description="A generate, embed or classify request, as Router.submit")],
-        idempotency_key: Annotated[str | None, Header()] = None,
+        idempotency_key: Keyed = None,
     ) -> Any:
         """Submit a durable job: it runs whether or not the client stays."""
-        if idempotency_key is not None:
-            body = {**body, "idempotency_key": idempotency_key}
-        job = await _router(request).submit(body, tenant=key.tenant)
+        job = await _submit(request, key, body, idempotency_key)
         return (await job.record()).document()
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
@@ -202,11 +248,13 @@ def _jobs(app: FastAPI) -> None:
                 requests = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError("invalid_request", f"body: not JSON or JSON Lines ({exc})", param="body") from None
+        except RecursionError:
+            raise ApiError("invalid_request", "body: nested too deeply", param="body") from None
         if isinstance(requests, dict) and "input_file_id" in requests:
             return await _openai_batch(request, key, requests)
         if not isinstance(requests, list) or not requests:
             raise ApiError("invalid_request", "body: a non-empty list of requests", param="body")
-        submitted = await _router(request).batch(requests, tenant=key.tenant)
+        submitted = await _submit_batch(request, key, requests)
         counts = await asyncio.to_thread(request.app.state.store.batch_counts, submitted.batch_id, key.tenant)
         return {
             "id": submitted.batch_id,
@@ -260,22 +308,25 @@ async def _owned_batch(request: Request, batch_id: str, key: ApiKeyView) -> Any:
 async def _openai_batch(request: Request, key: ApiKeyView, body: dict[str, Any]) -> Any:
     router, store = _router(request), request.app.state.store
     endpoint, window = body.get("endpoint"), body.get("completion_window", "24h")
-    if endpoint not in batch_api.ENDPOINTS:
+    if not isinstance(endpoint, str) or endpoint not in batch_api.ENDPOINTS:
         raise ApiError("invalid_request", f"endpoint: one of {', '.join(batch_api.ENDPOINTS)}", param="endpoint")
-    if window not in batch_api.COMPLETION_WINDOWS:
+    if not isinstance(window, str) or window not in batch_api.COMPLETION_WINDOWS:
         raise ApiError("invalid_request", "completion_window: '24h'", param="completion_window")
-    found = await asyncio.to_thread(store.file_of, str(body["input_file_id"]), key.tenant)
+    if not isinstance(body["input_file_id"], str):
+        raise ApiError("invalid_request", "input_file_id: a file id of POST /v1/files", param="input_file_id")
+    batch_metadata = batch_api.metadata(body.get("metadata"))
+    found = await asyncio.to_thread(store.file_of, body["input_file_id"], key.tenant)
     if found is None:
         raise ApiError("not_found", f"input_file_id: no file {body['input_file_id']}", param="input_file_id")
     lines = batch_api.read_lines(found[1], endpoint, router.catalogue)
     batch_id = f"{OPENAI_BATCH}{uuid.uuid4().hex[:30]}"  # a run id holds 36 characters
     positions = sorted(lines.requests)
-    submitted = await router.batch([lines.requests[p] for p in positions], batch_id=batch_id, tenant=key.tenant)
+    submitted = await _submit_batch(request, key, [lines.requests[p] for p in positions], batch_id=batch_id)
     jobs = {positions[index]: job.id for index, job in submitted.jobs.items()}
     lines.errors.update({positions[index]: error for index, error in submitted.errors.items()})
     kept = {
         **batch_api.record(batch_id, key.tenant, endpoint, found[0].id, window, lines, jobs),
-        "metadata": body.get("metadata"),
+        "metadata": batch_metadata,
     }
     await asyncio.to_thread(store.create_run, batch_id, batch_api.RUN_KIND, found[0].id, [], kept)
     return await _openai_batch_object(request, batch_id, key)
@@ -312,8 +363,14 @@ def _files(app: FastAPI) -> None:
             content = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise ApiError("invalid_request", "file: not UTF-8 text", param="file") from None
+        filename = file.filename or "batch.jsonl"
+        if NUL in filename:
+            raise ApiError("invalid_request", "file: its name may not hold a NUL character", param="file")
+        if NUL in content:
+            line = content.count("\n", 0, content.index(NUL)) + 1
+            raise ApiError("invalid_request", f"file: line {line} holds a NUL character (not text)", param="file")
         store = request.app.state.store
-        view = await asyncio.to_thread(store.create_file, key.tenant, purpose, file.filename or "batch.jsonl", content)
+        view = await asyncio.to_thread(store.create_file, key.tenant, purpose, filename, content)
         return _file_object(view)
 
     @app.get("/v1/files/{file_id}", tags=["openai"])
@@ -357,27 +414,46 @@ def _openai(app: FastAPI) -> None:
         return openai_format.models(_router(request).catalogue)
 
     @app.post("/v1/chat/completions", tags=["openai"])
-    async def chat(request: Request, key: Key, body: Annotated[dict[str, Any], Body()]) -> Any:
-        return await _generation(request, key, body, chat=True)
+    async def chat(
+        request: Request, key: Key, body: Annotated[dict[str, Any], Body()], idempotency_key: Keyed = None
+    ) -> Any:
+        return await _generation(request, key, body, idempotency_key, chat=True)
 
     @app.post("/v1/completions", tags=["openai"])
-    async def completions(request: Request, key: Key, body: Annotated[dict[str, Any], Body()]) -> Any:
-        return await _generation(request, key, body, chat=False)
+    async def completions(
+        request: Request, key: Key, body: Annotated[dict[str, Any], Body()], idempotency_key: Keyed = None
+    ) -> Any:
+        return await _generation(request, key, body, idempotency_key, chat=False)
 
     @app.post("/v1/embeddings", tags=["openai"])
-    async def embeddings(request: Request, key: Key, body: Annotated[dict[str, Any], Body()]) -> Any:
+    async def embeddings(
+        request: Request, key: Key, body: Annotated[dict[str, Any], Body()], idempotency_key: Keyed = None
+    ) -> Any:
         router = _router(request)
-        job = await router.submit(openai_format.embedding_request(body, router.catalogue), tenant=key.tenant)
+        ours = openai_format.embedding_request(body, router.catalogue)
+        await _served(request, ours)
+        job = await _submit(request, key, ours, idempotency_key)
         result = await _answer(request, job)
         assert isinstance(result, EmbedResult)
         return openai_format.embeddings(result, body.get("encoding_format") or "float")
 
 
-async def _generation(request: Request, key: ApiKeyView, body: dict[str, Any], *, chat: bool) -> Any:
+async def _served(request: Request, ours: dict[str, Any]) -> None:
+    """503 ``no_worker`` at once for a request whose answer would be waited on while no live worker consumes its
+    queue: no job is made (a client's retries make none either)."""
+    queue = await asyncio.to_thread(_router(request).sync.unserved, ours)
+    if queue is not None:
+        raise ApiError("no_worker", f"{unserved_note(queue)}; try again once one is up", headers={"Retry-After": "10"})
+
+
+async def _generation(
+    request: Request, key: ApiKeyView, body: dict[str, Any], idempotency_key: str | None, *, chat: bool
+) -> Any:
     router = _router(request)
     translate = openai_format.chat_request if chat else openai_format.completion_request
     ours = translate(body, router.catalogue)
-    job = await router.submit(ours, tenant=key.tenant)
+    await _served(request, ours)
+    job = await _submit(request, key, ours, idempotency_key)
     if ours["stream"]:
         return _stream_chat(request, job, chat=chat)
     result = await _answer(request, job)

@@ -18,7 +18,7 @@ from typing import Any
 from broker.catalogue import Catalogue
 from broker.gateway import openai_format
 from tasks.errors import InvalidRequest
-from tasks.records import Status
+from tasks.records import UNFINISHED_STATUSES, Status
 from tasks.schemas import EmbedResult, GenerateResult
 from tasks.store import JobView, RunView
 
@@ -50,9 +50,10 @@ def read_lines(content: str, endpoint: str, catalogue: Catalogue) -> Lines:
     for position, raw in enumerate(rows):
         try:
             line = json.loads(raw)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             lines.custom_ids.append(f"line-{position + 1}")
-            lines.errors[position] = f"line {position + 1}: not JSON ({exc.msg})"
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            lines.errors[position] = f"line {position + 1}: not JSON ({why})"
             continue
         custom_id = line.get("custom_id") if isinstance(line, dict) else None
         lines.custom_ids.append(str(custom_id) if custom_id is not None else f"line-{position + 1}")
@@ -84,6 +85,27 @@ def _request(line: Any, endpoint: str, catalogue: Catalogue, seen: set[str]) -> 
     return request
 
 
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512  # as OpenAI's
+
+
+def metadata(value: Any) -> dict[str, str] | None:
+    """A batch's ``metadata``: at most 16 pairs of strings (keys up to 64 characters, values up to 512)."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or len(value) > MAX_METADATA_PAIRS
+        or not all(isinstance(k, str) and len(k) <= MAX_METADATA_KEY for k in value)
+        or not all(isinstance(v, str) and len(v) <= MAX_METADATA_VALUE for v in value.values())
+    ):
+        raise InvalidRequest(
+            f"metadata: at most {MAX_METADATA_PAIRS} pairs of strings (keys up to {MAX_METADATA_KEY} characters, "
+            f"values up to {MAX_METADATA_VALUE})",
+            field="metadata",
+        )
+    return value
+
+
 def record(
     batch_id: str, tenant: str, endpoint: str, input_file_id: str, window: str, lines: Lines, jobs: dict[int, str]
 ) -> dict[str, Any]:
@@ -110,7 +132,7 @@ def batch_object(run: RunView, counts: dict[str, int]) -> dict[str, Any]:
     kept = run.request or {}
     total = len(kept.get("custom_ids", []))
     invalid = len(kept.get("errors", {}))
-    unfinished = sum(counts.get(status, 0) for status in (Status.QUEUED, Status.RUNNING, Status.RETRYING))
+    unfinished = sum(counts.get(status, 0) for status in UNFINISHED_STATUSES)
     succeeded = counts.get(Status.SUCCEEDED, 0)
     failed = invalid + sum(counts.values()) - unfinished - succeeded
     cancelled_at, expired_at = (run.summary or {}).get("cancelled_at"), (run.summary or {}).get("expired_at")

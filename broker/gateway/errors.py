@@ -1,6 +1,6 @@
 """One error shape for every endpoint, as OpenAI's: ``{"error": {"type", "code", "message", "param"}}`` with
-a stable ``code`` (invalid_request, unauthorised, not_found, rate_limited, timeout, unavailable, and
-job_failed for a job that did not succeed)."""
+a stable ``code`` (invalid_request, unauthorised, not_found, rate_limited, timeout, unavailable, no_worker,
+and job_failed for a job that did not succeed)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tasks.errors import InvalidRequest
 from tasks.store import DATABASE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
+UNPARSABLE_BODY = "There was an error parsing the body"
 
 TYPES = {
     "invalid_request": "invalid_request_error",
@@ -26,6 +27,7 @@ TYPES = {
     "rate_limited": "rate_limit_error",
     "timeout": "timeout_error",
     "unavailable": "server_error",
+    "no_worker": "server_error",  # no live worker consumes the queue the request would wait on
     "job_failed": "server_error",  # the job ended failed, rejected, cancelled or expired: the message says
 }
 STATUS = {
@@ -35,6 +37,7 @@ STATUS = {
     "rate_limited": 429,
     "timeout": 504,
     "unavailable": 503,
+    "no_worker": 503,
     "job_failed": 502,
 }
 
@@ -76,6 +79,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> Any:
         code = {404: "not_found", 401: "unauthorised", 405: "invalid_request"}.get(exc.status_code, "invalid_request")
+        if exc.status_code == 400 and exc.detail == UNPARSABLE_BODY:  # FastAPI's, for JSON it could not read
+            return error_response("invalid_request", "body: not JSON, or nested too deeply", "body")
         response = error_response(code, str(exc.detail))
         response.status_code = exc.status_code
         return response

@@ -27,7 +27,7 @@ def _common(body: dict[str, Any], catalogue: Catalogue, known: set[str]) -> dict
     unknown = sorted(set(body) - known - set(_SAMPLING) - _IGNORED - {"model", "stream", "n", "max_tokens"})
     if unknown:
         raise InvalidRequest(f"{unknown[0]}: not supported by this gateway", field=unknown[0])
-    if body.get("n", 1) != 1:
+    if body.get("n", 1) != 1 or isinstance(body.get("n"), bool):
         raise InvalidRequest("n: only 1 is supported", field="n")
     request: dict[str, Any] = {"kind": "generate", **_target(body.get("model"), catalogue)}
     for theirs, ours in _SAMPLING.items():
@@ -47,14 +47,23 @@ def chat_request(body: dict[str, Any], catalogue: Catalogue) -> dict[str, Any]:
     request["messages"] = [
         {"role": m.get("role"), "content": m.get("content")} if isinstance(m, dict) else m for m in messages
     ]
-    request["stream"] = bool(body.get("stream"))
+    request["stream"] = _stream(body)
     return request
+
+
+def _stream(body: dict[str, Any]) -> bool:
+    value = body.get("stream")
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"stream: true or false (got {type(value).__name__})", field="stream")
+    return value
 
 
 def completion_request(body: dict[str, Any], catalogue: Catalogue) -> dict[str, Any]:
     request = _common(body, catalogue, {"prompt"})
     request["prompt"] = body.get("prompt")
-    request["stream"] = bool(body.get("stream"))
+    request["stream"] = _stream(body)
     return request
 
 

@@ -26,6 +26,7 @@ from tasks.records import (
     utcnow,
 )
 from tasks.schemas import Usage
+from tasks.store.clock import DatabaseClock
 
 # What a lost or restarting database raises, or a pool with no connection free for POOL_WAIT_S: the work
 # is retried later, never acknowledged as done.
@@ -73,19 +74,26 @@ class StoreBase:
         # id or its idempotency key may be taken) and a batch's (deterministic ids may be taken).
         self.driver_insert: DriverInsert | None = None
         self.driver_insert_many: DriverInsert | None = None
+        # Leases, due times and deadlines are stamped and judged on the database's clock (see ``clock``).
+        self.clock = DatabaseClock(engine.dialect.name)
         if DriverInsert.serves(engine):
-            insert_job = postgresql.insert(JOBS)
-            self.driver_insert = DriverInsert(
-                engine, insert_job.on_conflict_do_nothing().returning(JOBS.c.id), JOB_COLUMNS
-            )
+            # A job's creation is its first due time and the start of its deadline: the database stamps it.
+            insert_job = postgresql.insert(JOBS).values(created_at=self.clock.now())
+            columns = [name for name in JOB_COLUMNS if name != "created_at"]
+            self.driver_insert = DriverInsert(engine, insert_job.on_conflict_do_nothing().returning(JOBS.c.id), columns)
             self.driver_insert_many = DriverInsert(
-                engine, insert_job.on_conflict_do_nothing(index_elements=["id"]).returning(JOBS.c.id), JOB_COLUMNS
+                engine, insert_job.on_conflict_do_nothing(index_elements=["id"]).returning(JOBS.c.id), columns
             )
 
     def session(self) -> Session:
         """A session whose statements each commit on their own: for reads. Writes of several statements use
         ``self.sessions.begin()``."""
         return self.statements()
+
+    def database_now(self) -> datetime:
+        """The database's clock, read: what the sweeper and the requeue command judge by."""
+        with self.autocommit.connect() as connection:
+            return self.clock.read(connection)
 
 
 def job_row(
@@ -200,6 +208,7 @@ class DriverInsert:
     def __init__(self, engine: Engine, statement: Insert, keys: list[str]):
         dialect = engine.dialect
         self._engine = engine
+        self._keys = keys
         self._sql = str(statement.compile(dialect=dialect, column_keys=keys))
         self._processors = {
             column.key: column.type.dialect_impl(dialect).bind_processor(dialect) for column in statement.table.columns
@@ -230,7 +239,7 @@ class DriverInsert:
                     return returned
 
     def _parameters(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {key: processor(value) if (processor := self._processors[key]) else value for key, value in row.items()}
+        return {key: processor(row[key]) if (processor := self._processors[key]) else row[key] for key in self._keys}
 
     @contextmanager
     def _driver(self) -> Iterator[Any]:
@@ -254,10 +263,12 @@ class DriverInsert:
             pooled.close()
 
 
-def close_lost_attempts(which: ColumnElement[bool], now: datetime) -> Update:
-    """Close as lost the attempts that a dead run left open."""
+def close_lost_attempts(which: ColumnElement[bool], now: datetime | ColumnElement[datetime]) -> Update:
+    """Close as lost the attempts that a dead run left open (or that ran on while the job ended elsewhere:
+    a job that ends leaves no attempt open)."""
     return (
         update(ATTEMPTS)
         .where(which, ATTEMPTS.c.status == Status.RUNNING)
         .values(status=Status.LOST, error=LOST_ATTEMPT, finished_at=now)
+        .execution_options(synchronize_session=False)
     )

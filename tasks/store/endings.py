@@ -9,12 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
-from tasks.records import UNFINISHED_STATUSES, JobRecord, Status, aware, utcnow
-from tasks.store.base import StoreBase, elapsed_ms
+from tasks.records import UNFINISHED_STATUSES, WAITING_STATUSES, JobRecord, Status, aware
+from tasks.store.base import ATTEMPTS, StoreBase, close_lost_attempts, elapsed_ms
 from tasks.store.views import JobView
 
 CANCELLED_BY_CALLER = "cancelled by its caller"
-WAITING = (Status.QUEUED, Status.RETRYING)
 
 
 def past_deadline(job: JobView, deadline_s: float | None) -> bool:
@@ -32,14 +31,14 @@ class Cancellation:
 class JobEndings(StoreBase):
     def cancel(self, job_ids: list[str]) -> Cancellation:
         """End the waiting jobs among ``job_ids`` as cancelled, in one transaction; report the running ones."""
-        now = utcnow()
         with self.sessions.begin() as session:
             rows = session.execute(
                 select(JobRecord.id, JobRecord.status, JobRecord.created_at)
                 .where(JobRecord.id.in_(job_ids))
                 .with_for_update()
             ).all()
-            waiting = [row for row in rows if row.status in WAITING]
+            now = self.clock.read(session.connection())
+            waiting = [row for row in rows if row.status in WAITING_STATUSES]
             for row in waiting:
                 session.execute(
                     update(JobRecord)
@@ -51,6 +50,8 @@ class JobEndings(StoreBase):
                         latency_ms=elapsed_ms(row.created_at, now),
                     )
                 )
+            if waiting:  # a job that ends leaves no attempt open
+                session.execute(close_lost_attempts(ATTEMPTS.c.job_id.in_([row.id for row in waiting]), now))
         running = [row.id for row in rows if row.status == Status.RUNNING]
         done = {row.id for row in waiting} | set(running)
         return Cancellation([row.id for row in waiting], running, [job_id for job_id in job_ids if job_id not in done])
@@ -62,13 +63,18 @@ class JobEndings(StoreBase):
             )
             return list(session.scalars(query))
 
-    def expire(self, job_id: str, error: str) -> bool:
-        """End a job that has not started by its deadline; False when it started or ended meanwhile."""
-        now = utcnow()
+    def expire(self, job_id: str, deadline_s: float) -> bool:
+        """End a job that has not started within ``deadline_s`` of its submission, judged on the database's
+        clock; False when it started or ended meanwhile, or when its deadline has not passed."""
         with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
-            if record is None or record.status not in WAITING:
+            if record is None or record.status not in WAITING_STATUSES:
                 return False
-            record.status, record.error, record.finished_at = Status.EXPIRED, error, now
+            now = self.clock.read(session.connection())
+            if aware(record.created_at) + timedelta(seconds=deadline_s) >= now:
+                return False
+            record.status, record.finished_at = Status.EXPIRED, now
+            record.error = f"not started within its deadline of {deadline_s:g} s"
             record.latency_ms = elapsed_ms(record.created_at, now)
+            session.execute(close_lost_attempts(ATTEMPTS.c.job_id == job_id, now))
             return True

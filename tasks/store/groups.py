@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, tuple_, update
 
-from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status, utcnow
+from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status
 from tasks.redaction import redact
 from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 from tasks.store.base import (
@@ -42,19 +42,18 @@ class GroupWrites(StoreBase):
     ) -> list[Started]:
         """Mark the jobs running under ``lease`` and open an attempt for each. Jobs that already ended, and
         jobs running under another process's unexpired lease, are left out (the one-job path sorts those)."""
-        now = utcnow()
-        free = JobRecord.status.not_in(FINAL_STATUSES) & ~(
-            (JobRecord.status == Status.RUNNING)
-            & (JobRecord.lease_until > now)
-            & (JobRecord.lease_owner != lease.owner)
-        )
         with self.sessions.begin() as session:
+            # One reading of the database's clock for the whole group: its leases, and the attempts' start.
+            now = self.clock.read(session.connection())
+            free = JobRecord.status.not_in(FINAL_STATUSES) & ~(
+                (JobRecord.status == Status.RUNNING)
+                & (JobRecord.lease_until > now)
+                & (JobRecord.lease_owner != lease.owner)
+            )
             taken = session.scalars(select(JobRecord.id).where(JobRecord.id.in_(job_ids), free).with_for_update()).all()
             if not taken:
                 return []
-            session.execute(
-                close_lost_attempts(ATTEMPTS.c.job_id.in_(taken), now).execution_options(synchronize_session=False)
-            )
+            session.execute(close_lost_attempts(ATTEMPTS.c.job_id.in_(taken), now))
             rows = session.execute(
                 update(JobRecord)
                 .where(JobRecord.id.in_(taken))
@@ -102,9 +101,9 @@ class GroupWrites(StoreBase):
         jobs in ``cancelled`` were stopped by their callers: they end ``cancelled`` with what they made."""
         if not outcomes:
             return
-        now = utcnow()
         with self.sessions.begin() as session:
             connection = session.connection()
+            now = self.clock.read(connection)
             connection.execute(
                 update(JOBS)
                 .where(JOBS.c.id == bindparam("b_id"), JOBS.c.status == Status.RUNNING)
@@ -150,6 +149,16 @@ class GroupWrites(StoreBase):
                     for job, result in outcomes
                 ],
             )
+            # A job that ends leaves no attempt open: one that ran on elsewhere while it ended here is closed.
+            numbers = [(job.job_id, job.number) for job, _ in outcomes]
+            ended = select(JOBS.c.id).where(
+                JOBS.c.id.in_([job_id for job_id, _ in numbers]), JOBS.c.status != Status.RUNNING
+            )
+            session.execute(
+                close_lost_attempts(
+                    ATTEMPTS.c.job_id.in_(ended) & tuple_(ATTEMPTS.c.job_id, ATTEMPTS.c.number).not_in(numbers), now
+                )
+            )
             # One usage row per job: a redelivered group finds its rows and adds none.
             rows = [
                 usage_row(
@@ -176,6 +185,6 @@ class GroupWrites(StoreBase):
             session.connection().execute(
                 update(ATTEMPTS)
                 .where(ATTEMPTS.c.job_id == bindparam("b_job"), ATTEMPTS.c.number == bindparam("b_number"))
-                .values(status=Status.FAILED, error=redact(error), latency_ms=latency_ms, finished_at=utcnow()),
+                .values(status=Status.FAILED, error=redact(error), latency_ms=latency_ms, finished_at=self.clock.now()),
                 [{"b_job": job.job_id, "b_number": job.number} for job in started],
             )

@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import ColumnElement, func, insert, select, tuple_, update
 
-from tasks.records import FINAL_STATUSES, UNSENT, AttemptRecord, JobRecord, Status, utcnow
+from tasks.records import FINAL_STATUSES, UNSENT, WAITING_STATUSES, AttemptRecord, JobRecord, Status
 from tasks.redaction import redact
 from tasks.store.base import (
     ATTEMPTS,
@@ -143,16 +143,35 @@ class JobRecords(StoreBase):
                 row = job_row(job_id=job_id, kind=kind, request=request, status=Status.REJECTED, error=error)
                 session.execute(insert(JobRecord), [row])
             elif record.status not in FINAL_STATUSES:
-                record.status, record.error, record.finished_at = Status.REJECTED, error, utcnow()
+                now = self.clock.read(session.connection())
+                record.status, record.error, record.finished_at = Status.REJECTED, error, now
+                session.execute(close_lost_attempts(ATTEMPTS.c.job_id == job_id, now))
 
     def fail(self, job_id: str, error: str) -> None:
-        now, error = utcnow(), redact(error)
+        """End a job failed with ``error``, closing any attempt left open; nothing when it already ended."""
+        self.fail_unfinished([job_id], error)
+
+    def fail_unfinished(self, job_ids: list[str], error: str, *, not_leased_by_others: str | None = None) -> list[str]:
+        """End failed, with ``error``, those of ``job_ids`` not yet final, each attempt left open closed as lost;
+        with ``not_leased_by_others`` (an owner), a job another owner is running is left to it. The ids ended."""
+        error = redact(error)
         with self.sessions.begin() as session:
-            record = session.get(JobRecord, job_id, with_for_update=True)
-            if record is None or record.status in FINAL_STATUSES:
-                return
-            record.status, record.error, record.finished_at = Status.FAILED, error, now
-            record.latency_ms = elapsed_ms(record.created_at, now)
+            now = self.clock.read(session.connection())
+            which: list[ColumnElement[bool]] = [JobRecord.id.in_(job_ids), JobRecord.status.not_in(FINAL_STATUSES)]
+            if not_leased_by_others is not None:
+                which.append(
+                    (JobRecord.status != Status.RUNNING)
+                    | (JobRecord.lease_owner.is_(None))
+                    | (JobRecord.lease_owner == not_leased_by_others)
+                )
+            records = session.scalars(select(JobRecord).where(*which).with_for_update()).all()
+            for record in records:
+                record.status, record.error, record.finished_at = Status.FAILED, error, now
+                record.latency_ms = elapsed_ms(record.created_at, now)
+            ended = [record.id for record in records]
+            if ended:
+                session.execute(close_lost_attempts(ATTEMPTS.c.job_id.in_(ended), now))
+            return ended
 
     def revive_unsent(self, job_id: str) -> bool:
         """A job recorded failed because the broker refused its message, and never started, made queued
@@ -166,7 +185,7 @@ class JobRecords(StoreBase):
                     JobRecord.error == UNSENT,
                     JobRecord.attempts == 0,
                 )
-                .values(status=Status.QUEUED, error=None, finished_at=None, latency_ms=None, due_at=utcnow())
+                .values(status=Status.QUEUED, error=None, finished_at=None, latency_ms=None, due_at=self.clock.now())
                 .execution_options(synchronize_session=False)
             )
             return bool(getattr(revived, "rowcount", 0))
@@ -178,7 +197,7 @@ class JobRecords(StoreBase):
     def set_due(self, job_ids: list[str], delay_s: float, *, status: Status | None = None) -> None:
         """Note when the job's next message is due (a retry, a deferral, a requeue), so that a job waiting
         for it is never taken for lost; ``status`` also changes a job not final (to ``retrying``)."""
-        values: dict[str, Any] = {"due_at": utcnow() + timedelta(seconds=delay_s)}
+        values: dict[str, Any] = {"due_at": self.clock.now(delay_s)}
         if status is not None:
             values["status"] = status
         with self.sessions.begin() as session:
@@ -197,15 +216,15 @@ class JobRecords(StoreBase):
                 return False
             record.tier, record.queue, record.status = tier, queue, Status.RETRYING
             record.tier_hops += 1
-            record.due_at = utcnow()
+            record.due_at = self.clock.read(session.connection())
             return True
 
     def requeue_abandoned(self, job_id: str, due_in_s: float = 0.0) -> bool:
         """A running job whose worker died (its lease ran out), published again: the attempt it left open is
         closed as lost and the job waits for its new message, queued; False when a worker took it meanwhile."""
-        now = utcnow()
         with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
+            now = self.clock.read(session.connection())
             if record is None or record.status != Status.RUNNING or lease_end(record, now) > now:
                 return False
             session.execute(close_lost_attempts(ATTEMPTS.c.job_id == job_id, now))
@@ -219,9 +238,7 @@ class JobRecords(StoreBase):
             return []
         with self.session() as session:
             rows = session.scalars(
-                select(JobRecord).where(
-                    JobRecord.id.in_(job_ids), JobRecord.status.in_([Status.QUEUED, Status.RETRYING])
-                )
+                select(JobRecord).where(JobRecord.id.in_(job_ids), JobRecord.status.in_(WAITING_STATUSES))
             )
             return [JobView.of(row) for row in rows]
 
@@ -231,7 +248,7 @@ class JobRecords(StoreBase):
             rows = session.scalars(
                 select(JobRecord)
                 .where(
-                    JobRecord.status.in_([Status.QUEUED, Status.RETRYING]),
+                    JobRecord.status.in_(WAITING_STATUSES),
                     JobRecord.queue == queue,
                     func.coalesce(JobRecord.due_at, JobRecord.created_at) < due_before,
                 )
@@ -256,7 +273,7 @@ class JobRecords(StoreBase):
         running_lost = (JobRecord.status == Status.RUNNING) & (
             func.coalesce(JobRecord.lease_until, JobRecord.started_at, JobRecord.created_at) < running_before
         )
-        waiting_lost = (JobRecord.status.in_([Status.QUEUED, Status.RETRYING])) & (
+        waiting_lost = (JobRecord.status.in_(WAITING_STATUSES)) & (
             func.coalesce(JobRecord.due_at, JobRecord.created_at) < waiting_before
         )
         page = [] if after is None else [tuple_(JobRecord.created_at, JobRecord.id) > after]

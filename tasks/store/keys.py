@@ -9,9 +9,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 
-from tasks.records import ApiKeyRecord, UsageRecord, utcnow
+from tasks.records import FINAL_STATUSES, UNFINISHED_STATUSES, ApiKeyRecord, JobRecord, Status, UsageRecord, utcnow
 from tasks.store.base import StoreBase
 
 KEY_PREFIX = "llmr_"
@@ -104,6 +104,41 @@ class KeyRecords(StoreBase):
             query = query.where(UsageRecord.created_at >= since)
         with self.session() as session:
             return int(session.scalar(query) or 0)
+
+    def ended_usage(self, subjects: list[str]) -> dict[str, int]:
+        """Of ``subjects`` (``job:<id>``, ``batch:<id>``), those that ended, with the tokens they used: a job
+        once final, a batch once none of its jobs is unfinished. One that is gone (never recorded, or pruned)
+        ended with nothing used."""
+        jobs = [subject.removeprefix("job:") for subject in subjects if subject.startswith("job:")]
+        batches = [subject.removeprefix("batch:") for subject in subjects if subject.startswith("batch:")]
+        tokens = func.coalesce(UsageRecord.total_tokens, 0)
+        ended: dict[str, int] = {}
+        with self.session() as session:
+            if jobs:
+                rows = session.execute(
+                    select(JobRecord.id, JobRecord.status, tokens)
+                    .outerjoin(UsageRecord, UsageRecord.job_id == JobRecord.id)
+                    .where(JobRecord.id.in_(jobs))
+                ).all()
+                found = {job_id: (status, used) for job_id, status, used in rows}
+                for job_id in jobs:
+                    status, used = found.get(job_id, (Status.SUCCEEDED, 0))
+                    if status in FINAL_STATUSES:
+                        ended[f"job:{job_id}"] = int(used)
+            if batches:
+                unfinished = func.sum(case((JobRecord.status.in_(UNFINISHED_STATUSES), 1), else_=0))
+                rows = session.execute(
+                    select(JobRecord.batch_id, unfinished, func.sum(tokens))
+                    .outerjoin(UsageRecord, UsageRecord.job_id == JobRecord.id)
+                    .where(JobRecord.batch_id.in_(batches))
+                    .group_by(JobRecord.batch_id)
+                ).all()
+                counts = {batch_id: (int(waiting or 0), int(used or 0)) for batch_id, waiting, used in rows}
+                for batch_id in batches:
+                    waiting, used = counts.get(batch_id, (0, 0))
+                    if not waiting:
+                        ended[f"batch:{batch_id}"] = used
+        return ended
 
     def tenant_usage(self, tenant: str, since: datetime | None = None) -> TenantUsage:
         window = [UsageRecord.tenant == tenant] + ([UsageRecord.created_at >= since] if since is not None else [])

@@ -112,8 +112,9 @@ class Busy:
 
 @dataclass(frozen=True)
 class Lease:
-    """Who takes a job (``owner``: "host:pid"), for how long, and how to tell whether another owner is
-    still alive (a process on this host can be checked at once; one elsewhere only by its lease)."""
+    """Who takes a job (``owner``: "host#pid-namespace:pid"), for how long, and how to tell whether another
+    owner is still alive (a process of this pid namespace can be checked at once; one elsewhere only by its
+    lease)."""
 
     owner: str
     seconds: float

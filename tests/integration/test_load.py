@@ -1,7 +1,7 @@
-"""Load: 1,000 (LLM_ROUTER_LOAD_JOBS) mixed jobs from 4 producer processes against 2 worker processes, on Redis,
+"""Load: 1,000 (LLMR_LOAD_JOBS) mixed jobs from 4 producer processes against 2 worker processes, on Redis,
 and half as many on RabbitMQ, with an Inference API on 127.0.0.1 that answers 10 % 503 and 5 % 429 at
 random. Bounded in count and time; reports jobs/s and end-to-end latency percentiles (printed, and written to
-the file named by LLM_ROUTER_LOAD_REPORT)."""
+the file named by LLMR_LOAD_REPORT)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from tests.support.inference_server import InferenceServer, Reply
 
 BROKER = "redis://127.0.0.1:6379/8"
 # 1,000 in the suite (CI's time), half as many on RabbitMQ, where the same path runs a second time;
-# ops/RELIABILITY.md's figures come from LLM_ROUTER_LOAD_JOBS=5000.
-JOBS, PRODUCERS = int(os.environ.get("LLM_ROUTER_LOAD_JOBS", "1000")), 4
+# ops/RELIABILITY.md's figures come from LLMR_LOAD_JOBS=5000.
+JOBS, PRODUCERS = int(os.environ.get("LLMR_LOAD_JOBS", "1000")), 4
 LIMIT_PER_MINUTE = 60_000  # never reached: the limiter runs on every call under load without deferring any
 MODELS = {"generate": "org/load-gen", "embed": "org/load-embed", "classify": "org/load-cls"}
 
@@ -191,7 +191,7 @@ def test_five_thousand_mixed_jobs_all_end_and_add_up(
         "latency_ms": {f"p{int(q * 100)}": round(percentile(latencies, q) or 0.0, 1) for q in (0.5, 0.95, 0.99)},
     }
     print("\nload:", json.dumps(report))
-    target = os.environ.get("LLM_ROUTER_LOAD_REPORT")
+    target = os.environ.get("LLMR_LOAD_REPORT")
     if target:  # one file per broker: /tmp/load.json → /tmp/load-redis.json, /tmp/load-rabbitmq.json
         path = Path(target)
         path.with_name(f"{path.stem}-{report['broker']}{path.suffix}").write_text(json.dumps(report, indent=2))

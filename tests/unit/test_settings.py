@@ -24,6 +24,7 @@ def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_redis_broker_doubles_as_shared_state(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLM_ROUTER_BROKER_URL", "redis://127.0.0.1:6379/3")
+    monkeypatch.setenv("LLM_ROUTER_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/llm")
     assert Settings().resolved_redis_url == "redis://127.0.0.1:6379/3"
 
 
