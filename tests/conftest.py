@@ -223,10 +223,13 @@ def start_worker(
         env: dict[str, str] | None = None,
         timeout_s: float = 120.0,
         options: tuple[str, ...] = (),
+        wrapper: tuple[str, ...] = (),
     ) -> WorkerProcess:
+        """``wrapper``: a command the worker runs under (``faketime``, ``unshare``), its arguments first."""
         nodename = f"{name}-{uuid.uuid4().hex[:6]}@localhost"
         log_path = logs / f"{name}.log"
         command = [
+            *wrapper,
             sys.executable,
             "-m",
             "broker.cli.main",
