@@ -189,6 +189,9 @@ class WebhookStatus(StrEnum):
     REFUSED = "refused"  # the address is not one the cluster may call
 
 
+PENDING_WEBHOOK = text("status = 'pending'")
+
+
 class WebhookRecord(Base):
     """A completion webhook: one per job or batch that asked for one (``subject`` is unique)."""
 
@@ -203,6 +206,13 @@ class WebhookRecord(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     finished_at: Mapped[datetime | None]
+    # While pending: when its next delivery is due, or, once a process took it, by when that delivery must be
+    # recorded (the database's clock). Long past it, its message or its sender was lost: the sweeper sends it.
+    due_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_webhooks_pending", "due_at", postgresql_where=PENDING_WEBHOOK, sqlite_where=PENDING_WEBHOOK),
+    )
 
 
 class WebhookAttemptRecord(Base):

@@ -28,7 +28,7 @@ from broker.queues import INPUTS_HEADER, TASK_NAMES
 from broker.routing import lane_of, queue_for_tier
 from tasks.records import Status
 from tasks.schemas import Kind
-from tasks.store import DATABASE_UNAVAILABLE
+from tasks.store import DATABASE_UNAVAILABLE, WebhookView
 from workers.draining import Drained, Drainer, Take, inputs_of
 from workers.execution import Reschedule, cause_of
 from workers.groups import inputs_per_call, run_jobs
@@ -123,7 +123,13 @@ def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
         queues=queue_names(runtime.catalogue.ordered_tiers),
         retention=Retain(settings.retention_days, settings.retention_results_only) if settings.retention_days else None,
         carry_on=runtime.step_ended,
+        resend_webhook=_resend_webhook(runtime),
     ).start()
+
+
+def _resend_webhook(runtime: WorkerRuntime) -> Callable[[WebhookView], None] | None:
+    webhooks = runtime.webhooks
+    return None if webhooks is None else lambda webhook: webhooks.publish(webhook.id, webhook.queue, 0.0)
 
 
 class JobTask(Task):  # type: ignore[misc]
@@ -318,7 +324,9 @@ def _drainer(app: Any, profile: WorkerProfile) -> Drainer:
 
 @shared_task(bind=True, base=JobTask, name=WEBHOOK_TASK)
 def webhook(self: JobTask, *args: Any, **kwargs: Any) -> str:
-    """One delivery of a completion webhook. Never raises for a bad message: it is logged and dropped."""
+    """One delivery of a completion webhook, handed to the process's sender (it returns at once: the slot is
+    free for model jobs while the delivery waits on the network). Never raises for a bad message: it is logged
+    and dropped."""
     webhook_id = kwargs.get("webhook_id")
     if not isinstance(webhook_id, str) or args:
         log.error("dropped a webhook message without a webhook id")
@@ -326,7 +334,7 @@ def webhook(self: JobTask, *args: Any, **kwargs: Any) -> str:
     try:
         runtime = current_runtime(self.app)
         assert runtime.webhooks is not None
-        return runtime.webhooks.deliver(webhook_id)
+        return runtime.webhooks.dispatch(webhook_id)
     except DATABASE_UNAVAILABLE:
         raise self.retry(countdown=DB_RETRY_S, max_retries=None) from None
 

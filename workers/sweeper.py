@@ -19,7 +19,9 @@ Every worker process runs a sweeper thread; one at a time cluster-wide (a Redis 
   due twice ``held_after_s`` ago on a queue that holds no message, and in no held message, is published
   again (a producer still publishing a large batch may see a few of its jobs published twice: each runs once);
 - a **queued or retrying** job whose message has been due for ``lost_message_after_s``: a message lost in
-  some other way (a long backlog is not lost: its jobs wait that long before they are taken for lost).
+  some other way (a long backlog is not lost: its jobs wait that long before they are taken for lost);
+- a **pending webhook** whose delivery was due, or had to be recorded, ``held_after_s`` ago: its message,
+  or the process sending it, was lost.
 
 Once an hour, with a retention set, it prunes the jobs that ended longer ago (``JobStore.prune``).
 
@@ -42,7 +44,7 @@ from typing import Any, cast
 import redis
 
 from tasks.records import Status, aware
-from tasks.store import JobStore, JobView
+from tasks.store import JobStore, JobView, WebhookView
 from workers.broker_mark import BrokerMark
 from workers.held_messages import HeldMessages
 
@@ -104,10 +106,12 @@ class Sweeper:
         queues: list[str] | None = None,
         retention: Retain | None = None,
         carry_on: Callable[[str], None] | None = None,
+        resend_webhook: Callable[[WebhookView], None] | None = None,
     ):
         self.store, self.redis, self.publish, self.queue_of = store, client, publish, queue_of
         self.interval_s, self.lost_message_after_s = interval_s, lost_message_after_s
         self.broker_mark, self.retention, self.carry_on = broker_mark, retention, carry_on
+        self.resend_webhook = resend_webhook
         self.held, self.held_after_s, self.queues = held, held_after_s, queues or []
         self._swept_every_page = False
         self._token = uuid.uuid4().hex.encode()
@@ -183,6 +187,12 @@ class Sweeper:
             # A pipeline whose worker died between ending a step and starting the next goes on from here.
             for run_id in self.store.stalled_pipelines(now - timedelta(seconds=STALLED_PIPELINE_S)):
                 self.carry_on(run_id)
+        if self.resend_webhook is not None:
+            # A webhook whose delivery was due (or had to be recorded) a lease ago: its message, or the process
+            # sending it, was lost.
+            for webhook in self.store.overdue_webhooks(self.held_after_s):
+                log.warning("webhook %s sent again: its delivery is overdue", webhook.id)
+                self.resend_webhook(webhook)
         sweep = Sweep(abandoned, lost, broker_lost_data, stranded, vanished)
         if sweep.count or broker_lost_data:
             self._note(sweep, now)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, func, select, update
 
 from tasks.records import (
     UNFINISHED_STATUSES,
@@ -64,11 +64,47 @@ class WebhookRecords(StoreBase):
             "queue": queue,
             "status": WebhookStatus.PENDING,
             "attempts": 0,
-            "created_at": utcnow(),
+            "created_at": self.clock.now(),  # its first delivery is due now, on the database's clock
         }
         with self.sessions.begin() as session:
-            result = session.execute(insert_ignoring_duplicates(session, WEBHOOKS, "subject"), [row])
+            result = session.execute(insert_ignoring_duplicates(session, WEBHOOKS, "subject").values(**row))
             return webhook_id if getattr(result, "rowcount", 0) else None
+
+    def take_webhook(self, webhook_id: str, hold_s: float) -> bool:
+        """Take a pending webhook whose delivery is due, for one delivery that must be recorded within ``hold_s``;
+        False when it ended, is not due yet, or another process has it (a duplicate message): one sender at a
+        time."""
+        due = func.coalesce(WebhookRecord.due_at, WebhookRecord.created_at) <= self.clock.now()
+        with self.session() as session:
+            result = session.execute(
+                update(WebhookRecord)
+                .where(WebhookRecord.id == webhook_id, WebhookRecord.status == WebhookStatus.PENDING, due)
+                .values(due_at=self.clock.now(hold_s))
+                .execution_options(synchronize_session=False)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    def overdue_webhooks(self, late_by_s: float, limit: int = 500) -> list[WebhookView]:
+        """Pending webhooks whose delivery was due, or had to be recorded, ``late_by_s`` ago or more: their
+        message, or the process sending them, was lost. Each is due again now."""
+        due = func.coalesce(WebhookRecord.due_at, WebhookRecord.created_at)
+        with self.sessions.begin() as session:
+            records = list(
+                session.scalars(
+                    select(WebhookRecord)
+                    .where(WebhookRecord.status == WebhookStatus.PENDING, due < self.clock.now(-late_by_s))
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if records:
+                session.execute(
+                    update(WebhookRecord)
+                    .where(WebhookRecord.id.in_([record.id for record in records]))
+                    .values(due_at=self.clock.now())
+                    .execution_options(synchronize_session=False)
+                )
+            return [_view(record) for record in records]
 
     def webhook(self, webhook_id: str) -> WebhookView | None:
         with self.session() as session:
@@ -100,16 +136,20 @@ class WebhookRecords(StoreBase):
         error: str | None,
         latency_ms: float | None,
         outcome: WebhookStatus,
+        retry_in_s: float = 0.0,
     ) -> int:
-        """Record one delivery attempt and where the webhook stands after it; the attempt's number."""
-        now = utcnow()
+        """Record one delivery attempt and where the webhook stands after it (still pending: its next delivery
+        is due in ``retry_in_s``); the attempt's number."""
         with self.sessions.begin() as session:
             record = session.get(WebhookRecord, webhook_id, with_for_update=True)
             assert record is not None
+            now = self.clock.read(session.connection())
             record.attempts += 1
             record.status = outcome
             if outcome != WebhookStatus.PENDING:
                 record.finished_at = now
+            else:
+                record.due_at = now + timedelta(seconds=retry_in_s)
             session.add(
                 WebhookAttemptRecord(
                     webhook_id=webhook_id,

@@ -4,6 +4,7 @@ once when its last job ends, and an address that is not public is refused on sub
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,11 +15,15 @@ import pytest
 from broker.client import Router
 from broker.settings import Settings
 from broker.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, verify_signature
+from ops.bench.faults import descendants
 from tasks.errors import InvalidRequest
+from tasks.schemas import EmbedResult
 from tests.conftest import WorkerProcess, local_catalogue
+from tests.support.hostile_receiver import HostileReceiver
 from tests.support.inference_server import Call, InferenceServer, Reply
 
 SECRET = "webhook-signing-key-for-tests"
+DEADLINE_S = 3  # a delivery's whole deadline on this module's worker
 CATALOGUE = local_catalogue("hooked")
 
 
@@ -37,6 +42,7 @@ def worker(start_worker: Callable[..., WorkerProcess], own_catalogue: Path) -> I
         "LLM_ROUTER_CONFIG": str(own_catalogue),
         "LLM_ROUTER_WEBHOOK_SECRET": SECRET,
         "LLM_ROUTER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "LLM_ROUTER_WEBHOOK_TIMEOUT_S": str(DEADLINE_S),
     }
     started = start_worker("hooked", "hooked", env=env)
     yield started
@@ -165,3 +171,59 @@ def test_a_worker_refuses_to_deliver_to_an_address_outside_its_allowed_networks(
 def test_a_malformed_callback_url_is_refused_naming_the_field(own_router: Router, url: str, words: str) -> None:
     with pytest.raises(InvalidRequest, match=f"callback_url.*{words}"):
         own_router.embed("never sent", callback_url=url)
+
+
+# ---- receivers that misbehave on purpose ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[HostileReceiver]:
+    server = HostileReceiver().start()
+    yield server
+    server.stop()
+
+
+def _peak_rss_mb(worker: WorkerProcess) -> float:
+    """The highest resident memory any process of the worker has had (VmHWM)."""
+    peaks = []
+    for pid in [worker.process.pid, *descendants(worker.process.pid)]:
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            peaks += [int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")]
+    return max(peaks)
+
+
+def _first_try(router: Router, subject_id: str) -> Any:
+    deadline = time.monotonic() + 60
+    while not (found := router.webhooks(subject_id)) or not found[0].tries:
+        assert time.monotonic() < deadline, "no delivery was tried"
+        time.sleep(0.05)
+    return found[0].tries[0]
+
+
+def test_a_slow_or_silent_receiver_holds_no_slot_and_a_huge_answer_is_never_read(
+    worker: WorkerProcess, router: Router, hostile: HostileReceiver
+) -> None:
+    before_mb = _peak_rss_mb(worker)
+    announced = {
+        path: router.embed(f"announced to {path}", use_cache=False, callback_url=f"{hostile.url}/{path}")
+        for path in ("drip", "silent", "huge")
+    }
+    for job in announced.values():
+        job.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while not hostile.requests:  # a delivery reached its receiver, which holds it
+        assert time.monotonic() < deadline, "no delivery was made"
+        time.sleep(0.05)
+    # The worker has one slot: model jobs run while the deliveries wait on their receivers.
+    others = [router.embed(f"an ordinary job, number {n}", use_cache=False) for n in range(5)]
+    for job in others:
+        assert isinstance(job.wait(timeout=20), EmbedResult)
+    drip = delivered(router, announced["drip"].id)  # its answer's status came first; its body is never read
+    assert drip.status == "delivered" and (drip.tries[0].latency_ms or 0) < DEADLINE_S * 1000
+    assert delivered(router, announced["huge"].id).status == "delivered"
+    silent = _first_try(router, announced["silent"].id)  # one deadline for the whole delivery
+    assert silent.status_code is None and f"no answer within {DEADLINE_S} s" in (silent.error or "")
+    assert (silent.latency_ms or 0) < (DEADLINE_S + 2) * 1000
+    assert _peak_rss_mb(worker) - before_mb < 100  # a 400 MB answer never entered the worker
+    assert worker.alive()
