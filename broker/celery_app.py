@@ -12,10 +12,22 @@ from typing import Any
 from celery import Celery
 
 from broker.catalogue import Catalogue, load_catalogue
+from broker.embedded_broker import CORRUPT_FOLDER
 from broker.queues import EXCHANGE, is_amqp, tier_queues
 from broker.redis_publish import RedisPublisher, publishes_directly
 from broker.settings import Settings
 from tasks.limits import MAX_PRIORITY
+
+EMBEDDED_TRANSPORT = "broker.embedded_broker:Transport"
+REDIS_TRANSPORT = "broker.redis_transport:Transport"
+
+
+def _transport(settings: Settings) -> str | None:
+    """kombu's transports, but for the embedded mode's filesystem broker, made safe for a full disk, and a
+    plain Redis, whose refusal of writes at ``maxmemory`` is waited out (``broker.redis_transport``)."""
+    if settings.uses_embedded_broker:
+        return EMBEDDED_TRANSPORT
+    return REDIS_TRANSPORT if settings.resolved_broker_url.startswith("redis://") else None
 
 
 class RouterCelery(Celery):
@@ -57,7 +69,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
             "priority_steps": list(range(MAX_PRIORITY + 1)),
         }
     folder = settings.broker_folder
-    for name in ("queue", "control", "processed"):
+    for name in ("queue", "control", "processed", CORRUPT_FOLDER):
         (folder / name).mkdir(parents=True, exist_ok=True)
     return {
         "data_folder_in": str(folder / "queue"),
@@ -78,6 +90,9 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     queues = tier_queues(catalogue, settings.resolved_broker_url)
     app.conf.update(
         broker_url=settings.resolved_broker_url,
+        broker_transport=_transport(settings),
+        # A worker whose broker is away (restarting, or refusing writes) waits for it as long as it takes.
+        broker_connection_max_retries=None,
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_serializer="json",

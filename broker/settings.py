@@ -116,7 +116,7 @@ class Settings(BaseSettings):
 
     @property
     def uses_embedded_broker(self) -> bool:
-        return self.broker_url is None or self.broker_url.startswith("filesystem://")
+        return not self.broker_url or self.broker_url.startswith("filesystem://")
 
     @property
     def broker_folder(self) -> Path:

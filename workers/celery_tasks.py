@@ -35,6 +35,7 @@ from workers.groups import inputs_per_call, run_jobs
 from workers.heartbeat import ServingHeartbeat
 from workers.interludes import interludes
 from workers.job_end import Ended, after_final
+from workers.log_limits import Throttle
 from workers.messages import BadBulkMessage, BadMessage, Cursor, JobMessage, parse_messages
 from workers.webhooks import WEBHOOK_TASK, Webhooks, webhook_task_id
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DB_RETRY_S = 5
+OUTAGES = Throttle()  # an outage is logged once a minute, not once per message
 
 # One runtime per process, keyed by pid so a forked child never reuses its parent's connections.
 _runtimes: dict[int, WorkerRuntime] = {}
@@ -144,14 +146,15 @@ def _handle(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, 
     except DATABASE_UNAVAILABLE as exc:
         # The database is down or restarting: hand the same message back with a countdown, so nothing
         # is lost and no worker slot waits. The job row is written once the database answers again.
-        log.warning("database unavailable (%s); %s message retried in %ss", type(exc).__name__, kind, DB_RETRY_S)
+        if OUTAGES.allows("database"):
+            log.warning("database unavailable (%s); messages retried in %ss", type(exc).__name__, DB_RETRY_S)
         raise task.retry(countdown=DB_RETRY_S, max_retries=None) from None
     except RedisError as exc:
-        # The shared store of rate limits and cooldowns is unreachable: without it the cluster cannot keep
-        # its limits (a provider's quota, a paid API), so the job waits for it, like for the database.
-        log.warning(
-            "rate-limit store unavailable (%s); %s message retried in %ss", type(exc).__name__, kind, DB_RETRY_S
-        )
+        # The shared store of rate limits and cooldowns is unreachable, or refuses writes (at its maxmemory):
+        # without it the cluster cannot keep its limits (a provider's quota, a paid API), so the job waits for
+        # it, like for the database.
+        if OUTAGES.allows("shared state"):
+            log.warning("rate-limit store unavailable (%s); messages retried in %ss", type(exc).__name__, DB_RETRY_S)
         raise task.retry(countdown=DB_RETRY_S, max_retries=None) from None
     except Exception as exc:
         return _end_jobs_of_failed_message(task, kind, args, kwargs, exc)

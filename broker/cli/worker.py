@@ -77,6 +77,7 @@ def worker(
     from broker.celery_app import create_app
     from broker.settings import Settings
     from tasks.database import check_schema, make_engine, upgrade
+    from workers.log_limits import quiet_outages
     from workers.pools import parse_size, plan_pool
 
     settings = Settings()
@@ -110,6 +111,7 @@ def worker(
     if plan.profile.niceness:
         os.nice(plan.profile.niceness)  # before the pool forks, so every process inherits it
     app.worker_profile = plan.profile  # type: ignore[attr-defined]
+    quiet_outages()  # a broker that is away is said once a minute, not at every try
     app.worker_main(
         [
             "worker",
