@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=8, ge=1, le=30)
     # The gateway's tenants whose keys may read /metrics (cluster-wide figures: no other tenant sees them).
     metrics_tenants: str = "operators"
+    # The address a gateway process announces for `llm-router status`; `llm-router serve` sets it.
+    gateway_address: str | None = None
     # Connections a worker process keeps to a server database (as many again at peaks); None: its
     # concurrency, 5 to 10. Transactions are short, so a few serve hundreds of remote calls in flight.
     database_pool_size: int | None = Field(default=None, ge=1, le=500)

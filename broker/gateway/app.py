@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = registry(router.sync.store, redis_url)
         background = [asyncio.create_task(quotas.run())]
         if redis_url:
-            background.append(asyncio.create_task(announce(redis_url)))
+            background.append(asyncio.create_task(announce(redis_url, router.settings.gateway_address)))
         try:
             yield
         finally:

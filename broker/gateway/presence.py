@@ -18,16 +18,16 @@ from redis.exceptions import RedisError
 KEY_PREFIX = "llm-router:gateway:"
 TTL_S = 30
 RENEW_S = 10
-ADDRESS_VARIABLE = "LLM_ROUTER_GATEWAY_ADDRESS"  # set by `llm-router serve` for its server processes
+ADDRESS_VARIABLE = "LLM_ROUTER_GATEWAY_ADDRESS"  # Settings.gateway_address: set by `llm-router serve` for its processes
 
 
-async def announce(url: str) -> None:
+async def announce(url: str, address: str | None) -> None:
     """Renew this process's key until cancelled."""
     client = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
     key = f"{KEY_PREFIX}{socket.gethostname()}:{os.getpid()}"
     value = json.dumps(
         {
-            "address": os.environ.get(ADDRESS_VARIABLE, "?"),
+            "address": address or "?",
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started": time.time(),

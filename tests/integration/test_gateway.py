@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,10 @@ from tests.conftest import REPO, WorkerProcess, local_catalogue
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 # "front" serves every test; "broken" names a model that is not there (its jobs fail); "limited" takes one
-# request a minute (its second job is deferred).
+# request a minute (its second job is deferred); no worker serves "unserved".
 CATALOGUE = (
     local_catalogue("front", generate=True).replace(
-        'tier_order = ["front"]', 'tier_order = ["front", "broken", "limited"]'
+        'tier_order = ["front"]', 'tier_order = ["front", "broken", "limited", "unserved"]'
     )
     + f"""
 [tiers.broken]
@@ -36,12 +37,15 @@ embed = ["org/missing-embedder"]
 [tiers.limited]
 embed = ["{MINILM}"]
 requests_per_minute = 1
+[tiers.unserved]
+embed = ["{MINILM}"]
 [models."org/missing-embedder"]
 provider = "local"
 task = "embed"
 """
 )
 CHAT = [{"role": "user", "content": "List five colours, one per line, and say why you like each."}]
+BUDGET, PER_MINUTE = 100, 100  # tokens: the "frugal" tenant's budget, the "paced" tenant's per minute
 
 
 def free_port() -> int:
@@ -101,6 +105,8 @@ def openai_client(gateway: str, keys: dict[str, str]) -> Iterator[Callable[..., 
 def keys(own_router: Router) -> dict[str, str]:
     made = {name: own_router.store.create_key(name)[0] for name in ("acme", "globex")}
     made["limited"] = own_router.store.create_key("limited", requests_per_minute=2)[0]
+    made["frugal"] = own_router.store.create_key("frugal", budget_tokens=BUDGET)[0]
+    made["paced"] = own_router.store.create_key("paced", tokens_per_minute=PER_MINUTE)[0]
     made["operators"] = own_router.store.create_key("operators")[0]
     revoked, view = own_router.store.create_key("acme")
     own_router.store.revoke_key(view.id)
@@ -125,7 +131,7 @@ def test_every_endpoint_but_healthz_needs_a_live_key(gateway: str, keys: dict[st
         assert response.status_code == 401 and error_of(response)["code"] == "unauthorised"
     assert httpx.get(f"{gateway}/readyz", headers=auth(keys["acme"])).json() == {"status": "ready"}
     names = [model["id"] for model in httpx.get(f"{gateway}/v1/models", headers=auth(keys["acme"])).json()["data"]]
-    assert names == ["front", "broken", "limited", SMOL, MINILM, "org/missing-embedder"]
+    assert names == ["front", "broken", "limited", "unserved", SMOL, MINILM, "org/missing-embedder"]
     assert httpx.get(f"{gateway}/openapi.json").status_code == 200
 
 
@@ -194,11 +200,17 @@ def test_the_official_openai_client(worker: WorkerProcess, openai_client: Callab
 
 def test_over_its_limit_a_tenant_gets_429_with_retry_after(gateway: str, keys: dict[str, str]) -> None:
     limited = auth(keys["limited"])
-    codes = [httpx.get(f"{gateway}/v1/models", headers=limited) for _ in range(3)]
-    assert [r.status_code for r in codes[:2]] == [200, 200]
+    codes = [
+        httpx.post(f"{gateway}/v1/jobs", headers=limited, json={"kind": "embed", "input": f"counted, number {n}"})
+        for n in range(3)
+    ]
+    assert [r.status_code for r in codes[:2]] == [202, 202]
     assert codes[2].status_code == 429 and error_of(codes[2])["code"] == "rate_limited"
     assert 1 <= int(codes[2].headers["Retry-After"]) <= 61
-    assert httpx.get(f"{gateway}/v1/models", headers=auth(keys["acme"])).status_code == 200  # others are not held
+    # Limits apply to work admitted, never to reads; and one tenant's limit holds no other.
+    for path in ("/v1/models", f"/v1/jobs/{codes[0].json()['id']}", "/v1/usage"):
+        assert httpx.get(f"{gateway}{path}", headers=limited).status_code == 200, path
+    assert httpx.post(f"{gateway}/v1/jobs", headers=auth(keys["acme"]), json={"kind": "embed", "input": "x"}).is_success
 
 
 def test_a_streaming_client_that_goes_away_cancels_its_job(
@@ -479,3 +491,161 @@ def test_completions_cancel_and_file_info(
     assert cancelled["id"] == job["id"]
     ended = httpx.get(f"{gateway}/v1/jobs/{job['id']}", params={"wait": 60}, headers=globex, timeout=70).json()
     assert ended["status"] == "cancelled"  # waiting: never run; running: stopped at its next token
+
+
+# ---- tenants' tokens are reserved when work is admitted -----------------------------------------------------
+
+
+def _tenant_tokens(count_rows: Callable[[str], int], tenant: str) -> int:
+    return count_rows(f"SELECT coalesce(sum(total_tokens), 0) FROM usage WHERE tenant = '{tenant}'")
+
+
+def test_a_budget_holds_against_a_batch_and_an_exhausted_tenant_still_reads(
+    worker: WorkerProcess, gateway: str, keys: dict[str, str], count_rows: Callable[[str], int]
+) -> None:
+    frugal = auth(keys["frugal"])
+    lines = [{"kind": "generate", "messages": CHAT, "max_tokens": 64} for _ in range(200)]
+    refused = httpx.post(f"{gateway}/v1/batches", headers=frugal, json=lines)
+    assert refused.status_code == 429, refused.text  # refused whole, saying what is left
+    assert f"has {BUDGET} of its {BUDGET} budget tokens left" in error_of(refused)["message"]
+    assert count_rows("SELECT count(*) FROM jobs WHERE tenant = 'frugal'") == 0
+    small = httpx.post(f"{gateway}/v1/batches", headers=frugal, json=[{"kind": "embed", "input": "a few tokens"}])
+    assert small.status_code == 200, small.text
+    chat = {"model": "front", "messages": CHAT, "max_tokens": 20, "temperature": 0}
+    answered = httpx.post(f"{gateway}/v1/chat/completions", headers=frugal, json=chat, timeout=120)
+    assert answered.status_code == 200, answered.text
+    spent = _tenant_tokens(count_rows, "frugal")
+    assert spent <= BUDGET
+    # What a job reserved is settled against what it used, within seconds of its end: the rest is left.
+    left = f"has {BUDGET - spent} of its {BUDGET} budget tokens left"
+
+    def refusal() -> str:
+        response = httpx.post(f"{gateway}/v1/chat/completions", headers=frugal, json=chat)
+        assert response.status_code == 429, response.text
+        return str(error_of(response)["message"])
+
+    deadline = time.monotonic() + 30
+    while left not in (message := refusal()):
+        assert time.monotonic() < deadline, message
+        time.sleep(0.5)
+    # Past its budget, a tenant reads everything it paid for.
+    job_id = answered.json()["id"].removeprefix("chatcmpl-")
+    for path in (f"/v1/jobs/{job_id}", f"/v1/batches/{small.json()['id']}", "/v1/usage", "/v1/models"):
+        assert httpx.get(f"{gateway}{path}", headers=frugal).status_code == 200, path
+    assert httpx.get(f"{gateway}/v1/usage", headers=frugal).json()["total_tokens"] == spent
+
+
+def test_thirty_chats_at_once_spend_no_more_than_the_tokens_per_minute(
+    worker: WorkerProcess, gateway: str, keys: dict[str, str], count_rows: Callable[[str], int]
+) -> None:
+    while time.time() % 60 > 40:  # all in one minute's window
+        time.sleep(1)
+
+    def ask(n: int) -> int:  # thirty different chats: none is answered from the cache, for nothing
+        asked = [{"role": "user", "content": f"{CHAT[0]['content']} You are client {n}."}]
+        chat = {"model": "front", "messages": asked, "max_tokens": 20, "temperature": 0}
+        return httpx.post(
+            f"{gateway}/v1/chat/completions", headers=auth(keys["paced"]), json=chat, timeout=120
+        ).status_code
+
+    with ThreadPoolExecutor(30) as pool:
+        codes = list(pool.map(ask, range(30)))
+    assert codes.count(200) >= 1 and set(codes) <= {200, 429}, codes
+    assert _tenant_tokens(count_rows, "paced") <= PER_MINUTE  # what was admitted fits the minute's tokens
+
+
+# ---- no worker, retries, hostile bodies ---------------------------------------------------------------------
+
+
+def test_a_request_no_worker_would_serve_is_answered_503_at_once_and_makes_no_job(
+    gateway: str, keys: dict[str, str], count_rows: Callable[[str], int]
+) -> None:
+    before = count_rows("SELECT count(*) FROM jobs WHERE tier = 'unserved'")
+    began = time.monotonic()
+    response = httpx.post(
+        f"{gateway}/v1/embeddings", headers=auth(keys["acme"]), json={"model": "unserved", "input": "x"}
+    )
+    assert time.monotonic() - began < 5
+    error = error_of(response)
+    assert response.status_code == 503 and error["code"] == "no_worker" and "queue unserved" in error["message"]
+    assert int(response.headers["Retry-After"]) > 0
+    assert count_rows("SELECT count(*) FROM jobs WHERE tier = 'unserved'") == before
+
+
+def test_a_retried_openai_request_with_its_idempotency_key_makes_one_job(
+    worker: WorkerProcess, gateway: str, keys: dict[str, str], count_rows: Callable[[str], int]
+) -> None:
+    headers = {**auth(keys["acme"]), "Idempotency-Key": "order-77"}
+    body = {"model": "front", "input": "asked twice, answered once"}
+    first, second = (httpx.post(f"{gateway}/v1/embeddings", headers=headers, json=body, timeout=60) for _ in range(2))
+    assert first.status_code == second.status_code == 200 and first.json() == second.json()
+    assert count_rows("SELECT count(*) FROM jobs WHERE idempotency_key = 'acme/order-77'") == 1
+
+
+HOSTILE: list[tuple[str, dict[str, Any], str]] = [
+    # (path, request, the field its 400 names)
+    ("/v1/batches", {"content": "[" * 100_000, "headers": {"Content-Type": "application/json"}}, "body"),
+    ("/v1/batches", {"content": "[" * 100_000, "headers": {"Content-Type": "application/jsonl"}}, "body"),
+    ("/v1/jobs", {"content": "[" * 100_000, "headers": {"Content-Type": "application/json"}}, "body"),
+    ("/v1/chat/completions", {"json": {"model": "front", "messages": CHAT, "stream": "yes"}}, "stream"),
+    ("/v1/completions", {"json": {"model": "front", "prompt": "hi", "stream": 1}}, "stream"),
+    ("/v1/chat/completions", {"json": {"model": "front", "messages": CHAT, "n": True}}, "n"),
+    ("/v1/batches", {"json": {"input_file_id": ["a"], "endpoint": "/v1/embeddings"}}, "input_file_id"),
+    ("/v1/batches", {"json": {"input_file_id": "f", "endpoint": {}, "completion_window": "24h"}}, "endpoint"),
+    (
+        "/v1/batches",
+        {"json": {"input_file_id": "f", "endpoint": "/v1/embeddings", "completion_window": []}},
+        "completion_window",
+    ),
+    (
+        "/v1/batches",
+        {"json": {"input_file_id": "f", "endpoint": "/v1/embeddings", "metadata": {"a": [[[1]]]}}},
+        "metadata",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "request_", "field"), HOSTILE, ids=[f"{p} {f}" for p, _, f in HOSTILE])
+def test_a_malformed_request_is_a_400_naming_the_field(
+    gateway: str, keys: dict[str, str], path: str, request_: dict[str, Any], field: str
+) -> None:
+    response = httpx.post(
+        f"{gateway}{path}", **{**request_, "headers": {**auth(keys["acme"]), **request_.get("headers", {})}}
+    )
+    assert response.status_code == 400, response.text
+    assert error_of(response)["param"] == field
+
+
+def test_a_nul_in_a_batch_file_or_its_name_is_a_400(gateway: str, keys: dict[str, str]) -> None:
+    line = json.dumps(
+        {"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": "front", "input": "x"}}
+    )
+    for name, content in (("batch.jsonl", f"{line}\n\x00\n"), ("bad\x00name.jsonl", f"{line}\n")):
+        # Written by hand: a client library would escape the NUL in the name; a hostile one sends it as it is.
+        body = (
+            f'--edge\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            f'--edge\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: application/jsonl\r\n\r\n{content}\r\n--edge--\r\n"
+        ).encode()
+        headers = {**auth(keys["acme"]), "Content-Type": "multipart/form-data; boundary=edge"}
+        response = httpx.post(f"{gateway}/v1/files", headers=headers, content=body)
+        assert response.status_code == 400 and error_of(response)["param"] == "file", response.text
+    # A NUL written as JSON's escape is text: the file is kept, and the line that holds it is refused alone.
+    escaped = json.dumps(
+        {
+            "custom_id": "nul\u0000id",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "front", "input": "\u0000"},
+        }
+    )
+    files = {"file": ("escaped.jsonl", f"{line}\n{escaped}\n".encode(), "application/jsonl")}
+    uploaded = httpx.post(f"{gateway}/v1/files", headers=auth(keys["acme"]), data={"purpose": "batch"}, files=files)
+    assert uploaded.status_code == 200, uploaded.text
+    batch = httpx.post(
+        f"{gateway}/v1/batches",
+        headers=auth(keys["acme"]),
+        json={"input_file_id": uploaded.json()["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"},
+    )
+    assert batch.status_code == 200, batch.text
+    assert batch.json()["request_counts"]["total"] == 2
