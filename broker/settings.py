@@ -193,8 +193,10 @@ def check_environment(variables: Mapping[str, str | None]) -> None:
         name for name in (key.upper() for key in variables) if name.startswith(PREFIX) and name not in known
     )
     if unknown:
-        closest = difflib.get_close_matches(unknown[0], sorted(known), n=1, cutoff=0.6)
-        hint = f"; did you mean {closest[0]}?" if closest else " (the README's Configuration lists them)"
+        # Compared without the prefix every name shares, which would make any two look alike.
+        suffixes = sorted(name.removeprefix(PREFIX) for name in known)
+        closest = difflib.get_close_matches(unknown[0].removeprefix(PREFIX), suffixes, n=1, cutoff=0.6)
+        hint = f"; did you mean {PREFIX}{closest[0]}?" if closest else " (the README's Configuration lists them)"
         raise ConfigurationError(f"{unknown[0]}: no such setting{hint}")
     given = {key.upper() for key, value in variables.items() if value}
     fleet = [name for name in FLEET if name in given]

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine
+from sqlalchemy.exc import DataError
 
 from broker.catalogue import Catalogue, GenerationDefaults
 from broker.settings import Settings
@@ -359,3 +360,47 @@ def test_a_group_leaves_a_job_another_thread_runs_to_that_thread(cluster: Cluste
     assert cluster.backend.calls == [("e/a", 2)]
     assert cluster.runtime.store.attempts(job_ids[1]) == []
     assert cluster.runtime.running.claim(job_ids) == [job_ids[0], job_ids[2]]  # the group released its own
+
+
+REFUSED = DataError("INSERT …", {}, Exception("invalid byte sequence for encoding"))
+
+
+@pytest.mark.parametrize(
+    ("write", "script"),
+    [
+        ("succeed", {}),  # (the record the database refuses, and what the model does)
+        ("fail_attempt", {"m/a": [Unauthorised("401")]}),
+    ],
+    ids=["its success", "its failed attempt"],
+)
+def test_an_outcome_the_database_refuses_ends_the_job_failed_with_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: str, script: dict[str, list[Step]]
+) -> None:
+    cluster = make_cluster(tmp_path, script)
+    job_id = cluster.submit({**GENERATE, "fallback": "none"})
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise REFUSED
+
+    monkeypatch.setattr(cluster.runtime.store, write, refuse)
+    assert cluster.drive(job_id) == [Status.FAILED]
+    job = cluster.runtime.store.get(job_id)
+    assert job is not None and job.status == Status.FAILED
+    assert job.error == "its outcome could not be recorded (Exception: invalid byte sequence for encoding)"
+    assert Status.RUNNING not in [status for _, status in cluster.path(job_id)]  # no attempt left open
+
+
+def test_a_group_whose_record_is_refused_is_recorded_job_by_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = make_cluster(tmp_path, {})
+    ids = [cluster.submit({"kind": "embed", "input": f"text {n}", "use_cache": False}) for n in range(3)]
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise REFUSED
+
+    monkeypatch.setattr(cluster.runtime.store, "succeed_group", refuse)
+    messages = [JobMessage(job_id, None) for job_id in ids]
+    assert run_jobs(cluster.runtime, "embed", messages, "worker-1", cluster.reschedule) == [Status.SUCCEEDED] * 3
+    assert cluster.backend.calls == [("e/a", 3)]  # one shared call; only its record went job by job
+    assert all(cluster.path(job_id) == [("e/a", "succeeded")] for job_id in ids)

@@ -6,7 +6,7 @@ import pytest
 
 from broker.catalogue import load_catalogue, parse_catalogue
 from broker.queues import message_priority, tier_queues
-from broker.routing import auto_tier, route
+from broker.routing import auto_tier, nearest_served_tier, route
 from tasks.errors import ConfigurationError, InvalidRequest
 from tasks.schemas import parse_request
 
@@ -152,3 +152,18 @@ def test_priority_is_checked() -> None:
     with pytest.raises(InvalidRequest, match="priority"):
         parse_request({"kind": "embed", "input": "x", "priority": 10})
     assert parse_request({"kind": "embed", "input": "x", "priority": 9}).priority == 9
+
+
+SERVED: list[tuple[str, frozenset[str], str]] = [
+    # (the tier the guide's rule picks, the queues some worker consumes, where auto goes)
+    ("quality", frozenset({"fast", "balanced", "quality"}), "quality"),
+    ("quality", frozenset({"fast", "balanced"}), "balanced"),  # no GPU worker: the nearest served tier
+    ("quality", frozenset({"fast.bulk"}), "fast"),  # a lane of it is served
+    ("balanced", frozenset({"fast", "quality"}), "fast"),  # as near either way: the faster one
+    ("fast", frozenset(), "fast"),  # nothing served: it stays, and waits for a worker
+]
+
+
+@pytest.mark.parametrize(("chosen", "served", "tier"), SERVED)
+def test_auto_goes_to_the_nearest_tier_a_worker_serves(chosen: str, served: frozenset[str], tier: str) -> None:
+    assert nearest_served_tier(chosen, "generate", CATALOGUE, served) == tier

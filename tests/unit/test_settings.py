@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from broker.settings import Settings
+from broker.settings import Settings, check_environment
+from tasks.errors import ConfigurationError
 
 
 def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,3 +79,29 @@ def test_the_sweeper_and_retention_settings_have_safe_defaults(monkeypatch: pyte
     assert settings.lost_message_after_s >= 600  # a backlog is not taken for a loss
     with pytest.raises(ValueError, match="retention_days"):
         Settings(retention_days=0)
+
+
+FLEET = {"LLM_ROUTER_BROKER_URL": "redis://r/0", "LLM_ROUTER_DATABASE_URL": "postgresql://d/x"}
+ENVIRONMENTS: list[tuple[dict[str, str], str | None]] = [
+    # (the environment, what the refusal says; None: accepted)
+    ({}, None),  # the embedded mode
+    (FLEET, None),
+    ({"LLM_ROUTER_BROKER_ULR": "x"}, "LLM_ROUTER_BROKER_ULR: no such setting; did you mean LLM_ROUTER_BROKER_URL?"),
+    ({"llm_router_cache_ttl": "5"}, "LLM_ROUTER_CACHE_TTL: no such setting; did you mean LLM_ROUTER_CACHE_TTL_S?"),
+    ({"LLM_ROUTER_ZZZ": "1"}, "LLM_ROUTER_ZZZ: no such setting (the README's"),  # nothing close
+    ({"LLM_ROUTER_BROKER_URL": "redis://r/0"}, "LLM_ROUTER_BROKER_URL is set but LLM_ROUTER_DATABASE_URL is not"),
+    ({"LLM_ROUTER_DATABASE_URL": "postgresql://"}, "LLM_ROUTER_DATABASE_URL is set but LLM_ROUTER_BROKER_URL is not"),
+    ({"LLM_ROUTER_REDIS_URL": "redis://r/1"}, "LLM_ROUTER_REDIS_URL is set but neither"),  # a fleet's Redis alone
+    ({"LLM_ROUTER_BROKER_URL": "", "LLM_ROUTER_DATABASE_URL": ""}, None),  # empty is not set
+    ({"HF_TOKEN": "hf_x", "LLM_ROUTER_FLOWER_BASIC_AUTH": "a:b", "LLM_ROUTER_GATEWAY_ADDRESS": "h:1"}, None),
+]
+
+
+@pytest.mark.parametrize(("variables", "refusal"), ENVIRONMENTS)
+def test_the_environment_is_refused_when_it_would_fail_silently(variables: dict[str, str], refusal: str | None) -> None:
+    if refusal is None:
+        check_environment(variables)
+        return
+    with pytest.raises(ConfigurationError) as raised:
+        check_environment(variables)
+    assert str(raised.value).startswith(refusal)
