@@ -104,6 +104,7 @@ def check_schema(engine: Engine) -> None:
     from alembic.script import ScriptDirectory
 
     current, wanted = schema_revision(engine), head_revision()
+    engine.dispose()  # the connection it took is closed: an engine made and dropped unused holds none
     if current == wanted:
         return
     where = engine.url.render_as_string(hide_password=True)

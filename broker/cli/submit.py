@@ -105,14 +105,21 @@ def submit(
             request["text"] = list(text)  # lets validation name the unknown kind first
         if stream:
             request["stream"] = True
-        router = Router()
-        job = router.submit(request)
     except (InvalidRequest, ConfigurationError) as exc:
         fail(str(exc), code=EXIT_INVALID, as_json=as_json)
-    if stream and not as_json:
-        _print_stream(job, timeout)
-        return
-    _finish(job, wait or stream, timeout, as_json)
+    try:
+        router = Router()
+    except ConfigurationError as exc:
+        fail(str(exc), code=EXIT_INVALID, as_json=as_json)
+    with router:
+        try:
+            job = router.submit(request)
+        except InvalidRequest as exc:
+            fail(str(exc), code=EXIT_INVALID, as_json=as_json)
+        if stream and not as_json:
+            _print_stream(job, timeout)
+            return
+        _finish(job, wait or stream, timeout, as_json)
 
 
 def _print_stream(job: Job, timeout: float) -> None:
