@@ -49,12 +49,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Request = GenerateRequest | EmbedRequest | ClassifyRequest
-# What a worker waits out rather than blames on a job: the database, the shared Redis or the broker down. The
-# message is handed back with a countdown; anything else that stops a job's outcome being recorded ends it.
-INFRASTRUCTURE = (*DATABASE_UNAVAILABLE, RedisError, BrokerUnavailable)
 Result = GenerateResult | EmbedResult | ClassifyResult
 # (job id, queue, where to resume, seconds to wait): publishes the job again.
 Reschedule = Callable[[str, str, Cursor, float, int | None], None]  # job, queue, cursor, delay, priority
+# What a worker waits out rather than blames on a job: the database, the shared Redis or the broker down. The
+# message is handed back with a countdown; anything else that stops a job's outcome being recorded ends it.
+INFRASTRUCTURE = (*DATABASE_UNAVAILABLE, RedisError, BrokerUnavailable)
 
 
 def record_health(cooldowns: Cooldowns, model_id: str, *, ok: bool) -> bool:
