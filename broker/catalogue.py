@@ -13,9 +13,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from broker.pipelines import PipelineSpec, guide_pipeline
-from tasks.errors import ConfigurationError
-from tasks.schemas import Kind
+from llm_router.broker.pipelines import PipelineSpec, guide_pipeline
+from llm_router.tasks.errors import ConfigurationError
+from llm_router.tasks.schemas import Kind
 
 Provider = Literal["local", "hf-inference", "openai", "tei", "echo"]
 Pool = Literal["cpu", "gpu", "remote"]  # remote: models behind HTTP APIs, called from a threads pool
@@ -164,7 +164,7 @@ def parse_catalogue(text: str, source: str) -> Catalogue:
 def load_catalogue(path: Path | None) -> Catalogue:
     """The catalogue at ``path``, or the built-in one when ``path`` is None."""
     if path is None:
-        text = resources.files("broker").joinpath("catalogue.toml").read_text(encoding="utf-8")
+        text = resources.files("llm_router.broker").joinpath("catalogue.toml").read_text(encoding="utf-8")
         return parse_catalogue(text, "built-in catalogue")
     try:
         text = path.read_text(encoding="utf-8")

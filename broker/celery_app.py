@@ -11,20 +11,20 @@ from typing import Any
 
 from celery import Celery
 
-from broker.catalogue import Catalogue, load_catalogue
-from broker.embedded_broker import CORRUPT_FOLDER
-from broker.queues import EXCHANGE, is_amqp, tier_queues
-from broker.redis_publish import RedisPublisher, publishes_directly
-from broker.settings import Settings
-from tasks.limits import MAX_PRIORITY
+from llm_router.broker.catalogue import Catalogue, load_catalogue
+from llm_router.broker.embedded_broker import CORRUPT_FOLDER
+from llm_router.broker.queues import EXCHANGE, is_amqp, tier_queues
+from llm_router.broker.redis_publish import RedisPublisher, publishes_directly
+from llm_router.broker.settings import Settings
+from llm_router.tasks.limits import MAX_PRIORITY
 
-EMBEDDED_TRANSPORT = "broker.embedded_broker:Transport"
-REDIS_TRANSPORT = "broker.redis_transport:Transport"
+EMBEDDED_TRANSPORT = "llm_router.broker.embedded_broker:Transport"
+REDIS_TRANSPORT = "llm_router.broker.redis_transport:Transport"
 
 
 def _transport(settings: Settings) -> str | None:
     """kombu's transports, but for the embedded mode's filesystem broker, made safe for a full disk, and a
-    plain Redis, whose refusal of writes at ``maxmemory`` is waited out (``broker.redis_transport``)."""
+    plain Redis, whose refusal of writes at ``maxmemory`` is waited out (``llm_router.broker.redis_transport``)."""
     if settings.uses_embedded_broker:
         return EMBEDDED_TRANSPORT
     return REDIS_TRANSPORT if settings.resolved_broker_url.startswith("redis://") else None
@@ -40,7 +40,7 @@ class RouterCelery(Celery):
 
     @property
     def redis_publisher(self) -> RedisPublisher | None:
-        """What publishes job messages in one round trip, on a Redis broker (see ``broker.redis_publish``)."""
+        """What publishes job messages in one round trip, on a Redis broker (``llm_router.broker.redis_publish``)."""
         if self._redis_publisher is None and publishes_directly(self):
             with self._publisher_lock:
                 if self._redis_publisher is None:
@@ -84,7 +84,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings | None = None, catalogue: Catalogue | None = None) -> RouterCelery:
     settings = settings or Settings()
     catalogue = catalogue or load_catalogue(settings.config)
-    app = RouterCelery("llm_router", include=["workers.celery_tasks"])
+    app = RouterCelery("llm_router", include=["llm_router.workers.celery_tasks"])
     app.router_settings = settings
     app.catalogue = catalogue
     queues = tier_queues(catalogue, settings.resolved_broker_url)

@@ -1,7 +1,7 @@
 """The producer client that web backends import: ``Router`` submits jobs, ``Job`` follows one
-(``broker.async_client`` has the asyncio pair). Nothing here imports torch or transformers."""
+(``llm_router.broker.async_client`` has the asyncio pair). Nothing here imports torch or transformers."""
 
-from broker.jobs import Job, Result, UnknownJob, cancel_jobs
-from broker.router import BatchSubmission, EnqueueFailed, Requeue, Router
+from llm_router.broker.jobs import Job, Result, UnknownJob, cancel_jobs
+from llm_router.broker.router import BatchSubmission, EnqueueFailed, Requeue, Router
 
 __all__ = ["BatchSubmission", "EnqueueFailed", "Job", "Requeue", "Result", "Router", "UnknownJob", "cancel_jobs"]

@@ -13,15 +13,15 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from broker.packing import input_count
-from broker.publishing import Outgoing, send_together
-from broker.routing import Route
-from broker.settings import Settings
-from tasks.errors import InvalidRequest
-from tasks.records import RunStatus, aware
-from tasks.reports import ComparisonSummary, ModelAnswer, rank_answers, summarise_comparison
-from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest, Kind
-from tasks.store import JobStore, JobView, NewJob
+from llm_router.broker.packing import input_count
+from llm_router.broker.publishing import Outgoing, send_together
+from llm_router.broker.routing import Route
+from llm_router.broker.settings import Settings
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.records import RunStatus, aware
+from llm_router.tasks.reports import ComparisonSummary, ModelAnswer, rank_answers, summarise_comparison
+from llm_router.tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest, Kind
+from llm_router.tasks.store import JobStore, JobView, NewJob
 
 MAX_COMPARED_MODELS = 32
 

@@ -13,13 +13,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from broker.compare import Submitter, check_models
-from tasks.cases import MAX_CASE_FILE_BYTES, Case, parse_cases
-from tasks.errors import InvalidRequest
-from tasks.expectations import SimilarTo, Verdict
-from tasks.records import RunStatus
-from tasks.reports import CaseResult, EvaluationReport, evaluation_report
-from tasks.store import JobView
+from llm_router.broker.compare import Submitter, check_models
+from llm_router.tasks.cases import MAX_CASE_FILE_BYTES, Case, parse_cases
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.expectations import SimilarTo, Verdict
+from llm_router.tasks.records import RunStatus
+from llm_router.tasks.reports import CaseResult, EvaluationReport, evaluation_report
+from llm_router.tasks.store import JobView
 
 MAX_EVALUATED_MODELS = 8
 RUN_NAMESPACE = uuid.UUID("0b7f3c52-8f5e-5b8e-9a3c-6e1d2f4a7c90")  # a run's job ids, from its id

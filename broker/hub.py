@@ -28,8 +28,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from broker.settings import Settings
-from tasks.errors import HubUnavailable, InvalidRequest, ModelGated, ModelNotFound
+from llm_router.broker.settings import Settings
+from llm_router.tasks.errors import HubUnavailable, InvalidRequest, ModelGated, ModelNotFound
 
 SortKey = Literal["downloads", "likes", "trending", "created", "modified"]
 SORT_KEYS: tuple[str, ...] = get_args(SortKey)

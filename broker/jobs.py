@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 
 from redis.exceptions import RedisError
 
-from broker.notifications import SAFETY_POLL_S, DoneNotices
-from broker.streams import read_stream, stream_key
-from tasks.errors import (
+from llm_router.broker.notifications import SAFETY_POLL_S, DoneNotices
+from llm_router.broker.streams import read_stream, stream_key
+from llm_router.tasks.errors import (
     JobCancelled,
     JobExpired,
     JobFailed,
@@ -19,15 +19,15 @@ from tasks.errors import (
     JobTimeout,
     RouterError,
 )
-from tasks.records import WAITING_STATUSES, Status
-from tasks.schemas import (
+from llm_router.tasks.records import WAITING_STATUSES, Status
+from llm_router.tasks.schemas import (
     ClassifyResult,
     EmbedResult,
     GenerateResult,
     parse_result,
 )
-from tasks.store import AttemptView, Cancellation, JobStore, JobView
-from tasks.store.endings import past_deadline
+from llm_router.tasks.store import AttemptView, Cancellation, JobStore, JobView
+from llm_router.tasks.store.endings import past_deadline
 
 Result = GenerateResult | EmbedResult | ClassifyResult
 log = logging.getLogger(__name__)

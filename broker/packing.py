@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.store import NewJob
+from llm_router.tasks.store import NewJob
 
 
 @dataclass

@@ -15,14 +15,14 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
-from broker.catalogue import Catalogue
-from broker.packing import input_count
-from broker.pipelines import PipelineSpec, StepAnswer, step_answer, step_request, tone_of
-from broker.routing import route
-from tasks.errors import InvalidRequest
-from tasks.records import RunStatus, Status, aware
-from tasks.schemas import parse_request
-from tasks.store import JobStore, JobView, NewJob, RunView
+from llm_router.broker.catalogue import Catalogue
+from llm_router.broker.packing import input_count
+from llm_router.broker.pipelines import PipelineSpec, StepAnswer, step_answer, step_request, tone_of
+from llm_router.broker.routing import route
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.records import RunStatus, Status, aware
+from llm_router.tasks.schemas import parse_request
+from llm_router.tasks.store import JobStore, JobView, NewJob, RunView
 
 Publish = Callable[[str, str, str, int], None]  # job id, kind, queue, inputs
 STEP_NAMESPACE = uuid.UUID("5d0c1e7a-3b4f-5a92-8e61-7c2d9f0b4a13")

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from tasks.schemas import Kind
+from llm_router.tasks.schemas import Kind
 
 StepName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 Template = Annotated[str, StringConstraints(min_length=1, max_length=8_000)]

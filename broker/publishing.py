@@ -11,11 +11,11 @@ from typing import Any
 
 from celery import group
 
-from broker.catalogue import Catalogue
-from broker.packing import input_count
-from broker.queues import INPUTS_HEADER, TASK_NAMES, message_priority, queue_names
-from broker.redis_publish import TaskMessage
-from tasks.store import JobView
+from llm_router.broker.catalogue import Catalogue
+from llm_router.broker.packing import input_count
+from llm_router.broker.queues import INPUTS_HEADER, TASK_NAMES, message_priority, queue_names
+from llm_router.broker.redis_publish import TaskMessage
+from llm_router.tasks.store import JobView
 
 
 def send_job(
@@ -33,7 +33,8 @@ def send_bulk(app: Any, job_ids: list[str], kind: str, queue: str, inputs: int) 
 
 
 def _send(app: Any, message: TaskMessage, countdown: float = 0.0) -> None:
-    """On Redis in one ``LPUSH`` (``broker.redis_publish``); a countdown, or another broker, through Celery."""
+    """On Redis in one ``LPUSH`` (``llm_router.broker.redis_publish``); a countdown, or another broker, through
+    Celery."""
     publisher = getattr(app, "redis_publisher", None)
     if publisher is not None and not countdown:
         publisher.send(message)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from kombu import Exchange, Queue
 
-from broker.catalogue import Catalogue
-from broker.routing import Lane, lane_of, queue_for_tier
-from tasks.limits import MAX_PRIORITY
+from llm_router.broker.catalogue import Catalogue
+from llm_router.broker.routing import Lane, lane_of, queue_for_tier
+from llm_router.tasks.limits import MAX_PRIORITY
 
 EXCHANGE = Exchange("llm-router", type="direct", durable=True)
 
@@ -67,4 +67,7 @@ def message_priority(priority: int | None, queue: str, broker_url: str) -> int |
 # A message header with the number of texts its jobs run through the model (absent: one).
 INPUTS_HEADER = "llm_router_inputs"
 
-TASK_NAMES = {"generate": "tasks.generate", "embed": "tasks.embed", "classify": "tasks.classify"}
+TASK_NAMES = {"generate": "llm_router.generate", "embed": "llm_router.embed", "classify": "llm_router.classify"}
+# The names before the package was llm_router: messages queued under them still run (kept for one release).
+LEGACY_TASK_NAMES = {"generate": "tasks.generate", "embed": "tasks.embed", "classify": "tasks.classify"}
+KIND_OF_TASK = {name: kind for names in (TASK_NAMES, LEGACY_TASK_NAMES) for kind, name in names.items()}

@@ -4,7 +4,7 @@ Celery's ``send_task`` reaches Redis through kombu's producer pool, its retry wr
 object per message: 0.5 ms of the producer's time for an ``LPUSH`` that takes 0.07 ms. Here Celery still
 builds the task message (its protocol, its headers); the envelope around it is the one kombu's Redis
 transport writes (base64 body, delivery info, a delivery tag), and one ``LPUSH`` puts it on the list of its
-priority step, where kombu's consumer and ``workers.redis_take`` look for it. A message with a countdown, or
+priority step, where kombu's consumer and ``llm_router.workers.redis_take`` look for it. A message with a countdown, or
 any message on another broker, still goes through ``send_task``.
 """
 
@@ -20,7 +20,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from broker.queues import INPUTS_HEADER, redis_lists
+from llm_router.broker.queues import INPUTS_HEADER, redis_lists
 
 # As kombu's publish does by default: a dropped connection (a Redis restart) is tried again three times,
 # for about half a second in all, before the producer is told the message was not sent.

@@ -14,30 +14,30 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from broker.catalogue import Catalogue, load_catalogue
-from broker.celery_app import RouterCelery, create_app
-from broker.compare import Comparison, compare
-from broker.consumers import ServedQueues, unserved_note
-from broker.evaluation import Evaluation, evaluate, load_cases
-from broker.hub import Hub, ModelDetails, ModelSummary, SearchQuery, SortKey
-from broker.jobs import Job, UnknownJob, cancel_jobs
-from broker.notifications import DoneNotices
-from broker.packing import input_count, pack
-from broker.pipeline_runs import PipelineResult, read_pipeline, start_pipeline
-from broker.publishing import recovery_queue, send_again, send_bulk, send_job
-from broker.queues import queue_names
-from broker.routing import AUTO, Route, queue_for_tier, route
-from broker.settings import Settings
-from broker.webhooks import allowed_networks, check_callback_url
-from tasks.cache import cache_key
-from tasks.cases import Case
-from tasks.database import check_schema, make_engine, upgrade
-from tasks.errors import (
+from llm_router.broker.catalogue import Catalogue, load_catalogue
+from llm_router.broker.celery_app import RouterCelery, create_app
+from llm_router.broker.compare import Comparison, compare
+from llm_router.broker.consumers import ServedQueues, unserved_note
+from llm_router.broker.evaluation import Evaluation, evaluate, load_cases
+from llm_router.broker.hub import Hub, ModelDetails, ModelSummary, SearchQuery, SortKey
+from llm_router.broker.jobs import Job, UnknownJob, cancel_jobs
+from llm_router.broker.notifications import DoneNotices
+from llm_router.broker.packing import input_count, pack
+from llm_router.broker.pipeline_runs import PipelineResult, read_pipeline, start_pipeline
+from llm_router.broker.publishing import recovery_queue, send_again, send_bulk, send_job
+from llm_router.broker.queues import queue_names
+from llm_router.broker.routing import AUTO, Route, queue_for_tier, route
+from llm_router.broker.settings import Settings
+from llm_router.broker.webhooks import allowed_networks, check_callback_url
+from llm_router.tasks.cache import cache_key
+from llm_router.tasks.cases import Case
+from llm_router.tasks.database import check_schema, make_engine, upgrade
+from llm_router.tasks.errors import (
     InvalidRequest,
     RouterError,
 )
-from tasks.records import UNSENT, WAITING_STATUSES, Status, aware
-from tasks.schemas import (
+from llm_router.tasks.records import UNSENT, WAITING_STATUSES, Status, aware
+from llm_router.tasks.schemas import (
     ClassifyRequest,
     EmbedRequest,
     GenerateRequest,
@@ -45,7 +45,7 @@ from tasks.schemas import (
     parse_request,
     web_address,
 )
-from tasks.store import Cancellation, JobStore, JobView, NewJob, WebhookView
+from llm_router.tasks.store import Cancellation, JobStore, JobView, NewJob, WebhookView
 
 
 class EnqueueFailed(RouterError):
@@ -391,7 +391,7 @@ class Router:
         requests again records nothing twice; jobs already recorded but still queued are published again.
         An ``idempotency_key`` derives the batch id and the job ids from itself: the same key names the same
         batch and jobs for as long as they are kept. With a ``callback_url``, the worker that ends the batch's
-        last job POSTs the batch's counts there (signed; see ``broker.webhooks``).
+        last job POSTs the batch's counts there (signed; see ``llm_router.broker.webhooks``).
         """
         key = _idempotency_key(idempotency_key)
         if key is not None and tenant is not None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from broker.catalogue import Catalogue
-from tasks.errors import InvalidRequest
-from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest, Kind
+from llm_router.broker.catalogue import Catalogue
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest, Kind
 
 AUTO = "auto"
 # The seed's selectOptimalModel thresholds: (prompt characters, max_tokens) strictly below → tier index.

@@ -18,7 +18,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from tasks.errors import ConfigurationError
+from llm_router.tasks.errors import ConfigurationError
 
 DEFAULT_HF_BASE_URL = "https://router.huggingface.co/hf-inference"
 
@@ -196,7 +196,7 @@ def check_environment(variables: Mapping[str, str | None]) -> None:
         # Compared without the prefix every name shares, which would make any two look alike.
         suffixes = sorted(name.removeprefix(PREFIX) for name in known)
         closest = difflib.get_close_matches(unknown[0].removeprefix(PREFIX), suffixes, n=1, cutoff=0.6)
-        hint = f"; did you mean {PREFIX}{closest[0]}?" if closest else " (the README's Configuration lists them)"
+        hint = f"; did you mean {PREFIX}{closest[0]}?" if closest else " (docs/configuration.md lists them)"
         raise ConfigurationError(f"{unknown[0]}: no such setting{hint}")
     given = {key.upper() for key, value in variables.items() if value}
     fleet = [name for name in FLEET if name in given]

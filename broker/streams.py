@@ -13,7 +13,7 @@ from typing import Any, cast
 import redis
 import redis.asyncio as aioredis
 
-from tasks.errors import StreamRestarted
+from llm_router.tasks.errors import StreamRestarted
 
 KEY_PREFIX = "llm-router:stream:"
 MAX_ENTRIES = 10_000

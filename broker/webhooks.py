@@ -21,7 +21,7 @@ import socket
 import time
 from urllib.parse import urlsplit
 
-from tasks.errors import InvalidRequest
+from llm_router.tasks.errors import InvalidRequest
 
 SIGNATURE_HEADER = "X-LLM-Router-Signature"
 EVENT_HEADER = "X-LLM-Router-Event"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
+from llm_router.tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
 
 HANDLING_FIELDS = frozenset(
     {"use_cache", "batch_id", "fallback", "deadline_s", "stream", "priority", "callback_url", "batch_callback"}

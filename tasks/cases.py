@@ -22,9 +22,18 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from tasks.errors import InvalidRequest
-from tasks.expectations import AnyOf, Contains, Expectation, HasLabel, Matches, SimilarTo, UnsafePattern, safe_pattern
-from tasks.schemas import invalid_request
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.expectations import (
+    AnyOf,
+    Contains,
+    Expectation,
+    HasLabel,
+    Matches,
+    SimilarTo,
+    UnsafePattern,
+    safe_pattern,
+)
+from llm_router.tasks.schemas import invalid_request
 
 MAX_CASES = 10_000
 MAX_CASE_FILE_BYTES = 16 * 2**20

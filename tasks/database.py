@@ -12,8 +12,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from tasks.errors import SchemaNotCurrent
-from tasks.storable import storable_json
+from llm_router.tasks.errors import SchemaNotCurrent
+from llm_router.tasks.storable import storable_json
 
 # A job that waits for a free connection waits this long before its message is handed back for later.
 POOL_WAIT_S = 300.0
@@ -23,7 +23,7 @@ def json_text(value: Any) -> str:
     """The JSON columns' serializer: orjson writes an embedding's 384 floats in 7 µs where the standard
     library takes 88 µs, and every result, request and usage row passes through it. Keys that are not
     strings are written as strings, as ``json.dumps`` writes them; a NUL in any string is written by the
-    store's one rule (``tasks.storable``), looked for in the encoded text so that the usual value costs
+    store's one rule (``llm_router.tasks.storable``), looked for in the encoded text so that the usual value costs
     one scan."""
     encoded = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
     if b"\\u0000" in encoded:
@@ -68,7 +68,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def alembic_config() -> Config:
     config = Config()
-    config.set_main_option("script_location", str(resources.files("tasks").joinpath("migrations")))
+    config.set_main_option("script_location", str(resources.files("llm_router.tasks").joinpath("migrations")))
     return config
 
 

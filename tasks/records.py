@@ -11,7 +11,7 @@ from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tasks.storable import StorableString, StorableText
+from llm_router.tasks.storable import StorableString, StorableText
 
 JsonColumn = JSON().with_variant(JSONB(), "postgresql")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from xml.etree import ElementTree
 
-from tasks.records import UNFINISHED_STATUSES
+from llm_router.tasks.records import UNFINISHED_STATUSES
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Request and result schemas: the edge where untrusted input becomes typed data.
 
 Requests are strict (no silent coercion, no unknown fields, no NaN) and every limit lives in
-``tasks.limits`` so that the error text names the field and the limit it broke.
+``llm_router.tasks.limits`` so that the error text names the field and the limit it broke.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from tasks import limits
-from tasks.errors import InvalidRequest
+from llm_router.tasks import limits
+from llm_router.tasks.errors import InvalidRequest
 
 Kind: TypeAlias = Literal["generate", "embed", "classify"]
 KINDS: tuple[Kind, ...] = ("generate", "embed", "classify")

@@ -16,8 +16,8 @@ import redis
 from kombu import Connection, Exchange, Producer
 from sqlalchemy import create_engine, text
 
-from broker.client import Router
-from broker.settings import Settings
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
 from ops.bench.database import bench_database
 from ops.bench.faults import kill_whole
 from tests.support.brokers import priority_keys
@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
-    from workers.bundled.prepare import prepare_models
+    from llm_router.workers.bundled.prepare import prepare_models
 
     folder = Settings().models_dir
     prepare_models(folder)
@@ -232,7 +232,7 @@ def start_worker(
             *wrapper,
             sys.executable,
             "-m",
-            "broker.cli.main",
+            "llm_router.cli.main",
             "worker",
             "--pool",
             "cpu",

@@ -6,7 +6,7 @@ import uuid
 
 import redis
 
-from tasks.store import JobStore
+from llm_router.tasks.store import JobStore
 
 EPOCH_KEY = "llm-router:broker-epoch"
 

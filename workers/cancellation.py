@@ -18,7 +18,7 @@ from contextvars import ContextVar
 import redis
 from redis.exceptions import RedisError
 
-from broker.notifications import CANCEL_CHANNEL
+from llm_router.broker.notifications import CANCEL_CHANNEL
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""The Celery tasks ``tasks.generate``, ``tasks.embed`` and ``tasks.classify``.
+"""The Celery tasks ``llm_router.generate``, ``llm_router.embed`` and ``llm_router.classify`` (and, for one
+release, the same under their former names ``tasks.generate`` …).
 
 Each takes the job id (and, from hand-written producers, optionally the request). The body parses the
-message and hands the job to ``workers.execution``; a bad message is recorded and acknowledged, never
+message and hands the job to ``llm_router.workers.execution``; a bad message is recorded and acknowledged, never
 raised, so a worker keeps serving whatever arrives.
 """
 
@@ -22,25 +23,25 @@ from celery import Task, shared_task, signals
 from celery.worker.control import inspect_command
 from redis.exceptions import RedisError
 
-from broker.pipeline_runs import advance
-from broker.publishing import broker_priority, send_job
-from broker.queues import INPUTS_HEADER, TASK_NAMES
-from broker.routing import lane_of, queue_for_tier
-from tasks.records import Status
-from tasks.schemas import Kind
-from tasks.store import DATABASE_UNAVAILABLE, WebhookView
-from workers.draining import Drained, Drainer, Take, inputs_of
-from workers.execution import Reschedule, cause_of
-from workers.groups import inputs_per_call, run_jobs
-from workers.heartbeat import ServingHeartbeat
-from workers.interludes import interludes
-from workers.job_end import Ended, after_final
-from workers.log_limits import Throttle
-from workers.messages import BadBulkMessage, BadMessage, Cursor, JobMessage, parse_messages
-from workers.webhooks import WEBHOOK_TASK, Webhooks, webhook_task_id
+from llm_router.broker.pipeline_runs import advance
+from llm_router.broker.publishing import broker_priority, send_job
+from llm_router.broker.queues import INPUTS_HEADER, LEGACY_TASK_NAMES, TASK_NAMES
+from llm_router.broker.routing import lane_of, queue_for_tier
+from llm_router.tasks.records import Status
+from llm_router.tasks.schemas import Kind
+from llm_router.tasks.store import DATABASE_UNAVAILABLE, WebhookView
+from llm_router.workers.draining import Drained, Drainer, Take, inputs_of
+from llm_router.workers.execution import Reschedule, cause_of
+from llm_router.workers.groups import inputs_per_call, run_jobs
+from llm_router.workers.heartbeat import ServingHeartbeat
+from llm_router.workers.interludes import interludes
+from llm_router.workers.job_end import Ended, after_final
+from llm_router.workers.log_limits import Throttle
+from llm_router.workers.messages import BadBulkMessage, BadMessage, Cursor, JobMessage, parse_messages
+from llm_router.workers.webhooks import LEGACY_WEBHOOK_TASK, WEBHOOK_TASK, Webhooks, webhook_task_id
 
 if TYPE_CHECKING:
-    from workers.runtime import WorkerProfile, WorkerRuntime
+    from llm_router.workers.runtime import WorkerProfile, WorkerRuntime
 
 log = logging.getLogger(__name__)
 DB_RETRY_S = 5
@@ -59,7 +60,7 @@ def current_runtime(app: Any) -> WorkerRuntime:
         runtime = _runtimes.get(os.getpid())
         if runtime is None:
             # Imported here: the Celery app loads this module in every process, and the runtime may bring torch.
-            from workers.runtime import WorkerProfile, build_runtime
+            from llm_router.workers.runtime import WorkerProfile, build_runtime
 
             profile = getattr(app, "worker_profile", None) or WorkerProfile()
             runtime = build_runtime(app.router_settings, app.catalogue, profile)
@@ -102,11 +103,11 @@ def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
         return
     import redis
 
-    from broker.publishing import recovery_queue, send_again
-    from broker.queues import queue_names
-    from workers.broker_mark import BrokerMark
-    from workers.held_messages import HeldMessages
-    from workers.sweeper import Retain, Sweeper
+    from llm_router.broker.publishing import recovery_queue, send_again
+    from llm_router.broker.queues import queue_names
+    from llm_router.workers.broker_mark import BrokerMark
+    from llm_router.workers.held_messages import HeldMessages
+    from llm_router.workers.sweeper import Retain, Sweeper
 
     client = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
     broker = settings.resolved_broker_url
@@ -239,7 +240,7 @@ def _summary(outcomes: list[Status]) -> str:
 
 def _interactive_interlude(task: JobTask, runtime: WorkerRuntime) -> Callable[[], None] | None:
     """What a bulk model call runs between its passes on a worker that also serves interactive queues: the
-    interactive jobs waiting there, taken and run at once (see ``workers.interludes``)."""
+    interactive jobs waiting there, taken and run at once (see ``llm_router.workers.interludes``)."""
     consumed = list(task.app.amqp.queues.consume_from or task.app.amqp.queues)
     queues = [queue for queue in consumed if lane_of(queue) == "interactive"]
     if not queues:
@@ -312,7 +313,9 @@ _drainers_lock = threading.Lock()
 # Taking messages holds a broker connection from the take until its jobs are recorded: the remote pool keeps
 # a few for its many threads, so that many batched HTTP calls are in flight at once.
 REMOTE_DRAINING_CONNECTIONS = 8
-REMOTE_BATCHED_TASKS = frozenset({TASK_NAMES["embed"], TASK_NAMES["classify"]})
+REMOTE_BATCHED_TASKS = frozenset(
+    names[kind] for names in (TASK_NAMES, LEGACY_TASK_NAMES) for kind in ("embed", "classify")
+)
 
 
 def _drainer(app: Any, profile: WorkerProfile) -> Drainer:
@@ -325,7 +328,6 @@ def _drainer(app: Any, profile: WorkerProfile) -> Drainer:
         return drainer
 
 
-@shared_task(bind=True, base=JobTask, name=WEBHOOK_TASK)
 def webhook(self: JobTask, *args: Any, **kwargs: Any) -> str:
     """One delivery of a completion webhook, handed to the process's sender (it returns at once: the slot is
     free for model jobs while the delivery waits on the network). Never raises for a bad message: it is logged
@@ -342,19 +344,21 @@ def webhook(self: JobTask, *args: Any, **kwargs: Any) -> str:
         raise self.retry(countdown=DB_RETRY_S, max_retries=None) from None
 
 
-@shared_task(bind=True, base=JobTask, name="tasks.generate")
-def generate(self: JobTask, *args: Any, **kwargs: Any) -> str:
-    return _handle(self, "generate", args, kwargs)
+def _job_task(kind: Kind) -> Callable[..., str]:
+    def run(self: JobTask, *args: Any, **kwargs: Any) -> str:
+        return _handle(self, kind, args, kwargs)
+
+    run.__name__ = run.__qualname__ = kind
+    return run
 
 
-@shared_task(bind=True, base=JobTask, name="tasks.embed")
-def embed(self: JobTask, *args: Any, **kwargs: Any) -> str:
-    return _handle(self, "embed", args, kwargs)
-
-
-@shared_task(bind=True, base=JobTask, name="tasks.classify")
-def classify(self: JobTask, *args: Any, **kwargs: Any) -> str:
-    return _handle(self, "classify", args, kwargs)
+# Each task under its name, and under the one it had before the package was llm_router (kept for one release:
+# messages queued by an older producer still run).
+for _name in (WEBHOOK_TASK, LEGACY_WEBHOOK_TASK):
+    shared_task(bind=True, base=JobTask, name=_name)(webhook)
+for _kind in ("generate", "embed", "classify"):
+    for _name in (TASK_NAMES[_kind], LEGACY_TASK_NAMES[_kind]):
+        shared_task(bind=True, base=JobTask, name=_name)(_job_task(_kind))  # type: ignore[arg-type]
 
 
 def _main_pid() -> int:
@@ -363,7 +367,7 @@ def _main_pid() -> int:
 
 
 def publish_state(runtime: WorkerRuntime) -> None:
-    from workers.state import publish
+    from llm_router.workers.state import publish
 
     profile = runtime.profile
     publish(
@@ -411,7 +415,7 @@ def llm_router_info(state: Any) -> dict[str, Any]:
     pool), and per process its device, loaded models and memory."""
     from celery.worker import state as worker_state
 
-    from workers.state import collect
+    from llm_router.workers.state import collect
 
     consumer = state.consumer
     queues = sorted(queue.name for queue in consumer.task_consumer.queues) if consumer.task_consumer else []

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import redis
 
-from broker.counters import COOLDOWN_PREFIX
+from llm_router.broker.counters import COOLDOWN_PREFIX
 
 HEALTH_WINDOW_S = 60.0
 

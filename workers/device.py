@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from tasks.errors import ConfigurationError
+from llm_router.tasks.errors import ConfigurationError
 
 if TYPE_CHECKING:
     import torch

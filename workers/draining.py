@@ -24,11 +24,10 @@ from typing import Any
 
 from kombu.message import Message
 
-from broker.queues import INPUTS_HEADER, TASK_NAMES
-from workers.redis_take import RedisTake, supports
+from llm_router.broker.queues import INPUTS_HEADER, KIND_OF_TASK, TASK_NAMES
+from llm_router.workers.redis_take import RedisTake, supports
 
 log = logging.getLogger(__name__)
-KIND_OF_TASK = {name: kind for kind, name in TASK_NAMES.items()}
 
 
 @dataclass
@@ -38,6 +37,7 @@ class Drained:
     kwargs: dict[str, Any]
     task_id: str | None
     message: Any
+    name: str = ""  # the task name the message carried (a former one, from an older producer, included)
 
     def ack(self) -> None:
         _settle(self.message, "ack")
@@ -236,7 +236,7 @@ class Drainer:
             _settle(message, "ack")  # what Celery does with content it refuses
             return None
         args, kwargs, _ = body
-        return Drained(kind, tuple(args), kwargs, headers.get("id"), message)
+        return Drained(kind, tuple(args), kwargs, headers.get("id"), message, name)
 
     def report(self, drained: list[Drained], hostname: str | None, outcome: str, runtime_s: float) -> None:
         """Tell monitors (Flower) that the drained messages ran, as Celery does for the ones it delivers: the
@@ -259,7 +259,7 @@ class Drainer:
                     dispatcher.send(
                         "task-received",
                         uuid=item.task_id,
-                        name=TASK_NAMES[item.kind],
+                        name=item.name or TASK_NAMES[item.kind],
                         args=repr(list(item.args)),
                         kwargs=repr(item.kwargs),
                         retries=0,

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from redis.exceptions import RedisError
 
-from broker.counters import count_deferral
-from broker.routing import Route, chain_for, lane_of, queue_for_tier, route
-from tasks.cache import cache_key
-from tasks.errors import InvalidRequest, RouterError
-from tasks.records import WAITING_STATUSES, Status
-from tasks.schemas import (
+from llm_router.broker.counters import count_deferral
+from llm_router.broker.routing import Route, chain_for, lane_of, queue_for_tier, route
+from llm_router.tasks.cache import cache_key
+from llm_router.tasks.errors import InvalidRequest, RouterError
+from llm_router.tasks.records import WAITING_STATUSES, Status
+from llm_router.tasks.schemas import (
     ClassifyRequest,
     ClassifyResult,
     EmbedRequest,
@@ -35,16 +35,16 @@ from tasks.schemas import (
     Kind,
     parse_request,
 )
-from tasks.store import DATABASE_UNAVAILABLE, Busy, JobStore, JobView
-from workers.cancellation import STOP_REQUESTED
-from workers.job_end import Ended, after_final
-from workers.messages import Cursor, JobMessage
-from workers.retry import Action, after_chain
-from workers.streaming import DELTAS
+from llm_router.tasks.store import DATABASE_UNAVAILABLE, Busy, JobStore, JobView
+from llm_router.workers.cancellation import STOP_REQUESTED
+from llm_router.workers.job_end import Ended, after_final
+from llm_router.workers.messages import Cursor, JobMessage
+from llm_router.workers.retry import Action, after_chain
+from llm_router.workers.streaming import DELTAS
 
 if TYPE_CHECKING:
-    from workers.cooldown import Cooldowns
-    from workers.runtime import WorkerRuntime
+    from llm_router.workers.cooldown import Cooldowns
+    from llm_router.workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 

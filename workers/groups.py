@@ -5,7 +5,7 @@ Jobs that can share a model call (same tier, same first model, a backend that ru
 no cooldown or rate limit in the way, no cached answer) start in one transaction, go through the model in
 one call and are recorded in one transaction; each still gets its own attempt, result and usage row.
 Every other job, and every job of a group whose shared call failed, takes the one-job path of
-``workers.execution``, with its retries, fallbacks and cache.
+``llm_router.workers.execution``, with its retries, fallbacks and cache.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from broker.routing import chain_for, queue_for_tier, route
-from tasks.cache import cache_key
-from tasks.errors import InvalidRequest
-from tasks.records import Status
-from tasks.schemas import GenerateRequest, Kind, parse_request
-from tasks.store import Started
-from workers.backends.base import ManyCall, many_call
-from workers.cancellation import ROW_STOPS
-from workers.execution import (
+from llm_router.broker.routing import chain_for, queue_for_tier, route
+from llm_router.tasks.cache import cache_key
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.records import Status
+from llm_router.tasks.schemas import GenerateRequest, Kind, parse_request
+from llm_router.tasks.store import Started
+from llm_router.workers.backends.base import ManyCall, many_call
+from llm_router.workers.cancellation import ROW_STOPS
+from llm_router.workers.execution import (
     INFRASTRUCTURE,
     Request,
     Reschedule,
@@ -35,14 +35,14 @@ from workers.execution import (
     run_job,
     unrecordable,
 )
-from workers.job_end import after_final, ended_request
-from workers.messages import Cursor, JobMessage
-from workers.streaming import ROW_DELTAS
+from llm_router.workers.job_end import after_final, ended_request
+from llm_router.workers.messages import Cursor, JobMessage
+from llm_router.workers.streaming import ROW_DELTAS
 
 if TYPE_CHECKING:
-    from broker.catalogue import GenerationDefaults
-    from broker.routing import Lane
-    from workers.runtime import WorkerProfile, WorkerRuntime
+    from llm_router.broker.catalogue import GenerationDefaults
+    from llm_router.broker.routing import Lane
+    from llm_router.workers.runtime import WorkerProfile, WorkerRuntime
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The worker's side of ``broker.consumers``: a daemon thread that says, every ``RENEW_S``, which queues this
+"""The worker's side of ``llm_router.broker.consumers``: a daemon thread that says, every ``RENEW_S``, which queues this
 process consumes, for as long as it lives. A Redis that does not answer costs a warning a minute, nothing
 more: producers then take every queue for served."""
 
@@ -11,7 +11,7 @@ import time
 import redis
 from redis.exceptions import RedisError
 
-from broker.consumers import RENEW_S, renew
+from llm_router.broker.consumers import RENEW_S, renew
 
 log = logging.getLogger(__name__)
 WARN_EVERY_S = 60.0

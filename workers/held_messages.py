@@ -9,8 +9,8 @@ from typing import cast
 
 import redis
 
-from broker.queues import redis_lists
-from workers.messages import BadBulkMessage, BadMessage, parse_messages
+from llm_router.broker.queues import redis_lists
+from llm_router.workers.messages import BadBulkMessage, BadMessage, parse_messages
 
 # kombu's Redis transport: each message handed out and not yet acknowledged, by delivery tag, and when.
 UNACKED_KEY, UNACKED_INDEX_KEY = "unacked", "unacked_index"

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tasks.records import Status
+from llm_router.tasks.records import Status
 
 if TYPE_CHECKING:
-    from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
-    from workers.runtime import WorkerRuntime
+    from llm_router.tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
+    from llm_router.workers.runtime import WorkerRuntime
 
     Request = GenerateRequest | EmbedRequest | ClassifyRequest
 

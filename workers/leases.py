@@ -22,7 +22,7 @@ import threading
 from functools import cache
 from pathlib import Path
 
-from tasks.store import JobStore, Lease
+from llm_router.tasks.store import JobStore, Lease
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from tasks.errors import NetworkError
-from workers.backends.http import HttpCaller
+from llm_router.tasks.errors import NetworkError
+from llm_router.workers.backends.http import HttpCaller
 
 ModelStatus = Literal["ready", "loading", "error"]
 

@@ -12,13 +12,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from broker.catalogue import Catalogue
-from broker.queues import LANES, queue_names
-from broker.routing import Lane
-from tasks.errors import ConfigurationError
-from workers.device import DeviceChoice, resolve_device
-from workers.registry import Quantize
-from workers.runtime import WorkerProfile
+from llm_router.broker.catalogue import Catalogue
+from llm_router.broker.queues import LANES, queue_names
+from llm_router.broker.routing import Lane
+from llm_router.tasks.errors import ConfigurationError
+from llm_router.workers.device import DeviceChoice, resolve_device
+from llm_router.workers.registry import Quantize
+from llm_router.workers.runtime import WorkerProfile
 
 PoolName = Literal["cpu", "gpu", "remote"]
 LaneChoice = Literal["both", "interactive", "bulk"]

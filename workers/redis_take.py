@@ -17,7 +17,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import QoS as VirtualQoS
 
-from broker.queues import INPUTS_HEADER, redis_lists
+from llm_router.broker.queues import INPUTS_HEADER, redis_lists
 
 # KEYS: the lists in order of preference, then the unacked hash and its index.
 # ARGV: the inputs wanted, the time now, the input-count header's name, the task names to take (all when empty).

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from broker.catalogue import Catalogue
-from tasks.errors import ModelNotFound
-from tasks.schemas import Kind
-from workers.device import resolve_dtype
+from llm_router.broker.catalogue import Catalogue
+from llm_router.tasks.errors import ModelNotFound
+from llm_router.tasks.schemas import Kind
+from llm_router.workers.device import resolve_dtype
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """What happens to a job after a failure, decided by pure functions that return a ``Decision``. No I/O, no
-clocks; ``workers.execution`` only carries the decision out and records it.
+clocks; ``llm_router.workers.execution`` only carries the decision out and records it.
 
 After one failure, ``RetryPolicy.decide`` (failure, retries of this model so far):
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from tasks.errors import (
+from llm_router.tasks.errors import (
     ModelFailed,
     ModelLoading,
     ModelNotFound,

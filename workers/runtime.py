@@ -15,23 +15,23 @@ from dataclasses import dataclass, field
 
 import redis
 
-from broker.catalogue import Catalogue
-from broker.notifications import DoneNotices
-from broker.settings import Settings
-from tasks.database import make_engine
-from tasks.redaction import install_log_redaction
-from tasks.store import JobStore, Lease
-from workers.backends import make_backend
-from workers.backends.base import Backend
-from workers.backends.context import BackendContext
-from workers.cancellation import CancelWatch
-from workers.cooldown import Cooldowns, LocalCooldowns, RedisCooldowns
-from workers.leases import LeaseKeeper, RunningHere, lease_for_this_process
-from workers.rate_limits import RateLimiter, Rule, window_rules
-from workers.registry import ModelRegistry, Quantize
-from workers.retry import DEFAULT_DOWNGRADES, RetryPolicy
-from workers.streaming import StreamWriter
-from workers.webhooks import Webhooks
+from llm_router.broker.catalogue import Catalogue
+from llm_router.broker.notifications import DoneNotices
+from llm_router.broker.settings import Settings
+from llm_router.tasks.database import make_engine
+from llm_router.tasks.redaction import install_log_redaction
+from llm_router.tasks.store import JobStore, Lease
+from llm_router.workers.backends import make_backend
+from llm_router.workers.backends.base import Backend
+from llm_router.workers.backends.context import BackendContext
+from llm_router.workers.cancellation import CancelWatch
+from llm_router.workers.cooldown import Cooldowns, LocalCooldowns, RedisCooldowns
+from llm_router.workers.leases import LeaseKeeper, RunningHere, lease_for_this_process
+from llm_router.workers.rate_limits import RateLimiter, Rule, window_rules
+from llm_router.workers.registry import ModelRegistry, Quantize
+from llm_router.workers.retry import DEFAULT_DOWNGRADES, RetryPolicy
+from llm_router.workers.streaming import StreamWriter
+from llm_router.workers.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 # A shared-state call that takes longer has failed: the job's message is handed back rather than held.

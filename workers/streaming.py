@@ -1,4 +1,4 @@
-"""Writing a generation's deltas as the model makes them (see ``broker.streams``): a streamer that
+"""Writing a generation's deltas as the model makes them (see ``llm_router.broker.streams``): a streamer that
 transformers' ``generate`` feeds token by token, decoding the text so far and appending what is new."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from broker.streams import append_delta, end_stream, restart_stream, streamed_text
+from llm_router.broker.streams import append_delta, end_stream, restart_stream, streamed_text
 
 log = logging.getLogger(__name__)
 

@@ -43,10 +43,10 @@ from typing import Any, cast
 
 import redis
 
-from tasks.records import Status, aware
-from tasks.store import JobStore, JobView, WebhookView
-from workers.broker_mark import BrokerMark
-from workers.held_messages import HeldMessages
+from llm_router.tasks.records import Status, aware
+from llm_router.tasks.store import JobStore, JobView, WebhookView
+from llm_router.workers.broker_mark import BrokerMark
+from llm_router.workers.held_messages import HeldMessages
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ its own, and returns. There the whole delivery (resolving, connecting, sending, 
 hard deadline, ``LLM_ROUTER_WEBHOOK_TIMEOUT_S``, and the answer's body is never read: its status is all that
 counts. A delivery taken by a process that died is sent again by the sweeper once it is overdue.
 
-What may be called, and the signature, are ``broker.webhooks``'s.
+What may be called, and the signature, are ``llm_router.broker.webhooks``'s.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from broker.settings import Settings
-from broker.webhooks import (
+from llm_router.broker.settings import Settings
+from llm_router.broker.webhooks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
     SIGNATURE_HEADER,
@@ -38,8 +38,8 @@ from broker.webhooks import (
     retry_delay_s,
     signature,
 )
-from tasks.records import WebhookStatus
-from tasks.store import JobStore, WebhookView
+from llm_router.tasks.records import WebhookStatus
+from llm_router.tasks.store import JobStore, WebhookView
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,8 @@ def _log_failure(future: Future[str]) -> None:
         log.warning("a webhook delivery ended without its record (%s)", type(future.exception()).__name__)
 
 
-WEBHOOK_TASK = "tasks.webhook"
+WEBHOOK_TASK = "llm_router.webhook"
+LEGACY_WEBHOOK_TASK = "tasks.webhook"  # the name before the package was llm_router, kept for one release
 
 
 def webhook_task_id(webhook_id: str) -> str:

@@ -42,6 +42,7 @@ from sqlalchemy import create_engine, text
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from llm_router.tasks.records import FINAL_STATUSES  # noqa: E402
 from ops.bench.cluster import Cluster, cluster_env  # noqa: E402
 from ops.bench.database import bench_database  # noqa: E402
 from ops.bench.faults import kill_whole, restart_postgres, restart_redis  # noqa: E402
@@ -49,7 +50,6 @@ from ops.bench.remote import api_tier  # noqa: E402
 from ops.bench.report import percentile  # noqa: E402
 from ops.bench.stand_in import Behaviour  # noqa: E402
 from ops.bench.stand_in import start as start_stand_in  # noqa: E402
-from tasks.records import FINAL_STATUSES  # noqa: E402
 
 BROKER = "redis://127.0.0.1:6379/13"
 MINILM, SENTIMENT = "sentence-transformers/all-MiniLM-L6-v2", "llm-runner-router/minilm-sentiment"
@@ -93,7 +93,7 @@ def _patiently(submit: Any, failures: list[str]) -> Any:
         try:
             return submit()
         except Exception as exc:  # the broker or the database is down: retry, as a web backend would
-            from tasks.errors import InvalidRequest
+            from llm_router.tasks.errors import InvalidRequest
 
             if isinstance(exc, InvalidRequest) or time.monotonic() > deadline:
                 raise
@@ -103,7 +103,7 @@ def _patiently(submit: Any, failures: list[str]) -> Any:
 
 def produce(env: dict[str, str], producer: int, count: int, run: str) -> dict[str, Any]:
     os.environ.update(env)
-    from broker.client import Router
+    from llm_router.broker.client import Router
 
     ids: list[str] = []
     failures: list[str] = []

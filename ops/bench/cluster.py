@@ -35,7 +35,7 @@ class Cluster:
 
     def start(self, name: str, *arguments: str, ready: str = "ready: tiers=") -> subprocess.Popen[bytes]:
         log_path = self.logs / f"{name}.log"
-        command = [sys.executable, "-m", "broker.cli.main", "worker", "--hostname", f"{name}@bench", *arguments]
+        command = [sys.executable, "-m", "llm_router.cli.main", "worker", "--hostname", f"{name}@bench", *arguments]
         with log_path.open("wb") as log:
             process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         self.processes.append(process)

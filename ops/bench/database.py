@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import psycopg
 from sqlalchemy import create_engine
 
-from tasks.database import upgrade
+from llm_router.tasks.database import upgrade
 
 ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 URL_TEMPLATE = "postgresql+psycopg://postgres@127.0.0.1:5432/{database}"

@@ -22,9 +22,9 @@ from sqlalchemy import event, text
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from llm_router.tasks.database import make_engine  # noqa: E402
+from llm_router.tasks.store import JobStore  # noqa: E402
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
-from tasks.database import make_engine  # noqa: E402
-from tasks.store import JobStore  # noqa: E402
 
 FILL = """
 INSERT INTO jobs (id, kind, status, tier, queue, request, result, batch_id, cache_key, cached, attempts,

@@ -38,12 +38,12 @@ import redis
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from broker.client import Router  # noqa: E402
-from broker.settings import Settings  # noqa: E402
+from llm_router.broker.client import Router  # noqa: E402
+from llm_router.broker.settings import Settings  # noqa: E402
+from llm_router.workers.bundled.prepare import prepare_models  # noqa: E402
 from ops.bench.cluster import Cluster, cluster_env  # noqa: E402
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
 from ops.bench.report import compare, percentile  # noqa: E402
-from workers.bundled.prepare import prepare_models  # noqa: E402
 
 
 def drive(n: int, clients: int, one: Callable[[int], None]) -> dict[str, float]:
@@ -126,7 +126,7 @@ def admission(args: argparse.Namespace, results: dict[str, Any]) -> None:
         settings = Settings(broker_url=args.redis, database_url=database_url)
         port = free_port()
         try:
-            command = [sys.executable, "-m", "broker.cli.main", "serve", "--port", str(port)]
+            command = [sys.executable, "-m", "llm_router.cli.main", "serve", "--port", str(port)]
             cluster.start_command("gateway", command, "Application startup complete", REPO)
             with Router(settings) as router:
                 plain, _ = router.store.create_key("bench")
@@ -173,7 +173,7 @@ def overhead(args: argparse.Namespace, results: dict[str, Any]) -> None:
         port = free_port()
         try:
             cluster.start("worker", "--pool", "cpu", "--queues", "fast", "--concurrency", "1")
-            command = [sys.executable, "-m", "broker.cli.main", "serve", "--port", str(port)]
+            command = [sys.executable, "-m", "llm_router.cli.main", "serve", "--port", str(port)]
             cluster.start_command("gateway", command, "Application startup complete", REPO)
             with Router(settings) as router:
                 key, _ = router.store.create_key("bench")

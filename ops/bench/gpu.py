@@ -26,12 +26,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from broker.catalogue import parse_catalogue  # noqa: E402
+from llm_router.broker.catalogue import parse_catalogue  # noqa: E402
+from llm_router.tasks.schemas import EmbedRequest  # noqa: E402
+from llm_router.workers.backends.local import LocalBackend  # noqa: E402
+from llm_router.workers.device import resolve_device  # noqa: E402
+from llm_router.workers.registry import ModelRegistry  # noqa: E402
 from ops.bench.quantization import sentences  # noqa: E402
-from tasks.schemas import EmbedRequest  # noqa: E402
-from workers.backends.local import LocalBackend  # noqa: E402
-from workers.device import resolve_device  # noqa: E402
-from workers.registry import ModelRegistry  # noqa: E402
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 CATALOGUE = f"""

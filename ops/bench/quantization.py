@@ -16,12 +16,12 @@ import resource
 import time
 from pathlib import Path
 
-from broker.catalogue import load_catalogue
-from broker.settings import Settings
-from tasks.schemas import ClassifyRequest, EmbedRequest
-from workers.backends.local import LocalBackend
-from workers.bundled.prepare import MINILM_ID, SENTIMENT_ID, prepare_models
-from workers.registry import ModelRegistry
+from llm_router.broker.catalogue import load_catalogue
+from llm_router.broker.settings import Settings
+from llm_router.tasks.schemas import ClassifyRequest, EmbedRequest
+from llm_router.workers.backends.local import LocalBackend
+from llm_router.workers.bundled.prepare import MINILM_ID, SENTIMENT_ID, prepare_models
+from llm_router.workers.registry import ModelRegistry
 
 WORDS = [
     "the",

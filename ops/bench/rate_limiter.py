@@ -23,7 +23,7 @@ from pathlib import Path
 import redis
 from limits import RateLimitItemPerSecond
 
-from workers.rate_limits import NAMESPACE, RateLimiter, Rule, window_rules
+from llm_router.workers.rate_limits import NAMESPACE, RateLimiter, Rule, window_rules
 
 
 def overhead(url: str, samples: int) -> dict[str, float]:

@@ -41,8 +41,8 @@ from sqlalchemy import create_engine, text
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from broker.client import Router  # noqa: E402
-from broker.settings import Settings  # noqa: E402
+from llm_router.broker.client import Router  # noqa: E402
+from llm_router.broker.settings import Settings  # noqa: E402
 from ops.bench.cluster import Cluster, cluster_env  # noqa: E402
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
 from ops.bench.stand_in import Behaviour  # noqa: E402

@@ -49,12 +49,12 @@ from sqlalchemy import create_engine, text
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from broker.client import Router  # noqa: E402
-from broker.settings import Settings  # noqa: E402
+from llm_router.broker.client import Router  # noqa: E402
+from llm_router.broker.settings import Settings  # noqa: E402
+from llm_router.workers.bundled.prepare import MINILM_ID, prepare_models  # noqa: E402
 from ops.bench.cluster import Cluster  # noqa: E402
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
 from ops.bench.quantization import sentences  # noqa: E402
-from workers.bundled.prepare import MINILM_ID, prepare_models  # noqa: E402
 
 # One pool for (b), (c) and the one-worker latency: a process per core, one torch thread each (on two
 # cores this beats one process of two threads: a process's database work overlaps the other's model).
@@ -288,8 +288,8 @@ class GenerationAlone:
     template and parameters): one prompt on its own, or several in one left-padded call."""
 
     def __init__(self, settings: Settings, catalogue_path: Path):
-        from broker.catalogue import load_catalogue
-        from workers.registry import ModelRegistry
+        from llm_router.broker.catalogue import load_catalogue
+        from llm_router.workers.registry import ModelRegistry
 
         catalogue = load_catalogue(catalogue_path)
         model_id = catalogue.tiers["fast"].generate[0]

@@ -26,17 +26,17 @@ import redis
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from broker.catalogue import load_catalogue  # noqa: E402
-from broker.client import Router  # noqa: E402
-from broker.settings import Settings  # noqa: E402
+from llm_router.broker.catalogue import load_catalogue  # noqa: E402
+from llm_router.broker.client import Router  # noqa: E402
+from llm_router.broker.settings import Settings  # noqa: E402
+from llm_router.tasks.schemas import GenerateRequest  # noqa: E402
+from llm_router.workers.backends.local import LocalBackend  # noqa: E402
+from llm_router.workers.bundled.prepare import prepare_models  # noqa: E402
+from llm_router.workers.registry import ModelRegistry  # noqa: E402
+from llm_router.workers.streaming import DELTAS  # noqa: E402
 from ops.bench.cluster import Cluster, cluster_env  # noqa: E402
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
 from ops.bench.report import compare, percentile  # noqa: E402
-from tasks.schemas import GenerateRequest  # noqa: E402
-from workers.backends.local import LocalBackend  # noqa: E402
-from workers.bundled.prepare import prepare_models  # noqa: E402
-from workers.registry import ModelRegistry  # noqa: E402
-from workers.streaming import DELTAS  # noqa: E402
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CHAT = [{"role": "user", "content": "List five colours, one per line, and say why you like each."}]

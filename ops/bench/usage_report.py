@@ -30,10 +30,10 @@ from sqlalchemy import select, text
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from llm_router.tasks.database import make_engine  # noqa: E402
+from llm_router.tasks.records import AttemptRecord, JobRecord, UsageRecord  # noqa: E402
+from llm_router.tasks.store import JobStore  # noqa: E402
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
-from tasks.database import make_engine  # noqa: E402
-from tasks.records import AttemptRecord, JobRecord, UsageRecord  # noqa: E402
-from tasks.store import JobStore  # noqa: E402
 
 FILL = [
     """INSERT INTO jobs (id, kind, status, tier, queue, request, error, cached, attempts, created_at)

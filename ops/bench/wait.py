@@ -28,14 +28,14 @@ import redis
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from broker.client import Job, Router  # noqa: E402
-from broker.notifications import CHANNEL_PREFIX  # noqa: E402
-from broker.settings import Settings  # noqa: E402
+from llm_router.broker.client import Job, Router  # noqa: E402
+from llm_router.broker.notifications import CHANNEL_PREFIX  # noqa: E402
+from llm_router.broker.settings import Settings  # noqa: E402
+from llm_router.tasks.records import aware  # noqa: E402
+from llm_router.workers.bundled.prepare import prepare_models  # noqa: E402
 from ops.bench.cluster import Cluster, cluster_env  # noqa: E402
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
 from ops.bench.report import compare, percentile  # noqa: E402
-from tasks.records import aware  # noqa: E402
-from workers.bundled.prepare import prepare_models  # noqa: E402
 
 
 class CountingJob(Job):

@@ -1,8 +1,8 @@
-"""Alembic environment: always run with a connection handed in by ``tasks.database.upgrade``."""
+"""Alembic environment: always run with a connection handed in by ``llm_router.tasks.database.upgrade``."""
 
 from alembic import context
 
-from tasks.records import Base
+from llm_router.tasks.records import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:

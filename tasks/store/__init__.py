@@ -20,21 +20,21 @@ Callers get read-only views (``views``) and never build queries themselves.
 
 from __future__ import annotations
 
-from tasks.store.attempts import AttemptWrites
-from tasks.store.base import DATABASE_UNAVAILABLE, NewJob
-from tasks.store.cache import ResultCache
-from tasks.store.endings import Cancellation, JobEndings
-from tasks.store.files import FileRecords, FileView
-from tasks.store.groups import GroupWrites, Started
-from tasks.store.jobs import JobRecords
-from tasks.store.keys import ApiKeyView, KeyRecords, TenantUsage
-from tasks.store.marks import ClusterMarks
-from tasks.store.metrics import BUCKETS_S, MetricsReads, MetricsSnapshot
-from tasks.store.retention import Pruned, Retention, TableSize
-from tasks.store.runs import RunRecords
-from tasks.store.usage import ModelUsage, UsageReport, UsageReports, percentile
-from tasks.store.views import AttemptView, Busy, JobView, Lease, RunView, UsageRow
-from tasks.store.webhooks import WebhookAttemptView, WebhookRecords, WebhookView
+from llm_router.tasks.store.attempts import AttemptWrites
+from llm_router.tasks.store.base import DATABASE_UNAVAILABLE, NewJob
+from llm_router.tasks.store.cache import ResultCache
+from llm_router.tasks.store.endings import Cancellation, JobEndings
+from llm_router.tasks.store.files import FileRecords, FileView
+from llm_router.tasks.store.groups import GroupWrites, Started
+from llm_router.tasks.store.jobs import JobRecords
+from llm_router.tasks.store.keys import ApiKeyView, KeyRecords, TenantUsage
+from llm_router.tasks.store.marks import ClusterMarks
+from llm_router.tasks.store.metrics import BUCKETS_S, MetricsReads, MetricsSnapshot
+from llm_router.tasks.store.retention import Pruned, Retention, TableSize
+from llm_router.tasks.store.runs import RunRecords
+from llm_router.tasks.store.usage import ModelUsage, UsageReport, UsageReports, percentile
+from llm_router.tasks.store.views import AttemptView, Busy, JobView, Lease, RunView, UsageRow
+from llm_router.tasks.store.webhooks import WebhookAttemptView, WebhookRecords, WebhookView
 
 __all__ = [
     "BUCKETS_S",

@@ -9,10 +9,10 @@ from functools import cache
 
 from sqlalchemy import Float, TextClause, bindparam, text, update
 
-from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status, utcnow
-from tasks.redaction import redact
-from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
-from tasks.store.base import (
+from llm_router.tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status, utcnow
+from llm_router.tasks.redaction import redact
+from llm_router.tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+from llm_router.tasks.store.base import (
     ATTEMPTS,
     JOBS,
     LOST_ATTEMPT,
@@ -23,8 +23,8 @@ from tasks.store.base import (
     insert_ignoring_duplicates,
     usage_row,
 )
-from tasks.store.endings import CANCELLED_BY_CALLER
-from tasks.store.views import Busy, Lease, leased_elsewhere
+from llm_router.tasks.store.endings import CANCELLED_BY_CALLER
+from llm_router.tasks.store.views import Busy, Lease, leased_elsewhere
 
 Result = GenerateResult | EmbedResult | ClassifyResult
 _FINAL_LIST = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from tasks.records import (
+from llm_router.tasks.records import (
     FINAL_STATUSES,
     AttemptRecord,
     JobRecord,
@@ -25,8 +25,8 @@ from tasks.records import (
     WebhookRecord,
     utcnow,
 )
-from tasks.schemas import Usage
-from tasks.store.clock import DatabaseClock
+from llm_router.tasks.schemas import Usage
+from llm_router.tasks.store.clock import DatabaseClock
 
 # What a lost or restarting database raises, or a pool with no connection free for POOL_WAIT_S: the work
 # is retried later, never acknowledged as done.

@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, insert, select
 from sqlalchemy.orm import Session
 
-from tasks.records import FINAL_STATUSES, JobRecord, Status, UsageRecord, utcnow
-from tasks.schemas import Usage
-from tasks.store.base import JOBS, StoreBase, elapsed_ms, job_row, usage_row
-from tasks.store.views import JobView
+from llm_router.tasks.records import FINAL_STATUSES, JobRecord, Status, UsageRecord, utcnow
+from llm_router.tasks.schemas import Usage
+from llm_router.tasks.store.base import JOBS, StoreBase, elapsed_ms, job_row, usage_row
+from llm_router.tasks.store.views import JobView
 
 
 def _sources(max_age_s: float) -> list[ColumnElement[bool]]:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, DateTime, func, literal, select
 from sqlalchemy.engine import Connection
 
-from tasks.records import utcnow
+from llm_router.tasks.records import utcnow
 
 _TIMESTAMP = DateTime(timezone=True)
 

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
-from tasks.records import UNFINISHED_STATUSES, WAITING_STATUSES, JobRecord, Status, aware
-from tasks.store.base import ATTEMPTS, StoreBase, close_lost_attempts, elapsed_ms
-from tasks.store.views import JobView
+from llm_router.tasks.records import UNFINISHED_STATUSES, WAITING_STATUSES, JobRecord, Status, aware
+from llm_router.tasks.store.base import ATTEMPTS, StoreBase, close_lost_attempts, elapsed_ms
+from llm_router.tasks.store.views import JobView
 
 CANCELLED_BY_CALLER = "cancelled by its caller"
 

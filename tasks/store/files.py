@@ -6,8 +6,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from tasks.records import FileRecord, utcnow
-from tasks.store.base import StoreBase
+from llm_router.tasks.records import FileRecord, utcnow
+from llm_router.tasks.store.base import StoreBase
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, func, insert, select, tuple_, update
 
-from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status
-from tasks.redaction import redact
-from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
-from tasks.store.base import (
+from llm_router.tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status
+from llm_router.tasks.redaction import redact
+from llm_router.tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+from llm_router.tasks.store.base import (
     ATTEMPTS,
     JOBS,
     USAGE,
@@ -23,7 +23,7 @@ from tasks.store.base import (
     insert_ignoring_duplicates,
     usage_row,
 )
-from tasks.store.views import Lease
+from llm_router.tasks.store.views import Lease
 
 Result = GenerateResult | EmbedResult | ClassifyResult
 

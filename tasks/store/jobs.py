@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, func, insert, select, tuple_, update
 
-from tasks.records import FINAL_STATUSES, UNSENT, WAITING_STATUSES, AttemptRecord, JobRecord, Status
-from tasks.redaction import redact
-from tasks.store.base import (
+from llm_router.tasks.records import FINAL_STATUSES, UNSENT, WAITING_STATUSES, AttemptRecord, JobRecord, Status
+from llm_router.tasks.redaction import redact
+from llm_router.tasks.store.base import (
     ATTEMPTS,
     JOBS,
     NewJob,
@@ -23,7 +23,7 @@ from tasks.store.base import (
     job_row,
     storable,
 )
-from tasks.store.views import AttemptView, JobView, lease_end
+from llm_router.tasks.store.views import AttemptView, JobView, lease_end
 
 
 class JobRecords(StoreBase):

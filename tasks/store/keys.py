@@ -11,8 +11,16 @@ from datetime import datetime
 
 from sqlalchemy import case, func, select, update
 
-from tasks.records import FINAL_STATUSES, UNFINISHED_STATUSES, ApiKeyRecord, JobRecord, Status, UsageRecord, utcnow
-from tasks.store.base import StoreBase
+from llm_router.tasks.records import (
+    FINAL_STATUSES,
+    UNFINISHED_STATUSES,
+    ApiKeyRecord,
+    JobRecord,
+    Status,
+    UsageRecord,
+    utcnow,
+)
+from llm_router.tasks.store.base import StoreBase
 
 KEY_PREFIX = "llmr_"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from tasks.records import ClusterMark, utcnow
-from tasks.store.base import StoreBase
+from llm_router.tasks.records import ClusterMark, utcnow
+from llm_router.tasks.store.base import StoreBase
 
 
 class ClusterMarks(StoreBase):

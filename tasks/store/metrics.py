@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Float, func, select
 
-from tasks.records import UNFINISHED_STATUSES, AttemptRecord, JobRecord, UsageRecord
-from tasks.store.base import StoreBase
+from llm_router.tasks.records import UNFINISHED_STATUSES, AttemptRecord, JobRecord, UsageRecord
+from llm_router.tasks.store.base import StoreBase
 
 # Upper bounds, in seconds, of the latency histograms' buckets.
 BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, func, null, select, text, update
 
-from tasks.records import (
+from llm_router.tasks.records import (
     FINAL_STATUSES,
     FileRecord,
     JobRecord,
@@ -23,7 +23,7 @@ from tasks.records import (
     WebhookRecord,
     WebhookStatus,
 )
-from tasks.store.base import ATTEMPTS, JOBS, RUNS, USAGE, WEBHOOKS, StoreBase
+from llm_router.tasks.store.base import ATTEMPTS, JOBS, RUNS, USAGE, WEBHOOKS, StoreBase
 
 PRUNE_CHUNK = 5_000
 

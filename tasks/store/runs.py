@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy import exists, insert, select, update
 
-from tasks.records import UNFINISHED_STATUSES, JobRecord, RunRecord, RunStatus, utcnow
-from tasks.redaction import redact
-from tasks.store.base import RUNS, StoreBase, insert_ignoring_duplicates
-from tasks.store.views import JobView, RunView
+from llm_router.tasks.records import UNFINISHED_STATUSES, JobRecord, RunRecord, RunStatus, utcnow
+from llm_router.tasks.redaction import redact
+from llm_router.tasks.store.base import RUNS, StoreBase, insert_ignoring_duplicates
+from llm_router.tasks.store.views import JobView, RunView
 
 
 class RunRecords(StoreBase):

@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Text, and_, case, func, select, type_coerce
 from sqlalchemy.orm import Session, aliased
 
-from tasks.records import AttemptRecord, JobRecord, Status, UsageRecord
-from tasks.store.base import StoreBase
-from tasks.store.views import UsageRow
+from llm_router.tasks.records import AttemptRecord, JobRecord, Status, UsageRecord
+from llm_router.tasks.store.base import StoreBase
+from llm_router.tasks.store.views import UsageRow
 
 _FRACTIONS = (0.50, 0.95)
 _HEAD_CHARS = 100  # a cause is an identifier: no need to group on more of the error

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, RunRecord, RunStatus, Status, aware
+from llm_router.tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, RunRecord, RunStatus, Status, aware
 
 
 def _fields(view: type, record: object) -> dict[str, Any]:

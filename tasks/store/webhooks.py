@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import exists, func, select, update
 
-from tasks.records import (
+from llm_router.tasks.records import (
     UNFINISHED_STATUSES,
     JobRecord,
     RunRecord,
@@ -19,8 +19,8 @@ from tasks.records import (
     WebhookStatus,
     utcnow,
 )
-from tasks.redaction import redact
-from tasks.store.base import WEBHOOKS, StoreBase, insert_ignoring_duplicates
+from llm_router.tasks.redaction import redact
+from llm_router.tasks.store.base import WEBHOOKS, StoreBase, insert_ignoring_duplicates
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ import redis
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
-from broker.cli.main import cli
-from broker.client import EnqueueFailed, Router
-from broker.settings import Settings
-from tasks import limits
-from tasks.errors import InvalidRequest
+from llm_router.broker.client import EnqueueFailed, Router
+from llm_router.broker.settings import Settings
+from llm_router.cli.main import cli
+from llm_router.tasks import limits
+from llm_router.tasks.errors import InvalidRequest
 from tests.conftest import queued
 
 # A broker database of its own that no worker consumes, so any message enqueued by mistake stays visible.

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from broker.cli.batch import NAMESPACE
-from broker.client import Router
-from broker.settings import Settings
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
+from llm_router.cli.batch import NAMESPACE
 from tests.conftest import REPO, WorkerProcess, empty_redis_db
 
 BROKER = "redis://127.0.0.1:6379/7"
@@ -51,7 +51,7 @@ def _lines(count: int, bad: dict[int, str]) -> list[str]:
 
 
 def _run(env: dict[str, str], *arguments: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "broker.cli.main", "batch", *arguments]
+    command = [sys.executable, "-m", "llm_router.cli.main", "batch", *arguments]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
@@ -86,7 +86,7 @@ def test_a_thousand_lines_with_three_bad_ones(
     assert "done" in done.stderr and "ETA" in done.stderr  # progress, as plain lines when not a terminal
     assert _batch_jobs(pg_url, "thousand") == (997, 997)
     progress = subprocess.run(
-        [sys.executable, "-m", "broker.cli.main", "result", "--batch", "thousand", "--json"],
+        [sys.executable, "-m", "llm_router.cli.main", "result", "--batch", "thousand", "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -101,7 +101,7 @@ def test_an_interrupted_batch_resumes_without_duplicates(
 ) -> None:
     source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     source.write_text("\n".join(_lines(300, {})) + "\n")
-    command = [sys.executable, "-m", "broker.cli.main", "batch", str(source), "-o", str(target), "--chunk", "10"]
+    command = [sys.executable, "-m", "llm_router.cli.main", "batch", str(source), "-o", str(target), "--chunk", "10"]
     first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     batch_id = str(uuid.uuid5(NAMESPACE, str(source.resolve())))  # as the command derives it
     deadline = time.monotonic() + 60
@@ -179,7 +179,7 @@ def test_two_runs_of_one_file_at_once_record_each_line_once(
 ) -> None:
     source = tmp_path / "twice.jsonl"
     source.write_text("\n".join(_lines(400, {})) + "\n")
-    command = [sys.executable, "-m", "broker.cli.main", "batch", str(source), "--chunk", "20", "-o"]
+    command = [sys.executable, "-m", "llm_router.cli.main", "batch", str(source), "--chunk", "20", "-o"]
     runs = [
         subprocess.Popen(
             [*command, str(tmp_path / f"out{n}.jsonl")], env=env, cwd=REPO, stderr=subprocess.PIPE, text=True
@@ -255,7 +255,7 @@ def test_lines_still_running_at_the_timeout_are_not_called_failed(env: dict[str,
 def test_an_unreachable_database_is_one_line_and_exit_3(env: dict[str, str], command: list[str]) -> None:
     down = {**env, "LLM_ROUTER_DATABASE_URL": "postgresql+psycopg://router:s3cret@127.0.0.1:1/jobs"}
     run = subprocess.run(
-        [sys.executable, "-m", "broker.cli.main", *command],
+        [sys.executable, "-m", "llm_router.cli.main", *command],
         env=down,
         capture_output=True,
         text=True,

@@ -14,11 +14,11 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from broker.client import Router
-from broker.settings import Settings
-from tasks.schemas import ClassifyResult, EmbedResult
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
+from llm_router.tasks.schemas import ClassifyResult, EmbedResult
+from llm_router.workers.state import collect
 from tests.conftest import ON_BOTH_BROKERS, ON_REDIS, WorkerProcess, empty_redis_db, local_catalogue, queued
-from workers.state import collect
 
 BROKER = "redis://127.0.0.1:6379/6"
 SENTENCES = [

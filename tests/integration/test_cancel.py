@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import redis
 
-from broker.async_client import AsyncRouter
-from broker.client import Job, Router
-from broker.notifications import channel
-from tasks.errors import JobCancelled, JobExpired
+from llm_router.broker.async_client import AsyncRouter
+from llm_router.broker.client import Job, Router
+from llm_router.broker.notifications import channel
+from llm_router.tasks.errors import JobCancelled, JobExpired
 from tests.conftest import REPO, WorkerProcess
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -165,7 +165,7 @@ def test_a_waiter_learns_of_the_cancel_at_once_and_async_jobs_cancel_too(
 def test_the_cancel_command(own_router: Router, cluster_env: dict[str, str], own_catalogue: Path) -> None:
     env = {**cluster_env, "LLM_ROUTER_CONFIG": str(own_catalogue)}
     job = own_router.embed("cancelled from the shell", tier="parked")
-    command = [sys.executable, "-m", "broker.cli.main", "cancel"]
+    command = [sys.executable, "-m", "llm_router.cli.main", "cancel"]
     done = subprocess.run([*command, job.id], env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 0 and "cancelled 1 waiting job(s)" in done.stdout
     assert Job(own_router.store, job.id, "embed").status() == "cancelled"

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from broker.client import Router
-from broker.settings import Settings
-from tasks.errors import JobRejected
-from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
+from llm_router.tasks.errors import JobRejected
+from llm_router.tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 from tests.conftest import ON_BOTH_BROKERS, WorkerProcess, producer_settings, publish_raw, second_run
 from tests.support.brokers import BrokerQueues
 
@@ -113,6 +113,7 @@ def test_malformed_messages_are_recorded_and_the_worker_keeps_serving(
 ) -> None:
     app = router.app
     bad_request, extra_args, unknown_id = (str(uuid.uuid4()) for _ in range(3))
+    # These go under the task names of before the package was llm_router: such messages still run.
     # A hand-written producer's job with an invalid request: recorded rejected under its own id.
     app.send_task("tasks.generate", kwargs={"job_id": bad_request, "request": {"prompt": ""}}, queue="fast")
     # Too many arguments, but a usable id.

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from broker.client import Router
-from tasks.errors import InvalidRequest
+from llm_router.broker.client import Router
+from llm_router.tasks.errors import InvalidRequest
 from tests.conftest import REPO, WorkerProcess
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -120,7 +120,16 @@ def test_the_command_prints_the_table_and_json(
     worker: WorkerProcess, cluster_env: dict[str, str], own_catalogue: Path
 ) -> None:
     env = {**cluster_env, "LLM_ROUTER_CONFIG": str(own_catalogue)}
-    command = [sys.executable, "-m", "broker.cli.main", "compare", "--models", f"{ECHO},{MISSING}", "--prompt", "hi"]
+    command = [
+        sys.executable,
+        "-m",
+        "llm_router.cli.main",
+        "compare",
+        "--models",
+        f"{ECHO},{MISSING}",
+        "--prompt",
+        "hi",
+    ]
     shown = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert shown.returncode == 1, shown.stderr  # a model failed
     header = shown.stdout.splitlines()[0]

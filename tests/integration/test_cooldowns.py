@@ -6,7 +6,7 @@ import uuid
 
 import redis
 
-from workers.cooldown import RedisCooldowns
+from llm_router.workers.cooldown import RedisCooldowns
 
 URL = "redis://127.0.0.1:6379/15"
 

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import redis
 
-from broker.celery_app import RouterCelery, create_app
-from broker.queues import INPUTS_HEADER, redis_lists
-from broker.settings import Settings
+from llm_router.broker.celery_app import RouterCelery, create_app
+from llm_router.broker.queues import INPUTS_HEADER, redis_lists
+from llm_router.broker.settings import Settings
+from llm_router.workers.draining import Drainer
 from tests.conftest import empty_redis_db, publish_raw, queued, queued_raw
-from workers.draining import Drainer
 
 BROKER = "redis://127.0.0.1:6379/4"
 

@@ -13,10 +13,10 @@ from xml.etree import ElementTree
 
 import pytest
 
-from broker.client import Router
-from broker.settings import Settings
-from tasks.errors import InvalidRequest
-from tasks.reports import EvaluationReport
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.reports import EvaluationReport
 from tests.conftest import REPO, WorkerProcess
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -142,7 +142,14 @@ def test_two_targets_side_by_side_with_junit_from_the_command(
 ) -> None:
     junit = folder / "report.xml"
     env = {**cluster_env, "LLM_ROUTER_CONFIG": str(folder / "catalogue.toml")}
-    command = [sys.executable, "-m", "broker.cli.main", "evaluate", "tier:parrot,tier:smol", str(folder / "suite.yaml")]
+    command = [
+        sys.executable,
+        "-m",
+        "llm_router.cli.main",
+        "evaluate",
+        "tier:parrot,tier:smol",
+        str(folder / "suite.yaml"),
+    ]
     done = subprocess.run(
         [*command, "--junit", str(junit), "--concurrency", "3", "--json"],
         env=env,
@@ -207,7 +214,7 @@ def test_jsonl_cases_and_the_command_line_errors(
     lines = folder / "cases.jsonl"
     lines.write_text(json.dumps({"name": "echo", "prompt": "hello", "expected": "hello"}) + "\n")
     env = {**cluster_env, "LLM_ROUTER_CONFIG": str(folder / "catalogue.toml")}
-    command = [sys.executable, "-m", "broker.cli.main", "evaluate", ECHO]
+    command = [sys.executable, "-m", "llm_router.cli.main", "evaluate", ECHO]
     done = subprocess.run([*command, str(lines)], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert "echo" in done.stdout and "100.0 %" in done.stdout

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from broker.client import EnqueueFailed, Router
-from broker.settings import Settings
-from tasks.records import Status
+from llm_router.broker.client import EnqueueFailed, Router
+from llm_router.broker.settings import Settings
+from llm_router.tasks.records import Status
 from tests.conftest import WorkerProcess
 
 # Echo models: the worker needs no torch and no model, only the broker and the database.

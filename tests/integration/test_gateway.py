@@ -19,8 +19,8 @@ import httpx
 import openai
 import pytest
 
-from broker.client import Router
-from broker.settings import Settings
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
 from tests.conftest import REPO, WorkerProcess, local_catalogue
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -69,7 +69,7 @@ def gateway(
     port = free_port()
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     env = {**cluster_env, "LLM_ROUTER_CONFIG": str(own_catalogue)}
-    command = [sys.executable, "-m", "broker.cli.main", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "llm_router.cli.main", "serve", "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
@@ -258,7 +258,7 @@ def test_durable_jobs_stream_through_the_jobs_api(worker: WorkerProcess, gateway
 
 
 def test_keys_from_the_command_line(cluster_env: dict[str, str], cluster_settings: Settings) -> None:
-    run = [sys.executable, "-m", "broker.cli.main", "keys"]
+    run = [sys.executable, "-m", "llm_router.cli.main", "keys"]
     made = subprocess.run(
         [*run, "create", "--tenant", "initech", "--rpm", "60", "--json"],
         env=cluster_env,
@@ -288,7 +288,7 @@ def test_keys_from_the_command_line(cluster_env: dict[str, str], cluster_setting
 
 def test_status_shows_the_gateway(gateway: str, cluster_env: dict[str, str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "broker.cli.main", "status", "--json"],
+        [sys.executable, "-m", "llm_router.cli.main", "status", "--json"],
         env=cluster_env,
         capture_output=True,
         text=True,

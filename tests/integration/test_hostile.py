@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from broker.client import Router
-from broker.settings import Settings
-from tasks.database import make_engine
-from tasks.records import utcnow
-from tasks.schemas import Embedding, EmbedResult, Usage
-from tasks.store import JobStore
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
+from llm_router.tasks.database import make_engine
+from llm_router.tasks.records import utcnow
+from llm_router.tasks.schemas import Embedding, EmbedResult, Usage
+from llm_router.tasks.store import JobStore
 from tests.conftest import WorkerProcess, empty_redis_db
 
 BROKER = "redis://127.0.0.1:6379/5"
@@ -152,7 +152,7 @@ def test_a_cache_entry_expires_ttl_after_its_answer_was_computed(pg_url: str) ->
 
 
 def _lease() -> Any:
-    from workers.leases import lease_for_this_process
+    from llm_router.workers.leases import lease_for_this_process
 
     return lease_for_this_process(30.0)
 

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from huggingface_hub import constants
 
-from broker.catalogue import load_catalogue
-from broker.client import Router
-from broker.hub import Hub, SearchQuery
-from broker.settings import Settings
-from tasks.errors import HubUnavailable, InvalidRequest, ModelGated, ModelNotFound
-from tasks.schemas import EmbedRequest
+from llm_router.broker.catalogue import load_catalogue
+from llm_router.broker.client import Router
+from llm_router.broker.hub import Hub, SearchQuery
+from llm_router.broker.settings import Settings
+from llm_router.tasks.errors import HubUnavailable, InvalidRequest, ModelGated, ModelNotFound
+from llm_router.tasks.schemas import EmbedRequest
+from llm_router.workers.backends.local import LocalBackend
+from llm_router.workers.registry import ModelRegistry
 from tests.conftest import REPO, WorkerProcess
 from tests.support.hub_server import HubModel, HubServer
-from workers.backends.local import LocalBackend
-from workers.registry import ModelRegistry
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 COPY = "acme/minilm-copy"  # the bundled MiniLM's files, served by the stand-in Hub under another name
@@ -76,7 +76,7 @@ def closed_port() -> str:
 
 
 def cli(env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "broker.cli.main", "models", *arguments]
+    command = [sys.executable, "-m", "llm_router.cli.main", "models", *arguments]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
 
 

@@ -12,10 +12,10 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from broker.client import EnqueueFailed, Router
-from broker.settings import Settings
-from tasks.errors import InvalidRequest
-from tasks.records import Status
+from llm_router.broker.client import EnqueueFailed, Router
+from llm_router.broker.settings import Settings
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.records import Status
 from tests.conftest import empty_redis_db, queued
 
 BROKER = "redis://127.0.0.1:6379/4"  # no worker consumes here: the messages stay countable

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from broker.settings import Settings
-from tasks.store import percentile
+from llm_router.broker.settings import Settings
+from llm_router.tasks.store import percentile
 from tests.conftest import ON_BOTH_BROKERS, WorkerProcess, empty_redis_db
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
@@ -89,7 +89,7 @@ def env(
 
 def _produce(env: dict[str, str], index: int, count: int) -> list[str]:
     os.environ.update(env)
-    from broker.client import Router
+    from llm_router.broker.client import Router
 
     kinds = ("generate", "embed", "classify")
     ids = []

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from broker.client import Router
-from broker.settings import Settings
-from tasks.database import make_engine
-from tasks.errors import JobFailed
-from tasks.records import Status
-from tasks.schemas import GenerateResult, Usage
-from tasks.store import JobStore, Lease, Started
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
+from llm_router.tasks.database import make_engine
+from llm_router.tasks.errors import JobFailed
+from llm_router.tasks.records import Status
+from llm_router.tasks.schemas import GenerateResult, Usage
+from llm_router.tasks.store import JobStore, Lease, Started
 from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply

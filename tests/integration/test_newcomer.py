@@ -17,10 +17,10 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine
 
-from broker.client import Router
-from broker.settings import Settings
-from tasks.database import upgrade
-from tasks.errors import ConfigurationError, JobTimeout
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
+from llm_router.tasks.database import upgrade
+from llm_router.tasks.errors import ConfigurationError, JobTimeout
 from tests.conftest import PG_ADMIN, PG_URL_TEMPLATE, REPO, WorkerProcess, catalogue_env, catalogue_settings
 
 BROKER = "redis://127.0.0.1:6379/0"
@@ -57,7 +57,7 @@ def _cli(
     env: dict[str, str], *arguments: str, cwd: Path = REPO, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """``llm-router ARGUMENTS`` in ``cwd`` (this checkout's code wherever it runs)."""
-    command = [sys.executable, "-m", "broker.cli.main", *arguments]
+    command = [sys.executable, "-m", "llm_router.cli.main", *arguments]
     run_env = {**env, "PYTHONPATH": str(REPO)}
     return subprocess.run(command, env=run_env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
@@ -175,7 +175,7 @@ def test_the_batch_command_ends_when_its_jobs_are_cancelled(
         "".join(json.dumps({"kind": "embed", "input": f"line {n}", "tier": "nobody"}) + "\n" for n in range(3))
     )
     batch_id = f"cancelled-{uuid.uuid4().hex[:8]}"
-    command = [sys.executable, "-m", "broker.cli.main", "batch", str(source), "-o", str(target)]
+    command = [sys.executable, "-m", "llm_router.cli.main", "batch", str(source), "-o", str(target)]
     running = subprocess.Popen(
         [*command, "--batch-id", batch_id, "--timeout", "60"], env=env, cwd=REPO, stderr=subprocess.PIPE, text=True
     )

@@ -18,10 +18,10 @@ import redis
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner
 
-from broker.cli.main import cli
-from broker.client import Router
-from broker.settings import Settings
-from tasks.database import alembic_config
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
+from llm_router.cli.main import cli
+from llm_router.tasks.database import alembic_config
 from tests.conftest import REPO, WorkerProcess, empty_redis_db
 
 BROKER = "redis://127.0.0.1:6379/10"
@@ -89,7 +89,7 @@ def flower(worker: WorkerProcess, env: dict[str, str], tmp_path: Path) -> Iterat
     log = tmp_path / "flower.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli.main", "flower", "--port", str(port)],
+            [sys.executable, "-m", "llm_router.cli.main", "flower", "--port", str(port)],
             env={**env, "FLOWER_BASIC_AUTH": FLOWER_AUTH},
             cwd=REPO,
             stdout=output,
@@ -133,7 +133,7 @@ def test_flower_shows_jobs_behind_basic_auth_without_inputs(flower: str, worker:
         time.sleep(0.5)
     assert [task["args"] for task in mine] == [f"['{job.id}']" for job in jobs]
     names = {t["name"] for t in tasks.values()}
-    assert {"tasks.generate", "tasks.embed"} <= names
+    assert {"llm_router.generate", "llm_router.embed"} <= names
     assert all(t.get("runtime") is not None for t in tasks.values() if t["state"] == "SUCCESS")
     dump = json.dumps(tasks)
     assert "PROMPT-SENTINEL" not in dump and TOKEN not in dump  # the message is the job id only
@@ -141,7 +141,7 @@ def test_flower_shows_jobs_behind_basic_auth_without_inputs(flower: str, worker:
     workers = httpx.get(f"{flower}/api/workers", auth=auth, timeout=10).json()
     assert TOKEN not in json.dumps(workers)
     metrics = httpx.get(f"{flower}/metrics", timeout=5).text
-    assert "flower_events_total" in metrics and 'task="tasks.generate"' in metrics
+    assert "flower_events_total" in metrics and 'task="llm_router.generate"' in metrics
 
     refused = httpx.get(f"{flower}/api/tasks", timeout=5)
     assert refused.status_code == 401
@@ -152,7 +152,7 @@ def test_flower_shows_jobs_behind_basic_auth_without_inputs(flower: str, worker:
 def test_flower_refuses_to_start_without_auth_unless_insecure(env: dict[str, str]) -> None:
     clean = {k: v for k, v in env.items() if "FLOWER" not in k}
     refused = subprocess.run(
-        [sys.executable, "-m", "broker.cli.main", "flower", "--port", str(_free_port())],
+        [sys.executable, "-m", "llm_router.cli.main", "flower", "--port", str(_free_port())],
         env=clean,
         capture_output=True,
         text=True,
@@ -161,7 +161,7 @@ def test_flower_refuses_to_start_without_auth_unless_insecure(env: dict[str, str
     )
     assert refused.returncode == 2 and "FLOWER_BASIC_AUTH" in refused.stderr
     insecure = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli.main", "flower", "--port", str(_free_port()), "--insecure"],
+        [sys.executable, "-m", "llm_router.cli.main", "flower", "--port", str(_free_port()), "--insecure"],
         env=clean,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,

@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from broker.catalogue import load_catalogue
-from broker.client import Router
-from broker.pipeline_runs import advance, start_pipeline
-from broker.pipelines import GUIDE_PROMPT
-from tasks.errors import ConfigurationError, InvalidRequest
+from llm_router.broker.catalogue import load_catalogue
+from llm_router.broker.client import Router
+from llm_router.broker.pipeline_runs import advance, start_pipeline
+from llm_router.broker.pipelines import GUIDE_PROMPT
+from llm_router.tasks.errors import ConfigurationError, InvalidRequest
+from llm_router.workers.execution import run_job
+from llm_router.workers.messages import JobMessage
+from llm_router.workers.runtime import WorkerProfile, build_runtime
+from llm_router.workers.sweeper import STALLED_PIPELINE_S, Sweeper
 from tests.conftest import REPO, WorkerProcess
-from workers.execution import run_job
-from workers.messages import JobMessage
-from workers.runtime import WorkerProfile, build_runtime
-from workers.sweeper import STALLED_PIPELINE_S, Sweeper
 
 ECHO = "acme/echo"
 MISSING = "acme/missing"
@@ -202,7 +202,7 @@ def test_the_commands_run_a_pipeline_and_list_the_runs(
     worker: WorkerProcess, cluster_env: dict[str, str], own_catalogue: Path
 ) -> None:
     env = {**cluster_env, "LLM_ROUTER_CONFIG": str(own_catalogue)}
-    cli = [sys.executable, "-m", "broker.cli.main"]
+    cli = [sys.executable, "-m", "llm_router.cli.main"]
     done = subprocess.run(
         [*cli, "pipeline", "Great work, thank you!", "--name", "triage", "--json"],
         env=env,

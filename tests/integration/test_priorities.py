@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.client import Router
-from broker.settings import Settings
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
 from tests.conftest import WorkerProcess, local_catalogue
 
 CATALOGUE = local_catalogue("ranked")

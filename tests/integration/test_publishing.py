@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import redis
 
-from broker.celery_app import create_app
-from broker.publishing import broker_priority, send_bulk, send_job
-from broker.queues import INPUTS_HEADER, TASK_NAMES, redis_lists
-from broker.settings import Settings
+from llm_router.broker.celery_app import create_app
+from llm_router.broker.publishing import broker_priority, send_bulk, send_job
+from llm_router.broker.queues import INPUTS_HEADER, TASK_NAMES, redis_lists
+from llm_router.broker.settings import Settings
 from tests.conftest import empty_redis_db
 
 BROKER = "redis://127.0.0.1:6379/12"  # no worker consumes here (test_bad_input's quiet broker): the lists are counted
@@ -51,7 +51,7 @@ def test_a_message_published_directly_is_the_message_send_task_writes(queue: str
         assert lists == [redis_lists(queue)[step]], "both on the list of the job's priority step"
         direct, celery = (decoded(raw) for raw in client.lrange(lists[0], 0, -1)[::-1])
         assert direct == celery
-        assert direct["headers"]["task"] == "tasks.embed" and direct["body"][0] == ["job-1"]
+        assert direct["headers"]["task"] == "llm_router.embed" and direct["body"][0] == ["job-1"]
     finally:
         app.close()
         client.close()

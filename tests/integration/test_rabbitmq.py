@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from broker.client import Job, Router
-from broker.settings import Settings
-from tasks.records import Status
+from llm_router.broker.client import Job, Router
+from llm_router.broker.settings import Settings
+from llm_router.tasks.records import Status
 from tests.conftest import WorkerProcess, rabbit_queue_counts
 
 

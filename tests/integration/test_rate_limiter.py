@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.rate_limits import WINDOW_MARGIN_S, RateLimiter, window_rules
+from llm_router.workers.rate_limits import WINDOW_MARGIN_S, RateLimiter, window_rules
 
 URL = "redis://127.0.0.1:6379/15"
 

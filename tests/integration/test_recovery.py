@@ -19,22 +19,22 @@ from click.testing import CliRunner
 from kombu import Exchange, Queue
 from sqlalchemy import text
 
-from broker.celery_app import create_app
-from broker.cli.main import cli
-from broker.client import Router
-from broker.publishing import send_job
-from broker.queues import TASK_NAMES
-from broker.settings import Settings
-from tasks.database import make_engine
-from tasks.records import Status
-from tasks.schemas import GenerateResult
-from tasks.store import JobStore, JobView, Lease
+from llm_router.broker.celery_app import create_app
+from llm_router.broker.client import Router
+from llm_router.broker.publishing import send_job
+from llm_router.broker.queues import TASK_NAMES
+from llm_router.broker.settings import Settings
+from llm_router.cli.main import cli
+from llm_router.tasks.database import make_engine
+from llm_router.tasks.records import Status
+from llm_router.tasks.schemas import GenerateResult
+from llm_router.tasks.store import JobStore, JobView, Lease
+from llm_router.workers.broker_mark import EPOCH_KEY, BrokerMark
+from llm_router.workers.held_messages import UNACKED_KEY, HeldMessages
+from llm_router.workers.sweeper import DEAD_WORKERS_KEY, LOCK_KEY, RECOVERED_KEY, Sweeper
 from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings, fresh_database
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer
-from workers.broker_mark import EPOCH_KEY, BrokerMark
-from workers.held_messages import UNACKED_KEY, HeldMessages
-from workers.sweeper import DEAD_WORKERS_KEY, LOCK_KEY, RECOVERED_KEY, Sweeper
 
 # A broker database no other test module uses: kombu pools connections per URL for the whole process, and a
 # module that used a URL before the Redis restart test leaves stale connections to the next module using it.
@@ -316,9 +316,7 @@ def test_requeue_of_an_abandoned_job_leaves_a_job_that_a_worker_took_over(store:
 def test_a_long_sweep_goes_by_pages_and_publishes_each_job_once(
     store: JobStore, shared: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import workers.sweeper
-
-    monkeypatch.setattr(workers.sweeper, "SWEEP_PAGE", 2)
+    monkeypatch.setattr("llm_router.workers.sweeper.SWEEP_PAGE", 2)
     published: list[tuple[str, float]] = []
     sweeper = _sweeper(store, shared, published)
     waiting = [_job(store) for _ in range(5)]
@@ -405,9 +403,7 @@ def test_jobs_whose_messages_a_dead_worker_took_and_never_started_are_published_
 def test_a_recovery_cut_short_goes_on_from_its_last_page(
     store: JobStore, shared: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import workers.sweeper
-
-    monkeypatch.setattr(workers.sweeper, "SWEEP_PAGE", 2)
+    monkeypatch.setattr("llm_router.workers.sweeper.SWEEP_PAGE", 2)
     mine = {_job(store) for _ in range(5)}
     first_calls: list[tuple[str, float]] = []
     first = _sweeper(store, shared, first_calls)

@@ -15,12 +15,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
-from broker.cli.main import cli
-from broker.client import Router
-from broker.settings import Settings
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
+from llm_router.cli.main import cli
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.schemas import EmbedResult, GenerateResult
+from llm_router.workers.state import collect
 from ops.bench.faults import postgres, restart_rabbitmq, restart_redis
-from tasks.errors import InvalidRequest
-from tasks.schemas import EmbedResult, GenerateResult
 from tests.conftest import (
     ON_BOTH_BROKERS,
     ON_RABBITMQ,
@@ -32,7 +33,6 @@ from tests.conftest import (
     publish_raw,
     second_run,
 )
-from workers.state import collect
 
 BROKER = "redis://127.0.0.1:6379/9"
 TOKEN = "hf_RELIABILITY_sentinel_0a9b8c7d"

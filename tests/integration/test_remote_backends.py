@@ -15,10 +15,10 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from broker.client import Router
-from broker.settings import Settings
-from tasks.errors import JobCancelled, JobFailed
-from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
+from llm_router.tasks.errors import JobCancelled, JobFailed
+from llm_router.tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
@@ -397,7 +397,7 @@ def test_models_status_checks_and_waits(
 ) -> None:
     from click.testing import CliRunner
 
-    from broker.cli.main import cli
+    from llm_router.cli.main import cli
 
     server.reset()
     env = {**cluster_env, **remote_env}

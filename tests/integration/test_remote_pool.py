@@ -14,13 +14,13 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from broker.client import Router
-from broker.settings import Settings
-from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
+from llm_router.tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+from llm_router.workers.held_messages import HeldMessages
 from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings, queued
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
-from workers.held_messages import HeldMessages
 
 BROKER = "redis://127.0.0.1:6379/2"  # a broker database of its own: this worker has its own catalogue
 COMPLETE, TEI_EMBED, TEI_CLS = "org/slow-completion", "org/tei-embed", "org/tei-cls"

@@ -14,9 +14,9 @@ import redis
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from broker.cli.main import cli
-from tasks.database import make_engine, upgrade
-from tasks.records import (
+from llm_router.cli.main import cli
+from llm_router.tasks.database import make_engine, upgrade
+from llm_router.tasks.records import (
     AttemptRecord,
     JobRecord,
     RunRecord,
@@ -27,10 +27,10 @@ from tasks.records import (
     WebhookRecord,
     WebhookStatus,
 )
-from tasks.schemas import Embedding, EmbedResult, Usage
-from tasks.store import JobStore, JobView, Lease
+from llm_router.tasks.schemas import Embedding, EmbedResult, Usage
+from llm_router.tasks.store import JobStore, JobView, Lease
+from llm_router.workers.sweeper import PRUNED_KEY, Retain, Sweeper
 from tests.conftest import fresh_database
-from workers.sweeper import PRUNED_KEY, Retain, Sweeper
 
 SWEEPER_REDIS = "redis://127.0.0.1:6379/15"
 LEASE = Lease(owner="host:1", seconds=60, alive=lambda _: True)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from broker.cli.main import cli
-from broker.client import Router
-from broker.settings import Settings
-from tasks.errors import JobFailed
-from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
+from llm_router.cli.main import cli
+from llm_router.tasks.errors import JobFailed
+from llm_router.tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 from tests.conftest import WorkerProcess, empty_redis_db
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
@@ -163,7 +163,7 @@ def test_identical_requests_are_answered_from_the_cache(
     # A message that reaches a worker (a hand-written producer here) is answered from the cache there too.
     job_id = str(uuid.uuid4())
     router.app.send_task(
-        "tasks.embed",
+        "llm_router.embed",
         kwargs={"job_id": job_id, "request": {"input": ["cache me", "and me"], "tier": "balanced"}},
         queue="balanced",
     )

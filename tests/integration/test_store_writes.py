@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from tasks.database import make_engine
-from tasks.records import AttemptRecord, JobRecord, Status, UsageRecord
-from tasks.schemas import GenerateResult, Usage
-from tasks.store import Busy, JobStore, Lease
-from tasks.store.base import NewJob
+from llm_router.tasks.database import make_engine
+from llm_router.tasks.records import AttemptRecord, JobRecord, Status, UsageRecord
+from llm_router.tasks.schemas import GenerateResult, Usage
+from llm_router.tasks.store import Busy, JobStore, Lease
+from llm_router.tasks.store.base import NewJob
 from tests.conftest import fresh_database
 
 VOLATILE = {"id", "job_id", "created_at", "started_at", "finished_at", "lease_until", "latency_ms", "result"}

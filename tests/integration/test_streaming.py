@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from broker.async_client import AsyncRouter
-from broker.client import Job, Router
-from broker.settings import Settings
-from broker.streams import read_stream, streamed_text
-from tasks.errors import JobCancelled, StreamRestarted
+from llm_router.broker.async_client import AsyncRouter
+from llm_router.broker.client import Job, Router
+from llm_router.broker.settings import Settings
+from llm_router.broker.streams import read_stream, streamed_text
+from llm_router.tasks.errors import JobCancelled, StreamRestarted
+from llm_router.workers.streaming import StreamWriter
 from tests.conftest import REPO, WorkerProcess
-from workers.streaming import StreamWriter
 
 # A chat request at temperature 0: SmolLM2 answers it at length, the same way every time (a bare prompt may
 # get an end token at once).
@@ -101,7 +101,7 @@ def test_a_cancelled_stream_ends_with_the_cancel(worker: WorkerProcess, router: 
 
 
 def test_the_command_prints_the_text_as_it_comes(worker: WorkerProcess, cluster_env: dict[str, str]) -> None:
-    command = [sys.executable, "-m", "broker.cli.main", "submit", "generate", "--messages", json.dumps(CHAT)]
+    command = [sys.executable, "-m", "llm_router.cli.main", "submit", "generate", "--messages", json.dumps(CHAT)]
     command += ["--max-tokens", "20", "--temperature", "0"]
     done = subprocess.run(
         [*command, "--stream"], env=cluster_env, capture_output=True, text=True, timeout=120, cwd=REPO

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from tasks.database import make_engine, upgrade
-from tasks.records import AttemptRecord, JobRecord, UsageRecord, utcnow
-from tasks.store import JobStore
+from llm_router.tasks.database import make_engine, upgrade
+from llm_router.tasks.records import AttemptRecord, JobRecord, UsageRecord, utcnow
+from llm_router.tasks.store import JobStore
 from tests.conftest import fresh_database
 
 

@@ -10,11 +10,11 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from broker.async_client import AsyncRouter
-from broker.client import Job, Router
-from broker.notifications import SAFETY_POLL_S, WAITS_CLIENT_NAME, DoneNotices
-from broker.settings import Settings
-from tasks.schemas import EmbedResult
+from llm_router.broker.async_client import AsyncRouter
+from llm_router.broker.client import Job, Router
+from llm_router.broker.notifications import SAFETY_POLL_S, WAITS_CLIENT_NAME, DoneNotices
+from llm_router.broker.settings import Settings
+from llm_router.tasks.schemas import EmbedResult
 from tests.conftest import WorkerProcess
 
 LONG = [f"passage {i}: " + "a long sentence about the sea and its lighthouses. " * 20 for i in range(256)]

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from broker.client import Router
-from broker.settings import Settings
-from broker.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, verify_signature
+from llm_router.broker.client import Router
+from llm_router.broker.settings import Settings
+from llm_router.broker.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, verify_signature
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.schemas import EmbedResult
 from ops.bench.faults import descendants
-from tasks.errors import InvalidRequest
-from tasks.schemas import EmbedResult
 from tests.conftest import WorkerProcess, local_catalogue
 from tests.support.hostile_receiver import HostileReceiver
 from tests.support.inference_server import Call, InferenceServer, Reply

@@ -12,7 +12,7 @@ from typing import Any
 import redis
 from kombu import Connection
 
-from broker.queues import redis_lists as priority_keys
+from llm_router.broker.queues import redis_lists as priority_keys
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from broker.catalogue import load_catalogue
-from broker.gateway import batch_api
-from tasks.store import RunView
+from llm_router.broker.catalogue import load_catalogue
+from llm_router.gateway import batch_api
+from llm_router.tasks.store import RunView
 
 CATALOGUE = load_catalogue(None)
 

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import torch
 
-from tasks.store.endings import past_deadline
-from tasks.store.views import JobView
-from workers import cancellation
-from workers.backends.local import _UntilCancelled
-from workers.cancellation import CancelWatch
+from llm_router.tasks.store.endings import past_deadline
+from llm_router.tasks.store.views import JobView
+from llm_router.workers import cancellation
+from llm_router.workers.backends.local import _UntilCancelled
+from llm_router.workers.cancellation import CancelWatch
 
 
 def _job(age_s: float) -> JobView:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from broker.catalogue import GenerationDefaults
-from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
-from workers.backends.echo import DIMENSIONS, EchoBackend
+from llm_router.broker.catalogue import GenerationDefaults
+from llm_router.tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
+from llm_router.workers.backends.echo import DIMENSIONS, EchoBackend
 
 
 def test_echo_answers_every_kind_with_real_shapes() -> None:

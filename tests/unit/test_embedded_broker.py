@@ -12,7 +12,7 @@ import pytest
 from kombu import Connection, Exchange, Queue
 from kombu.exceptions import ChannelError
 
-from broker.embedded_broker import CORRUPT_FOLDER
+from llm_router.broker.embedded_broker import CORRUPT_FOLDER
 
 EXCHANGE = Exchange("llm-router", type="direct")
 QUEUE = Queue("fast", EXCHANGE, routing_key="fast")
@@ -27,7 +27,9 @@ def _connection(root: Path) -> Connection:
         "processed_folder": str(root / "processed"),
         "store_processed": False,
     }
-    return Connection("filesystem://", transport="broker.embedded_broker:Transport", transport_options=options)
+    return Connection(
+        "filesystem://", transport="llm_router.broker.embedded_broker:Transport", transport_options=options
+    )
 
 
 def _publish(connection: Connection, body: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grimp
 
-PACKAGES = ("tasks", "broker", "workers")
+PACKAGES = ("llm_router",)
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -50,5 +50,5 @@ def test_the_cycle_finder_finds_a_cycle_and_only_cycles() -> None:
 def test_no_module_of_the_project_imports_itself_back() -> None:
     graph = grimp.build_graph(*PACKAGES, exclude_type_checking_imports=False)
     edges = {module: set(graph.find_modules_directly_imported_by(module)) for module in graph.modules}
-    assert len(edges) > 70  # every module of the three packages was read
+    assert len(edges) > 70  # every module of the package, its layers included, was read
     assert cycles(edges) == []

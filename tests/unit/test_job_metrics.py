@@ -11,10 +11,10 @@ from pathlib import Path
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.gateway.metrics import registry
-from tasks.database import make_engine, upgrade
-from tasks.schemas import Embedding, EmbedResult, Usage
-from tasks.store import JobStore, Lease
+from llm_router.gateway.metrics import registry
+from llm_router.tasks.database import make_engine, upgrade
+from llm_router.tasks.schemas import Embedding, EmbedResult, Usage
+from llm_router.tasks.store import JobStore, Lease
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE = Lease(owner="host:1", seconds=60, alive=lambda _: True)
@@ -65,6 +65,6 @@ def test_the_dashboard_and_the_notes_ask_for_metrics_that_exist() -> None:
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     tables = [line for line in (REPO / "ops" / "MONITORING.md").read_text().splitlines() if line.startswith("|")]
     asked = {name for text in expressions + tables for name in re.findall(r"llm_router_\w+", text)}
-    defined = set(re.findall(r'"(llm_router_\w+)"', (REPO / "broker" / "gateway" / "metrics.py").read_text()))
+    defined = set(re.findall(r'"(llm_router_\w+)"', (REPO / "llm_router" / "gateway" / "metrics.py").read_text()))
     known = defined | {f"{name}_total" for name in defined} | {f"{name}_bucket" for name in defined}
     assert len(asked) >= 9 and asked <= known, asked - known

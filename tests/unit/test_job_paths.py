@@ -14,22 +14,29 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.exc import DataError
 
-from broker.catalogue import Catalogue, GenerationDefaults
-from broker.settings import Settings
-from tasks.errors import ModelLoading, ModelNotFound, RateLimited, ServerError, Unauthorised
-from tasks.records import Base, Status
-from tasks.schemas import ClassifyRequest, ClassifyResult, EmbedRequest, EmbedResult, GenerateRequest, GenerateResult
-from tasks.store import JobStore, Lease
-from workers.backends.context import BackendContext
-from workers.backends.echo import EchoBackend
-from workers.cooldown import LocalCooldowns
-from workers.execution import run_job
-from workers.groups import run_jobs
-from workers.messages import Cursor, JobMessage
-from workers.rate_limits import WINDOW_MARGIN_S, RateLimiter
-from workers.registry import ModelRegistry
-from workers.retry import RetryPolicy
-from workers.runtime import WorkerProfile, WorkerRuntime
+from llm_router.broker.catalogue import Catalogue, GenerationDefaults
+from llm_router.broker.settings import Settings
+from llm_router.tasks.errors import ModelLoading, ModelNotFound, RateLimited, ServerError, Unauthorised
+from llm_router.tasks.records import Base, Status
+from llm_router.tasks.schemas import (
+    ClassifyRequest,
+    ClassifyResult,
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+)
+from llm_router.tasks.store import JobStore, Lease
+from llm_router.workers.backends.context import BackendContext
+from llm_router.workers.backends.echo import EchoBackend
+from llm_router.workers.cooldown import LocalCooldowns
+from llm_router.workers.execution import run_job
+from llm_router.workers.groups import run_jobs
+from llm_router.workers.messages import Cursor, JobMessage
+from llm_router.workers.rate_limits import WINDOW_MARGIN_S, RateLimiter
+from llm_router.workers.registry import ModelRegistry
+from llm_router.workers.retry import RetryPolicy
+from llm_router.workers.runtime import WorkerProfile, WorkerRuntime
 
 CATALOGUE = Catalogue.model_validate(
     {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 
-from tasks.database import json_text
+from llm_router.tasks.database import json_text
 
 
 class Colour(StrEnum):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from workers.leases import lease_owner, pid_namespace, process_alive
+from llm_router.workers.leases import lease_owner, pid_namespace, process_alive
 
 HOST = socket.gethostname()
 

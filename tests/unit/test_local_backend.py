@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from broker.catalogue import load_catalogue
-from tasks.errors import ModelNotFound
-from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
-from workers.backends.local import BATCH_SIZE, LocalBackend, length_sorted_batches, padded_rows
-from workers.bundled.prepare import MINILM_ID, SENTIMENT_ID, SMOLLM_ID
-from workers.interludes import interludes
-from workers.registry import ModelRegistry
+from llm_router.broker.catalogue import load_catalogue
+from llm_router.tasks.errors import ModelNotFound
+from llm_router.tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest
+from llm_router.workers.backends.local import BATCH_SIZE, LocalBackend, length_sorted_batches, padded_rows
+from llm_router.workers.bundled.prepare import MINILM_ID, SENTIMENT_ID, SMOLLM_ID
+from llm_router.workers.interludes import interludes
+from llm_router.workers.registry import ModelRegistry
 
 CATALOGUE = load_catalogue(None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from workers.log_limits import OncePerInterval
+from llm_router.workers.log_limits import OncePerInterval
 
 
 def _record(message: str, *args: object, level: int = logging.ERROR) -> logging.LogRecord:

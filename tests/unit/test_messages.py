@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from workers.held_messages import job_ids_in
-from workers.messages import BadBulkMessage, BadMessage, parse_message, parse_messages
+from llm_router.workers.held_messages import job_ids_in
+from llm_router.workers.messages import BadBulkMessage, BadMessage, parse_message, parse_messages
 
 ID = str(uuid.uuid4())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.model_status import ModelStatus, wait_for_model
+from llm_router.workers.model_status import ModelStatus, wait_for_model
 
 
 class Clock:

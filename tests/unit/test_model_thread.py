@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from workers.model_thread import on_model_thread
+from llm_router.workers.model_thread import on_model_thread
 
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
 

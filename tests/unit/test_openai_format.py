@@ -7,10 +7,10 @@ import struct
 
 import pytest
 
-from broker.catalogue import load_catalogue
-from broker.gateway import openai_format
-from tasks.errors import InvalidRequest
-from tasks.schemas import Embedding, EmbedResult, Usage
+from llm_router.broker.catalogue import load_catalogue
+from llm_router.gateway import openai_format
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.schemas import Embedding, EmbedResult, Usage
 
 CATALOGUE = load_catalogue(None)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from broker.packing import pack
-from broker.queues import queue_names
-from tasks.store import NewJob
+from llm_router.broker.packing import pack
+from llm_router.broker.queues import queue_names
+from llm_router.tasks.store import NewJob
 
 
 def _row(job_id: str, kind: str, text: str | list[str], queue: str = "fast.bulk") -> NewJob:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.pipelines import GUIDE_PROMPT, StepAnswer, guide_pipeline, step_request, template_names, tone_of
+from llm_router.broker.pipelines import GUIDE_PROMPT, StepAnswer, guide_pipeline, step_request, template_names, tone_of
 
 
 @pytest.mark.parametrize(

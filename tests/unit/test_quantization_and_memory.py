@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from broker.catalogue import load_catalogue
-from tasks.errors import ConfigurationError
-from tasks.schemas import ClassifyRequest, EmbedRequest
-from workers.backends.local import LocalBackend
-from workers.bundled.prepare import MINILM_ID, SENTIMENT_ID
-from workers.groups import MAX_GENERATIONS_TOGETHER, inputs_per_call
-from workers.pools import parse_size, plan_pool
-from workers.registry import ModelRegistry
-from workers.runtime import WorkerProfile
+from llm_router.broker.catalogue import load_catalogue
+from llm_router.tasks.errors import ConfigurationError
+from llm_router.tasks.schemas import ClassifyRequest, EmbedRequest
+from llm_router.workers.backends.local import LocalBackend
+from llm_router.workers.bundled.prepare import MINILM_ID, SENTIMENT_ID
+from llm_router.workers.groups import MAX_GENERATIONS_TOGETHER, inputs_per_call
+from llm_router.workers.pools import parse_size, plan_pool
+from llm_router.workers.registry import ModelRegistry
+from llm_router.workers.runtime import WorkerProfile
 
 CATALOGUE = load_catalogue(None)
 SENTENCES = [

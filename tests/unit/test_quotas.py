@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from broker.gateway.quotas import LocalLedger, Refusal, Reservation, estimate_tokens
+from llm_router.gateway.quotas import LocalLedger, Refusal, Reservation, estimate_tokens
 
 CHAT = [{"role": "user", "content": "x" * 40}]
 ESTIMATES: list[tuple[Any, int]] = [

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from broker.catalogue import Catalogue
-from tasks.errors import ConfigurationError
-from tasks.schemas import EmbedRequest, Usage
-from workers.backends.remote import CallAnswers, RemoteDeps, in_calls
-from workers.backends.usage import TokenCounter
-from workers.pools import REMOTE_CONCURRENCY, plan_pool
+from llm_router.broker.catalogue import Catalogue
+from llm_router.tasks.errors import ConfigurationError
+from llm_router.tasks.schemas import EmbedRequest, Usage
+from llm_router.workers.backends.remote import CallAnswers, RemoteDeps, in_calls
+from llm_router.workers.backends.usage import TokenCounter
+from llm_router.workers.pools import REMOTE_CONCURRENCY, plan_pool
 
 CATALOGUE = Catalogue.model_validate(
     {

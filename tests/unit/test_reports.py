@@ -7,8 +7,24 @@ from xml.etree import ElementTree
 
 import pytest
 
-from tasks.expectations import AnyOf, Contains, HasLabel, Matches, SimilarTo, UnsafePattern, cosine, safe_pattern
-from tasks.reports import CaseResult, ModelAnswer, evaluation_report, junit_xml, rank_answers, summarise_comparison
+from llm_router.tasks.expectations import (
+    AnyOf,
+    Contains,
+    HasLabel,
+    Matches,
+    SimilarTo,
+    UnsafePattern,
+    cosine,
+    safe_pattern,
+)
+from llm_router.tasks.reports import (
+    CaseResult,
+    ModelAnswer,
+    evaluation_report,
+    junit_xml,
+    rank_answers,
+    summarise_comparison,
+)
 
 
 def test_the_comparison_summary_follows_the_guide() -> None:

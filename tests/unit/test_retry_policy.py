@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.errors import (
+from llm_router.tasks.errors import (
     InvalidRequest,
     ModelFailed,
     ModelLoading,
@@ -16,7 +16,7 @@ from tasks.errors import (
     ServerError,
     Unauthorised,
 )
-from workers.retry import Action, RetryPolicy, after_chain
+from llm_router.workers.retry import Action, RetryPolicy, after_chain
 
 POLICY = RetryPolicy()
 MODEL = "org/model"

@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from broker.catalogue import load_catalogue, parse_catalogue
-from broker.cli.usage import parse_since
-from tasks.cache import cache_key
-from tasks.errors import (
+from llm_router.broker.catalogue import load_catalogue, parse_catalogue
+from llm_router.cli.usage import parse_since
+from llm_router.tasks.cache import cache_key
+from llm_router.tasks.errors import (
     ModelFailed,
     ModelNotFound,
     NetworkError,
@@ -18,10 +18,10 @@ from tasks.errors import (
     ServerError,
     Unauthorised,
 )
-from tasks.schemas import parse_request
-from tasks.store import percentile
-from workers.cooldown import LocalCooldowns, failing
-from workers.retry import RetryPolicy
+from llm_router.tasks.schemas import parse_request
+from llm_router.tasks.store import percentile
+from llm_router.workers.cooldown import LocalCooldowns, failing
+from llm_router.workers.retry import RetryPolicy
 
 
 def _key(routed: str = "fast", **fields: object) -> str:

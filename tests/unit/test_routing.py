@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from broker.catalogue import load_catalogue, parse_catalogue
-from broker.queues import message_priority, tier_queues
-from broker.routing import auto_tier, nearest_served_tier, route
-from tasks.errors import ConfigurationError, InvalidRequest
-from tasks.schemas import parse_request
+from llm_router.broker.catalogue import load_catalogue, parse_catalogue
+from llm_router.broker.queues import message_priority, tier_queues
+from llm_router.broker.routing import auto_tier, nearest_served_tier, route
+from llm_router.tasks.errors import ConfigurationError, InvalidRequest
+from llm_router.tasks.schemas import parse_request
 
 CATALOGUE = load_catalogue(None)
 

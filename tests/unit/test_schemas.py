@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import limits
-from tasks.errors import InvalidRequest
-from tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest, parse_request
+from llm_router.tasks import limits
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest, parse_request
 
 BAD = [
     # (request, words the error must contain)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from broker.settings import Settings, check_environment
-from tasks.errors import ConfigurationError
+from llm_router.broker.settings import Settings, check_environment
+from llm_router.tasks.errors import ConfigurationError
 
 
 def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,7 +45,7 @@ def test_hf_token_is_read_from_either_name(monkeypatch: pytest.MonkeyPatch) -> N
     assert "hf_example" not in repr(settings)
 
 
-@pytest.mark.parametrize("module", ["broker.client", "broker.async_client"])
+@pytest.mark.parametrize("module", ["llm_router.broker.client", "llm_router.broker.async_client"])
 def test_importing_the_clients_does_not_import_torch(module: str) -> None:
     code = (
         f"import sys, {module}; bad = [m for m in ('torch', 'transformers') if m in sys.modules];"
@@ -56,7 +56,7 @@ def test_importing_the_clients_does_not_import_torch(module: str) -> None:
 
 
 def test_redis_lease_outlasts_the_longest_countdown() -> None:
-    from broker.celery_app import broker_transport_options
+    from llm_router.broker.celery_app import broker_transport_options
 
     options = broker_transport_options(Settings(broker_url="redis://127.0.0.1:6379/0"))
     assert options["visibility_timeout"] == 7200  # > an hour: a rate-limit deferral never looks abandoned
@@ -64,7 +64,7 @@ def test_redis_lease_outlasts_the_longest_countdown() -> None:
 
 
 def test_rabbitmq_publishes_with_confirms() -> None:
-    from broker.celery_app import broker_transport_options
+    from llm_router.broker.celery_app import broker_transport_options
 
     options = broker_transport_options(Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//"))
     assert options == {"confirm_publish": True}  # a send returns once RabbitMQ holds the message
@@ -88,7 +88,7 @@ ENVIRONMENTS: list[tuple[dict[str, str], str | None]] = [
     (FLEET, None),
     ({"LLM_ROUTER_BROKER_ULR": "x"}, "LLM_ROUTER_BROKER_ULR: no such setting; did you mean LLM_ROUTER_BROKER_URL?"),
     ({"llm_router_cache_ttl": "5"}, "LLM_ROUTER_CACHE_TTL: no such setting; did you mean LLM_ROUTER_CACHE_TTL_S?"),
-    ({"LLM_ROUTER_ZZZ": "1"}, "LLM_ROUTER_ZZZ: no such setting (the README's"),  # nothing close
+    ({"LLM_ROUTER_ZZZ": "1"}, "LLM_ROUTER_ZZZ: no such setting (docs/configuration.md lists them)"),  # nothing close
     ({"LLM_ROUTER_BROKER_URL": "redis://r/0"}, "LLM_ROUTER_BROKER_URL is set but LLM_ROUTER_DATABASE_URL is not"),
     ({"LLM_ROUTER_DATABASE_URL": "postgresql://"}, "LLM_ROUTER_DATABASE_URL is set but LLM_ROUTER_BROKER_URL is not"),
     ({"LLM_ROUTER_REDIS_URL": "redis://r/1"}, "LLM_ROUTER_REDIS_URL is set but neither"),  # a fleet's Redis alone
@@ -105,3 +105,15 @@ def test_the_environment_is_refused_when_it_would_fail_silently(variables: dict[
     with pytest.raises(ConfigurationError) as raised:
         check_environment(variables)
     assert str(raised.value).startswith(refusal)
+
+
+def test_the_package_exports_what_a_caller_catches_without_importing_torch() -> None:
+    code = (
+        "import sys, llm_router as r; names = [getattr(r, n) for n in r.__all__];"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+    import llm_router
+
+    assert set(llm_router.__all__) == set(llm_router._EXPORTS)
+    assert issubclass(llm_router.JobTimeout, llm_router.JobError) and llm_router.Router.__module__.startswith("llm_")

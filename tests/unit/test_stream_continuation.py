@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.streaming import Continuation
+from llm_router.workers.streaming import Continuation
 
 
 def test_a_retry_carries_a_cut_stream_on_without_repeating_and_restarts_it_when_its_text_differs() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from workers.backends.usage import TokenCounter
-from workers.bundled.prepare import MINILM_ID, SMOLLM_ID
+from llm_router.workers.backends.usage import TokenCounter
+from llm_router.workers.bundled.prepare import MINILM_ID, SMOLLM_ID
 
 TEXTS = ["Queues carry jobs, not prompts.", "naïve café — déjà vu", ""]
 

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from broker.webhooks import (
+from llm_router.broker.webhooks import (
     CallbackRefused,
     address_allowed,
     allowed_networks,
@@ -15,7 +15,7 @@ from broker.webhooks import (
     signature,
     verify_signature,
 )
-from tasks.errors import InvalidRequest
+from llm_router.tasks.errors import InvalidRequest
 
 
 @pytest.mark.parametrize(

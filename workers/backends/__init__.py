@@ -5,37 +5,37 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tasks.errors import ConfigurationError
-from workers.backends.base import Backend
-from workers.backends.context import BackendContext
+from llm_router.tasks.errors import ConfigurationError
+from llm_router.workers.backends.base import Backend
+from llm_router.workers.backends.context import BackendContext
 
 
 def _local(context: BackendContext) -> Backend:
-    from workers.backends.local import LocalBackend
+    from llm_router.workers.backends.local import LocalBackend
 
     return LocalBackend(context.registry, context.max_batch)
 
 
 def _echo(context: BackendContext) -> Backend:
-    from workers.backends.echo import EchoBackend
+    from llm_router.workers.backends.echo import EchoBackend
 
     return EchoBackend()
 
 
 def _hf_inference(context: BackendContext) -> Backend:
-    from workers.backends.hf_inference import HfInferenceBackend
+    from llm_router.workers.backends.hf_inference import HfInferenceBackend
 
     return HfInferenceBackend(context.remote("hf-inference", context.settings.hf_base_url))
 
 
 def _openai(context: BackendContext) -> Backend:
-    from workers.backends.openai_compat import OpenAIBackend
+    from llm_router.workers.backends.openai_compat import OpenAIBackend
 
     return OpenAIBackend(context.remote("openai", None))
 
 
 def _tei(context: BackendContext) -> Backend:
-    from workers.backends.tei import TeiBackend
+    from llm_router.workers.backends.tei import TeiBackend
 
     return TeiBackend(context.remote("tei", None))
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from broker.catalogue import GenerationDefaults
-from tasks.schemas import (
+from llm_router.broker.catalogue import GenerationDefaults
+from llm_router.tasks.schemas import (
     ClassifyRequest,
     ClassifyResult,
     EmbedRequest,

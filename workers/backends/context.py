@@ -7,14 +7,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from broker.catalogue import Catalogue
-from broker.settings import Settings
+from llm_router.broker.catalogue import Catalogue
+from llm_router.broker.settings import Settings
 
 if TYPE_CHECKING:
     import httpx
 
-    from workers.backends.remote import RemoteDeps
-    from workers.registry import ModelRegistry
+    from llm_router.workers.backends.remote import RemoteDeps
+    from llm_router.workers.registry import ModelRegistry
 
 
 @dataclass
@@ -29,7 +29,7 @@ class BackendContext:
 
     def http(self) -> httpx.Client:
         """The process's one HTTP client (its connection pool), made on first use by whichever thread."""
-        from workers.backends.http import make_client
+        from llm_router.workers.backends.http import make_client
 
         with self._lock:
             if self._http is None:
@@ -38,9 +38,9 @@ class BackendContext:
 
     def remote(self, provider: str, default_base_url: str | None) -> RemoteDeps:
         """What a remote backend of ``provider`` needs: an HTTP caller with the tokens, a token counter."""
-        from workers.backends.http import HttpCaller
-        from workers.backends.remote import RemoteDeps
-        from workers.backends.usage import TokenCounter
+        from llm_router.workers.backends.http import HttpCaller
+        from llm_router.workers.backends.remote import RemoteDeps
+        from llm_router.workers.backends.usage import TokenCounter
 
         model_tokens = {
             model_id: self.settings.api_key(spec.api_key_env)

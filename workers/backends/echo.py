@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 
-from broker.catalogue import GenerationDefaults
-from tasks.schemas import (
+from llm_router.broker.catalogue import GenerationDefaults
+from llm_router.tasks.schemas import (
     Classification,
     ClassifyRequest,
     ClassifyResult,

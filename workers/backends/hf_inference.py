@@ -12,11 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.catalogue import GenerationDefaults
-from tasks.schemas import ClassifyRequest, ClassifyResult, EmbedRequest, EmbedResult, GenerateRequest, GenerateResult
-from workers.backends.http import unexpected
-from workers.backends.openai_compat import chat_payload, chat_result, streamed_chat, wants_stream
-from workers.backends.remote import (
+from llm_router.broker.catalogue import GenerationDefaults
+from llm_router.tasks.schemas import (
+    ClassifyRequest,
+    ClassifyResult,
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+)
+from llm_router.workers.backends.http import unexpected
+from llm_router.workers.backends.openai_compat import chat_payload, chat_result, streamed_chat, wants_stream
+from llm_router.workers.backends.remote import (
     CallAnswers,
     RemoteDeps,
     Sampling,

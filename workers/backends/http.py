@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from tasks.errors import (
+from llm_router.tasks.errors import (
     ModelFailed,
     ModelLoading,
     ModelNotFound,
@@ -28,7 +28,7 @@ from tasks.errors import (
     ServerError,
     Unauthorised,
 )
-from tasks.redaction import redact
+from llm_router.tasks.redaction import redact
 
 
 def make_client(timeout_s: float, calls_at_once: int = 1) -> httpx.Client:

@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 import numpy
 import torch
 
-from broker.catalogue import GenerationDefaults
-from tasks.errors import ModelFailed
-from tasks.schemas import (
+from llm_router.broker.catalogue import GenerationDefaults
+from llm_router.tasks.errors import ModelFailed
+from llm_router.tasks.schemas import (
     Classification,
     ClassifyRequest,
     ClassifyResult,
@@ -25,11 +25,11 @@ from tasks.schemas import (
     LabelScore,
     Usage,
 )
-from workers.cancellation import ROW_STOPS, STOP_REQUESTED
-from workers.interludes import between_passes
-from workers.model_thread import on_model_thread
-from workers.registry import LoadedModel, ModelRegistry
-from workers.streaming import DELTAS, ROW_DELTAS, RowDeltas
+from llm_router.workers.cancellation import ROW_STOPS, STOP_REQUESTED
+from llm_router.workers.interludes import between_passes
+from llm_router.workers.model_thread import on_model_thread
+from llm_router.workers.registry import LoadedModel, ModelRegistry
+from llm_router.workers.streaming import DELTAS, ROW_DELTAS, RowDeltas
 
 BATCH_SIZE = 64
 T = TypeVar("T")
@@ -58,8 +58,8 @@ def _row_hooks(rows: int) -> tuple[list[Callable[[], bool]], list[Callable[[str]
 
 
 def _run_model(model_id: str, loaded: LoadedModel, call: Callable[[], T]) -> T:
-    """``call()`` on the model thread (see ``workers.model_thread``), one at a time per model, without autograd;
-    torch's errors become ``ModelFailed``."""
+    """``call()`` on the model thread (see ``llm_router.workers.model_thread``), one at a time per model, without
+    autograd; torch's errors become ``ModelFailed``."""
 
     def guarded() -> T:
         try:

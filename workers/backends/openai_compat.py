@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.catalogue import GenerationDefaults
-from tasks.errors import ModelNotFound, NetworkError
-from tasks.schemas import (
+from llm_router.broker.catalogue import GenerationDefaults
+from llm_router.tasks.errors import ModelNotFound, NetworkError
+from llm_router.tasks.schemas import (
     ClassifyRequest,
     ClassifyResult,
     EmbedRequest,
@@ -21,11 +21,11 @@ from tasks.schemas import (
     GenerateResult,
     Usage,
 )
-from workers.backends.http import HttpCaller, unexpected
-from workers.backends.remote import CallAnswers, RemoteDeps, Sampling, embed_results, in_calls, vectors_of
-from workers.backends.usage import TokenCounter
-from workers.cancellation import STOP_REQUESTED
-from workers.streaming import DELTAS
+from llm_router.workers.backends.http import HttpCaller, unexpected
+from llm_router.workers.backends.remote import CallAnswers, RemoteDeps, Sampling, embed_results, in_calls, vectors_of
+from llm_router.workers.backends.usage import TokenCounter
+from llm_router.workers.cancellation import STOP_REQUESTED
+from llm_router.workers.streaming import DELTAS
 
 # The most inputs OpenAI's embeddings route takes in one call.
 INPUTS_PER_CALL = 2048

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from broker.catalogue import Catalogue, GenerationDefaults
-from tasks.errors import ConfigurationError
-from tasks.schemas import (
+from llm_router.broker.catalogue import Catalogue, GenerationDefaults
+from llm_router.tasks.errors import ConfigurationError
+from llm_router.tasks.schemas import (
     Classification,
     ClassifyRequest,
     ClassifyResult,
@@ -19,8 +19,8 @@ from tasks.schemas import (
     LabelScore,
     Usage,
 )
-from workers.backends.http import HttpCaller, unexpected
-from workers.backends.usage import TokenCounter
+from llm_router.workers.backends.http import HttpCaller, unexpected
+from llm_router.workers.backends.usage import TokenCounter
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from broker.catalogue import GenerationDefaults
-from tasks.errors import ModelNotFound
-from tasks.schemas import ClassifyRequest, ClassifyResult, EmbedRequest, EmbedResult, GenerateRequest, GenerateResult
-from workers.backends.remote import (
+from llm_router.broker.catalogue import GenerationDefaults
+from llm_router.tasks.errors import ModelNotFound
+from llm_router.tasks.schemas import (
+    ClassifyRequest,
+    ClassifyResult,
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+)
+from llm_router.workers.backends.remote import (
     CallAnswers,
     RemoteDeps,
     classify_results,

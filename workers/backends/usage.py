@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tasks.schemas import Usage
+from llm_router.tasks.schemas import Usage
 
 log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 4

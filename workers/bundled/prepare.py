@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.errors import ConfigurationError
+from llm_router.tasks.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,13 @@ def _build_minilm(target: Path) -> None:
 
 
 def _build_smollm(target: Path) -> None:
-    from workers.bundled.convert_gguf import convert_gguf
+    from llm_router.workers.bundled.convert_gguf import convert_gguf
 
     convert_gguf(smollm_gguf(), target)
 
 
 def _build_sentiment(target: Path) -> None:
-    from workers.bundled.train_sentiment import train_sentiment
+    from llm_router.workers.bundled.train_sentiment import train_sentiment
 
     train_sentiment(minilm_source(), target)
 

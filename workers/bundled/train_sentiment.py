@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from workers.bundled.sentiment_data import NEGATIVE, POSITIVE
+from llm_router.workers.bundled.sentiment_data import NEGATIVE, POSITIVE
 
 LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
 EPOCHS = 8

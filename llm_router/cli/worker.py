@@ -6,8 +6,8 @@ import os
 
 import click
 
-from broker.cli.output import EXIT_INVALID, fail
-from tasks.errors import ConfigurationError
+from llm_router.cli.output import EXIT_INVALID, fail, require_local
+from llm_router.tasks.errors import ConfigurationError
 
 
 @click.command()
@@ -74,11 +74,11 @@ def worker(
     loglevel: str,
 ) -> None:
     """Consume jobs of the pool's tier queues and run their models."""
-    from broker.celery_app import create_app
-    from broker.settings import Settings
-    from tasks.database import check_schema, make_engine, upgrade
-    from workers.log_limits import quiet_outages
-    from workers.pools import parse_size, plan_pool
+    from llm_router.broker.celery_app import create_app
+    from llm_router.broker.settings import Settings
+    from llm_router.tasks.database import check_schema, make_engine, upgrade
+    from llm_router.workers.log_limits import quiet_outages
+    from llm_router.workers.pools import parse_size, plan_pool
 
     settings = Settings()
     app = create_app(settings)
@@ -100,6 +100,8 @@ def worker(
         )
     except ConfigurationError as exc:
         fail(str(exc), code=EXIT_INVALID)
+    if plan.profile.runs_models:
+        require_local(f"the {pool} pool")
     engine = make_engine(settings.resolved_database_url)
     try:
         if engine.dialect.name == "sqlite":

@@ -7,8 +7,8 @@ import asyncio
 
 from fastapi import Request
 
-from broker.gateway.errors import ApiError
-from tasks.store import ApiKeyView, JobStore
+from llm_router.gateway.errors import ApiError
+from llm_router.tasks.store import ApiKeyView, JobStore
 
 
 async def caller(request: Request) -> ApiKeyView:

@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from broker.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, emit_json, fail
-from broker.client import Job, Result, Router, UnknownJob
-from tasks.errors import ConfigurationError, InvalidRequest, JobError, JobRejected, JobTimeout
-from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+from llm_router.broker.client import Job, Result, Router, UnknownJob
+from llm_router.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, emit_json, fail
+from llm_router.tasks.errors import ConfigurationError, InvalidRequest, JobError, JobRejected, JobTimeout
+from llm_router.tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 
 
 def describe_result(result: Result) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from broker.cli.output import emit_json, table
+from llm_router.cli.output import emit_json, table
 
 
 def _broker(app: Any) -> dict[str, Any]:
@@ -28,9 +28,9 @@ def _broker(app: Any) -> dict[str, Any]:
 
 
 def _database(url: str) -> dict[str, Any]:
-    from tasks.database import check_schema, make_engine, schema_revision
-    from tasks.errors import SchemaNotCurrent
-    from tasks.store import JobStore
+    from llm_router.tasks.database import check_schema, make_engine, schema_revision
+    from llm_router.tasks.errors import SchemaNotCurrent
+    from llm_router.tasks.store import JobStore
 
     engine = make_engine(url)
     try:
@@ -59,7 +59,7 @@ def _recovery(redis_url: str | None) -> dict[str, Any]:
         return {"recovered": [], "dead_workers": {}}
     import redis
 
-    from workers.sweeper import recoveries
+    from llm_router.workers.sweeper import recoveries
 
     try:
         return recoveries(redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0))
@@ -73,7 +73,7 @@ def _unserved(redis_url: str | None, queues: list[str]) -> list[str]:
         return []
     import redis
 
-    from broker.consumers import ServedQueues
+    from llm_router.broker.consumers import ServedQueues
 
     served = ServedQueues(redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)).served(
         queues
@@ -94,8 +94,8 @@ def _workers(app: Any, timeout: float) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True)
 def status(timeout: float, as_json: bool) -> None:
     """Health of the cluster: exit 0 when the broker and database answer and a worker is up."""
-    from broker.celery_app import create_app
-    from broker.settings import Settings
+    from llm_router.broker.celery_app import create_app
+    from llm_router.broker.settings import Settings
 
     settings = Settings()
     app = create_app(settings)
@@ -106,7 +106,7 @@ def status(timeout: float, as_json: bool) -> None:
     healthy = broker["ok"] and database["ok"] and bool(workers)
     recovery = _recovery(settings.resolved_redis_url)
     unserved = _unserved(settings.resolved_redis_url, list(broker["queues"]))
-    from broker.gateway.presence import gateways
+    from llm_router.gateway.presence import gateways
 
     front = gateways(settings.resolved_redis_url)
     report = {

@@ -8,22 +8,22 @@ from typing import Any
 import click
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from broker.cli.batch import batch
-from broker.cli.compare import compare
-from broker.cli.db import db
-from broker.cli.demo import demo
-from broker.cli.evaluate import evaluate
-from broker.cli.flower import flower
-from broker.cli.gateway import keys, metrics, serve
-from broker.cli.models import models
-from broker.cli.output import EXIT_INVALID, EXIT_UNAVAILABLE, fail
-from broker.cli.pipeline import pipeline, runs
-from broker.cli.prune import prune
-from broker.cli.requeue import requeue
-from broker.cli.status import status
-from broker.cli.submit import cancel, result, submit
-from broker.cli.usage import usage
-from broker.cli.worker import worker
+from llm_router.cli.batch import batch
+from llm_router.cli.compare import compare
+from llm_router.cli.db import db
+from llm_router.cli.demo import demo
+from llm_router.cli.evaluate import evaluate
+from llm_router.cli.flower import flower
+from llm_router.cli.gateway import keys, metrics, serve
+from llm_router.cli.models import models
+from llm_router.cli.output import EXIT_INVALID, EXIT_UNAVAILABLE, fail
+from llm_router.cli.pipeline import pipeline, runs
+from llm_router.cli.prune import prune
+from llm_router.cli.requeue import requeue
+from llm_router.cli.status import status
+from llm_router.cli.submit import cancel, result, submit
+from llm_router.cli.usage import usage
+from llm_router.cli.worker import worker
 
 
 class RouterCli(click.Group):
@@ -31,9 +31,9 @@ class RouterCli(click.Group):
     cannot be used into one line and exit status 2, in every command."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from broker.client import EnqueueFailed
-        from tasks.errors import ConfigurationError, SchemaNotCurrent
-        from tasks.store import DATABASE_UNAVAILABLE
+        from llm_router.broker.client import EnqueueFailed
+        from llm_router.tasks.errors import ConfigurationError, SchemaNotCurrent
+        from llm_router.tasks.store import DATABASE_UNAVAILABLE
 
         try:
             return super().invoke(ctx)
@@ -48,7 +48,7 @@ class RouterCli(click.Group):
 
 
 def _database() -> str:
-    from broker.settings import Settings
+    from llm_router.broker.settings import Settings
 
     return Settings().safe_database_url()
 

@@ -28,8 +28,8 @@ from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 
-from broker.gateway.errors import ApiError
-from tasks.store import ApiKeyView, JobStore
+from llm_router.gateway.errors import ApiError
+from llm_router.tasks.store import ApiKeyView, JobStore
 
 log = logging.getLogger(__name__)
 

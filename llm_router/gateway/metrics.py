@@ -32,10 +32,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 from redis.exceptions import RedisError
 
-from broker.counters import cooling, deferrals
-from broker.routing import lane_of
-from tasks.records import FINAL_STATUSES
-from tasks.store import BUCKETS_S, JobStore
+from llm_router.broker.counters import cooling, deferrals
+from llm_router.broker.routing import lane_of
+from llm_router.tasks.records import FINAL_STATUSES
+from llm_router.tasks.store import BUCKETS_S, JobStore
 
 WINDOW_S = 900.0
 

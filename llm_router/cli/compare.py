@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from broker.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, emit_json, fail, table
-from broker.cli.submit import json_option
-from broker.client import Router
-from broker.compare import Comparison
-from tasks.errors import ConfigurationError, InvalidRequest
+from llm_router.broker.client import Router
+from llm_router.broker.compare import Comparison
+from llm_router.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, emit_json, fail, table
+from llm_router.cli.submit import json_option
+from llm_router.tasks.errors import ConfigurationError, InvalidRequest
 
 
 def clip(text: str | None, width: int = 60) -> str | None:

@@ -7,9 +7,9 @@ import struct
 import time
 from typing import Any
 
-from broker.catalogue import Catalogue
-from tasks.errors import InvalidRequest
-from tasks.schemas import EmbedResult, GenerateResult
+from llm_router.broker.catalogue import Catalogue
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.schemas import EmbedResult, GenerateResult
 
 # OpenAI fields that map onto ours; anything else we do not implement is refused by name, not ignored.
 _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -26,6 +27,18 @@ def _default(value: Any) -> Any:
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def require_local(what: str) -> None:
+    """Refuse, in one line, work that runs models here when the ``local`` extra (torch, transformers) is not
+    installed: the plain install is the client, the CLI, the gateway and the remote pool."""
+    missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
+    if missing:
+        fail(
+            f"{what} runs models on this machine, which needs {' and '.join(missing)}: "
+            "pip install 'llm-runner-router[local]'",
+            code=EXIT_INVALID,
+        )
 
 
 def emit_json(value: Any) -> None:

@@ -21,8 +21,8 @@ from typing import Any, TextIO
 
 import click
 
-from broker.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, fail
-from tasks.records import FINAL_STATUSES, Status
+from llm_router.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, fail
+from llm_router.tasks.records import FINAL_STATUSES, Status
 
 NAMESPACE = uuid.UUID("6f1c2a52-0d4e-4c35-9a7e-3b8e5d2f9c41")
 
@@ -158,7 +158,7 @@ def batch(
 
     Exit status: 0 every line succeeded, 1 some line failed or was invalid, 2 bad arguments, 3 the database
     or broker cannot be reached, 4 lines were still running when --timeout passed."""
-    from broker.client import Router
+    from llm_router.broker.client import Router
 
     batch_id = batch_id or str(uuid.uuid5(NAMESPACE, str(source.resolve())))
     if len(batch_id) > 64:

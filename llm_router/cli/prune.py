@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from broker.cli.output import EXIT_INVALID, emit_json, fail
-from broker.cli.usage import parse_since
+from llm_router.cli.output import EXIT_INVALID, emit_json, fail
+from llm_router.cli.usage import parse_since
 
 
 @click.command()
@@ -16,7 +16,7 @@ from broker.cli.usage import parse_since
 def prune(older_than: str, results_only: bool, dry_run: bool, as_json: bool) -> None:
     """Prune jobs created before --older-than that ended (succeeded, failed, rejected). A job still queued,
     waiting or running is never touched."""
-    from broker.client import Router
+    from llm_router.broker.client import Router
 
     try:
         cutoff = parse_since(older_than)

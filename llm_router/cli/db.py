@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from broker.settings import Settings
-from tasks.database import make_engine, upgrade
+from llm_router.broker.settings import Settings
+from llm_router.tasks.database import make_engine, upgrade
 
 
 @click.group()

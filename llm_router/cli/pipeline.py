@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from broker.cli.compare import clip
-from broker.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, emit_json, fail, table
-from broker.client import Router
-from tasks.errors import ConfigurationError, InvalidRequest
+from llm_router.broker.client import Router
+from llm_router.cli.compare import clip
+from llm_router.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, emit_json, fail, table
+from llm_router.tasks.errors import ConfigurationError, InvalidRequest
 
 
 @click.command()

@@ -6,7 +6,7 @@ import re
 
 import click
 
-from broker.cli.output import EXIT_INVALID, emit_json, fail, table
+from llm_router.cli.output import EXIT_INVALID, emit_json, fail, table
 
 TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -21,10 +21,10 @@ def serve(host: str, port: int, workers: int) -> None:
 
     import uvicorn
 
-    from broker.gateway.presence import ADDRESS_VARIABLE
+    from llm_router.gateway.presence import ADDRESS_VARIABLE
 
     os.environ[ADDRESS_VARIABLE] = f"{host}:{port}"  # for `llm-router status`, in every server process
-    uvicorn.run("broker.gateway.app:create_app", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run("llm_router.gateway.app:create_app", factory=True, host=host, port=port, workers=workers)
 
 
 @click.command()
@@ -36,8 +36,8 @@ def metrics(host: str, port: int) -> None:
 
     from prometheus_client import start_http_server
 
-    from broker.client import Router
-    from broker.gateway.metrics import registry
+    from llm_router.broker.client import Router
+    from llm_router.gateway.metrics import registry
 
     with Router() as router:
         start_http_server(port, addr=host, registry=registry(router.store, router.settings.resolved_redis_url))
@@ -59,7 +59,7 @@ def keys() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def create_key(tenant: str, rpm: int | None, tpm: int | None, budget_tokens: int | None, as_json: bool) -> None:
     """Create a key and print it: it is shown this once (only its hash is kept)."""
-    from broker.client import Router
+    from llm_router.broker.client import Router
 
     if not TENANT.match(tenant):
         fail("--tenant: 1 to 64 letters, digits, '.', '_' or '-'", code=EXIT_INVALID, as_json=as_json)
@@ -79,7 +79,7 @@ def create_key(tenant: str, rpm: int | None, tpm: int | None, budget_tokens: int
 @click.option("--json", "as_json", is_flag=True)
 def list_keys(tenant: str | None, as_json: bool) -> None:
     """Keys by prefix (never the keys themselves), with their limits and whether they are revoked."""
-    from broker.client import Router
+    from llm_router.broker.client import Router
 
     with Router() as router:
         found = router.store.keys(tenant)
@@ -110,7 +110,7 @@ def list_keys(tenant: str | None, as_json: bool) -> None:
 @click.argument("key_id")
 def revoke_key(key_id: str) -> None:
     """Revoke a key by its id or its prefix (as ``keys list`` shows them): it is refused at once."""
-    from broker.client import Router
+    from llm_router.broker.client import Router
 
     with Router() as router:
         revoked = router.store.revoke_key(key_id.rstrip("…"))

@@ -27,20 +27,20 @@ from fastapi import Body, Depends, FastAPI, File, Form, Header, Query, Request, 
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import text
 
-from broker.async_client import AsyncJob, AsyncRouter
-from broker.consumers import unserved_note
-from broker.gateway import batch_api, errors, openai_format
-from broker.gateway.auth import caller
-from broker.gateway.errors import ApiError
-from broker.gateway.metrics import exposition, registry
-from broker.gateway.presence import announce
-from broker.gateway.quotas import Quotas, estimate_tokens
-from broker.settings import Settings
-from tasks.errors import JobError, JobTimeout
-from tasks.records import RunStatus
-from tasks.schemas import EmbedResult, GenerateResult
-from tasks.storable import NUL
-from tasks.store import ApiKeyView, FileView
+from llm_router.broker.async_client import AsyncJob, AsyncRouter
+from llm_router.broker.consumers import unserved_note
+from llm_router.broker.settings import Settings
+from llm_router.gateway import batch_api, errors, openai_format
+from llm_router.gateway.auth import caller
+from llm_router.gateway.errors import ApiError
+from llm_router.gateway.metrics import exposition, registry
+from llm_router.gateway.presence import announce
+from llm_router.gateway.quotas import Quotas, estimate_tokens
+from llm_router.tasks.errors import JobError, JobTimeout
+from llm_router.tasks.records import RunStatus
+from llm_router.tasks.schemas import EmbedResult, GenerateResult
+from llm_router.tasks.storable import NUL
+from llm_router.tasks.store import ApiKeyView, FileView
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from broker.cli.compare import clip
-from broker.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, emit_json, fail, table
-from broker.client import Router
-from broker.evaluation import Evaluation
-from tasks.errors import ConfigurationError, InvalidRequest
-from tasks.reports import CaseResult, junit_xml
+from llm_router.broker.client import Router
+from llm_router.broker.evaluation import Evaluation
+from llm_router.cli.compare import clip
+from llm_router.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, emit_json, fail, table
+from llm_router.tasks.errors import ConfigurationError, InvalidRequest
+from llm_router.tasks.reports import CaseResult, junit_xml
 
 
 def _cell(result: CaseResult) -> str:

@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 
 import click
 
-from broker.catalogue import load_catalogue
-from broker.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE, emit_json, fail, table
-from broker.hub import MAX_SEARCH_RESULTS, SORT_KEYS, Hub, SearchQuery
-from broker.settings import Settings
-from tasks.errors import HubUnavailable, InvalidRequest, PermanentError
+from llm_router.broker.catalogue import load_catalogue
+from llm_router.broker.hub import MAX_SEARCH_RESULTS, SORT_KEYS, Hub, SearchQuery
+from llm_router.broker.settings import Settings
+from llm_router.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE, emit_json, fail, require_local, table
+from llm_router.tasks.errors import HubUnavailable, InvalidRequest, PermanentError
 
 T = TypeVar("T")
 
@@ -29,7 +29,9 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def prepare(force: bool, as_json: bool) -> None:
     """Make the bundled models available offline in the models directory (once per machine)."""
-    from workers.bundled.prepare import prepare_models
+    from llm_router.workers.bundled.prepare import prepare_models
+
+    require_local("preparing the bundled models")
 
     settings = Settings()
     report = prepare_models(settings.models_dir, force=force)
@@ -44,7 +46,7 @@ def prepare(force: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def list_models(as_json: bool) -> None:
     """The catalogue's tiers, their model chains, and where each model comes from."""
-    from workers.bundled.prepare import model_folder
+    from llm_router.workers.bundled.prepare import model_folder
 
     settings = Settings()
     catalogue = load_catalogue(settings.config)
@@ -73,8 +75,8 @@ def list_models(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(model_id: str, wait: bool, max_wait: float, interval: float, as_json: bool) -> None:
     """Whether a remote model is ready, loading or in error (exit 0 only when ready)."""
-    from workers.backends.http import HttpCaller, make_client
-    from workers.model_status import check_model_status, wait_for_model
+    from llm_router.workers.backends.http import HttpCaller, make_client
+    from llm_router.workers.model_status import check_model_status, wait_for_model
 
     settings = Settings()
     spec = load_catalogue(settings.config).model_spec(model_id)

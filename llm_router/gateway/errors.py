@@ -12,10 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from broker.jobs import UnknownJob
-from broker.router import EnqueueFailed
-from tasks.errors import InvalidRequest
-from tasks.store import DATABASE_UNAVAILABLE
+from llm_router.broker.jobs import UnknownJob
+from llm_router.broker.router import EnqueueFailed
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.store import DATABASE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 UNPARSABLE_BODY = "There was an error parsing the body"

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from broker.cli.output import EXIT_INVALID, fail
+from llm_router.cli.output import EXIT_INVALID, fail
 
 
 @click.command()
@@ -18,7 +18,7 @@ from broker.cli.output import EXIT_INVALID, fail
 @click.option("--insecure", is_flag=True, help="Start without basic auth (prints a warning).")
 def flower(port: int, address: str, persistent: bool, state_db: str, insecure: bool) -> None:
     """Start Flower with basic auth from FLOWER_BASIC_AUTH (user:password[,user2:password2])."""
-    from broker.settings import Settings
+    from llm_router.broker.settings import Settings
 
     settings = Settings()
     env = {key: value for key, value in os.environ.items() if key != "FLOWER_BASIC_AUTH"}

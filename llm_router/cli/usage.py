@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
-from broker.cli.output import EXIT_INVALID, emit_json, fail, table
+from llm_router.cli.output import EXIT_INVALID, emit_json, fail, table
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -30,7 +30,7 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
 @click.option("--json", "as_json", is_flag=True)
 def usage(since: str | None, as_json: bool) -> None:
     """Usage of the whole cluster: requests, cache hit rate, tokens, failures, latency, fallbacks."""
-    from broker.client import Router
+    from llm_router.broker.client import Router
 
     try:
         start = parse_since(since) if since else None

@@ -18,11 +18,11 @@ from typing import Any
 
 import click
 
-from broker.cli.output import table
-from broker.client import Job, Router
-from broker.settings import Settings
-from tasks.errors import JobError, JobTimeout
-from tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
+from llm_router.broker.client import Job, Router
+from llm_router.broker.settings import Settings
+from llm_router.cli.output import require_local, table
+from llm_router.tasks.errors import JobError, JobTimeout
+from llm_router.tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 
 RELATED = ("A man is playing a guitar.", "Someone is strumming a guitar.")
 UNRELATED = "The stock market crashed today."
@@ -45,7 +45,7 @@ def _start_worker(settings: Settings, tiers: list[str], log_path: Path) -> subpr
     command = [
         sys.executable,
         "-m",
-        "broker.cli.main",
+        "llm_router.cli.main",
         "worker",
         "--pool",
         "cpu",
@@ -106,8 +106,10 @@ def _bulk(router: Router, worker: subprocess.Popen[bytes], timeout: float) -> bo
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait for all jobs.")
 def demo(timeout: float) -> None:
     """Run a small mixed sample through the whole cluster path and print the results."""
-    from tasks.database import make_engine, upgrade
-    from workers.bundled.prepare import missing_models, prepare_models
+    from llm_router.tasks.database import make_engine, upgrade
+    from llm_router.workers.bundled.prepare import missing_models, prepare_models
+
+    require_local("the demo")
 
     settings = Settings()
     click.echo(

@@ -15,12 +15,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.catalogue import Catalogue
-from broker.gateway import openai_format
-from tasks.errors import InvalidRequest
-from tasks.records import UNFINISHED_STATUSES, Status
-from tasks.schemas import EmbedResult, GenerateResult
-from tasks.store import JobView, RunView
+from llm_router.broker.catalogue import Catalogue
+from llm_router.gateway import openai_format
+from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.records import UNFINISHED_STATUSES, Status
+from llm_router.tasks.schemas import EmbedResult, GenerateResult
+from llm_router.tasks.store import JobView, RunView
 
 RUN_KIND = "openai-batch"
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from broker.cli.output import EXIT_INVALID, emit_json, fail
-from broker.cli.usage import parse_since
+from llm_router.cli.output import EXIT_INVALID, emit_json, fail
+from llm_router.cli.usage import parse_since
 
 if TYPE_CHECKING:
-    from tasks.store import JobView
+    from llm_router.tasks.store import JobView
 
 
 @click.command()
@@ -23,7 +23,7 @@ def requeue(stale: bool, older_than: str, dry_run: bool, as_json: bool) -> None:
     of life for a while are published again (a job that finished meanwhile is never run twice)."""
     from datetime import UTC, datetime
 
-    from broker.client import Router
+    from llm_router.broker.client import Router
 
     try:
         now = datetime.now(UTC)
