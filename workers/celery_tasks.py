@@ -35,7 +35,7 @@ from llm_router.workers.execution import Reschedule, cause_of
 from llm_router.workers.groups import inputs_per_call, run_jobs
 from llm_router.workers.heartbeat import ServingHeartbeat
 from llm_router.workers.interludes import interludes
-from llm_router.workers.job_end import Ended, after_final
+from llm_router.workers.job_end import Ended, after_final, carry_pipelines_on, claim_webhooks
 from llm_router.workers.log_limits import Throttle
 from llm_router.workers.messages import BadBulkMessage, BadMessage, Cursor, JobMessage, parse_messages
 from llm_router.workers.webhooks import LEGACY_WEBHOOK_TASK, WEBHOOK_TASK, Webhooks, webhook_task_id
@@ -66,6 +66,7 @@ def current_runtime(app: Any) -> WorkerRuntime:
             runtime = build_runtime(app.router_settings, app.catalogue, profile)
             runtime.step_ended = _pipeline_advancer(app, runtime)
             runtime.webhooks = _webhooks(app, runtime)
+            runtime.end_hooks += [carry_pipelines_on(runtime.step_ended), claim_webhooks(runtime.webhooks)]
             _start_sweeper(app, runtime)
             _runtimes.clear()
             _runtimes[os.getpid()] = runtime
@@ -175,7 +176,7 @@ def _end_jobs_of_failed_message(
     runtime = current_runtime(task.app)
     cause = f"internal error while running its message ({cause_of(exc)})"
     ended = runtime.store.fail_unfinished(job_ids, cause, not_leased_by_others=runtime.lease.owner)
-    after_final(runtime, [Ended(job_id, Status.FAILED) for job_id in ended])
+    after_final(runtime.end_hooks, [Ended(job_id, Status.FAILED) for job_id in ended])
     return Status.FAILED
 
 

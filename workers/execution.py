@@ -126,9 +126,11 @@ def _run_claimed(
     if not status.is_final:
         return status
     if job is None:  # a message of a job never recorded, rejected: its callers only need waking
-        after_final(runtime, [Ended(message.job_id, status)])
+        after_final(runtime.end_hooks, [Ended(message.job_id, status)])
     else:
-        after_final(runtime, [Ended.of(job.id, status, job.request or {}, queue=job.queue, run_step=job.run_step)])
+        after_final(
+            runtime.end_hooks, [Ended.of(job.id, status, job.request or {}, queue=job.queue, run_step=job.run_step)]
+        )
     return status
 
 

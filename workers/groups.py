@@ -227,7 +227,7 @@ def _run_claimed_group(
     ended = _record_group(runtime, kind, group, answers, latency_ms, cancelled)
     queue = queue_for_tier(group.tier)
     after_final(
-        runtime,
+        runtime.end_hooks,
         [ended_request(job.job_id, ended[job.job_id], by_id[job.job_id][1], queue=queue) for job in started],
     )
     log.info(

@@ -26,6 +26,7 @@ from llm_router.workers.backends.base import Backend
 from llm_router.workers.backends.context import BackendContext
 from llm_router.workers.cancellation import CancelWatch
 from llm_router.workers.cooldown import Cooldowns, LocalCooldowns, RedisCooldowns
+from llm_router.workers.job_end import EndHook, close_streams, wake_callers
 from llm_router.workers.leases import LeaseKeeper, RunningHere, lease_for_this_process
 from llm_router.workers.rate_limits import RateLimiter, Rule, window_rules
 from llm_router.workers.registry import ModelRegistry, Quantize
@@ -85,6 +86,7 @@ class WorkerRuntime:
     # Carries a pipeline on once one of its steps ended (given the run's id); set where messages can be sent.
     step_ended: Callable[[str], None] = field(default=lambda _run_id: None)
     webhooks: Webhooks | None = None  # sends completion webhooks; set where messages can be sent
+    end_hooks: list[EndHook] = field(default_factory=list)  # what follows a job's final record, in order
 
     def limit_rules(self, tier: str, provider: str, model_id: str) -> list[Rule]:
         """The windows one call of ``model_id`` on ``tier`` must fit in: the tier's, and its provider key's."""
@@ -164,4 +166,8 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
     runtime.notices = DoneNotices(redis_url) if redis_url else None
     runtime.cancels = CancelWatch(redis_url)
     runtime.streams = StreamWriter(redis_url) if redis_url else None
+    if runtime.notices is not None:
+        runtime.end_hooks.append(wake_callers(runtime.notices))
+    if runtime.streams is not None:
+        runtime.end_hooks.append(close_streams(runtime.streams))
     return runtime

@@ -411,3 +411,17 @@ def test_a_group_whose_record_is_refused_is_recorded_job_by_job(
     assert run_jobs(cluster.runtime, "embed", messages, "worker-1", cluster.reschedule) == [Status.SUCCEEDED] * 3
     assert cluster.backend.calls == [("e/a", 3)]  # one shared call; only its record went job by job
     assert all(cluster.path(job_id) == [("e/a", "succeeded")] for job_id in ids)
+
+
+def test_what_follows_a_jobs_end_runs_once_for_each_job_alone_or_together(cluster: Cluster) -> None:
+    heard: list[tuple[str, Status]] = []
+    cluster.runtime.end_hooks.append(lambda ended: heard.extend((job.job_id, job.status) for job in ended))
+    alone = cluster.submit(GENERATE)
+    assert cluster.drive(alone) == [Status.SUCCEEDED]
+    together = [cluster.submit({"kind": "embed", "input": f"text {n}", "use_cache": False}) for n in range(3)]
+    messages = [JobMessage(job_id, None) for job_id in together]
+    assert run_jobs(cluster.runtime, "embed", messages, "worker-1", cluster.reschedule) == [Status.SUCCEEDED] * 3
+    retried = cluster.submit(GENERATE)
+    cluster.backend.script["m/a"] = [ServerError("500"), "ok"]
+    assert cluster.drive(retried) == [Status.RETRYING, Status.SUCCEEDED]  # a retry is not an end
+    assert heard == [(job_id, Status.SUCCEEDED) for job_id in [alone, *together, retried]]
