@@ -12,6 +12,7 @@ import pytest
 from kombu import Connection, Exchange, Queue
 from kombu.exceptions import ChannelError
 
+from llm_router.broker import embedded_broker
 from llm_router.broker.embedded_broker import CORRUPT_FOLDER
 
 EXCHANGE = Exchange("llm-router", type="direct")
@@ -71,11 +72,22 @@ def test_a_message_the_disk_cannot_hold_whole_leaves_nothing(tmp_path: Path, mon
 def test_a_message_file_that_cannot_be_read_is_set_aside_and_the_next_is_taken(tmp_path: Path) -> None:
     with _connection(tmp_path) as connection:
         _publish(connection, {"job_id": "first"})
-        (tmp_path / "queue" / "0_empty.fast.msg").write_bytes(b"")  # oldest of all: taken first
-        (tmp_path / "queue" / "1_cut.fast.msg").write_bytes(b'{"body": "cut sh')
+        (tmp_path / "queue" / f"{0:020d}_empty.fast.msg").write_bytes(b"")  # oldest of all: taken first
+        (tmp_path / "queue" / f"{1:020d}_cut.fast.msg").write_bytes(b'{"body": "cut sh')
         assert _take(connection) == {"job_id": "first"}
         assert sorted(path.name for path in (tmp_path / CORRUPT_FOLDER).iterdir()) == [
-            "0_empty.fast.msg",
-            "1_cut.fast.msg",
+            f"{0:020d}_empty.fast.msg",
+            f"{1:020d}_cut.fast.msg",
         ]
         assert list((tmp_path / "queue").iterdir()) == []
+
+
+def test_messages_are_taken_in_the_order_they_were_written_across_a_change_of_digits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stamps = iter([9_999, 10_000, 10_001])  # a stamp unpadded would sort 10000 and 10001 before 9999
+    monkeypatch.setattr(embedded_broker.time, "time_ns", lambda: next(stamps))
+    with _connection(tmp_path) as connection:
+        for n in range(3):
+            _publish(connection, {"job_id": str(n)})
+        assert [_take(connection)["job_id"] for _ in range(3)] == ["0", "1", "2"]
