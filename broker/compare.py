@@ -86,7 +86,7 @@ def compare(
     store = client.store
     store.create_run(run_id, "compare", f"compare {kind}", chosen, {"kind": kind, **request})
     ids = {model: str(uuid.uuid4()) for model in planned}
-    store.create_jobs(
+    store.submit(
         [NewJob(ids[model], kind, stored, route.tier, route.queue) for model, (stored, route) in planned.items()]
     )
     if planned:

@@ -26,8 +26,7 @@ from llm_router.tasks.schemas import (
     GenerateResult,
     parse_result,
 )
-from llm_router.tasks.store import AttemptView, Cancellation, JobStore, JobView
-from llm_router.tasks.store.endings import past_deadline
+from llm_router.tasks.store import AttemptView, Cancellation, JobStore, JobView, past_deadline
 
 Result = GenerateResult | EmbedResult | ClassifyResult
 log = logging.getLogger(__name__)

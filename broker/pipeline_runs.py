@@ -93,7 +93,7 @@ def _record_step(
     request, tier, queue = checked
     job_id = step_job_id(run_id, index)
     kind = request["kind"]
-    inserted = store.create_jobs([NewJob(job_id, kind, request, tier, queue, run_step=index)])
+    inserted = store.submit([NewJob(job_id, kind, request, tier, queue, run_step=index)])
     existing = None if inserted else store.get(job_id)
     if inserted or _unstarted(store, existing):
         publish(job_id, kind, queue, input_count(request))

@@ -325,21 +325,14 @@ class Router:
                 if self.store.revive_unsent(earlier.id):  # its first message was refused: this one sends it
                     self._send(earlier.id, kind, planned.queue, input_count(stored), parsed.priority)
                 return earlier
-        common: dict[str, Any] = {
-            "job_id": job_id,
-            "kind": kind,
-            "request": stored,
-            "tier": planned.tier,
-            "queue": planned.queue,
-            "tenant": tenant,
-        }
+        job = NewJob(job_id, kind, stored, planned.tier, planned.queue, cache, idempotency_key=key, tenant=tenant)
         # A keyed submission is recorded with its key even when the cache knows the answer (its worker answers
         # from the cache): the key must name one job.
         source = self.store.find_cached(cache, self.settings.cache_ttl_s) if parsed.use_cache and key is None else None
         if source is not None:
-            self.store.record_cached(**common, cache_key=cache, source=source)
+            self.store.record_answered(job, source)
             return self._job(job_id, kind)
-        if not self.store.create_job(**common, cache_key=cache, idempotency_key=key):
+        if job_id not in self.store.submit([job]):
             # Another submission of this key was recorded between our look and our insert.
             earlier = self._job_for_key(key, kind, stored) if key is not None else None
             if earlier is None:
@@ -354,7 +347,7 @@ class Router:
         try:
             self._publish(job_id, kind, queue, inputs, priority)
         except EnqueueFailed:
-            self.store.fail(job_id, UNSENT)
+            self.store.fail([job_id], UNSENT)
             raise
 
     def _job_for_key(self, key: str, kind: str, request: dict[str, Any]) -> Job | None:
@@ -429,7 +422,7 @@ class Router:
             rows.append(NewJob(job_id, parsed.kind, stored, planned.tier, queue, key, tenant=tenant))
             positions[job_id] = position
             jobs[position] = self._job(job_id, parsed.kind)
-        inserted = self.store.create_jobs(rows)
+        inserted = self.store.submit(rows)
         known = self.store.statuses([row.job_id for row in rows if row.job_id not in inserted])
         due = []
         for row in rows:
@@ -502,10 +495,10 @@ class Router:
             try:
                 send_again(self.app, job, queue)
             except Exception as exc:
-                self.store.set_due([done.id for done in requeued[:-1]], 0.0)
+                self.store.defer([done.id for done in requeued[:-1]], 0.0)
                 raise EnqueueFailed(f"job {job.id} could not be enqueued on {self.settings.safe_broker_url()}") from exc
         if not dry_run:
-            self.store.set_due([job.id for job in requeued], 0.0)  # due now: the next requeue leaves them be
+            self.store.defer([job.id for job in requeued], 0.0)  # due now: the next requeue leaves them be
         return Requeue(requeued, unroutable)
 
     def get_when_recorded(self, job_id: str, timeout: float = 30.0) -> Job:

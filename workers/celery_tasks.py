@@ -175,7 +175,7 @@ def _end_jobs_of_failed_message(
         return Status.FAILED
     runtime = current_runtime(task.app)
     cause = f"internal error while running its message ({cause_of(exc)})"
-    ended = runtime.store.fail_unfinished(job_ids, cause, not_leased_by_others=runtime.lease.owner)
+    ended = runtime.store.fail(job_ids, cause, not_leased_by_others=runtime.lease.owner)
     after_final(runtime.end_hooks, [Ended(job_id, Status.FAILED) for job_id in ended])
     return Status.FAILED
 

@@ -35,7 +35,15 @@ from llm_router.tasks.schemas import (
     Kind,
     parse_request,
 )
-from llm_router.tasks.store import DATABASE_UNAVAILABLE, Busy, JobStore, JobView
+from llm_router.tasks.store import (
+    DATABASE_UNAVAILABLE,
+    AttemptFailure,
+    AttemptSpec,
+    JobStore,
+    JobView,
+    NewJob,
+    Success,
+)
 from llm_router.workers.cancellation import STOP_REQUESTED
 from llm_router.workers.job_end import Ended, after_final
 from llm_router.workers.messages import Cursor, JobMessage
@@ -84,7 +92,7 @@ def end_unrecorded(store: JobStore, job_id: str, exc: Exception) -> Status:
     """End a job whose outcome the database refused: ``failed``, with the cause, every attempt closed."""
     cause = unrecordable(exc)
     log.error("job %s failed: %s", job_id, cause, exc_info=exc)
-    store.fail(job_id, cause)
+    store.fail([job_id], cause)
     return Status.FAILED
 
 
@@ -174,14 +182,8 @@ def _run_loaded(
     key = cache_key(request, first.tier, job.tenant if job is not None else None)
     recorded_before = job is not None
     if job is None:
-        store.create_job(
-            job_id=message.job_id,
-            kind=kind,
-            request=request.model_dump(mode="json", exclude_none=True),
-            tier=first.tier,
-            queue=first.queue,
-            cache_key=key,
-        )
+        stored = request.model_dump(mode="json", exclude_none=True)
+        store.submit([NewJob(message.job_id, kind, stored, first.tier, first.queue, key)])
         job = store.get(message.job_id)
         assert job is not None
     fresh = fresh_message and job.tier == first.tier
@@ -198,7 +200,7 @@ def _run_loaded(
 def _answer_from_cache(runtime: WorkerRuntime, job: JobView, source: JobView | None) -> bool:
     if source is None or source.id == job.id:
         return False
-    if runtime.store.succeed_from_cache(job.id, source):
+    if runtime.store.answer_from_cache(job.id, source):
         log.info("job %s answered from the cache (job %s)", job.id, source.id)
     return True
 
@@ -258,14 +260,8 @@ class _ChainRun:
         remaining = self.runtime.cooldowns.remaining_s(model_id)
         if remaining <= 0:
             return False
-        self.store.skip_attempt(
-            self.job_id,
-            model=model_id,
-            provider=self._provider(model_id),
-            tier=self.tier,
-            worker=self.worker,
-            reason=f"cooling down for another {remaining:.1f}s",
-        )
+        spec = AttemptSpec(model_id, self._provider(model_id), self.tier, self.worker)
+        self.store.skip(self.job_id, spec, f"cooling down for another {remaining:.1f}s")
         self.errors.append(f"{model_id}: cooling down")
         self.cooling.append(remaining)
         return True
@@ -278,18 +274,19 @@ class _ChainRun:
             self._put_off(at.cursor(), wait_s)
             log.info("job %s deferred %.1fs: rate limit of tier %s / %s", self.job_id, wait_s, self.tier, provider)
             return Status.DEFERRED
-        number = self.store.start_attempt(
-            self.job_id, model=model_id, provider=provider, tier=self.tier, worker=self.worker, lease=self.runtime.lease
-        )
-        if number is None:
-            return self._ended_meanwhile()
-        if isinstance(number, Busy):
+        spec = AttemptSpec(model_id, provider, self.tier, self.worker)
+        starts = self.store.start([self.job_id], spec, self.runtime.lease)
+        busy = starts.busy.get(self.job_id)
+        if busy is not None:
             # A duplicate message (a resume, a requeue) of a job a live worker runs: look again once its
             # lease could have run out. The job ends once; this message then finds it final.
-            delay = busy_recheck_s(number.remaining_s)
+            delay = busy_recheck_s(busy.remaining_s)
             self.reschedule(self.job_id, self.queue, message_cursor, delay, self.request.priority)
-            log.info("job %s is running on %s; its message is put off %.1fs", self.job_id, number.owner, delay)
+            log.info("job %s is running on %s; its message is put off %.1fs", self.job_id, busy.owner, delay)
             return Status.DEFERRED
+        if not starts.started:
+            return self._ended_meanwhile()
+        number = starts.started[0].number
         started = time.perf_counter()
         try:
             result = self._call(provider, model_id)
@@ -314,7 +311,7 @@ class _ChainRun:
             return end_unrecorded(self.store, self.job_id, exc)
 
     def _internal_error(self, number: int, exc: Exception) -> Status:
-        self.store.fail_attempt(self.job_id, number, f"internal error: {type(exc).__name__}")
+        self.store.fail_attempts([AttemptFailure(self.job_id, number, f"internal error: {type(exc).__name__}")])
         return self._fail()
 
     def _failed(self, at: _Place, number: int, exc: RouterError, latency_ms: float) -> Status | None:
@@ -322,7 +319,7 @@ class _ChainRun:
         self._note_failure(at.model, exc)
         decision = self.runtime.policy.decide(exc, at.retry, at.model)
         retrying = decision.action is Action.RETRY
-        self.store.fail_attempt(
+        failure = AttemptFailure(
             self.job_id,
             number,
             _describe(exc),
@@ -330,9 +327,10 @@ class _ChainRun:
             delay_s=decision.delay_s if retrying else None,
             latency_ms=latency_ms,
         )
+        self.store.fail_attempts([failure])
         if retrying:
             delay_s = decision.delay_s * self.scale
-            self.store.mark_retrying(self.job_id, delay_s)
+            self.store.retry([self.job_id], delay_s)
             resume = Cursor(position=at.position, retry=at.retry + 1, model=decision.model or at.model)
             self.reschedule(self.job_id, self.queue, resume, delay_s, self.request.priority)
             on = f" on {decision.model}" if decision.model else ""
@@ -347,15 +345,7 @@ class _ChainRun:
         result = result.model_copy(update={"tier": self.tier})
         # A run its caller cancelled meanwhile ends cancelled, with what it made and the tokens it used.
         status = Status.CANCELLED if self.runtime.cancels.requested(self.job_id) else Status.SUCCEEDED
-        self.store.succeed(
-            self.job_id,
-            number,
-            result=result,
-            provider=provider,
-            model_latency_ms=latency_ms,
-            created_at=self.created_at,
-            status=status,
-        )
+        self.store.succeed([Success(self.job_id, number, result, provider, latency_ms, status)])
         log.info(
             "job %s %s kind=%s tier=%s model=%s attempts=%s tokens=%s model_ms=%.0f",
             self.job_id,
@@ -374,7 +364,7 @@ class _ChainRun:
 
     def _put_off(self, resume: Cursor, delay_s: float) -> None:
         """Publish the job again after ``delay_s``, noting when it is due so it is never taken for lost."""
-        self.runtime.store.set_due([self.job_id], delay_s)
+        self.runtime.store.defer([self.job_id], delay_s)
         self.reschedule(self.job_id, self.queue, resume, delay_s, self.request.priority)
         if self.runtime.notices is not None:
             count_deferral(self.runtime.notices.client, self.tier)
@@ -420,7 +410,7 @@ class _ChainRun:
         return Status(self.store.status(self.job_id) or Status.FAILED)
 
     def _fail(self) -> Status:
-        self.store.fail(self.job_id, "; ".join(self.errors) or "no model left to try")
+        self.store.fail([self.job_id], "; ".join(self.errors) or "no model left to try")
         log.warning("job %s failed: %s", self.job_id, "; ".join(self.errors))
         return Status.FAILED
 

@@ -23,7 +23,7 @@ from llm_router.tasks.cache import cache_key
 from llm_router.tasks.errors import InvalidRequest
 from llm_router.tasks.records import Status
 from llm_router.tasks.schemas import GenerateRequest, Kind, parse_request
-from llm_router.tasks.store import Started
+from llm_router.tasks.store import AttemptFailure, AttemptSpec, Started, Success
 from llm_router.workers.backends.base import ManyCall, many_call
 from llm_router.workers.cancellation import ROW_STOPS
 from llm_router.workers.execution import (
@@ -195,9 +195,8 @@ def _run_claimed_group(
     reschedule: Reschedule,
 ) -> list[Status]:
     store = runtime.store
-    started = store.start_group(
-        mine, model=group.model_id, provider=group.provider, tier=group.tier, worker=worker, lease=runtime.lease
-    )
+    spec = AttemptSpec(group.model_id, group.provider, group.tier, worker)
+    started = store.start(mine, spec, runtime.lease).started
     # A job left out ended meanwhile or runs elsewhere (another process, another thread of this one): the
     # one-job path ignores or puts off its message.
     left_out = [job_id for job_id in by_id if job_id not in {job.job_id for job in started}]
@@ -214,7 +213,7 @@ def _run_claimed_group(
     except Exception as exc:  # one bad input must not sink the others: each job runs again on its own
         latency_ms = (time.perf_counter() - began) * 1000.0
         reason = f"the shared call failed ({type(exc).__name__}: {exc}); each job runs on its own"
-        store.fail_group_attempts(started, reason, latency_ms=latency_ms)
+        store.fail_attempts([AttemptFailure(job.job_id, job.number, reason, latency_ms=latency_ms) for job in started])
         log.warning("%d %s jobs on %s: %s", len(started), kind, group.model_id, reason)
         runtime.running.release([job.job_id for job in started])
         return outcomes + [run_job(runtime, kind, by_id[job.job_id][0], worker, reschedule) for job in started]
@@ -250,21 +249,19 @@ def _record_group(
     latency_ms: float,
     cancelled: frozenset[str],
 ) -> dict[str, Status]:
-    """Record the group's answers in one transaction; what became of each job. When the database refuses the
+    """Record the group's answers in one statement; what became of each job. When the database refuses the
     group's record (anything but an outage), each job is recorded on its own, and one whose own record is
     refused ends ``failed`` with the cause: no job of the group is left running."""
     store = runtime.store
-    wanted = {job.job_id: Status.CANCELLED if job.job_id in cancelled else Status.SUCCEEDED for job, _ in answers}
+    successes = [
+        Success(job.job_id, job.number, result, group.provider, latency_ms, Status.CANCELLED)
+        if job.job_id in cancelled
+        else Success(job.job_id, job.number, result, group.provider, latency_ms)
+        for job, result in answers
+    ]
     try:
-        store.succeed_group(
-            answers,
-            kind=kind,
-            tier=group.tier,
-            provider=group.provider,
-            model_latency_ms=latency_ms,
-            cancelled=cancelled,
-        )
-        return wanted
+        store.succeed(successes)
+        return {success.job_id: success.status for success in successes}
     except INFRASTRUCTURE:
         raise
     except Exception as exc:
@@ -275,20 +272,12 @@ def _record_group(
             unrecordable(exc),
         )
     ended: dict[str, Status] = {}
-    for job, result in answers:
+    for success in successes:
         try:
-            store.succeed(
-                job.job_id,
-                job.number,
-                result=result,
-                provider=group.provider,
-                model_latency_ms=latency_ms,
-                created_at=job.created_at,
-                status=wanted[job.job_id],
-            )
-            ended[job.job_id] = wanted[job.job_id]
+            store.succeed([success])
+            ended[success.job_id] = success.status
         except INFRASTRUCTURE:
             raise
         except Exception as exc:
-            ended[job.job_id] = end_unrecorded(store, job.job_id, exc)
+            ended[success.job_id] = end_unrecorded(store, success.job_id, exc)
     return ended

@@ -167,16 +167,16 @@ class Sweeper:
                 if job.status == Status.RUNNING:
                     # Queued again (its dead run's attempt closed as lost), it is not taken for lost at the next
                     # sweep. A worker may already have taken it over, on this very message: then it keeps it.
-                    self.store.requeue_abandoned(job.id, countdown)
+                    self.store.recover(job.id, countdown)
                     abandoned.append(job)
                     continue
                 if countdown:
-                    self.store.set_due([job.id], countdown)  # due when its message is: not lost again before
+                    self.store.defer([job.id], countdown)  # due when its message is: not lost again before
                 else:
                     due_now.append(job.id)
                 lost.append(job)
             if due_now:
-                self.store.set_due(due_now, 0.0)
+                self.store.defer(due_now, 0.0)
         if lost_mark is not None and self.broker_mark is not None and self._swept_every_page:
             self.broker_mark.recovered(lost_mark)
             self.redis.delete(RECOVERY_KEY)
@@ -223,7 +223,7 @@ class Sweeper:
             for job, queue in zip(jobs, queues, strict=True):
                 if queue is not None and job.id not in published:
                     self.publish(job, queue, 0.0)
-                    self.store.set_due([job.id], 0.0)
+                    self.store.defer([job.id], 0.0)
                     published.add(job.id)
                     stranded.append(job)
             dropped.append(tag)
@@ -248,7 +248,7 @@ class Sweeper:
             if job.id in held or job.id in published or queue is None:
                 continue
             self.publish(job, queue, 0.0)
-            self.store.set_due([job.id], 0.0)
+            self.store.defer([job.id], 0.0)
             published.add(job.id)
             vanished.append(job)
         return vanished

@@ -1,11 +1,10 @@
 """The one store: every SQL statement of the project lives in this package, one module per concern.
 
-    jobs       jobs as a whole: created, read, rejected, failed, moved to another tier, found lost
-    attempts   one job's attempts on a worker, its result and usage
-    groups     the same for jobs run together, in one transaction per group
+    lifecycle  every state change of a job and of its attempts (submit, start, succeed, fail, retry, defer,
+               escalate, cancel, expire, recover, reject), set-based, each guard written once
+    jobs       jobs read: one, many, a batch's, a key's, and those found lost
     cache      answers reused for identical requests
     usage      the usage report
-    endings    jobs cancelled by their caller or expired by their deadline
     runs       comparisons, evaluations and pipelines
     webhooks   completion webhooks and their delivery attempts
     keys       the HTTP gateway's API keys, and what their tenants used
@@ -13,6 +12,7 @@
     metrics    what /metrics reports, aggregated by the database
     marks      values the whole cluster shares (the broker epoch the sweeper recovered from)
     retention  pruning old final jobs, and the tables' sizes
+    clock      the database's clock, which leases, due times and deadlines are stamped and judged on
     base       sessions, and the one place a job or usage row is built
 
 Callers get read-only views (``views``) and never build queries themselves.
@@ -20,26 +20,34 @@ Callers get read-only views (``views``) and never build queries themselves.
 
 from __future__ import annotations
 
-from llm_router.tasks.store.attempts import AttemptWrites
 from llm_router.tasks.store.base import DATABASE_UNAVAILABLE, NewJob
 from llm_router.tasks.store.cache import ResultCache
-from llm_router.tasks.store.endings import Cancellation, JobEndings
 from llm_router.tasks.store.files import FileRecords, FileView
-from llm_router.tasks.store.groups import GroupWrites, Started
 from llm_router.tasks.store.jobs import JobRecords
 from llm_router.tasks.store.keys import ApiKeyView, KeyRecords, TenantUsage
+from llm_router.tasks.store.lifecycle import (
+    AttemptFailure,
+    AttemptSpec,
+    Cancellation,
+    Lifecycle,
+    Started,
+    Starts,
+    Success,
+)
 from llm_router.tasks.store.marks import ClusterMarks
 from llm_router.tasks.store.metrics import BUCKETS_S, MetricsReads, MetricsSnapshot
 from llm_router.tasks.store.retention import Pruned, Retention, TableSize
 from llm_router.tasks.store.runs import RunRecords
 from llm_router.tasks.store.usage import ModelUsage, UsageReport, UsageReports, percentile
-from llm_router.tasks.store.views import AttemptView, Busy, JobView, Lease, RunView, UsageRow
+from llm_router.tasks.store.views import AttemptView, Busy, JobView, Lease, RunView, UsageRow, past_deadline
 from llm_router.tasks.store.webhooks import WebhookAttemptView, WebhookRecords, WebhookView
 
 __all__ = [
     "BUCKETS_S",
     "DATABASE_UNAVAILABLE",
     "ApiKeyView",
+    "AttemptFailure",
+    "AttemptSpec",
     "AttemptView",
     "Busy",
     "Cancellation",
@@ -53,22 +61,23 @@ __all__ = [
     "Pruned",
     "RunView",
     "Started",
+    "Starts",
+    "Success",
     "TableSize",
     "TenantUsage",
     "UsageReport",
     "UsageRow",
     "WebhookAttemptView",
     "WebhookView",
+    "past_deadline",
     "percentile",
 ]
 
 
 class JobStore(
+    Lifecycle,
     JobRecords,
-    AttemptWrites,
-    GroupWrites,
     ResultCache,
-    JobEndings,
     UsageReports,
     RunRecords,
     Retention,
@@ -78,4 +87,5 @@ class JobStore(
     MetricsReads,
     ClusterMarks,
 ):
-    """Every read and write of jobs, attempts, usage and runs, over one engine."""
+    """Every read and write of jobs, attempts, usage and runs, over one engine; every state change of a job or
+    an attempt through ``Lifecycle``."""

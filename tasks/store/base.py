@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Insert, Table, Update, update
+from sqlalchemy import Engine, Insert, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -39,7 +39,6 @@ RUNS: Table = RunRecord.__table__  # type: ignore[assignment]
 WEBHOOKS: Table = WebhookRecord.__table__  # type: ignore[assignment]
 
 MAX_STORED_REJECTED_REQUEST = 64 * 1024
-LOST_ATTEMPT = "the worker was lost during this attempt"
 
 
 @dataclass(frozen=True)
@@ -261,14 +260,3 @@ class DriverInsert:
             ) from exc
         finally:
             pooled.close()
-
-
-def close_lost_attempts(which: ColumnElement[bool], now: datetime | ColumnElement[datetime]) -> Update:
-    """Close as lost the attempts that a dead run left open (or that ran on while the job ended elsewhere:
-    a job that ends leaves no attempt open)."""
-    return (
-        update(ATTEMPTS)
-        .where(which, ATTEMPTS.c.status == Status.RUNNING)
-        .values(status=Status.LOST, error=LOST_ATTEMPT, finished_at=now)
-        .execution_options(synchronize_session=False)
-    )

@@ -4,14 +4,11 @@ Jobs answered from the cache are never sources: an answer's age counts from when
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, select
 
-from llm_router.tasks.records import FINAL_STATUSES, JobRecord, Status, UsageRecord, utcnow
-from llm_router.tasks.schemas import Usage
-from llm_router.tasks.store.base import JOBS, StoreBase, elapsed_ms, job_row, usage_row
+from llm_router.tasks.records import JobRecord, Status, utcnow
+from llm_router.tasks.store.base import JOBS, StoreBase
 from llm_router.tasks.store.views import JobView
 
 
@@ -57,59 +54,3 @@ class ResultCache(StoreBase):
             return set(
                 session.scalars(select(JobRecord.cache_key).where(JobRecord.cache_key.in_(keys), *_sources(max_age_s)))
             )
-
-    def record_cached(
-        self,
-        *,
-        job_id: str,
-        kind: str,
-        request: dict[str, Any],
-        tier: str,
-        queue: str,
-        cache_key: str,
-        source: JobView,
-        tenant: str | None = None,
-    ) -> None:
-        """A job answered from the cache at submit time: written succeeded, never enqueued."""
-        row = job_row(
-            job_id=job_id, kind=kind, request=request, tier=tier, queue=queue, cache_key=cache_key, tenant=tenant
-        )
-        with self.sessions.begin() as session:
-            session.execute(insert(JobRecord), [row])
-            record = session.get(JobRecord, job_id)
-            assert record is not None
-            self._answer_from(session, record, source)
-
-    def succeed_from_cache(self, job_id: str, source: JobView) -> bool:
-        """Answer a queued job from a cached result; False when it already ended."""
-        with self.sessions.begin() as session:
-            record = session.get(JobRecord, job_id, with_for_update=True)
-            if record is None or record.status in FINAL_STATUSES:
-                return False
-            self._answer_from(session, record, source)
-            return True
-
-    @staticmethod
-    def _answer_from(session: Session, record: JobRecord, source: JobView) -> None:
-        now = utcnow()
-        record.status = Status.SUCCEEDED
-        record.cached = True
-        record.model_used = source.model_used
-        record.result = {**(source.result or {}), "cached": True, "tier": record.tier}
-        record.finished_at = now
-        record.latency_ms = elapsed_ms(record.created_at or now, now)
-        session.flush()
-        # A hit costs no tokens; usage counts it as a request and a hit (the seed's cacheHits).
-        row = usage_row(
-            job_id=record.id,
-            kind=record.kind,
-            tier=record.tier,
-            model=source.model_used or "unknown",
-            provider="cache",
-            usage=Usage(),
-            cached=True,
-            latency_ms=record.latency_ms,
-            tenant=record.tenant,
-            now=now,
-        )
-        session.execute(insert(UsageRecord), [row])

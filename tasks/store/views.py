@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row
@@ -72,6 +72,12 @@ class JobView:
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
         }
+
+
+def past_deadline(job: JobView, deadline_s: float | None) -> bool:
+    """Whether a job is past its deadline (seconds from its submission), by this host's clock: what a caller's
+    wait goes by (the worker's ``expire`` judges on the database's)."""
+    return deadline_s is not None and datetime.now(UTC) > aware(job.created_at) + timedelta(seconds=deadline_s)
 
 
 def _iso(moment: datetime | None) -> str | None:

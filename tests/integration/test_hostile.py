@@ -18,8 +18,9 @@ from llm_router.broker.settings import Settings
 from llm_router.tasks.database import make_engine
 from llm_router.tasks.records import utcnow
 from llm_router.tasks.schemas import Embedding, EmbedResult, Usage
-from llm_router.tasks.store import JobStore
+from llm_router.tasks.store import JobStore, NewJob
 from tests.conftest import WorkerProcess, empty_redis_db
+from tests.support.store import start_one, submit_one, succeed_one
 
 BROKER = "redis://127.0.0.1:6379/5"
 CATALOGUE = """
@@ -120,8 +121,8 @@ def test_requeue_leaves_jobs_that_wait_for_a_rate_limit(
 
 def test_requeue_reports_a_lost_job_whose_tier_the_catalogue_no_longer_has(router: Router) -> None:
     orphan, kept = str(uuid.uuid4()), str(uuid.uuid4())
-    router.store.create_job(job_id=orphan, kind="embed", request={"input": ["x"]}, tier="retired", queue="retired")
-    router.store.create_job(job_id=kept, kind="embed", request={"input": ["y"]}, tier="fast", queue="fast")
+    submit_one(router.store, job_id=orphan, kind="embed", request={"input": ["x"]}, tier="retired", queue="retired")
+    submit_one(router.store, job_id=kept, kind="embed", request={"input": ["y"]}, tier="fast", queue="fast")
     time.sleep(1.2)
     outcome = router.requeue_stale(1.0)  # publishes what a worker can take, reports the rest, raises nothing
     assert orphan in {job.id for job in outcome.unroutable} and orphan not in {job.id for job in outcome.requeued}
@@ -134,18 +135,16 @@ def test_a_cache_entry_expires_ttl_after_its_answer_was_computed(pg_url: str) ->
     store = JobStore(make_engine(pg_url))
     key = f"ttl-{uuid.uuid4().hex}"
     computed = str(uuid.uuid4())
-    store.create_job(job_id=computed, kind="embed", request={"input": ["x"]}, tier="fast", queue="fast", cache_key=key)
-    number = store.start_attempt(computed, model="m", provider="local", tier="fast", worker="w", lease=_lease())
+    submit_one(store, job_id=computed, kind="embed", request={"input": ["x"]}, tier="fast", queue="fast", cache_key=key)
+    number = start_one(store, computed, model="m", provider="local", tier="fast", worker="w", lease=_lease())
     assert isinstance(number, int)
     result = EmbedResult(data=[Embedding(index=0, embedding=[1.0])], model="m", tier="fast", usage=Usage())
-    store.succeed(computed, number, result=result, provider="local", model_latency_ms=1.0)
+    succeed_one(store, computed, number, result=result, provider="local", model_latency_ms=1.0)
     _age(pg_url, computed, seconds=3)
     source = store.find_cached(key, max_age_s=4)
     assert source is not None and source.id == computed
     hit = str(uuid.uuid4())  # a hit 3 s after the answer was computed: its row is new, its answer is not
-    store.record_cached(
-        job_id=hit, kind="embed", request={"input": ["x"]}, tier="fast", queue="fast", cache_key=key, source=source
-    )
+    store.record_answered(NewJob(hit, "embed", {"input": ["x"]}, "fast", "fast", key), source)
     _age(pg_url, computed, seconds=5)
     assert store.find_cached(key, max_age_s=4) is None  # 5 s after computing: expired, whatever hits since
     store.engine.dispose()

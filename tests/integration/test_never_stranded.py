@@ -11,7 +11,6 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -22,10 +21,11 @@ from llm_router.tasks.database import make_engine
 from llm_router.tasks.errors import JobFailed
 from llm_router.tasks.records import Status
 from llm_router.tasks.schemas import GenerateResult, Usage
-from llm_router.tasks.store import JobStore, Lease, Started
+from llm_router.tasks.store import JobStore, Lease, Success
 from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
+from tests.support.store import start_one, submit_one, succeed_one
 
 BROKER = "redis://127.0.0.1:6379/0"
 NUL_MODEL, SKEWED_MODEL, SPACED_MODEL = "org/nul-chat", "org/slow-skewed", "org/slow-spaced"
@@ -233,47 +233,51 @@ def _result(text: str) -> GenerateResult:
     )
 
 
-def _created(store: JobStore, job_id: str) -> datetime:
-    view = store.get(job_id)
-    assert view is not None
-    return view.created_at
-
-
 def _succeed_in_one_statement(store: JobStore, job_id: str, number: int) -> None:
-    result, created_at = _result("a"), _created(store, job_id)
-    store.succeed(job_id, number, result=result, provider="openai", model_latency_ms=1.0, created_at=created_at)
+    succeed_one(store, job_id, number, result=_result("a"), provider="openai", model_latency_ms=1.0)
 
 
 def _succeed_in_a_transaction(store: JobStore, job_id: str, number: int) -> None:
-    store.succeed(job_id, number, result=_result("b"), provider="openai", model_latency_ms=1.0)
+    store.one_statement_writes = False  # SQLite's way
+    try:
+        succeed_one(store, job_id, number, result=_result("b"), provider="openai", model_latency_ms=1.0)
+    finally:
+        store.one_statement_writes = True
 
 
-def _succeed_in_a_group(store: JobStore, job_id: str, number: int) -> None:
-    outcome = (Started(job_id, number, _created(store, job_id)), _result("c"))
-    store.succeed_group([outcome], kind="generate", tier="t", provider="openai", model_latency_ms=1.0)
+def _succeed_among_others(store: JobStore, job_id: str, number: int) -> None:
+    other = str(uuid.uuid4())
+    submit_one(store, job_id=other, kind="generate", request={"prompt": "hi"}, tier="t", queue="t")
+    started = start_one(
+        store, other, model="m", provider="openai", tier="t", worker="c", lease=Lease("c#z:3", 30.0, lambda _: True)
+    )
+    assert started == 1
+    answers = [Success(job_id, number, _result("c"), "openai", 1.0), Success(other, 1, _result("d"), "openai", 1.0)]
+    store.succeed(answers)
+    assert store.get(other).is_final  # type: ignore[union-attr]
 
 
 ENDINGS: list[Callable[[JobStore, str, int], None]] = [
     _succeed_in_one_statement,
     _succeed_in_a_transaction,
-    _succeed_in_a_group,
-    lambda store, job_id, _: store.fail(job_id, "every model failed"),
+    _succeed_among_others,
+    lambda store, job_id, _: store.fail([job_id], "every model failed"),
     lambda store, job_id, _: store.reject(job_id, "generate", "bad request"),
 ]
-NAMES = ["succeeded in one statement", "succeeded in a transaction", "succeeded in a group", "failed", "rejected"]
+NAMES = ["succeeded in one statement", "succeeded in a transaction", "succeeded among others", "failed", "rejected"]
 
 
 @pytest.mark.parametrize("ending", ENDINGS, ids=NAMES)
 def test_a_job_that_ends_leaves_no_attempt_open(store: JobStore, ending: Callable[[JobStore, str, int], None]) -> None:
     job_id = str(uuid.uuid4())
-    store.create_job(job_id=job_id, kind="generate", request={"prompt": "hi"}, tier="t", queue="t")
-    first = store.start_attempt(
-        job_id, model="m", provider="openai", tier="t", worker="a", lease=Lease("a#x:1", 0.001, lambda _: True)
+    submit_one(store, job_id=job_id, kind="generate", request={"prompt": "hi"}, tier="t", queue="t")
+    first = start_one(
+        store, job_id, model="m", provider="openai", tier="t", worker="a", lease=Lease("a#x:1", 0.001, lambda _: True)
     )
     time.sleep(0.05)
-    assert store.requeue_abandoned(job_id)  # its lease ran out: the sweeper took the run for lost
-    second = store.start_attempt(
-        job_id, model="m", provider="openai", tier="t", worker="b", lease=Lease("b#y:2", 30.0, lambda _: True)
+    assert store.recover(job_id)  # its lease ran out: the sweeper took the run for lost
+    second = start_one(
+        store, job_id, model="m", provider="openai", tier="t", worker="b", lease=Lease("b#y:2", 30.0, lambda _: True)
     )
     assert isinstance(first, int) and isinstance(second, int)
     ending(store, job_id, first)  # the first run was alive after all, and ends the job

@@ -35,6 +35,7 @@ from llm_router.workers.sweeper import DEAD_WORKERS_KEY, LOCK_KEY, RECOVERED_KEY
 from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings, fresh_database
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer
+from tests.support.store import start_one, submit_one
 
 # A broker database no other test module uses: kombu pools connections per URL for the whole process, and a
 # module that used a URL before the Redis restart test leaves stale connections to the next module using it.
@@ -205,13 +206,13 @@ def shared() -> redis.Redis:
 
 def _job(store: JobStore, queue: str = "sweep-test") -> str:
     job_id = str(uuid.uuid4())
-    store.create_job(job_id=job_id, kind="generate", request={"prompt": "hi"}, tier="sweep", queue=queue)
+    submit_one(store, job_id=job_id, kind="generate", request={"prompt": "hi"}, tier="sweep", queue=queue)
     return job_id
 
 
 def _start(store: JobStore, job_id: str, owner: str, lease_s: float) -> None:
     lease = Lease(owner=owner, seconds=lease_s, alive=lambda _: True)
-    store.start_attempt(job_id, model="m", provider="openai", tier="sweep", worker=owner, lease=lease)
+    start_one(store, job_id, model="m", provider="openai", tier="sweep", worker=owner, lease=lease)
 
 
 def _sweeper(
@@ -245,8 +246,8 @@ def test_a_sweep_recovers_dead_workers_and_lost_messages_and_leaves_the_rest(
     abandoned, alive, deferred, fresh, lost = (_job(store) for _ in range(5))
     _start(store, abandoned, "elsewhere:1", lease_s=0.001)  # its worker stopped renewing
     _start(store, alive, "elsewhere:2", lease_s=60)
-    store.set_due([deferred], 600)  # a rate-limit deferral of ten minutes
-    store.set_due([lost], -3600)  # due an hour ago: its message was lost
+    store.defer([deferred], 600)  # a rate-limit deferral of ten minutes
+    store.defer([lost], -3600)  # due an hour ago: its message was lost
     time.sleep(0.01)
     published: list[tuple[str, float]] = []
     sweeper = _sweeper(store, shared, published)
@@ -308,7 +309,7 @@ def test_requeue_of_an_abandoned_job_leaves_a_job_that_a_worker_took_over(store:
     _start(store, job_id, "elsewhere:3", lease_s=0.001)
     time.sleep(0.01)
     _start(store, job_id, "here:4", lease_s=60)  # its redelivered message was taken meanwhile
-    assert not store.requeue_abandoned(job_id)
+    assert not store.recover(job_id)
     assert store.status(job_id) == Status.RUNNING
     assert job_id not in {job.id for job in store.stale(datetime.now(UTC))}
 
@@ -376,7 +377,7 @@ def test_jobs_whose_messages_a_dead_worker_took_and_never_started_are_published_
     ours = {single, first, second, running, deferred}
     assert {i for ids in held.held_since(time.time()).values() for i in ids} >= ours  # all four messages held
     _start(store, running, "elsewhere:5", lease_s=60)  # taken over meanwhile by a live worker
-    store.set_due([deferred], 600)  # a deferral of ten minutes: its message is not due yet
+    store.defer([deferred], 600)  # a deferral of ten minutes: its message is not due yet
 
     published: list[tuple[str, float]] = []
     sweeper = _sweeper(store, shared, published, held)
@@ -439,7 +440,7 @@ def test_a_job_whose_message_is_on_no_queue_and_held_by_no_worker_is_published_a
     """A worker killed between taking a message off its queue and recording it unacknowledged leaves no copy:
     once its queue has drained, the job is published again; behind a backlog it waits its turn."""
     vanished = _job(store)
-    store.set_due([vanished], -120)  # its message was due two minutes ago
+    store.defer([vanished], -120)  # its message was due two minutes ago
     published: list[tuple[str, float]] = []
     sweeper = _sweeper(store, shared, published, HeldMessages(shared), ["sweep-test"])
     shared.lpush("sweep-test", b"a message of another job")  # a backlog: its message may be in it

@@ -33,6 +33,7 @@ from tests.conftest import (
     publish_raw,
     second_run,
 )
+from tests.support.store import submit_one
 
 BROKER = "redis://127.0.0.1:6379/9"
 TOKEN = "hf_RELIABILITY_sentinel_0a9b8c7d"
@@ -103,7 +104,8 @@ def test_requeue_stale_recovers_jobs_whose_messages_the_broker_lost(
     # persistence leaves behind.
     parsed, planned = router.prepare({"kind": "embed", "input": "a message the broker lost", "tier": "quality"})
     job_id = str(uuid.uuid4())
-    router.store.create_job(
+    submit_one(
+        router.store,
         job_id=job_id,
         kind="embed",
         request=parsed.model_dump(mode="json", exclude_none=True),

@@ -31,6 +31,7 @@ from llm_router.tasks.schemas import Embedding, EmbedResult, Usage
 from llm_router.tasks.store import JobStore, JobView, Lease
 from llm_router.workers.sweeper import PRUNED_KEY, Retain, Sweeper
 from tests.conftest import fresh_database
+from tests.support.store import start_one, submit_one, succeed_one
 
 SWEEPER_REDIS = "redis://127.0.0.1:6379/15"
 LEASE = Lease(owner="host:1", seconds=60, alive=lambda _: True)
@@ -56,12 +57,12 @@ def store(database: str) -> Iterator[JobStore]:
 
 def _job(store: JobStore, *, days_old: float, finish: bool) -> str:
     job_id = str(uuid.uuid4())
-    store.create_job(job_id=job_id, kind="embed", request={"input": "x"}, tier="fast", queue="fast")
-    number = store.start_attempt(job_id, model="m", provider="local", tier="fast", worker="w", lease=LEASE)
+    submit_one(store, job_id=job_id, kind="embed", request={"input": "x"}, tier="fast", queue="fast")
+    number = start_one(store, job_id, model="m", provider="local", tier="fast", worker="w", lease=LEASE)
     assert isinstance(number, int)
     if finish:
         result = EmbedResult(model="m", data=[Embedding(index=0, embedding=[0.5])], usage=Usage(prompt_tokens=1))
-        store.succeed(job_id, number, result=result, provider="local", model_latency_ms=1.0)
+        succeed_one(store, job_id, number, result=result, provider="local", model_latency_ms=1.0)
     with store.sessions.begin() as session:
         session.execute(
             update(JobRecord)

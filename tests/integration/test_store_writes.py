@@ -16,9 +16,10 @@ from sqlalchemy.exc import OperationalError
 from llm_router.tasks.database import make_engine
 from llm_router.tasks.records import AttemptRecord, JobRecord, Status, UsageRecord
 from llm_router.tasks.schemas import GenerateResult, Usage
-from llm_router.tasks.store import Busy, JobStore, Lease
+from llm_router.tasks.store import AttemptSpec, Busy, JobStore, Lease, Success
 from llm_router.tasks.store.base import NewJob
 from tests.conftest import fresh_database
+from tests.support.store import start_one, submit_one, succeed_one
 
 VOLATILE = {"id", "job_id", "created_at", "started_at", "finished_at", "lease_until", "latency_ms", "result"}
 
@@ -42,7 +43,7 @@ def stores() -> Iterator[tuple[JobStore, JobStore]]:
 
 def new_job(store: JobStore) -> str:
     job_id = str(uuid.uuid4())
-    store.create_job(job_id=job_id, kind="generate", request={"prompt": "hi"}, tier="fast", queue="fast")
+    submit_one(store, job_id=job_id, kind="generate", request={"prompt": "hi"}, tier="fast", queue="fast")
     return job_id
 
 
@@ -72,9 +73,9 @@ def test_a_submission_recorded_on_the_drivers_connection_leaves_the_sessions_row
         job_id = str(uuid.uuid4())
         common: dict[str, Any] = {"kind": "generate", "request": request, "tier": "fast", "queue": "fast"}
         key = f"key-{job_id}"
-        assert store.create_job(job_id=job_id, **common, cache_key="c" * 64, idempotency_key=key, tenant="acme")
-        assert not store.create_job(job_id=job_id, **common), "a taken id is refused"
-        assert not store.create_job(job_id=str(uuid.uuid4()), **common, idempotency_key=key), "so is a taken key"
+        assert submit_one(store, job_id=job_id, **common, cache_key="c" * 64, idempotency_key=key, tenant="acme")
+        assert not submit_one(store, job_id=job_id, **common), "a taken id is refused"
+        assert not submit_one(store, job_id=str(uuid.uuid4()), **common, idempotency_key=key), "so is a taken key"
         with store.session() as session:
             job = session.get(JobRecord, job_id)
             assert job is not None and job.created_at.tzinfo is not None
@@ -105,8 +106,8 @@ def test_a_batch_recorded_through_the_drivers_pipeline_leaves_the_sessions_rows(
             )
             for n, job_id in enumerate(ids)
         ]
-        assert store.create_jobs(jobs[:1]) == {ids[0]}
-        assert store.create_jobs(jobs) == set(ids[1:]), "an id already recorded is skipped"
+        assert store.submit(jobs[:1]) == {ids[0]}
+        assert store.submit(jobs) == set(ids[1:]), "an id already recorded is skipped"
         with store.session() as session:
             records = [session.get(JobRecord, job_id) for job_id in ids]
             recorded.append(
@@ -126,7 +127,7 @@ def test_a_connection_the_database_closed_fails_one_submission_and_is_discarded(
     with fresh_database() as url:
         store = JobStore(make_engine(url, pool_size=1, ping_on_checkout=False))  # no ping to hide the loss
         common: dict[str, Any] = {"kind": "embed", "request": {"input": ["a"]}, "tier": "fast", "queue": "fast"}
-        assert store.create_job(job_id=str(uuid.uuid4()), **common)
+        assert submit_one(store, job_id=str(uuid.uuid4()), **common)
         admin = make_engine(url)
         with admin.connect() as connection:
             connection.exec_driver_sql(
@@ -135,25 +136,24 @@ def test_a_connection_the_database_closed_fails_one_submission_and_is_discarded(
             )
         admin.dispose()
         with pytest.raises(OperationalError) as failure:
-            store.create_job(job_id=str(uuid.uuid4()), **common)
+            submit_one(store, job_id=str(uuid.uuid4()), **common)
         assert failure.value.connection_invalidated
         job_id = str(uuid.uuid4())
-        assert store.create_job(job_id=job_id, **common), "the pool opened a new connection"
+        assert submit_one(store, job_id=job_id, **common), "the pool opened a new connection"
         assert store.get(job_id) is not None
         store.engine.dispose()
 
 
 def run_once(store: JobStore, owner: str) -> dict[str, Any]:
     job_id = new_job(store)
-    assert store.start_attempt(job_id, model="m", provider="echo", tier="fast", worker="w", lease=lease(owner)) == 1
+    assert start_one(store, job_id, model="m", provider="echo", tier="fast", worker="w", lease=lease(owner)) == 1
     # The same owner again (its message redelivered after a restart): the open attempt is closed as lost.
-    assert store.start_attempt(job_id, model="m", provider="echo", tier="fast", worker="w", lease=lease(owner)) == 2
+    assert start_one(store, job_id, model="m", provider="echo", tier="fast", worker="w", lease=lease(owner)) == 2
     result = GenerateResult(text="hello", model="m", usage=Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5))
-    created = store.get(job_id).created_at  # type: ignore[union-attr]
-    store.succeed(job_id, 2, result=result, provider="echo", model_latency_ms=12.5, created_at=created)
+    succeed_one(store, job_id, 2, result=result, provider="echo", model_latency_ms=12.5)
     # A late success of the lost attempt changes nothing: the job has ended.
-    store.succeed(job_id, 1, result=result, provider="echo", model_latency_ms=99.0, created_at=created)
-    assert store.start_attempt(job_id, model="m", provider="echo", tier="fast", worker="w", lease=lease(owner)) is None
+    succeed_one(store, job_id, 1, result=result, provider="echo", model_latency_ms=99.0)
+    assert start_one(store, job_id, model="m", provider="echo", tier="fast", worker="w", lease=lease(owner)) is None
     view = store.get(job_id)
     assert view is not None and view.latency_ms is not None and view.latency_ms >= 0
     assert view.result is not None and view.result["text"] == "hello"
@@ -175,11 +175,11 @@ def test_a_live_lease_elsewhere_puts_a_duplicate_off_and_a_dead_ones_job_is_take
 ) -> None:
     one, _ = stores
     job_id = new_job(one)
-    assert one.start_attempt(job_id, model="m", provider="echo", tier="fast", worker="a", lease=lease("host:1")) == 1
-    busy = one.start_attempt(job_id, model="m", provider="echo", tier="fast", worker="b", lease=lease("host:2"))
+    assert start_one(one, job_id, model="m", provider="echo", tier="fast", worker="a", lease=lease("host:1")) == 1
+    busy = start_one(one, job_id, model="m", provider="echo", tier="fast", worker="b", lease=lease("host:2"))
     assert isinstance(busy, Busy) and busy.owner == "host:1" and 55 < busy.remaining_s <= 60
-    taken = one.start_attempt(
-        job_id, model="m", provider="echo", tier="fast", worker="b", lease=lease("host:2", alive=False)
+    taken = start_one(
+        one, job_id, model="m", provider="echo", tier="fast", worker="b", lease=lease("host:2", alive=False)
     )
     assert taken == 2
     assert [a.status for a in one.attempts(job_id)] == [Status.LOST, Status.RUNNING]
@@ -194,7 +194,7 @@ def test_racing_duplicates_start_a_job_once(stores: tuple[JobStore, JobStore]) -
     def start(owner: str) -> None:
         barrier.wait()
         outcomes.append(
-            one.start_attempt(job_id, model="m", provider="echo", tier="fast", worker=owner, lease=lease(owner))
+            start_one(one, job_id, model="m", provider="echo", tier="fast", worker=owner, lease=lease(owner))
         )
 
     threads = [threading.Thread(target=start, args=(f"host:{i}",)) for i in range(8)]
@@ -205,3 +205,35 @@ def test_racing_duplicates_start_a_job_once(stores: tuple[JobStore, JobStore]) -
     assert sorted(o for o in outcomes if isinstance(o, int)) == [1]
     assert sum(isinstance(o, Busy) for o in outcomes) == 7
     assert [a.status for a in one.attempts(job_id)] == [Status.RUNNING]
+
+
+def test_a_set_of_jobs_is_started_and_ended_in_one_call_alike_on_both_paths(
+    stores: tuple[JobStore, JobStore],
+) -> None:
+    found = []
+    for store in stores:
+        queued, ended, busy, orphaned = (new_job(store) for _ in range(4))
+        unknown = str(uuid.uuid4())
+        assert start_one(store, ended, model="m", provider="echo", tier="fast", worker="w", lease=lease("a:1")) == 1
+        answer = GenerateResult(text="x", model="m", usage=Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2))
+        succeed_one(store, ended, 1, result=answer, provider="echo", model_latency_ms=1.0)
+        assert start_one(store, busy, model="m", provider="echo", tier="fast", worker="w", lease=lease("live:1")) == 1
+        assert start_one(store, orphaned, model="m", provider="echo", tier="fast", worker="w", lease=lease("dead:1"))
+        mine = Lease(owner="mine:1", seconds=60.0, alive=lambda owner: owner != "dead:1")
+        given = [unknown, orphaned, busy, ended, queued, orphaned]  # one twice: started once
+        starts = store.start(given, AttemptSpec("m", "echo", "fast", "w"), mine)
+        assert [(job.job_id, job.number) for job in starts.started] == [(orphaned, 2), (queued, 1)]
+        assert starts.ended == [unknown, ended] and list(starts.busy) == [busy]
+        late = Success(ended, 1, answer, "echo", 5.0)  # a redelivered answer of a job that ended: nothing changes
+        store.succeed([Success(job.job_id, job.number, answer, "echo", 2.0) for job in starts.started] + [late])
+        statuses = {job_id: rows(store, job_id) for job_id in (queued, ended, busy, orphaned)}
+        assert [statuses[job_id]["job"]["status"] for job_id in (queued, ended, busy, orphaned)] == [
+            Status.SUCCEEDED,
+            Status.SUCCEEDED,
+            Status.RUNNING,
+            Status.SUCCEEDED,
+        ]
+        assert [a["status"] for a in statuses[orphaned]["attempts"]] == [Status.LOST, Status.SUCCEEDED]
+        assert all(len(statuses[job_id]["usage"]) == 1 for job_id in (queued, ended, orphaned))
+        found.append([statuses[job_id] for job_id in (queued, ended, busy, orphaned)])
+    assert found[0] == found[1]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import torch
 
-from llm_router.tasks.store.endings import past_deadline
+from llm_router.tasks.store import past_deadline
 from llm_router.tasks.store.views import JobView
 from llm_router.workers import cancellation
 from llm_router.workers.backends.local import _UntilCancelled

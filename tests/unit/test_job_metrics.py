@@ -15,6 +15,7 @@ from llm_router.gateway.metrics import registry
 from llm_router.tasks.database import make_engine, upgrade
 from llm_router.tasks.schemas import Embedding, EmbedResult, Usage
 from llm_router.tasks.store import JobStore, Lease
+from tests.support.store import start_one, submit_one, succeed_one
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE = Lease(owner="host:1", seconds=60, alive=lambda _: True)
@@ -38,12 +39,12 @@ def _samples(store: JobStore) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 def test_the_metrics_count_jobs_tokens_attempts_and_waiting_ones(tmp_path: Path) -> None:
     store = _store(tmp_path)
     done = str(uuid.uuid4())
-    store.create_job(job_id=done, kind="embed", request={"input": "x"}, tier="fast", queue="fast")
-    number = store.start_attempt(done, model="m", provider="local", tier="fast", worker="w", lease=LEASE)
+    submit_one(store, job_id=done, kind="embed", request={"input": "x"}, tier="fast", queue="fast")
+    number = start_one(store, done, model="m", provider="local", tier="fast", worker="w", lease=LEASE)
     assert isinstance(number, int)
     result = EmbedResult(model="m", data=[Embedding(index=0, embedding=[0.5])], usage=Usage.of(7))
-    store.succeed(done, number, result=result, provider="local", model_latency_ms=12.0)
-    store.create_job(job_id=str(uuid.uuid4()), kind="embed", request={"input": "y"}, tier="fast", queue="fast.bulk")
+    succeed_one(store, done, number, result=result, provider="local", model_latency_ms=12.0)
+    submit_one(store, job_id=str(uuid.uuid4()), kind="embed", request={"input": "y"}, tier="fast", queue="fast.bulk")
     samples = _samples(store)
     ended = (
         "llm_router_jobs_ended_total",

@@ -26,7 +26,7 @@ from llm_router.tasks.schemas import (
     GenerateRequest,
     GenerateResult,
 )
-from llm_router.tasks.store import JobStore, Lease
+from llm_router.tasks.store import JobStore, Lease, Success
 from llm_router.workers.backends.context import BackendContext
 from llm_router.workers.backends.echo import EchoBackend
 from llm_router.workers.cooldown import LocalCooldowns
@@ -37,6 +37,7 @@ from llm_router.workers.rate_limits import WINDOW_MARGIN_S, RateLimiter
 from llm_router.workers.registry import ModelRegistry
 from llm_router.workers.retry import RetryPolicy
 from llm_router.workers.runtime import WorkerProfile, WorkerRuntime
+from tests.support.store import submit_one
 
 CATALOGUE = Catalogue.model_validate(
     {
@@ -98,7 +99,7 @@ class Cluster:
         job_id = str(uuid.uuid4())
         tier = request.get("tier", "fast")
         store = self.runtime.store
-        store.create_job(job_id=job_id, kind=request["kind"], request=request, tier=tier, queue=queue or tier)
+        submit_one(store, job_id=job_id, kind=request["kind"], request=request, tier=tier, queue=queue or tier)
         return job_id
 
     def drive(self, job_id: str, kind: Any = "generate", most: int = 10) -> list[Status]:
@@ -376,7 +377,7 @@ REFUSED = DataError("INSERT …", {}, Exception("invalid byte sequence for encod
     ("write", "script"),
     [
         ("succeed", {}),  # (the record the database refuses, and what the model does)
-        ("fail_attempt", {"m/a": [Unauthorised("401")]}),
+        ("fail_attempts", {"m/a": [Unauthorised("401")]}),
     ],
     ids=["its success", "its failed attempt"],
 )
@@ -403,10 +404,14 @@ def test_a_group_whose_record_is_refused_is_recorded_job_by_job(
     cluster = make_cluster(tmp_path, {})
     ids = [cluster.submit({"kind": "embed", "input": f"text {n}", "use_cache": False}) for n in range(3)]
 
-    def refuse(*_: Any, **__: Any) -> None:
-        raise REFUSED
+    succeed = cluster.runtime.store.succeed
 
-    monkeypatch.setattr(cluster.runtime.store, "succeed_group", refuse)
+    def refuse_together(answers: list[Success]) -> None:
+        if len(answers) > 1:
+            raise REFUSED
+        succeed(answers)
+
+    monkeypatch.setattr(cluster.runtime.store, "succeed", refuse_together)
     messages = [JobMessage(job_id, None) for job_id in ids]
     assert run_jobs(cluster.runtime, "embed", messages, "worker-1", cluster.reschedule) == [Status.SUCCEEDED] * 3
     assert cluster.backend.calls == [("e/a", 3)]  # one shared call; only its record went job by job

@@ -1,0 +1,47 @@
+"""One-job shorthands over the store's set-based lifecycle, for tests that drive a single job by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llm_router.tasks.store import AttemptSpec, Busy, JobStore, Lease, NewJob, Success
+from llm_router.tasks.store.lifecycle.shapes import Result
+
+
+def submit_one(
+    store: JobStore,
+    *,
+    job_id: str,
+    kind: str,
+    request: dict[str, Any],
+    tier: str,
+    queue: str,
+    cache_key: str | None = None,
+    idempotency_key: str | None = None,
+    tenant: str | None = None,
+) -> bool:
+    """Record one job queued; False when its id or its idempotency key is taken."""
+    job = NewJob(job_id, kind, request, tier, queue, cache_key, idempotency_key=idempotency_key, tenant=tenant)
+    return job_id in store.submit([job])
+
+
+def start_one(
+    store: JobStore, job_id: str, *, model: str, provider: str, tier: str | None, worker: str | None, lease: Lease
+) -> int | Busy | None:
+    """Start one job: its attempt's number, ``Busy`` when a live process runs it, None when it ended."""
+    starts = store.start([job_id], AttemptSpec(model, provider, tier, worker), lease)
+    if starts.started:
+        return starts.started[0].number
+    return starts.busy.get(job_id)
+
+
+def succeed_one(
+    store: JobStore,
+    job_id: str,
+    number: int,
+    *,
+    result: Result,
+    provider: str,
+    model_latency_ms: float,
+) -> None:
+    store.succeed([Success(job_id, number, result, provider, model_latency_ms)])
