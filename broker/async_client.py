@@ -16,10 +16,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-
 from llm_router.broker.jobs import Job, Result, UnknownJob
 from llm_router.broker.notifications import SAFETY_POLL_S, AsyncDoneNotices
 from llm_router.broker.router import Router
@@ -27,15 +23,7 @@ from llm_router.broker.settings import Settings
 from llm_router.broker.streams import read_stream_async, stream_key
 from llm_router.tasks.errors import JobTimeout
 from llm_router.tasks.store import AttemptView, Cancellation, JobView
-from llm_router.tasks.store.base import JOBS
-
-
-def async_engine(url: str) -> AsyncEngine:
-    """The async engine of the same database: psycopg's async driver, or aiosqlite for SQLite."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return create_async_engine(parsed.set(drivername="sqlite+aiosqlite"))
-    return create_async_engine(parsed.set(drivername="postgresql+psycopg"), pool_size=5, max_overflow=10)
+from llm_router.tasks.store.async_reads import async_engine, read_job
 
 
 class AsyncJob:
@@ -50,11 +38,10 @@ class AsyncJob:
         return f"AsyncJob(id={self.id!r}, kind={self.kind!r})"
 
     async def record(self) -> JobView:
-        async with self._router.engine.connect() as connection:
-            row = (await connection.execute(select(JOBS).where(JOBS.c.id == self.id))).first()
-        if row is None:
+        view = await read_job(self._router.engine, self.id)
+        if view is None:
             raise UnknownJob(f"job_id: no job {self.id}")
-        return JobView.of(row)
+        return view
 
     async def status(self) -> str:
         return (await self.record()).status

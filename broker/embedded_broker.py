@@ -16,10 +16,10 @@ import errno
 import logging
 import os
 import shutil
+import time
 import uuid
 from contextlib import suppress
 from pathlib import Path
-import time
 from typing import Any
 
 from kombu.exceptions import ChannelError

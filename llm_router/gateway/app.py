@@ -25,7 +25,6 @@ from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
-from sqlalchemy import text
 
 from llm_router.broker.async_client import AsyncJob, AsyncRouter
 from llm_router.broker.consumers import unserved_note
@@ -41,6 +40,7 @@ from llm_router.tasks.records import RunStatus
 from llm_router.tasks.schemas import EmbedResult, GenerateResult
 from llm_router.tasks.storable import NUL
 from llm_router.tasks.store import ApiKeyView, FileView
+from llm_router.tasks.store.async_reads import database_answers
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,7 @@ def _operations(app: FastAPI) -> None:
         router = _router(request)
         problems = {}
         try:
-            async with router.engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
+            await database_answers(router.engine)
         except Exception as exc:  # whatever the driver raises, the database is not ready
             problems["database"] = type(exc).__name__
         try:
