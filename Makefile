@@ -35,6 +35,8 @@ lint: install
 	$(BIN)/lint-imports
 	@# One package: nothing imports a bare tasks, broker or workers (they are llm_router.tasks, … once installed).
 	@! grep -rnE "^\s*(from|import) (tasks|broker|workers)(\.| |$$)" --include=*.py llm_router/cli llm_router/gateway llm_router/__init__.py broker tasks workers tests ops
+	@# A job's, an attempt's or a message's status is compared with its enum (JobStatus, AttemptStatus, Outcome), never a bare string.
+	@! grep -rnE "(==|!=) \"(queued|running|retrying|succeeded|failed|rejected|cancelled|expired|lost|skipped|deferred)\"" --include=*.py llm_router/cli llm_router/gateway broker tasks workers
 
 clean:
 	rm -rf var .pytest_cache

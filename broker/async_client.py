@@ -22,6 +22,7 @@ from llm_router.broker.router import Router
 from llm_router.broker.settings import Settings
 from llm_router.broker.streams import read_stream_async, stream_key
 from llm_router.tasks.errors import JobTimeout
+from llm_router.tasks.records import JobStatus
 from llm_router.tasks.store import AttemptView, Cancellation, JobView
 from llm_router.tasks.store.async_reads import async_engine, read_job
 
@@ -43,7 +44,7 @@ class AsyncJob:
             raise UnknownJob(f"job_id: no job {self.id}")
         return view
 
-    async def status(self) -> str:
+    async def status(self) -> JobStatus:
         return (await self.record()).status
 
     async def result(self) -> Result | None:

@@ -18,7 +18,7 @@ from llm_router.broker.publishing import Outgoing, send_together
 from llm_router.broker.routing import Route
 from llm_router.broker.settings import Settings
 from llm_router.tasks.errors import InvalidRequest
-from llm_router.tasks.records import RunStatus, aware
+from llm_router.tasks.records import AttemptStatus, JobStatus, RunStatus, aware
 from llm_router.tasks.reports import ComparisonSummary, ModelAnswer, rank_answers, summarise_comparison
 from llm_router.tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest, Kind
 from llm_router.tasks.store import JobStore, JobView, NewJob
@@ -140,9 +140,9 @@ def answer_text(kind: str, result: dict[str, Any]) -> str | None:
 def answer_of(model: str, job: JobView, store: JobStore) -> ModelAnswer:
     if not job.is_final:
         return ModelAnswer(model, "late", job.id, queue_ms=_ms(job.started_at, job.created_at))
-    if job.status != "succeeded" or job.result is None:
+    if job.status != JobStatus.SUCCEEDED or job.result is None:
         return ModelAnswer(model, job.status, job.id, latency_ms=job.latency_ms, error=job.error)
-    succeeded = [a for a in store.attempts(job.id) if a.status == "succeeded"]
+    succeeded = [a for a in store.attempts(job.id) if a.status == AttemptStatus.SUCCEEDED]
     usage = job.result.get("usage") or {}
     return ModelAnswer(
         model,

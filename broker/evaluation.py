@@ -17,7 +17,7 @@ from llm_router.broker.compare import Submitter, check_models
 from llm_router.tasks.cases import MAX_CASE_FILE_BYTES, Case, parse_cases
 from llm_router.tasks.errors import InvalidRequest
 from llm_router.tasks.expectations import SimilarTo, Verdict
-from llm_router.tasks.records import RunStatus
+from llm_router.tasks.records import JobStatus, RunStatus
 from llm_router.tasks.reports import CaseResult, EvaluationReport, evaluation_report
 from llm_router.tasks.store import JobView
 
@@ -164,7 +164,7 @@ def score(case: Case, model: str, job: JobView | None) -> CaseResult:
     """A case's verdict from its job: the job must have succeeded and its answer meet the expectation."""
     if job is None or not job.is_final:
         return CaseResult(case.name, case.kind, model, "late", False, job.id if job else None, error="still running")
-    if job.status != "succeeded" or job.result is None:
+    if job.status != JobStatus.SUCCEEDED or job.result is None:
         return CaseResult(case.name, case.kind, model, job.status, False, job.id, job.latency_ms, error=job.error)
     result = job.result
     usage = result.get("usage") or {}

@@ -19,7 +19,7 @@ from llm_router.tasks.errors import (
     JobTimeout,
     RouterError,
 )
-from llm_router.tasks.records import WAITING_STATUSES, Status
+from llm_router.tasks.records import WAITING_STATUSES, JobStatus
 from llm_router.tasks.schemas import (
     ClassifyResult,
     EmbedResult,
@@ -78,7 +78,7 @@ class Job:
             raise UnknownJob(f"job_id: no job {self.id}")
         return view
 
-    def status(self) -> str:
+    def status(self) -> JobStatus:
         return self.record().status
 
     def attempts(self) -> list[AttemptView]:
@@ -159,18 +159,18 @@ class Job:
 
     @staticmethod
     def _outcome(view: JobView) -> Result | None:
-        if view.status == Status.SUCCEEDED and view.result is not None:
+        if view.status == JobStatus.SUCCEEDED and view.result is not None:
             return parse_result(view.result)
-        if view.status == Status.FAILED:
+        if view.status == JobStatus.FAILED:
             raise JobFailed(view.id, view.status, view.error)
-        if view.status == Status.REJECTED:
+        if view.status == JobStatus.REJECTED:
             raise JobRejected(view.id, view.status, view.error)
-        if view.status == Status.CANCELLED:
+        if view.status == JobStatus.CANCELLED:
             raise JobCancelled(view.id, view.status, view.error)
         deadline_s = (view.request or {}).get("deadline_s")
-        if view.status == Status.EXPIRED:
+        if view.status == JobStatus.EXPIRED:
             raise JobExpired(view.id, view.status, view.error)
         if view.status in WAITING_STATUSES and past_deadline(view, deadline_s):
             # Its worker records it expired when it takes the message; the caller need not wait for that.
-            raise JobExpired(view.id, Status.EXPIRED, f"not started within its deadline of {deadline_s:g} s")
+            raise JobExpired(view.id, JobStatus.EXPIRED, f"not started within its deadline of {deadline_s:g} s")
         return None

@@ -20,7 +20,7 @@ from llm_router.broker.packing import input_count
 from llm_router.broker.pipelines import PipelineSpec, StepAnswer, step_answer, step_request, tone_of
 from llm_router.broker.routing import route
 from llm_router.tasks.errors import InvalidRequest
-from llm_router.tasks.records import RunStatus, Status, aware
+from llm_router.tasks.records import JobStatus, RunStatus, aware
 from llm_router.tasks.schemas import parse_request
 from llm_router.tasks.store import JobStore, JobView, NewJob, RunView
 
@@ -51,7 +51,7 @@ class PipelineResult:
 
     run_id: str
     name: str
-    status: str
+    status: RunStatus
     text: str
     steps: list[StepOutcome]
     sentiment: str | None = None  # the first classify step's best label
@@ -100,7 +100,7 @@ def _record_step(
 
 
 def _unstarted(store: JobStore, job: JobView | None) -> bool:
-    if job is None or job.status != Status.QUEUED or job.attempts:
+    if job is None or job.status != JobStatus.QUEUED or job.attempts:
         return False
     return aware(job.created_at) < store.database_now() - timedelta(seconds=REPUBLISH_AFTER_S)
 
@@ -124,7 +124,7 @@ def advance(store: JobStore, catalogue: Catalogue, publish: Publish, run_id: str
     job = jobs[latest]
     if not job.is_final:
         return
-    if job.status != Status.SUCCEEDED or job.result is None:
+    if job.status != JobStatus.SUCCEEDED or job.result is None:
         step = spec.steps[latest]
         error = f"step {latest + 1} ({step.name}) {job.status}: {job.error or 'no answer'}"
         store.finish_run(run_id, RunStatus.FAILED, _summary(run, spec, jobs), error)
@@ -150,7 +150,7 @@ def _answers(spec: PipelineSpec, jobs: dict[int, JobView]) -> list[StepAnswer]:
     answers = []
     for index, step in enumerate(spec.steps):
         job = jobs.get(index)
-        if job is None or job.status != Status.SUCCEEDED or job.result is None:
+        if job is None or job.status != JobStatus.SUCCEEDED or job.result is None:
             break
         answers.append(step_answer(step.name, step.kind, job.result))
     return answers

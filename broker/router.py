@@ -36,7 +36,7 @@ from llm_router.tasks.errors import (
     InvalidRequest,
     RouterError,
 )
-from llm_router.tasks.records import UNSENT, WAITING_STATUSES, Status, aware
+from llm_router.tasks.records import UNSENT, WAITING_STATUSES, JobStatus, RunStatus, aware
 from llm_router.tasks.schemas import (
     ClassifyRequest,
     EmbedRequest,
@@ -250,7 +250,7 @@ class Router:
         delay = min(0.01, self.settings.wait_poll_s)
         while True:
             result = self.get_pipeline(run_id)
-            if result.status != "running" or deadline is None or time.monotonic() >= deadline:
+            if result.status != RunStatus.RUNNING or deadline is None or time.monotonic() >= deadline:
                 return result
             time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
             delay = min(delay * 1.5, max(self.settings.wait_poll_s, 0.25))
@@ -433,7 +433,7 @@ class Router:
                     f"job_ids: job {row.job_id} is already recorded with another request; give this one a new id"
                 )
                 del jobs[positions[row.job_id]]
-            elif row.job_id in inserted or (before is not None and before.status == Status.QUEUED):
+            elif row.job_id in inserted or (before is not None and before.status == JobStatus.QUEUED):
                 due.append(row)
         for packet in pack(due, self.settings.bulk_message_jobs, self.settings.bulk_message_inputs):
             self._publish_many(packet.job_ids, packet.kind, packet.queue, packet.inputs)

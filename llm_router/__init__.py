@@ -38,10 +38,13 @@ _EXPORTS = {
     "GenerateResult": "llm_router.tasks.schemas",
     "EmbedResult": "llm_router.tasks.schemas",
     "ClassifyResult": "llm_router.tasks.schemas",
+    "JobStatus": "llm_router.tasks.records",
+    "AttemptStatus": "llm_router.tasks.records",
 }
 __all__ = [
     "AsyncJob",
     "AsyncRouter",
+    "AttemptStatus",
     "BatchSubmission",
     "ClassifyResult",
     "ConfigurationError",
@@ -55,6 +58,7 @@ __all__ = [
     "JobExpired",
     "JobFailed",
     "JobRejected",
+    "JobStatus",
     "JobTimeout",
     "Router",
     "RouterError",
@@ -80,6 +84,7 @@ if TYPE_CHECKING:
         RouterError,
         SchemaNotCurrent,
     )
+    from llm_router.tasks.records import AttemptStatus, JobStatus
     from llm_router.tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 
 

@@ -16,32 +16,64 @@ from llm_router.tasks.storable import StorableString, StorableText
 JsonColumn = JSON().with_variant(JSONB(), "postgresql")
 
 
-class Status(StrEnum):
-    """What a job or an attempt is, as stored; and what running a job's message came to."""
+class JobStatus(StrEnum):
+    """Where a job is in its life, as stored in ``jobs.status``."""
 
     QUEUED = "queued"
     RUNNING = "running"
-    RETRYING = "retrying"
-    SKIPPED = "skipped"  # an attempt not made: the model was cooling down
-    LOST = "lost"  # an attempt cut off by a worker that died
+    RETRYING = "retrying"  # waiting for its next attempt
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    REJECTED = "rejected"
+    REJECTED = "rejected"  # its request was invalid: never run
     CANCELLED = "cancelled"  # by its caller: never run, or stopped while it ran
     EXPIRED = "expired"  # not started by its deadline: never run
-    # Never stored: the job's message was put off (a rate limit, a cooling chain, a duplicate of a live job).
-    DEFERRED = "deferred"
 
     @property
     def is_final(self) -> bool:
         return self in FINAL_STATUSES
 
 
+class AttemptStatus(StrEnum):
+    """What became of one attempt on one model, as stored in ``attempts.status``."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # its job's caller stopped the run: what it made and used is recorded
+    SKIPPED = "skipped"  # not made: the model was cooling down
+    LOST = "lost"  # cut off by a worker that died, or left behind by a run that was taken over
+
+
+class Outcome(StrEnum):
+    """What running a job's message came to (never stored): the job's final status, or why it waits again."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    RETRYING = "retrying"  # a retry is scheduled
+    DEFERRED = "deferred"  # its message was put off: a rate limit, a cooling chain, a live duplicate
+    RUNNING = "running"  # another process runs it: this message was a duplicate and is dropped
+
+    @property
+    def final_status(self) -> JobStatus | None:
+        """The job's final status when this outcome ended it; None when the job waits or runs on."""
+        return JobStatus(self.value) if self.value in FINAL_STATUSES else None
+
+    @classmethod
+    def of(cls, status: JobStatus) -> Outcome:
+        """The outcome of a message whose job was found in ``status`` (a job that waits was retried)."""
+        return cls.RETRYING if status in WAITING_STATUSES else cls(status.value)
+
+
 # The error of a job whose message the broker refused: submitted again with its idempotency key, it is sent again.
 UNSENT: Final = "could not enqueue: the broker refused the message"
-FINAL_STATUSES: Final = frozenset({Status.SUCCEEDED, Status.FAILED, Status.REJECTED, Status.CANCELLED, Status.EXPIRED})
-WAITING_STATUSES: Final = (Status.QUEUED, Status.RETRYING)  # waiting for a message to run them
-UNFINISHED_STATUSES: Final = (*WAITING_STATUSES, Status.RUNNING)
+FINAL_STATUSES: Final = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED, JobStatus.CANCELLED, JobStatus.EXPIRED}
+)
+WAITING_STATUSES: Final = (JobStatus.QUEUED, JobStatus.RETRYING)  # waiting for a message to run them
+UNFINISHED_STATUSES: Final = (*WAITING_STATUSES, JobStatus.RUNNING)
 
 
 def utcnow() -> datetime:

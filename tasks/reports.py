@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from xml.etree import ElementTree
 
-from llm_router.tasks.records import UNFINISHED_STATUSES
+from llm_router.tasks.records import UNFINISHED_STATUSES, JobStatus
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class ModelAnswer:
 
     @property
     def success(self) -> bool:
-        return self.status == "succeeded"
+        return self.status == JobStatus.SUCCEEDED
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class CaseResult:
 
     @property
     def success(self) -> bool:
-        return self.status == "succeeded"
+        return self.status == JobStatus.SUCCEEDED
 
 
 @dataclass(frozen=True)

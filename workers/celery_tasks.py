@@ -27,7 +27,7 @@ from llm_router.broker.pipeline_runs import advance
 from llm_router.broker.publishing import broker_priority, send_job
 from llm_router.broker.queues import INPUTS_HEADER, LEGACY_TASK_NAMES, TASK_NAMES
 from llm_router.broker.routing import lane_of, queue_for_tier
-from llm_router.tasks.records import Status
+from llm_router.tasks.records import JobStatus, Outcome
 from llm_router.tasks.schemas import Kind
 from llm_router.tasks.store import DATABASE_UNAVAILABLE, WebhookView
 from llm_router.workers.draining import Drained, Drainer, Take, inputs_of
@@ -172,12 +172,12 @@ def _end_jobs_of_failed_message(
     try:
         job_ids = [message.job_id for message in parse_messages(args, kwargs)]
     except (BadMessage, BadBulkMessage):
-        return Status.FAILED
+        return Outcome.FAILED
     runtime = current_runtime(task.app)
     cause = f"internal error while running its message ({cause_of(exc)})"
     ended = runtime.store.fail(job_ids, cause, not_leased_by_others=runtime.lease.owner)
-    after_final(runtime.end_hooks, [Ended(job_id, Status.FAILED) for job_id in ended])
-    return Status.FAILED
+    after_final(runtime.end_hooks, [Ended(job_id, JobStatus.FAILED) for job_id in ended])
+    return Outcome.FAILED
 
 
 def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -220,20 +220,20 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
 
 def _run_messages(
     task: JobTask, runtime: WorkerRuntime, by_kind: dict[Kind, list[JobMessage]], drained: list[Drained]
-) -> list[Status]:
+) -> list[Outcome]:
     """Run the jobs of the message in hand (``by_kind``) and of the messages taken with it."""
     for item in drained:
         parsed = _parse(runtime, item.kind, item.args, item.kwargs)  # type: ignore[arg-type]
         if not isinstance(parsed, str):
             by_kind.setdefault(item.kind, []).extend(parsed)  # type: ignore[arg-type]
-    outcomes: list[Status] = []
+    outcomes: list[Outcome] = []
     # Each job's waiting callers are woken as soon as its final record is written (workers.execution).
     for each_kind, jobs in by_kind.items():
         outcomes += run_jobs(runtime, each_kind, jobs, task.request.hostname, _rescheduler(task, each_kind))
     return outcomes
 
 
-def _summary(outcomes: list[Status]) -> str:
+def _summary(outcomes: list[Outcome]) -> str:
     if len(outcomes) == 1:
         return str(outcomes[0])
     return " ".join(f"{k}={v}" for k, v in sorted(Counter(outcomes).items()))
@@ -282,13 +282,13 @@ def _parse(runtime: WorkerRuntime, kind: Kind, args: tuple[Any, ...], kwargs: di
         if runtime.notices is not None:
             runtime.notices.publish(exc.job_ids)
         log.error("rejected a bulk %s message: %s", kind, exc)
-        return Status.REJECTED
+        return Outcome.REJECTED
     except BadMessage as exc:
         if exc.job_id is not None:
             runtime.store.reject(exc.job_id, kind, f"bad message: {exc}")
             if runtime.notices is not None:
                 runtime.notices.publish([exc.job_id])
-            return Status.REJECTED
+            return Outcome.REJECTED
         log.error("dropped a %s message that names no job: %s", kind, exc)
         return "dropped"
 

@@ -24,7 +24,7 @@ from llm_router.broker.counters import count_deferral
 from llm_router.broker.routing import Route, chain_for, lane_of, queue_for_tier, route
 from llm_router.tasks.cache import cache_key
 from llm_router.tasks.errors import InvalidRequest, RouterError
-from llm_router.tasks.records import WAITING_STATUSES, Status
+from llm_router.tasks.records import WAITING_STATUSES, Outcome
 from llm_router.tasks.schemas import (
     ClassifyRequest,
     ClassifyResult,
@@ -88,12 +88,12 @@ def unrecordable(exc: Exception) -> str:
     return f"its outcome could not be recorded ({cause_of(exc)})"
 
 
-def end_unrecorded(store: JobStore, job_id: str, exc: Exception) -> Status:
+def end_unrecorded(store: JobStore, job_id: str, exc: Exception) -> Outcome:
     """End a job whose outcome the database refused: ``failed``, with the cause, every attempt closed."""
     cause = unrecordable(exc)
     log.error("job %s failed: %s", job_id, cause, exc_info=exc)
     store.fail([job_id], cause)
-    return Status.FAILED
+    return Outcome.FAILED
 
 
 def busy_recheck_s(lease_remaining_s: float) -> float:
@@ -107,7 +107,7 @@ def _describe(exc: BaseException) -> str:
 
 def run_job(
     runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str | None, reschedule: Reschedule
-) -> Status:
+) -> Outcome:
     """Run a job's message and return what became of it (a final status, ``retrying``, ``deferred``, or
     ``running`` for a duplicate of a job this process runs now)."""
     if not runtime.running.claim([message.job_id]):
@@ -118,28 +118,29 @@ def run_job(
         runtime.running.release([message.job_id])
 
 
-def _ignore_duplicate(message: JobMessage) -> Status:
+def _ignore_duplicate(message: JobMessage) -> Outcome:
     """A message of a job that another thread of this process runs now. Dropping it loses nothing: that run
     ends the job or publishes its next step, and if this process dies its own message is delivered again."""
     log.info("job %s is running in this process; a duplicate message is ignored", message.job_id)
-    return Status.RUNNING
+    return Outcome.RUNNING
 
 
 def _run_claimed(
     runtime: WorkerRuntime, kind: Kind, message: JobMessage, worker: str | None, reschedule: Reschedule
-) -> Status:
+) -> Outcome:
     fresh_message = message.cursor == Cursor()
     job, cached = runtime.store.get_with_cached(message.job_id, runtime.settings.cache_ttl_s if fresh_message else None)
-    status = _run_loaded(runtime, kind, message, job, cached, worker, reschedule)
-    if not status.is_final:
-        return status
+    outcome = _run_loaded(runtime, kind, message, job, cached, worker, reschedule)
+    final = outcome.final_status
+    if final is None:
+        return outcome
     if job is None:  # a message of a job never recorded, rejected: its callers only need waking
-        after_final(runtime.end_hooks, [Ended(message.job_id, status)])
+        after_final(runtime.end_hooks, [Ended(message.job_id, final)])
     else:
         after_final(
-            runtime.end_hooks, [Ended.of(job.id, status, job.request or {}, queue=job.queue, run_step=job.run_step)]
+            runtime.end_hooks, [Ended.of(job.id, final, job.request or {}, queue=job.queue, run_step=job.run_step)]
         )
-    return status
+    return outcome
 
 
 def _run_loaded(
@@ -150,17 +151,17 @@ def _run_loaded(
     cached: JobView | None,
     worker: str | None,
     reschedule: Reschedule,
-) -> Status:
+) -> Outcome:
     store = runtime.store
     fresh_message = message.cursor == Cursor()
     if job is None and message.request is None:
         store.reject(
             message.job_id, kind, f"job_id: no job {message.job_id} is recorded and the message has no request"
         )
-        return Status.REJECTED
+        return Outcome.REJECTED
     if job is not None and job.is_final:
         log.info("job %s is already %s; redelivery ignored", job.id, job.status)
-        return Status(job.status)
+        return Outcome.of(job.status)
 
     raw_request = message.request if job is None else job.request
     try:
@@ -169,7 +170,7 @@ def _run_loaded(
     except InvalidRequest as exc:
         store.reject(message.job_id, kind, str(exc), raw_request if isinstance(raw_request, dict) else None)
         log.info("job %s rejected: %s", message.job_id, exc)
-        return Status.REJECTED
+        return Outcome.REJECTED
 
     if (
         job is not None
@@ -178,7 +179,7 @@ def _run_loaded(
         and store.expire(job.id, request.deadline_s)  # judged on the database's clock
     ):
         log.info("job %s expired: not started within %s s", job.id, request.deadline_s)
-        return Status.EXPIRED
+        return Outcome.EXPIRED
     key = cache_key(request, first.tier, job.tenant if job is not None else None)
     recorded_before = job is not None
     if job is None:
@@ -191,7 +192,7 @@ def _run_loaded(
         looked_up = recorded_before and job.cache_key == key  # the first read looked for this key already
         source = cached if looked_up else runtime.store.find_cached(key, runtime.settings.cache_ttl_s)
         if _answer_from_cache(runtime, job, source):
-            return Status.SUCCEEDED
+            return Outcome.SUCCEEDED
     # The recorded tier wins: a tier fallback moved the job to another tier's queue.
     planned = chain_for(request, job.tier or first.tier, runtime.catalogue)
     return _ChainRun(runtime, job, request, planned, worker, reschedule).run(message.cursor)
@@ -241,7 +242,7 @@ class _ChainRun:
         self.errors: list[str] = []  # one per model that failed or was passed over, for the job's error
         self.cooling: list[float] = []  # seconds left of each model passed over
 
-    def run(self, cursor: Cursor) -> Status:
+    def run(self, cursor: Cursor) -> Outcome:
         last = len(self.chain) if self.request.fallback != "none" else 1
         retry = cursor.retry
         for position in range(cursor.position, last):
@@ -266,14 +267,14 @@ class _ChainRun:
         self.cooling.append(remaining)
         return True
 
-    def _attempt(self, at: _Place, message_cursor: Cursor) -> Status | None:
+    def _attempt(self, at: _Place, message_cursor: Cursor) -> Outcome | None:
         """Try ``at.model`` once; the run's outcome, or None to go on to the next model."""
         model_id, provider = at.model, self._provider(at.model)
         wait_s = self.runtime.limiter.acquire(self.runtime.limit_rules(self.tier, provider, model_id))
         if wait_s > 0:
             self._put_off(at.cursor(), wait_s)
             log.info("job %s deferred %.1fs: rate limit of tier %s / %s", self.job_id, wait_s, self.tier, provider)
-            return Status.DEFERRED
+            return Outcome.DEFERRED
         spec = AttemptSpec(model_id, provider, self.tier, self.worker)
         starts = self.store.start([self.job_id], spec, self.runtime.lease)
         busy = starts.busy.get(self.job_id)
@@ -283,7 +284,7 @@ class _ChainRun:
             delay = busy_recheck_s(busy.remaining_s)
             self.reschedule(self.job_id, self.queue, message_cursor, delay, self.request.priority)
             log.info("job %s is running on %s; its message is put off %.1fs", self.job_id, busy.owner, delay)
-            return Status.DEFERRED
+            return Outcome.DEFERRED
         if not starts.started:
             return self._ended_meanwhile()
         number = starts.started[0].number
@@ -300,7 +301,7 @@ class _ChainRun:
         latency_ms = (time.perf_counter() - started) * 1000.0
         return self._recording(partial(self._succeeded, number, model_id, provider, result, latency_ms))
 
-    def _recording(self, record: Callable[[], Status | None]) -> Status | None:
+    def _recording(self, record: Callable[[], Outcome | None]) -> Outcome | None:
         """Record an attempt's outcome; one the database refuses ends the job ``failed`` with the cause, never
         running (an outage is waited out: the message comes back later)."""
         try:
@@ -310,11 +311,11 @@ class _ChainRun:
         except Exception as exc:
             return end_unrecorded(self.store, self.job_id, exc)
 
-    def _internal_error(self, number: int, exc: Exception) -> Status:
+    def _internal_error(self, number: int, exc: Exception) -> Outcome:
         self.store.fail_attempts([AttemptFailure(self.job_id, number, f"internal error: {type(exc).__name__}")])
         return self._fail()
 
-    def _failed(self, at: _Place, number: int, exc: RouterError, latency_ms: float) -> Status | None:
+    def _failed(self, at: _Place, number: int, exc: RouterError, latency_ms: float) -> Outcome | None:
         """Record a failed attempt and carry out the policy's decision; None: on to the next model."""
         self._note_failure(at.model, exc)
         decision = self.runtime.policy.decide(exc, at.retry, at.model)
@@ -335,21 +336,23 @@ class _ChainRun:
             self.reschedule(self.job_id, self.queue, resume, delay_s, self.request.priority)
             on = f" on {decision.model}" if decision.model else ""
             log.info("job %s attempt %s on %s: %s; retry in %.1fs%s", self.job_id, number, at.model, exc, delay_s, on)
-            return Status.RETRYING
+            return Outcome.RETRYING
         self.errors.append(f"{at.model}: {_describe(exc)}")
         log.warning("job %s attempt %s on %s failed (%s): %s", self.job_id, number, at.model, decision.reason, exc)
         return self._fail() if decision.action is Action.FAIL else None
 
-    def _succeeded(self, number: int, model_id: str, provider: str, result: Result, latency_ms: float) -> Status:
+    def _succeeded(self, number: int, model_id: str, provider: str, result: Result, latency_ms: float) -> Outcome:
         record_health(self.runtime.cooldowns, model_id, ok=True)
         result = result.model_copy(update={"tier": self.tier})
         # A run its caller cancelled meanwhile ends cancelled, with what it made and the tokens it used.
-        status = Status.CANCELLED if self.runtime.cancels.requested(self.job_id) else Status.SUCCEEDED
-        self.store.succeed([Success(self.job_id, number, result, provider, latency_ms, status)])
+        success = Success(
+            self.job_id, number, result, provider, latency_ms, self.runtime.cancels.requested(self.job_id)
+        )
+        self.store.succeed([success])
         log.info(
             "job %s %s kind=%s tier=%s model=%s attempts=%s tokens=%s model_ms=%.0f",
             self.job_id,
-            status,
+            success.job_status,
             self.request.kind,
             self.tier,
             model_id,
@@ -357,7 +360,7 @@ class _ChainRun:
             result.usage.total_tokens,
             latency_ms,
         )
-        return status
+        return Outcome.of(success.job_status)
 
     def _provider(self, model_id: str) -> str:
         return self.runtime.catalogue.model_spec(model_id).provider
@@ -382,7 +385,7 @@ class _ChainRun:
                 return
             log.warning("model %s cooled down for %.1fs after %s", model_id, seconds, type(exc).__name__)
 
-    def _chain_spent(self) -> Status:
+    def _chain_spent(self) -> Outcome:
         catalogue, settings = self.runtime.catalogue, self.runtime.settings
         decision = after_chain(
             fallback=self.request.fallback,
@@ -398,21 +401,22 @@ class _ChainRun:
                 return self._ended_meanwhile()  # nothing to move
             self.reschedule(self.job_id, queue, Cursor(), 0.0, self.request.priority)
             log.info("job %s falls back from tier %s to %s", self.job_id, self.tier, decision.tier)
-            return Status.RETRYING
+            return Outcome.RETRYING
         if decision.action is Action.WAIT:
             self._put_off(Cursor(), decision.delay_s)
             log.info("job %s waits %.1fs for a model to come back from its cooldown", self.job_id, decision.delay_s)
-            return Status.DEFERRED
+            return Outcome.DEFERRED
         return self._fail()
 
-    def _ended_meanwhile(self) -> Status:
+    def _ended_meanwhile(self) -> Outcome:
         """The status of a job that another message ended while this one ran (its row is never removed)."""
-        return Status(self.store.status(self.job_id) or Status.FAILED)
+        status = self.store.status(self.job_id)
+        return Outcome.FAILED if status is None else Outcome.of(status)
 
-    def _fail(self) -> Status:
+    def _fail(self) -> Outcome:
         self.store.fail([self.job_id], "; ".join(self.errors) or "no model left to try")
         log.warning("job %s failed: %s", self.job_id, "; ".join(self.errors))
-        return Status.FAILED
+        return Outcome.FAILED
 
     def _call(self, provider: str, model_id: str) -> Result:
         backend = self.runtime.backend(provider)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from llm_router.broker.routing import chain_for, queue_for_tier, route
 from llm_router.tasks.cache import cache_key
 from llm_router.tasks.errors import InvalidRequest
-from llm_router.tasks.records import Status
+from llm_router.tasks.records import JobStatus, Outcome
 from llm_router.tasks.schemas import GenerateRequest, Kind, parse_request
 from llm_router.tasks.store import AttemptFailure, AttemptSpec, Started, Success
 from llm_router.workers.backends.base import ManyCall, many_call
@@ -85,12 +85,12 @@ def _parameters(request: Request, defaults: GenerationDefaults) -> str | None:
 
 def run_jobs(
     runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage], worker: str | None, reschedule: Reschedule
-) -> list[Status]:
+) -> list[Outcome]:
     """Run every job of ``messages``; returns what became of each (as ``run_job`` does)."""
     if len(messages) == 1:
         return [run_job(runtime, kind, messages[0], worker, reschedule)]
     groups, alone = _plan(runtime, kind, messages)
-    outcomes: list[Status] = []
+    outcomes: list[Outcome] = []
     for group in groups:
         outcomes += _run_group(runtime, kind, group, worker, reschedule)
     for message in alone:
@@ -176,7 +176,7 @@ def _row_hooks(runtime: WorkerRuntime, jobs: list[tuple[str, Request]]) -> Itera
 
 def _run_group(
     runtime: WorkerRuntime, kind: Kind, group: _Group, worker: str | None, reschedule: Reschedule
-) -> list[Status]:
+) -> list[Outcome]:
     by_id = {message.job_id: (message, request) for message, request in group.members}
     mine = runtime.running.claim(list(by_id))
     try:
@@ -193,7 +193,7 @@ def _run_claimed_group(
     mine: list[str],
     worker: str | None,
     reschedule: Reschedule,
-) -> list[Status]:
+) -> list[Outcome]:
     store = runtime.store
     spec = AttemptSpec(group.model_id, group.provider, group.tier, worker)
     started = store.start(mine, spec, runtime.lease).started
@@ -238,7 +238,7 @@ def _run_claimed_group(
         sum(len(getattr(by_id[job.job_id][1], "input", None) or [None]) for job in started),
         latency_ms,
     )
-    return outcomes + list(ended.values())
+    return outcomes + [Outcome.of(status) for status in ended.values()]
 
 
 def _record_group(
@@ -248,20 +248,18 @@ def _record_group(
     answers: list[tuple[Started, Any]],
     latency_ms: float,
     cancelled: frozenset[str],
-) -> dict[str, Status]:
+) -> dict[str, JobStatus]:
     """Record the group's answers in one statement; what became of each job. When the database refuses the
     group's record (anything but an outage), each job is recorded on its own, and one whose own record is
     refused ends ``failed`` with the cause: no job of the group is left running."""
     store = runtime.store
     successes = [
-        Success(job.job_id, job.number, result, group.provider, latency_ms, Status.CANCELLED)
-        if job.job_id in cancelled
-        else Success(job.job_id, job.number, result, group.provider, latency_ms)
+        Success(job.job_id, job.number, result, group.provider, latency_ms, job.job_id in cancelled)
         for job, result in answers
     ]
     try:
         store.succeed(successes)
-        return {success.job_id: success.status for success in successes}
+        return {success.job_id: success.job_status for success in successes}
     except INFRASTRUCTURE:
         raise
     except Exception as exc:
@@ -271,13 +269,14 @@ def _record_group(
             kind,
             unrecordable(exc),
         )
-    ended: dict[str, Status] = {}
+    ended: dict[str, JobStatus] = {}
     for success in successes:
         try:
             store.succeed([success])
-            ended[success.job_id] = success.status
+            ended[success.job_id] = success.job_status
         except INFRASTRUCTURE:
             raise
         except Exception as exc:
-            ended[success.job_id] = end_unrecorded(store, success.job_id, exc)
+            end_unrecorded(store, success.job_id, exc)
+            ended[success.job_id] = JobStatus.FAILED
     return ended

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llm_router.tasks.records import Status
+from llm_router.tasks.records import JobStatus
 
 if TYPE_CHECKING:
     from llm_router.broker.notifications import DoneNotices
@@ -25,7 +25,7 @@ class Ended:
     """A job that reached its final record, with what its ending sets off."""
 
     job_id: str
-    status: Status
+    status: JobStatus
     queue: str | None = None
     batch_id: str | None = None
     run_step: int | None = None
@@ -35,7 +35,7 @@ class Ended:
 
     @classmethod
     def of(
-        cls, job_id: str, status: Status, request: dict[str, Any], *, queue: str | None, run_step: int | None = None
+        cls, job_id: str, status: JobStatus, request: dict[str, Any], *, queue: str | None, run_step: int | None = None
     ) -> Ended:
         """From the job's request as stored (or dumped from its parsed form)."""
         return cls(
@@ -50,7 +50,7 @@ class Ended:
         )
 
 
-def ended_request(job_id: str, status: Status, request: Request, *, queue: str | None) -> Ended:
+def ended_request(job_id: str, status: JobStatus, request: Request, *, queue: str | None) -> Ended:
     """From a parsed request (jobs run together)."""
     return Ended(
         job_id,

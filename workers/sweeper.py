@@ -43,7 +43,7 @@ from typing import Any, cast
 
 import redis
 
-from llm_router.tasks.records import Status, aware
+from llm_router.tasks.records import JobStatus, aware
 from llm_router.tasks.store import JobStore, JobView, WebhookView
 from llm_router.workers.broker_mark import BrokerMark
 from llm_router.workers.held_messages import HeldMessages
@@ -164,7 +164,7 @@ class Sweeper:
                     continue  # no tier serves it: `llm-router requeue --stale` reports it
                 countdown = max(0.0, (aware(job.due_at) - now).total_seconds()) if job.due_at else 0.0
                 self.publish(job, queue, countdown)
-                if job.status == Status.RUNNING:
+                if job.status == JobStatus.RUNNING:
                     # Queued again (its dead run's attempt closed as lost), it is not taken for lost at the next
                     # sweep. A worker may already have taken it over, on this very message: then it keeps it.
                     self.store.recover(job.id, countdown)

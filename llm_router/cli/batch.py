@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import click
 
 from llm_router.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, fail
-from llm_router.tasks.records import FINAL_STATUSES, Status
+from llm_router.tasks.records import FINAL_STATUSES, JobStatus
 
 NAMESPACE = uuid.UUID("6f1c2a52-0d4e-4c35-9a7e-3b8e5d2f9c41")
 
@@ -205,12 +205,12 @@ def _wait(router: Any, batch_id: str, job_ids: dict[int, str], invalid: int, tim
     while True:
         counts = router.store.batch_counts(batch_id)
         ended = min(len(job_ids), sum(counts.get(status, 0) for status in FINAL_STATUSES))
-        failed = ended - min(ended, counts.get(Status.SUCCEEDED, 0)) + invalid
+        failed = ended - min(ended, counts.get(JobStatus.SUCCEEDED, 0)) + invalid
         if ended >= len(job_ids) or time.monotonic() > deadline:
             views.update(router.store.statuses(pending))
             pending = [job_id for job_id in pending if views.get(job_id) is None or not views[job_id].is_final]
             if not pending or time.monotonic() > deadline:
-                unsucceeded = [view for view in views.values() if view.is_final and view.status != Status.SUCCEEDED]
+                unsucceeded = [view for view in views.values() if view.is_final and view.status != JobStatus.SUCCEEDED]
                 failed = len(unsucceeded) + invalid
                 progress.show(len(job_ids) - len(pending) + invalid, failed, final=True)
                 return views
@@ -232,8 +232,8 @@ def _write(
             else:
                 job_id = job_ids[line.number]
                 view = views.get(job_id)
-                if view is not None and view.status == Status.SUCCEEDED:
-                    record.update(status=Status.SUCCEEDED, job_id=job_id, result=view.result)
+                if view is not None and view.status == JobStatus.SUCCEEDED:
+                    record.update(status=JobStatus.SUCCEEDED, job_id=job_id, result=view.result)
                 elif view is not None and view.is_final:
                     failed += 1
                     record.update(status=view.status, job_id=job_id, error=view.error)

@@ -22,6 +22,7 @@ from llm_router.broker.client import Job, Router
 from llm_router.broker.settings import Settings
 from llm_router.cli.output import require_local, table
 from llm_router.tasks.errors import JobError, JobTimeout
+from llm_router.tasks.records import JobStatus
 from llm_router.tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 
 RELATED = ("A man is playing a guitar.", "Someone is strumming a guitar.")
@@ -89,7 +90,7 @@ def _bulk(router: Router, worker: subprocess.Popen[bytes], timeout: float) -> bo
     started = time.monotonic()
     submitted = router.batch([{"kind": "embed", "input": text, "tier": "fast"} for text in sentences])
     deadline = started + timeout
-    while (done := router.batch_progress(submitted.batch_id).get("succeeded", 0)) < len(sentences):
+    while (done := router.batch_progress(submitted.batch_id).get(JobStatus.SUCCEEDED, 0)) < len(sentences):
         if time.monotonic() > deadline or worker.poll() is not None:
             click.echo(f"[batch] only {done} of {len(sentences)} jobs done", err=True)
             return False

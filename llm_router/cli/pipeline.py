@@ -10,6 +10,7 @@ from llm_router.broker.client import Router
 from llm_router.cli.compare import clip
 from llm_router.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, emit_json, fail, table
 from llm_router.tasks.errors import ConfigurationError, InvalidRequest
+from llm_router.tasks.records import RunStatus
 
 
 @click.command()
@@ -43,9 +44,9 @@ def pipeline(text: str, name: str, timeout: float, as_json: bool) -> None:
             click.echo(f"embedding: {len(result.embedding)} dimensions")
         if result.error:
             click.echo(f"error: {result.error}")
-    if result.status == "running":
+    if result.status == RunStatus.RUNNING:
         raise SystemExit(EXIT_TIMEOUT)
-    if result.status != "succeeded":
+    if result.status != RunStatus.SUCCEEDED:
         raise SystemExit(EXIT_FAILED)
 
 

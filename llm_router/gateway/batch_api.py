@@ -18,7 +18,7 @@ from typing import Any
 from llm_router.broker.catalogue import Catalogue
 from llm_router.gateway import openai_format
 from llm_router.tasks.errors import InvalidRequest
-from llm_router.tasks.records import UNFINISHED_STATUSES, Status
+from llm_router.tasks.records import UNFINISHED_STATUSES, JobStatus
 from llm_router.tasks.schemas import EmbedResult, GenerateResult
 from llm_router.tasks.store import JobView, RunView
 
@@ -133,7 +133,7 @@ def batch_object(run: RunView, counts: dict[str, int]) -> dict[str, Any]:
     total = len(kept.get("custom_ids", []))
     invalid = len(kept.get("errors", {}))
     unfinished = sum(counts.get(status, 0) for status in UNFINISHED_STATUSES)
-    succeeded = counts.get(Status.SUCCEEDED, 0)
+    succeeded = counts.get(JobStatus.SUCCEEDED, 0)
     failed = invalid + sum(counts.values()) - unfinished - succeeded
     cancelled_at, expired_at = (run.summary or {}).get("cancelled_at"), (run.summary or {}).get("expired_at")
     if expired_at is not None:
@@ -177,11 +177,11 @@ def output_lines(run: RunView, jobs: list[JobView], errors: bool) -> str:
         if position is None or not job.is_final:
             continue
         custom_id = custom_ids[position]
-        if job.status == Status.SUCCEEDED and not errors:
+        if job.status == JobStatus.SUCCEEDED and not errors:
             body = _body(endpoint, job)
             response = {"status_code": 200, "request_id": job.id, "body": body}
             out.append({"id": f"batch_req_{job.id}", "custom_id": custom_id, "response": response, "error": None})
-        elif job.status != Status.SUCCEEDED and errors:
+        elif job.status != JobStatus.SUCCEEDED and errors:
             out.append(_error_line(job.id, custom_id, f"job_{job.status}", job.error or job.status))
     return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in out)
 

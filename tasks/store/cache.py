@@ -7,14 +7,14 @@ from datetime import timedelta
 
 from sqlalchemy import ColumnElement, Connection, select
 
-from llm_router.tasks.records import JobRecord, Status, utcnow
+from llm_router.tasks.records import JobRecord, JobStatus, utcnow
 from llm_router.tasks.store.base import JOBS, StoreBase
 from llm_router.tasks.store.views import JobView
 
 
 def _sources(max_age_s: float) -> list[ColumnElement[bool]]:
     oldest = utcnow() - timedelta(seconds=max_age_s)
-    return [JobRecord.status == Status.SUCCEEDED, JobRecord.cached.is_(False), JobRecord.finished_at >= oldest]
+    return [JobRecord.status == JobStatus.SUCCEEDED, JobRecord.cached.is_(False), JobRecord.finished_at >= oldest]
 
 
 def _newest_source(connection: Connection, cache_key: str, max_age_s: float) -> JobView | None:

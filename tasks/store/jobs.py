@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select, tuple_, update
 
-from llm_router.tasks.records import UNFINISHED_STATUSES, WAITING_STATUSES, AttemptRecord, JobRecord, Status
+from llm_router.tasks.records import UNFINISHED_STATUSES, WAITING_STATUSES, AttemptRecord, JobRecord, JobStatus
 from llm_router.tasks.store.base import (
     StoreBase,
 )
@@ -36,9 +36,10 @@ class JobRecords(StoreBase):
             record = session.get(JobRecord, job_id)
             return JobView.of(record) if record else None
 
-    def status(self, job_id: str) -> str | None:
+    def status(self, job_id: str) -> JobStatus | None:
         with self.session() as session:
-            return session.scalar(select(JobRecord.status).where(JobRecord.id == job_id))
+            status = session.scalar(select(JobRecord.status).where(JobRecord.id == job_id))
+            return None if status is None else JobStatus(status)
 
     def statuses(self, job_ids: list[str]) -> dict[str, JobView]:
         """Views of the given jobs (those that exist), in chunks the database accepts."""
@@ -109,7 +110,7 @@ class JobRecords(StoreBase):
         due later, is never stale. In order of creation, after ``after`` (the creation time and id of the last job of
         a previous page)."""
         waiting_before = running_before if waiting_before is None else waiting_before
-        running_lost = (JobRecord.status == Status.RUNNING) & (
+        running_lost = (JobRecord.status == JobStatus.RUNNING) & (
             func.coalesce(JobRecord.lease_until, JobRecord.started_at, JobRecord.created_at) < running_before
         )
         waiting_lost = (JobRecord.status.in_(WAITING_STATUSES)) & (

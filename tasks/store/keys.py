@@ -16,7 +16,7 @@ from llm_router.tasks.records import (
     UNFINISHED_STATUSES,
     ApiKeyRecord,
     JobRecord,
-    Status,
+    JobStatus,
     UsageRecord,
     utcnow,
 )
@@ -130,7 +130,7 @@ class KeyRecords(StoreBase):
                 ).all()
                 found = {job_id: (status, used) for job_id, status, used in rows}
                 for job_id in jobs:
-                    status, used = found.get(job_id, (Status.SUCCEEDED, 0))
+                    status, used = found.get(job_id, (JobStatus.SUCCEEDED, 0))
                     if status in FINAL_STATUSES:
                         ended[f"job:{job_id}"] = int(used)
             if batches:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Text, and_, case, func, select, type_coerce
 from sqlalchemy.orm import Session, aliased
 
-from llm_router.tasks.records import AttemptRecord, JobRecord, Status, UsageRecord
+from llm_router.tasks.records import AttemptRecord, AttemptStatus, JobRecord, JobStatus, UsageRecord
 from llm_router.tasks.store.base import StoreBase
 from llm_router.tasks.store.views import UsageRow
 
@@ -89,8 +89,8 @@ class UsageReports(StoreBase):
                 .where(AttemptRecord.delay_s.is_not(None), *jobs_window)
             )
             failures = _failures(session, jobs_window, postgres)
-            if by_status.get(Status.REJECTED):
-                failures = {"rejected (bad input)": by_status[Status.REJECTED], **failures}
+            if by_status.get(JobStatus.REJECTED):
+                failures = {"rejected (bad input)": by_status[JobStatus.REJECTED], **failures}
             models = _models(session, usage_window, postgres)
             model_fallbacks = _model_fallbacks(session, jobs_window)
             tier_fallbacks = _tier_fallbacks(session, jobs_window)
@@ -157,7 +157,7 @@ def _failures(session: Session, jobs_window: list[ColumnElement[bool]], postgres
     SQL by the error's text before its first colon."""
     last_error = (
         select(AttemptRecord.error)
-        .where(AttemptRecord.job_id == JobRecord.id, AttemptRecord.status != Status.SKIPPED)
+        .where(AttemptRecord.job_id == JobRecord.id, AttemptRecord.status != AttemptStatus.SKIPPED)
         .order_by(AttemptRecord.number.desc())
         .limit(1)
         .correlate(JobRecord)
@@ -167,7 +167,7 @@ def _failures(session: Session, jobs_window: list[ColumnElement[bool]], postgres
     colon = (func.strpos if postgres else func.instr)(error.concat(":"), ":")
     head = func.substr(error, 1, func.least(colon - 1, _HEAD_CHARS) if postgres else func.min(colon - 1, _HEAD_CHARS))
     rows = session.execute(
-        select(head, func.count()).where(JobRecord.status == Status.FAILED, *jobs_window).group_by(head)
+        select(head, func.count()).where(JobRecord.status == JobStatus.FAILED, *jobs_window).group_by(head)
     ).all()
     failures: dict[str, int] = defaultdict(int)
     for cause, count in rows:
@@ -255,9 +255,9 @@ def _model_fallbacks(session: Session, jobs_window: list[ColumnElement[bool]]) -
             func.max(AttemptRecord.number).label("last"),
         )
         .join(JobRecord, JobRecord.id == AttemptRecord.job_id)
-        .where(AttemptRecord.status != Status.SKIPPED, JobRecord.status != Status.FAILED, *jobs_window)
+        .where(AttemptRecord.status != AttemptStatus.SKIPPED, JobRecord.status != JobStatus.FAILED, *jobs_window)
         .group_by(AttemptRecord.job_id)
-        .having(func.count() > 1, func.max(case((AttemptRecord.status == Status.SUCCEEDED, 1), else_=0)) == 1)
+        .having(func.count() > 1, func.max(case((AttemptRecord.status == AttemptStatus.SUCCEEDED, 1), else_=0)) == 1)
         .subquery()
     )
     first, last = aliased(AttemptRecord), aliased(AttemptRecord)

@@ -9,7 +9,16 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from llm_router.tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, RunRecord, RunStatus, Status, aware
+from llm_router.tasks.records import (
+    FINAL_STATUSES,
+    AttemptRecord,
+    AttemptStatus,
+    JobRecord,
+    JobStatus,
+    RunRecord,
+    RunStatus,
+    aware,
+)
 
 
 def _fields(view: type, record: object) -> dict[str, Any]:
@@ -23,7 +32,7 @@ class JobView:
 
     id: str
     kind: str
-    status: str
+    status: JobStatus
     tier: str | None
     queue: str | None
     requested_model: str | None
@@ -51,7 +60,7 @@ class JobView:
 
     @classmethod
     def of(cls, record: JobRecord | Row[Any]) -> JobView:
-        return cls(**_fields(cls, record))
+        return cls(**{**_fields(cls, record), "status": JobStatus(record.status)})
 
     def document(self) -> dict[str, Any]:
         """The job's record as JSON for its caller (``--json`` output, a webhook's body): no request."""
@@ -91,7 +100,7 @@ class RunView:
     id: str
     kind: str
     name: str
-    status: str
+    status: RunStatus
     models: list[str] | None
     request: dict[str, Any] | None
     summary: dict[str, Any] | None
@@ -105,7 +114,7 @@ class RunView:
 
     @classmethod
     def of(cls, record: RunRecord) -> RunView:
-        return cls(**_fields(cls, record))
+        return cls(**{**_fields(cls, record), "status": RunStatus(record.status)})
 
 
 @dataclass(frozen=True)
@@ -138,7 +147,7 @@ def lease_end(record: JobRecord, now: datetime) -> datetime:
 def leased_elsewhere(record: JobRecord, lease: Lease, now: datetime) -> Busy | None:
     """The running job's live lease held by another process, if any."""
     owner, until = record.lease_owner, lease_end(record, now)
-    if record.status != Status.RUNNING or owner is None or owner == lease.owner:
+    if record.status != JobStatus.RUNNING or owner is None or owner == lease.owner:
         return None
     if until <= now or not lease.alive(owner):
         return None
@@ -148,7 +157,7 @@ def leased_elsewhere(record: JobRecord, lease: Lease, now: datetime) -> Busy | N
 @dataclass(frozen=True)
 class AttemptView:
     number: int
-    status: str
+    status: AttemptStatus
     model: str | None
     provider: str | None
     tier: str | None
@@ -163,7 +172,7 @@ class AttemptView:
 
     @classmethod
     def of(cls, record: AttemptRecord) -> AttemptView:
-        return cls(**_fields(cls, record))
+        return cls(**{**_fields(cls, record), "status": AttemptStatus(record.status)})
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import redis
 
 from llm_router.broker.client import EnqueueFailed, Router
 from llm_router.broker.settings import Settings
-from llm_router.tasks.records import Status
+from llm_router.tasks.records import JobStatus
 from tests.conftest import WorkerProcess
 
 # Echo models: the worker needs no torch and no model, only the broker and the database.
@@ -86,7 +86,9 @@ def test_the_embedded_broker_on_a_full_disk_loses_and_strands_nothing(
             "fast", "embedded", env={**embedded, "LLM_ROUTER_CONFIG": str(config)}, options=("--pool", "remote")
         )
         statuses = _wait_all(router, sent)
-        assert statuses == dict.fromkeys(sent, Status.SUCCEEDED), [s for s in statuses.values() if s != "succeeded"]
+        assert statuses == dict.fromkeys(sent, JobStatus.SUCCEEDED), [
+            s for s in statuses.values() if s != JobStatus.SUCCEEDED
+        ]
         assert worker.alive()
         assert (small_disk / "corrupt" / planted.name).exists() and not planted.exists()
         assert worker.log().count("could not be read") == 1
@@ -173,7 +175,7 @@ def test_a_worker_whose_redis_is_full_waits_and_then_runs_every_job(
             room.join()
             client.close()
         statuses = _wait_all(router, jobs)
-        assert statuses == dict.fromkeys(jobs, Status.SUCCEEDED)
+        assert statuses == dict.fromkeys(jobs, JobStatus.SUCCEEDED)
         refusals = [line for line in worker.log().splitlines() if "maxmemory" in line and "ERROR" in line]
         assert 1 <= len(refusals) <= 2, refusals  # said once a minute, not at every try
         assert worker.alive()

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from llm_router.broker.client import EnqueueFailed, Router
 from llm_router.broker.settings import Settings
 from llm_router.tasks.errors import InvalidRequest
-from llm_router.tasks.records import Status
+from llm_router.tasks.records import JobStatus
 from tests.conftest import empty_redis_db, queued
 
 BROKER = "redis://127.0.0.1:6379/4"  # no worker consumes here: the messages stay countable
@@ -112,7 +112,7 @@ def test_a_keyed_submission_the_broker_refused_is_sent_when_submitted_again(sett
     with Router(settings) as router:
         before = queued(broker, "fast")
         job = router.embed("sent later", tier="fast", idempotency_key=key)
-        assert job.record().status == Status.QUEUED and job.record().error is None
+        assert job.record().status == JobStatus.QUEUED and job.record().error is None
         again = router.embed("sent later", tier="fast", idempotency_key=key)
     assert again.id == job.id and _records(settings, key) == 1
     assert queued(broker, "fast") - before == 1  # sent by the first retry only

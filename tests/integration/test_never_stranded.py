@@ -19,7 +19,7 @@ from llm_router.broker.client import Router
 from llm_router.broker.settings import Settings
 from llm_router.tasks.database import make_engine
 from llm_router.tasks.errors import JobFailed
-from llm_router.tasks.records import Status
+from llm_router.tasks.records import AttemptStatus
 from llm_router.tasks.schemas import GenerateResult, Usage
 from llm_router.tasks.store import JobStore, Lease, Success
 from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings
@@ -126,7 +126,9 @@ def test_a_nul_in_an_answer_or_an_error_body_ends_the_job(
     retried = _generate(router, "stranded", "a 503 with a NUL, then an answer")
     assert retried.wait(timeout=30).text == "ready"  # type: ignore[attr-defined]
     attempts = retried.attempts()  # type: ignore[attr-defined]
-    assert [a.status for a in attempts] == [Status.FAILED, Status.SUCCEEDED] and "\ufffd" in (attempts[0].error or "")
+    assert [a.status for a in attempts] == [AttemptStatus.FAILED, AttemptStatus.SUCCEEDED] and "\ufffd" in (
+        attempts[0].error or ""
+    )
     assert worker.alive()
     worker.stop()
 
@@ -155,7 +157,7 @@ def _each_ran_once(router: Router, server: InferenceServer, tier: str, jobs: lis
         assert isinstance(job.wait(timeout=90), GenerateResult)  # type: ignore[attr-defined]
     assert len(server.calls_to(_path(tier))) == len(jobs)  # no job's call was made twice
     for job in jobs:
-        assert [a.status for a in job.attempts()] == [Status.SUCCEEDED]  # type: ignore[attr-defined]
+        assert [a.status for a in job.attempts()] == [AttemptStatus.SUCCEEDED]  # type: ignore[attr-defined]
 
 
 def test_a_worker_a_minute_behind_beside_a_sweeper_a_minute_ahead_runs_no_job_twice(
@@ -282,4 +284,4 @@ def test_a_job_that_ends_leaves_no_attempt_open(store: JobStore, ending: Callabl
     assert isinstance(first, int) and isinstance(second, int)
     ending(store, job_id, first)  # the first run was alive after all, and ends the job
     assert store.get(job_id).is_final  # type: ignore[union-attr]
-    assert Status.RUNNING not in [attempt.status for attempt in store.attempts(job_id)]
+    assert AttemptStatus.RUNNING not in [attempt.status for attempt in store.attempts(job_id)]

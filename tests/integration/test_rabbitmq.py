@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 
 from llm_router.broker.client import Job, Router
 from llm_router.broker.settings import Settings
-from llm_router.tasks.records import Status
+from llm_router.tasks.records import AttemptStatus
 from tests.conftest import WorkerProcess, rabbit_queue_counts
 
 
@@ -153,7 +153,10 @@ def test_a_worker_killed_whole_has_its_job_redelivered_at_once(
         for job in jobs:
             job.wait(timeout=120)
         paths = sorted([attempt.status for attempt in job.attempts()] for job in jobs)
-        assert paths == [[Status.LOST, Status.SUCCEEDED], [Status.SUCCEEDED]]  # the killed one ran again, once
+        assert paths == [
+            [AttemptStatus.LOST, AttemptStatus.SUCCEEDED],
+            [AttemptStatus.SUCCEEDED],
+        ]  # the killed one ran again, once
         lost = next(job for job in jobs if len(job.attempts()) == 2)
         # Taken over by the survivor on the connection's loss, not after a lease or a visibility timeout.
         assert lost.attempts()[1].worker == survivor.nodename

@@ -26,7 +26,7 @@ from llm_router.broker.queues import TASK_NAMES
 from llm_router.broker.settings import Settings
 from llm_router.cli.main import cli
 from llm_router.tasks.database import make_engine
-from llm_router.tasks.records import Status
+from llm_router.tasks.records import AttemptStatus, JobStatus
 from llm_router.tasks.schemas import GenerateResult
 from llm_router.tasks.store import JobStore, JobView, Lease
 from llm_router.workers.broker_mark import EPOCH_KEY, BrokerMark
@@ -138,7 +138,7 @@ def test_a_job_whose_worker_is_killed_whole_mid_generation_succeeds_with_no_comm
     result = job.wait(timeout=RECOVERY_LIMIT_S)
     assert isinstance(result, GenerateResult)
     assert time.monotonic() - killed_at < RECOVERY_LIMIT_S
-    assert [attempt.status for attempt in job.attempts()] == [Status.LOST, Status.SUCCEEDED]
+    assert [attempt.status for attempt in job.attempts()] == [AttemptStatus.LOST, AttemptStatus.SUCCEEDED]
     assert _usage_rows(database, [job.id]) == {job.id: 1}
 
     # The message the dead worker held comes back one day (Redis's visibility timeout): it changes nothing.
@@ -147,7 +147,7 @@ def test_a_job_whose_worker_is_killed_whole_mid_generation_succeeds_with_no_comm
     while f"job {job.id} is already succeeded; redelivery ignored" not in survivor.log():
         assert time.monotonic() < deadline, "the restored message was never delivered"
         time.sleep(0.2)
-    assert job.record().status == Status.SUCCEEDED and _usage_rows(database, [job.id]) == {job.id: 1}
+    assert job.record().status == JobStatus.SUCCEEDED and _usage_rows(database, [job.id]) == {job.id: 1}
     survivor.stop()
 
 
@@ -175,8 +175,10 @@ def test_fifty_jobs_in_flight_on_a_worker_killed_whole_all_succeed_once(
         assert isinstance(job.wait(timeout=max(1.0, RECOVERY_LIMIT_S - (time.monotonic() - killed_at))), GenerateResult)
     ids = [job.id for job in jobs]
     assert _usage_rows(database, ids) == dict.fromkeys(ids, 1)
-    recovered = [job for job in jobs if [a.status for a in job.attempts()] == [Status.LOST, Status.SUCCEEDED]]
-    others = [job for job in jobs if [a.status for a in job.attempts()] == [Status.SUCCEEDED]]
+    recovered = [
+        job for job in jobs if [a.status for a in job.attempts()] == [AttemptStatus.LOST, AttemptStatus.SUCCEEDED]
+    ]
+    others = [job for job in jobs if [a.status for a in job.attempts()] == [AttemptStatus.SUCCEEDED]]
     assert recovered and len(recovered) + len(others) == IN_FLIGHT
     assert len(server.calls_to("/v1/completions")) == IN_FLIGHT + len(recovered)  # each cut-off call once more
 
@@ -255,8 +257,8 @@ def test_a_sweep_recovers_dead_workers_and_lost_messages_and_leaves_the_rest(
     sweep = sweeper.sweep()
     assert sorted(published) == sorted([(abandoned, 0.0), (lost, 0.0)])
     assert not sweep.broker_lost_data
-    assert [a.status for a in store.attempts(abandoned)] == [Status.LOST]
-    assert store.status(abandoned) == Status.QUEUED and store.status(alive) == Status.RUNNING
+    assert [a.status for a in store.attempts(abandoned)] == [AttemptStatus.LOST]
+    assert store.status(abandoned) == JobStatus.QUEUED and store.status(alive) == JobStatus.RUNNING
     assert shared.hget(DEAD_WORKERS_KEY, "elsewhere:1") is not None
 
     published.clear()
@@ -310,7 +312,7 @@ def test_requeue_of_an_abandoned_job_leaves_a_job_that_a_worker_took_over(store:
     time.sleep(0.01)
     _start(store, job_id, "here:4", lease_s=60)  # its redelivered message was taken meanwhile
     assert not store.recover(job_id)
-    assert store.status(job_id) == Status.RUNNING
+    assert store.status(job_id) == JobStatus.RUNNING
     assert job_id not in {job.id for job in store.stale(datetime.now(UTC))}
 
 

@@ -19,9 +19,9 @@ from llm_router.tasks.database import make_engine, upgrade
 from llm_router.tasks.records import (
     AttemptRecord,
     JobRecord,
+    JobStatus,
     RunRecord,
     RunStatus,
-    Status,
     UsageRecord,
     WebhookAttemptRecord,
     WebhookRecord,
@@ -91,7 +91,7 @@ def test_prune_takes_old_final_jobs_and_leaves_the_rest(store: JobStore) -> None
     emptied = store.prune(cutoff, results_only=True)
     assert emptied.jobs == 1
     job, attempts, usage = _rows(store, old)
-    assert job is not None and job.status == Status.SUCCEEDED and job.request is None and job.result is None
+    assert job is not None and job.status == JobStatus.SUCCEEDED and job.request is None and job.result is None
     assert (attempts, usage) == (1, 1)  # the usage report stays whole
     assert store.prune(cutoff, results_only=True).jobs == 0  # nothing left to empty
 
@@ -100,7 +100,7 @@ def test_prune_takes_old_final_jobs_and_leaves_the_rest(store: JobStore) -> None
     kept, attempts, usage = _rows(store, recent)
     assert kept is not None and kept.result is not None and (attempts, usage) == (1, 1)
     unfinished = store.get(running)
-    assert unfinished is not None and unfinished.status == Status.RUNNING  # never pruned, however old
+    assert unfinished is not None and unfinished.status == JobStatus.RUNNING  # never pruned, however old
     sizes = store.table_sizes()
     assert set(sizes) == {"jobs", "attempts", "usage", "runs", "webhooks"}
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from llm_router.tasks.database import make_engine
-from llm_router.tasks.records import AttemptRecord, JobRecord, Status, UsageRecord
+from llm_router.tasks.records import AttemptRecord, AttemptStatus, JobRecord, JobStatus, UsageRecord
 from llm_router.tasks.schemas import GenerateResult, Usage
 from llm_router.tasks.store import AttemptSpec, Busy, JobStore, Lease, Success
 from llm_router.tasks.store.base import NewJob
@@ -164,8 +164,8 @@ def test_one_statement_writes_leave_the_same_rows_as_transactions(stores: tuple[
     one, several = stores
     by_one, by_several = run_once(one, "host:1"), run_once(several, "host:1")
     assert by_one == by_several
-    assert by_one["job"]["status"] == Status.SUCCEEDED and by_one["job"]["attempts"] == 2
-    assert [a["status"] for a in by_one["attempts"]] == [Status.LOST, Status.SUCCEEDED]
+    assert by_one["job"]["status"] == JobStatus.SUCCEEDED and by_one["job"]["attempts"] == 2
+    assert [a["status"] for a in by_one["attempts"]] == [AttemptStatus.LOST, AttemptStatus.SUCCEEDED]
     assert by_one["attempts"][1]["total_tokens"] == 5
     assert len(by_one["usage"]) == 1 and by_one["usage"][0]["total_tokens"] == 5
 
@@ -182,7 +182,7 @@ def test_a_live_lease_elsewhere_puts_a_duplicate_off_and_a_dead_ones_job_is_take
         one, job_id, model="m", provider="echo", tier="fast", worker="b", lease=lease("host:2", alive=False)
     )
     assert taken == 2
-    assert [a.status for a in one.attempts(job_id)] == [Status.LOST, Status.RUNNING]
+    assert [a.status for a in one.attempts(job_id)] == [AttemptStatus.LOST, AttemptStatus.RUNNING]
 
 
 def test_racing_duplicates_start_a_job_once(stores: tuple[JobStore, JobStore]) -> None:
@@ -204,7 +204,7 @@ def test_racing_duplicates_start_a_job_once(stores: tuple[JobStore, JobStore]) -
         thread.join()
     assert sorted(o for o in outcomes if isinstance(o, int)) == [1]
     assert sum(isinstance(o, Busy) for o in outcomes) == 7
-    assert [a.status for a in one.attempts(job_id)] == [Status.RUNNING]
+    assert [a.status for a in one.attempts(job_id)] == [AttemptStatus.RUNNING]
 
 
 def test_a_set_of_jobs_is_started_and_ended_in_one_call_alike_on_both_paths(
@@ -228,12 +228,12 @@ def test_a_set_of_jobs_is_started_and_ended_in_one_call_alike_on_both_paths(
         store.succeed([Success(job.job_id, job.number, answer, "echo", 2.0) for job in starts.started] + [late])
         statuses = {job_id: rows(store, job_id) for job_id in (queued, ended, busy, orphaned)}
         assert [statuses[job_id]["job"]["status"] for job_id in (queued, ended, busy, orphaned)] == [
-            Status.SUCCEEDED,
-            Status.SUCCEEDED,
-            Status.RUNNING,
-            Status.SUCCEEDED,
+            JobStatus.SUCCEEDED,
+            JobStatus.SUCCEEDED,
+            JobStatus.RUNNING,
+            JobStatus.SUCCEEDED,
         ]
-        assert [a["status"] for a in statuses[orphaned]["attempts"]] == [Status.LOST, Status.SUCCEEDED]
+        assert [a["status"] for a in statuses[orphaned]["attempts"]] == [AttemptStatus.LOST, AttemptStatus.SUCCEEDED]
         assert all(len(statuses[job_id]["usage"]) == 1 for job_id in (queued, ended, orphaned))
         found.append([statuses[job_id] for job_id in (queued, ended, busy, orphaned)])
     assert found[0] == found[1]

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DataError
 from llm_router.broker.catalogue import Catalogue, GenerationDefaults
 from llm_router.broker.settings import Settings
 from llm_router.tasks.errors import ModelLoading, ModelNotFound, RateLimited, ServerError, Unauthorised
-from llm_router.tasks.records import Base, Status
+from llm_router.tasks.records import AttemptStatus, Base, JobStatus, Outcome
 from llm_router.tasks.schemas import (
     ClassifyRequest,
     ClassifyResult,
@@ -102,10 +102,10 @@ class Cluster:
         submit_one(store, job_id=job_id, kind=request["kind"], request=request, tier=tier, queue=queue or tier)
         return job_id
 
-    def drive(self, job_id: str, kind: Any = "generate", most: int = 10) -> list[Status]:
+    def drive(self, job_id: str, kind: Any = "generate", most: int = 10) -> list[Outcome]:
         """Run the job's message and every message it re-publishes; what became of each."""
         self.pending.append(JobMessage(job_id, None))
-        outcomes: list[Status] = []
+        outcomes: list[Outcome] = []
         while self.pending and len(outcomes) < most:
             outcomes.append(run_job(self.runtime, kind, self.pending.pop(0), "worker-1", self.reschedule))
         return outcomes
@@ -144,14 +144,14 @@ def make_cluster(tmp_path: Path, script: dict[str, list[Step]]) -> Cluster:
 
 
 GENERATE = {"kind": "generate", "prompt": "hello there", "use_cache": False}
-PATHS: list[tuple[str, dict[str, Any], dict[str, list[Step]], Status, list[tuple[str, str]], list[str]]] = [
+PATHS: list[tuple[str, dict[str, Any], dict[str, list[Step]], Outcome, list[tuple[str, str]], list[str]]] = [
     # (what it shows, request options, script, final status, attempts (model, status), queues re-published to)
-    ("the first model answers", {}, {}, Status.SUCCEEDED, [("m/a", "succeeded")], []),
+    ("the first model answers", {}, {}, Outcome.SUCCEEDED, [("m/a", "succeeded")], []),
     (
         "503: retried on the downgraded model",
         {},
         {"m/a": [ModelLoading("503")]},
-        Status.SUCCEEDED,
+        Outcome.SUCCEEDED,
         [("m/a", "failed"), ("m/a-small", "succeeded")],
         ["fast"],
     ),
@@ -159,7 +159,7 @@ PATHS: list[tuple[str, dict[str, Any], dict[str, list[Step]], Status, list[tuple
         "5xx retried max_retries times, then the next model in the same message",
         {},
         {"m/a": [ServerError("500")]},
-        Status.SUCCEEDED,
+        Outcome.SUCCEEDED,
         [("m/a", "failed")] * 3 + [("m/b", "succeeded")],
         ["fast", "fast"],
     ),
@@ -167,16 +167,23 @@ PATHS: list[tuple[str, dict[str, Any], dict[str, list[Step]], Status, list[tuple
         "404: the next model at once",
         {},
         {"m/a": [ModelNotFound("404")]},
-        Status.SUCCEEDED,
+        Outcome.SUCCEEDED,
         [("m/a", "failed"), ("m/b", "succeeded")],
         [],
     ),
-    ("401: failed at once, no other model", {}, {"m/a": [Unauthorised("401")]}, Status.FAILED, [("m/a", "failed")], []),
+    (
+        "401: failed at once, no other model",
+        {},
+        {"m/a": [Unauthorised("401")]},
+        Outcome.FAILED,
+        [("m/a", "failed")],
+        [],
+    ),
     (
         "the chain spent: the next tier's queue, its first model",
         {},
         {"m/a": [ModelNotFound("404")], "m/b": [ModelNotFound("404")]},
-        Status.SUCCEEDED,
+        Outcome.SUCCEEDED,
         [("m/a", "failed"), ("m/b", "failed"), ("m/c", "succeeded")],
         ["balanced"],
     ),
@@ -184,7 +191,7 @@ PATHS: list[tuple[str, dict[str, Any], dict[str, list[Step]], Status, list[tuple
         "fallback model: no other tier",
         {"fallback": "model"},
         {"m/a": [ModelNotFound("404")], "m/b": [ModelNotFound("404")]},
-        Status.FAILED,
+        Outcome.FAILED,
         [("m/a", "failed"), ("m/b", "failed")],
         [],
     ),
@@ -192,7 +199,7 @@ PATHS: list[tuple[str, dict[str, Any], dict[str, list[Step]], Status, list[tuple
         "fallback none: the first model only",
         {"fallback": "none"},
         {"m/a": [ModelNotFound("404")]},
-        Status.FAILED,
+        Outcome.FAILED,
         [("m/a", "failed")],
         [],
     ),
@@ -200,7 +207,7 @@ PATHS: list[tuple[str, dict[str, Any], dict[str, list[Step]], Status, list[tuple
         "every tier spent: failed after two hops",
         {},
         {m: [ModelNotFound("404")] for m in ("m/a", "m/b", "m/c", "m/d")},
-        Status.FAILED,
+        Outcome.FAILED,
         [("m/a", "failed"), ("m/b", "failed"), ("m/c", "failed"), ("m/d", "failed")],
         ["balanced", "quality"],
     ),
@@ -208,7 +215,7 @@ PATHS: list[tuple[str, dict[str, Any], dict[str, list[Step]], Status, list[tuple
         "a bug in a backend fails the job, not the worker",
         {},
         {"m/a": [RuntimeError("boom")]},
-        Status.FAILED,
+        Outcome.FAILED,
         [("m/a", "failed")],
         [],
     ),
@@ -224,7 +231,7 @@ def test_a_jobs_path_through_failures(
     tmp_path: Path,
     options: dict[str, Any],
     script: dict[str, list[Step]],
-    final: Status,
+    final: Outcome,
     attempts: list[tuple[str, str]],
     queues: list[str],
 ) -> None:
@@ -235,13 +242,13 @@ def test_a_jobs_path_through_failures(
     assert cluster.runtime.store.status(job_id) == final
     assert cluster.path(job_id) == attempts
     assert [queue for queue, _, _ in cluster.republished] == queues
-    assert all(outcome in (Status.RETRYING, Status.DEFERRED) for outcome in outcomes[:-1])
+    assert all(outcome in (Outcome.RETRYING, Outcome.DEFERRED) for outcome in outcomes[:-1])
 
 
 def test_retry_delays_follow_the_policy_and_resume_where_they_failed(tmp_path: Path) -> None:
     cluster = make_cluster(tmp_path, {"m/a": [RateLimited("429"), RateLimited("429"), "ok"]})
     job_id = cluster.submit(GENERATE)
-    assert cluster.drive(job_id) == [Status.RETRYING, Status.RETRYING, Status.SUCCEEDED]
+    assert cluster.drive(job_id) == [Outcome.RETRYING, Outcome.RETRYING, Outcome.SUCCEEDED]
     assert cluster.republished == [("fast", Cursor(0, 1, "m/a"), 1.0), ("fast", Cursor(0, 2, "m/a"), 2.0)]
     attempt_delays = [attempt.delay_s for attempt in cluster.runtime.store.attempts(job_id)]
     assert attempt_delays == [1.0, 2.0, None]
@@ -250,7 +257,7 @@ def test_retry_delays_follow_the_policy_and_resume_where_they_failed(tmp_path: P
 def test_a_retried_deferred_or_escalated_job_keeps_its_priority(tmp_path: Path) -> None:
     cluster = make_cluster(tmp_path, {"m/a": [RateLimited("429"), ModelNotFound("404")], "m/b": [ModelNotFound("404")]})
     job_id = cluster.submit({**GENERATE, "priority": 7})
-    assert cluster.drive(job_id)[-1] == Status.SUCCEEDED
+    assert cluster.drive(job_id)[-1] == Outcome.SUCCEEDED
     assert [queue for queue, _, _ in cluster.republished] == ["fast", "balanced"]
     assert cluster.priorities == [7, 7]
 
@@ -258,14 +265,14 @@ def test_a_retried_deferred_or_escalated_job_keeps_its_priority(tmp_path: Path) 
 def test_a_bulk_job_falls_back_within_the_bulk_lane(tmp_path: Path) -> None:
     cluster = make_cluster(tmp_path, {"m/a": [ModelNotFound("404")], "m/b": [ModelNotFound("404")]})
     job_id = cluster.submit(GENERATE, queue="fast.bulk")
-    assert cluster.drive(job_id)[-1] == Status.SUCCEEDED
+    assert cluster.drive(job_id)[-1] == Outcome.SUCCEEDED
     assert [queue for queue, _, _ in cluster.republished] == ["balanced.bulk"]
 
 
 def test_a_cooling_model_is_passed_over_and_recorded(cluster: Cluster) -> None:
     cluster.runtime.cooldowns.cool("m/a", 30.0)
     job_id = cluster.submit(GENERATE)
-    assert cluster.drive(job_id) == [Status.SUCCEEDED]
+    assert cluster.drive(job_id) == [Outcome.SUCCEEDED]
     assert cluster.path(job_id) == [("m/a", "skipped"), ("m/b", "succeeded")]
     assert cluster.backend.calls == [("m/b", 1)]
 
@@ -274,27 +281,27 @@ def test_when_every_model_cools_the_job_waits_for_the_first_back(cluster: Cluste
     cluster.runtime.cooldowns.cool("m/a", 30.0)
     cluster.runtime.cooldowns.cool("m/b", 10.0)
     job_id = cluster.submit({**GENERATE, "fallback": "model"})
-    assert cluster.drive(job_id, most=1) == [Status.DEFERRED]
+    assert cluster.drive(job_id, most=1) == [Outcome.DEFERRED]
     (queue, cursor, delay_s) = cluster.republished[0]
     assert (queue, cursor) == ("fast", Cursor())
     assert 9.0 < delay_s <= 10.0
-    assert cluster.runtime.store.status(job_id) == Status.QUEUED
+    assert cluster.runtime.store.status(job_id) == JobStatus.QUEUED
     assert cluster.backend.calls == []
 
 
 def test_failures_cool_a_model_down_for_the_next_jobs(cluster: Cluster) -> None:
     cluster.backend.script["m/a"] = [Unauthorised("401")]  # one 401 cools the model down cluster-wide
     first = cluster.submit(GENERATE)
-    assert cluster.drive(first) == [Status.FAILED]
+    assert cluster.drive(first) == [Outcome.FAILED]
     second = cluster.submit(GENERATE)
-    assert cluster.drive(second) == [Status.SUCCEEDED]
+    assert cluster.drive(second) == [Outcome.SUCCEEDED]
     assert cluster.path(second) == [("m/a", "skipped"), ("m/b", "succeeded")]
 
 
 def test_over_the_tier_rate_limit_a_job_is_deferred_not_run(cluster: Cluster) -> None:
     first, second = cluster.submit({**GENERATE, "tier": "quality"}), cluster.submit({**GENERATE, "tier": "quality"})
-    assert cluster.drive(first) == [Status.SUCCEEDED]
-    assert cluster.drive(second, most=1) == [Status.DEFERRED]
+    assert cluster.drive(first) == [Outcome.SUCCEEDED]
+    assert cluster.drive(second, most=1) == [Outcome.DEFERRED]
     assert cluster.backend.calls == [("m/d", 1)]  # one call a minute
     assert 0 < cluster.republished[0][2] <= 60 + WINDOW_MARGIN_S + 0.25  # when the window frees, and a spread
     assert cluster.runtime.store.attempts(second) == []
@@ -302,14 +309,14 @@ def test_over_the_tier_rate_limit_a_job_is_deferred_not_run(cluster: Cluster) ->
 
 def test_a_redelivered_message_of_an_ended_job_changes_nothing(cluster: Cluster) -> None:
     job_id = cluster.submit(GENERATE)
-    assert cluster.drive(job_id) == [Status.SUCCEEDED]
-    assert cluster.drive(job_id) == [Status.SUCCEEDED]
+    assert cluster.drive(job_id) == [Outcome.SUCCEEDED]
+    assert cluster.drive(job_id) == [Outcome.SUCCEEDED]
     assert cluster.backend.calls == [("m/a", 1)]
     assert len(cluster.runtime.store.attempts(job_id)) == 1
 
 
 def test_a_message_naming_an_unknown_job_without_its_request_is_rejected(cluster: Cluster) -> None:
-    assert cluster.drive("not-a-job") == [Status.REJECTED]
+    assert cluster.drive("not-a-job") == [Outcome.REJECTED]
     view = cluster.runtime.store.get("not-a-job")
     assert view is not None and view.error is not None and "job_id" in view.error
 
@@ -320,7 +327,7 @@ EMBED = {"kind": "embed", "input": ["one", "two"], "use_cache": False}
 def test_jobs_waiting_together_share_one_model_call(cluster: Cluster) -> None:
     job_ids = [cluster.submit({**EMBED, "input": [f"text {i}"]}) for i in range(5)]
     outcomes = run_jobs(cluster.runtime, "embed", [JobMessage(j, None) for j in job_ids], "w", cluster.reschedule)
-    assert outcomes == [Status.SUCCEEDED] * 5
+    assert outcomes == [Outcome.SUCCEEDED] * 5
     assert cluster.backend.calls == [("e/a", 5)]
     for job_id in job_ids:
         assert cluster.path(job_id) == [("e/a", "succeeded")]
@@ -334,7 +341,7 @@ def test_a_failed_shared_call_runs_each_job_on_its_own_path(cluster: Cluster) ->
     cluster.backend.script["e/a"] = [ModelNotFound("404")]
     job_ids = [cluster.submit({**EMBED, "input": [f"text {i}"]}) for i in range(3)]
     outcomes = run_jobs(cluster.runtime, "embed", [JobMessage(j, None) for j in job_ids], "w", cluster.reschedule)
-    assert outcomes == [Status.RETRYING] * 3
+    assert outcomes == [Outcome.RETRYING] * 3
     assert [queue for queue, _, _ in cluster.republished] == ["balanced"] * 3
     assert cluster.backend.calls == [("e/a", 3), ("e/a", 1)]
     assert [cluster.path(job_id) for job_id in job_ids] == [
@@ -347,24 +354,24 @@ def test_a_failed_shared_call_runs_each_job_on_its_own_path(cluster: Cluster) ->
 def test_a_backend_without_a_many_call_runs_one_call_per_job(cluster: Cluster) -> None:
     job_ids = [cluster.submit({**GENERATE, "temperature": 0.7}) for _ in range(3)]
     outcomes = run_jobs(cluster.runtime, "generate", [JobMessage(j, None) for j in job_ids], "w", cluster.reschedule)
-    assert outcomes == [Status.SUCCEEDED] * 3
+    assert outcomes == [Outcome.SUCCEEDED] * 3
     assert cluster.backend.calls == [("m/a", 1)] * 3
 
 
 def test_a_duplicate_of_a_job_another_thread_runs_is_ignored(cluster: Cluster) -> None:
     job_id = cluster.submit(GENERATE)
     assert cluster.runtime.running.claim([job_id]) == [job_id]  # another thread of this process runs it
-    assert cluster.drive(job_id) == [Status.RUNNING]
+    assert cluster.drive(job_id) == [Outcome.RUNNING]
     assert cluster.backend.calls == [] and cluster.runtime.store.attempts(job_id) == []
     cluster.runtime.running.release([job_id])
-    assert cluster.drive(job_id) == [Status.SUCCEEDED]
+    assert cluster.drive(job_id) == [Outcome.SUCCEEDED]
 
 
 def test_a_group_leaves_a_job_another_thread_runs_to_that_thread(cluster: Cluster) -> None:
     job_ids = [cluster.submit({**EMBED, "input": [f"text {i}"]}) for i in range(3)]
     cluster.runtime.running.claim([job_ids[1]])
     outcomes = run_jobs(cluster.runtime, "embed", [JobMessage(j, None) for j in job_ids], "w", cluster.reschedule)
-    assert outcomes == [Status.RUNNING, Status.SUCCEEDED, Status.SUCCEEDED]  # the one left out comes first
+    assert outcomes == [Outcome.RUNNING, Outcome.SUCCEEDED, Outcome.SUCCEEDED]  # the one left out comes first
     assert cluster.backend.calls == [("e/a", 2)]
     assert cluster.runtime.store.attempts(job_ids[1]) == []
     assert cluster.runtime.running.claim(job_ids) == [job_ids[0], job_ids[2]]  # the group released its own
@@ -391,11 +398,11 @@ def test_an_outcome_the_database_refuses_ends_the_job_failed_with_the_cause(
         raise REFUSED
 
     monkeypatch.setattr(cluster.runtime.store, write, refuse)
-    assert cluster.drive(job_id) == [Status.FAILED]
+    assert cluster.drive(job_id) == [Outcome.FAILED]
     job = cluster.runtime.store.get(job_id)
-    assert job is not None and job.status == Status.FAILED
+    assert job is not None and job.status == JobStatus.FAILED
     assert job.error == "its outcome could not be recorded (Exception: invalid byte sequence for encoding)"
-    assert Status.RUNNING not in [status for _, status in cluster.path(job_id)]  # no attempt left open
+    assert AttemptStatus.RUNNING not in [status for _, status in cluster.path(job_id)]  # no attempt left open
 
 
 def test_a_group_whose_record_is_refused_is_recorded_job_by_job(
@@ -413,20 +420,20 @@ def test_a_group_whose_record_is_refused_is_recorded_job_by_job(
 
     monkeypatch.setattr(cluster.runtime.store, "succeed", refuse_together)
     messages = [JobMessage(job_id, None) for job_id in ids]
-    assert run_jobs(cluster.runtime, "embed", messages, "worker-1", cluster.reschedule) == [Status.SUCCEEDED] * 3
+    assert run_jobs(cluster.runtime, "embed", messages, "worker-1", cluster.reschedule) == [Outcome.SUCCEEDED] * 3
     assert cluster.backend.calls == [("e/a", 3)]  # one shared call; only its record went job by job
     assert all(cluster.path(job_id) == [("e/a", "succeeded")] for job_id in ids)
 
 
 def test_what_follows_a_jobs_end_runs_once_for_each_job_alone_or_together(cluster: Cluster) -> None:
-    heard: list[tuple[str, Status]] = []
+    heard: list[tuple[str, JobStatus]] = []
     cluster.runtime.end_hooks.append(lambda ended: heard.extend((job.job_id, job.status) for job in ended))
     alone = cluster.submit(GENERATE)
-    assert cluster.drive(alone) == [Status.SUCCEEDED]
+    assert cluster.drive(alone) == [Outcome.SUCCEEDED]
     together = [cluster.submit({"kind": "embed", "input": f"text {n}", "use_cache": False}) for n in range(3)]
     messages = [JobMessage(job_id, None) for job_id in together]
-    assert run_jobs(cluster.runtime, "embed", messages, "worker-1", cluster.reschedule) == [Status.SUCCEEDED] * 3
+    assert run_jobs(cluster.runtime, "embed", messages, "worker-1", cluster.reschedule) == [Outcome.SUCCEEDED] * 3
     retried = cluster.submit(GENERATE)
     cluster.backend.script["m/a"] = [ServerError("500"), "ok"]
-    assert cluster.drive(retried) == [Status.RETRYING, Status.SUCCEEDED]  # a retry is not an end
-    assert heard == [(job_id, Status.SUCCEEDED) for job_id in [alone, *together, retried]]
+    assert cluster.drive(retried) == [Outcome.RETRYING, Outcome.SUCCEEDED]  # a retry is not an end
+    assert heard == [(job_id, JobStatus.SUCCEEDED) for job_id in [alone, *together, retried]]

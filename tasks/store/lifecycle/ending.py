@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, bindparam, select, text, tuple_, update
 
 from llm_router.tasks.database import json_text
-from llm_router.tasks.records import FINAL_STATUSES, JobRecord, Status
+from llm_router.tasks.records import FINAL_STATUSES, AttemptStatus, JobRecord, JobStatus
 from llm_router.tasks.redaction import redact
 from llm_router.tasks.storable import storable_text
 from llm_router.tasks.store.base import ATTEMPTS, USAGE, StoreBase, elapsed_ms, insert_ignoring_duplicates, usage_row
@@ -16,6 +16,7 @@ from llm_router.tasks.store.lifecycle.guards import (
     CANCELLED_BY_CALLER,
     FINAL_SQL,
     LOST_ATTEMPT,
+    NOT_FINAL,
     close_lost_attempts,
 )
 from llm_router.tasks.store.lifecycle.shapes import AttemptFailure, Success
@@ -45,9 +46,9 @@ _SUCCEED = text(
         FROM given, clock
         WHERE attempts.job_id = given.id AND attempts.number = given.number AND given.id IN (SELECT id FROM done)
     ), others AS (
-        UPDATE attempts SET status = '{Status.LOST}', error = :lost_error, finished_at = clock.now
+        UPDATE attempts SET status = '{AttemptStatus.LOST}', error = :lost_error, finished_at = clock.now
         FROM clock
-        WHERE attempts.job_id IN (SELECT id FROM done) AND attempts.status = '{Status.RUNNING}'
+        WHERE attempts.job_id IN (SELECT id FROM done) AND attempts.status = '{AttemptStatus.RUNNING}'
             AND (attempts.job_id, attempts.number) NOT IN (SELECT id, number FROM given)
     )
     INSERT INTO usage (job_id, kind, tier, model, provider, prompt_tokens, completion_tokens, total_tokens, cached,
@@ -61,7 +62,7 @@ _SUCCEED = text(
 
 
 def _error_of(success: Success) -> str | None:
-    return None if success.status == Status.SUCCEEDED else CANCELLED_BY_CALLER
+    return CANCELLED_BY_CALLER if success.cancelled else None
 
 
 class Ending(StoreBase):
@@ -80,7 +81,7 @@ class Ending(StoreBase):
         parameters = {
             "ids": [answer.job_id for answer in answers],
             "numbers": [answer.number for answer in answers],
-            "statuses": [str(answer.status) for answer in answers],
+            "statuses": [str(answer.job_status) for answer in answers],  # the attempt's is the same word
             "models": [storable_text(answer.result.model) for answer in answers],
             "results": [json_text(answer.result.model_dump(mode="json")) for answer in answers],
             "errors": [_error_of(answer) for answer in answers],
@@ -105,7 +106,7 @@ class Ending(StoreBase):
             usage_rows: list[dict[str, Any]] = []
             for record in ended:
                 answer = by_id[record.id]
-                record.status, record.model_used = answer.status, answer.result.model
+                record.status, record.model_used = answer.job_status, answer.result.model
                 record.result, record.error = answer.result.model_dump(mode="json"), _error_of(answer)
                 record.finished_at, record.latency_ms = now, elapsed_ms(record.created_at, now)
                 usage = answer.result.usage
@@ -113,7 +114,7 @@ class Ending(StoreBase):
                     update(ATTEMPTS)
                     .where(ATTEMPTS.c.job_id == record.id, ATTEMPTS.c.number == answer.number)
                     .values(
-                        status=answer.status,
+                        status=answer.attempt_status,
                         finished_at=now,
                         latency_ms=answer.model_latency_ms,
                         prompt_tokens=usage.prompt_tokens,
@@ -151,9 +152,13 @@ class Ending(StoreBase):
         with self.sessions.begin() as session:
             session.connection().execute(
                 update(ATTEMPTS)
-                .where(ATTEMPTS.c.job_id == bindparam("b_job"), ATTEMPTS.c.number == bindparam("b_number"))
+                .where(
+                    ATTEMPTS.c.job_id == bindparam("b_job"),
+                    ATTEMPTS.c.number == bindparam("b_number"),
+                    ATTEMPTS.c.status == AttemptStatus.RUNNING,  # one closed as lost stays lost
+                )
                 .values(
-                    status=Status.FAILED,
+                    status=AttemptStatus.FAILED,
                     error=bindparam("b_error"),
                     http_status=bindparam("b_http"),
                     delay_s=bindparam("b_delay"),
@@ -179,16 +184,16 @@ class Ending(StoreBase):
         error = redact(error)
         with self.sessions.begin() as session:
             now = self.clock.read(session.connection())
-            which: list[ColumnElement[bool]] = [JobRecord.id.in_(job_ids), JobRecord.status.not_in(FINAL_STATUSES)]
+            which: list[ColumnElement[bool]] = [JobRecord.id.in_(job_ids), NOT_FINAL]
             if not_leased_by_others is not None:
                 which.append(
-                    (JobRecord.status != Status.RUNNING)
+                    (JobRecord.status != JobStatus.RUNNING)
                     | (JobRecord.lease_owner.is_(None))
                     | (JobRecord.lease_owner == not_leased_by_others)
                 )
             records = session.scalars(select(JobRecord).where(*which).order_by(JobRecord.id).with_for_update()).all()
             for record in records:
-                record.status, record.error, record.finished_at = Status.FAILED, error, now
+                record.status, record.error, record.finished_at = JobStatus.FAILED, error, now
                 record.latency_ms = elapsed_ms(record.created_at, now)
             ended = [record.id for record in records]
             if ended:

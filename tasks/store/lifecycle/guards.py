@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, Update, update
 
-from llm_router.tasks.records import FINAL_STATUSES, Status
+from llm_router.tasks.records import FINAL_STATUSES, AttemptStatus
 from llm_router.tasks.store.base import ATTEMPTS, JOBS
 
 LOST_ATTEMPT = "the worker was lost during this attempt"
@@ -23,7 +23,7 @@ def close_lost_attempts(which: ColumnElement[bool], now: datetime | ColumnElemen
     ended elsewhere (a job that ends leaves no attempt open)."""
     return (
         update(ATTEMPTS)
-        .where(which, ATTEMPTS.c.status == Status.RUNNING)
-        .values(status=Status.LOST, error=LOST_ATTEMPT, finished_at=now)
+        .where(which, ATTEMPTS.c.status == AttemptStatus.RUNNING)
+        .values(status=AttemptStatus.LOST, error=LOST_ATTEMPT, finished_at=now)
         .execution_options(synchronize_session=False)
     )

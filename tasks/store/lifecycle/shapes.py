@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from llm_router.tasks.records import Status
+from llm_router.tasks.records import AttemptStatus, JobStatus
 from llm_router.tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 from llm_router.tasks.store.views import Busy
 
@@ -44,15 +44,23 @@ class Starts:
 
 @dataclass(frozen=True)
 class Success:
-    """A started job's answer: ``status`` is ``cancelled`` for a run its caller stopped (what it made and
-    used is recorded all the same)."""
+    """A started job's answer; ``cancelled`` for a run its caller stopped (the job and its attempt end
+    ``cancelled``, and what the run made and used is recorded all the same)."""
 
     job_id: str
     number: int
     result: Result
     provider: str
     model_latency_ms: float
-    status: Status = Status.SUCCEEDED
+    cancelled: bool = False
+
+    @property
+    def job_status(self) -> JobStatus:
+        return JobStatus.CANCELLED if self.cancelled else JobStatus.SUCCEEDED
+
+    @property
+    def attempt_status(self) -> AttemptStatus:
+        return AttemptStatus.CANCELLED if self.cancelled else AttemptStatus.SUCCEEDED
 
 
 @dataclass(frozen=True)

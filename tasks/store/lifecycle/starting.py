@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Float, bindparam, select, text, update
 
-from llm_router.tasks.records import FINAL_STATUSES, AttemptRecord, JobRecord, Status
+from llm_router.tasks.records import FINAL_STATUSES, AttemptRecord, AttemptStatus, JobRecord, JobStatus
 from llm_router.tasks.redaction import redact
 from llm_router.tasks.store.base import ATTEMPTS, StoreBase
 from llm_router.tasks.store.lifecycle.guards import FINAL_SQL, LOST_ATTEMPT, close_lost_attempts
@@ -28,23 +28,23 @@ _START = text(
         SELECT id, status, lease_owner, lease_until FROM jobs WHERE id = ANY(CAST(:ids AS text[]))
         ORDER BY id FOR UPDATE
     ), started AS (
-        UPDATE jobs SET status = '{Status.RUNNING}', started_at = coalesce(jobs.started_at, clock.now),
+        UPDATE jobs SET status = '{JobStatus.RUNNING}', started_at = coalesce(jobs.started_at, clock.now),
             lease_owner = :owner, lease_until = clock.now + make_interval(secs => :lease_s),
             attempts = jobs.attempts + 1
         FROM job, clock
         WHERE jobs.id = job.id AND job.status NOT IN ({FINAL_SQL})
-            AND NOT (job.status = '{Status.RUNNING}' AND job.lease_owner IS NOT NULL AND job.lease_owner <> :owner
+            AND NOT (job.status = '{JobStatus.RUNNING}' AND job.lease_owner IS NOT NULL AND job.lease_owner <> :owner
                      AND job.lease_owner <> ALL(CAST(:dead AS text[])) AND job.lease_until > clock.now)
         RETURNING jobs.id, jobs.attempts, jobs.created_at, jobs.tenant
     ), lost AS (
-        UPDATE attempts SET status = '{Status.LOST}', error = :lost_error, finished_at = clock.now
+        UPDATE attempts SET status = '{AttemptStatus.LOST}', error = :lost_error, finished_at = clock.now
         FROM clock
         WHERE attempts.job_id IN (SELECT started.id FROM started JOIN job ON job.id = started.id
-                                  WHERE job.status = '{Status.RUNNING}')
-            AND attempts.status = '{Status.RUNNING}'
+                                  WHERE job.status = '{JobStatus.RUNNING}')
+            AND attempts.status = '{AttemptStatus.RUNNING}'
     ), opened AS (
         INSERT INTO attempts (job_id, number, status, model, provider, tier, worker, started_at)
-        SELECT started.id, started.attempts, '{Status.RUNNING}', :model, :provider, :tier, :worker, clock.now
+        SELECT started.id, started.attempts, '{AttemptStatus.RUNNING}', :model, :provider, :tier, :worker, clock.now
         FROM started, clock
     )
     SELECT job.id, job.status, job.lease_owner, extract(epoch FROM job.lease_until - clock.now) AS lease_left_s,
@@ -70,7 +70,7 @@ class Starting(StoreBase):
     def _start_in_statements(self, ids: list[str], spec: AttemptSpec, lease: Lease) -> Starts:
         rows = {row.id: row for row in self._start_statement(sorted(ids), spec, lease, dead=[])}
         # Jobs running under another owner's lease: only Python can tell whether that process is alive.
-        held = [row for row in rows.values() if row.number is None and row.status == Status.RUNNING]
+        held = [row for row in rows.values() if row.number is None and row.status == JobStatus.RUNNING]
         dead = sorted({str(row.lease_owner) for row in held if row.lease_owner and not lease.alive(row.lease_owner)})
         if dead:
             taken_over = sorted(row.id for row in held if row.lease_owner in dead)
@@ -119,13 +119,13 @@ class Starting(StoreBase):
                 if busy is not None:
                     starts.busy[job_id] = busy
                     continue
-                if record.status == Status.RUNNING:  # only a running job can have an attempt left open
+                if record.status == JobStatus.RUNNING:  # only a running job can have an attempt left open
                     session.execute(close_lost_attempts(ATTEMPTS.c.job_id == job_id, now))
-                record.status = Status.RUNNING
+                record.status = JobStatus.RUNNING
                 record.started_at = record.started_at or now
                 record.lease_owner, record.lease_until = lease.owner, now + timedelta(seconds=lease.seconds)
                 record.attempts += 1
-                session.add(_attempt(job_id, record.attempts, Status.RUNNING, spec, now))
+                session.add(_attempt(job_id, record.attempts, AttemptStatus.RUNNING, spec, now))
                 starts.started.append(Started(job_id, record.attempts, record.created_at, record.tenant))
         return starts
 
@@ -134,7 +134,7 @@ class Starting(StoreBase):
         with self.sessions.begin() as session:
             result = session.execute(
                 update(JobRecord)
-                .where(JobRecord.lease_owner == owner, JobRecord.status == Status.RUNNING)
+                .where(JobRecord.lease_owner == owner, JobRecord.status == JobStatus.RUNNING)
                 .values(lease_until=self.clock.now(seconds))
                 .execution_options(synchronize_session=False)
             )
@@ -148,12 +148,12 @@ class Starting(StoreBase):
                 return
             now = self.clock.read(session.connection())
             record.attempts += 1
-            attempt = _attempt(job_id, record.attempts, Status.SKIPPED, spec, now)
+            attempt = _attempt(job_id, record.attempts, AttemptStatus.SKIPPED, spec, now)
             attempt.error, attempt.finished_at = redact(reason), now
             session.add(attempt)
 
 
-def _attempt(job_id: str, number: int, status: Status, spec: AttemptSpec, now: Any) -> AttemptRecord:
+def _attempt(job_id: str, number: int, status: AttemptStatus, spec: AttemptSpec, now: Any) -> AttemptRecord:
     return AttemptRecord(
         job_id=job_id,
         number=number,

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
-from llm_router.tasks.records import FINAL_STATUSES, UNSENT, JobRecord, Status, UsageRecord
+from llm_router.tasks.records import FINAL_STATUSES, UNSENT, JobRecord, JobStatus, UsageRecord
 from llm_router.tasks.redaction import redact
 from llm_router.tasks.schemas import Usage
 from llm_router.tasks.store.base import (
@@ -78,7 +78,7 @@ class Submitting(StoreBase):
 
     def _answer_from(self, session: Session, record: JobRecord, source: JobView) -> datetime:
         now = self.clock.read(session.connection())
-        record.status = Status.SUCCEEDED
+        record.status = JobStatus.SUCCEEDED
         record.cached = True
         record.model_used = source.model_used
         record.result = {**(source.result or {}), "cached": True, "tier": record.tier}
@@ -110,11 +110,11 @@ class Submitting(StoreBase):
                 update(JobRecord)
                 .where(
                     JobRecord.id == job_id,
-                    JobRecord.status == Status.FAILED,
+                    JobRecord.status == JobStatus.FAILED,
                     JobRecord.error == UNSENT,
                     JobRecord.attempts == 0,
                 )
-                .values(status=Status.QUEUED, error=None, finished_at=None, latency_ms=None, due_at=self.clock.now())
+                .values(status=JobStatus.QUEUED, error=None, finished_at=None, latency_ms=None, due_at=self.clock.now())
                 .execution_options(synchronize_session=False)
             )
             return bool(getattr(revived, "rowcount", 0))
@@ -125,14 +125,14 @@ class Submitting(StoreBase):
         with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None:
-                row = job_row(job_id=job_id, kind=kind, request=request, status=Status.REJECTED, error=error)
+                row = job_row(job_id=job_id, kind=kind, request=request, status=JobStatus.REJECTED, error=error)
                 session.execute(insert(JobRecord), [row])
                 return
             now = self.clock.read(session.connection())
             ended = session.execute(
                 update(JOBS)
                 .where(JOBS.c.id == job_id, NOT_FINAL)
-                .values(status=Status.REJECTED, error=error, finished_at=now)
+                .values(status=JobStatus.REJECTED, error=error, finished_at=now)
             )
             if getattr(ended, "rowcount", 0):
                 session.execute(close_lost_attempts(ATTEMPTS.c.job_id == job_id, now))

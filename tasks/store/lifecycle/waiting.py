@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from llm_router.tasks.records import WAITING_STATUSES, JobRecord, Status, aware
+from llm_router.tasks.records import WAITING_STATUSES, JobRecord, JobStatus, aware
 from llm_router.tasks.store.base import ATTEMPTS, JOBS, StoreBase, elapsed_ms
 from llm_router.tasks.store.lifecycle.guards import CANCELLED_BY_CALLER, NOT_FINAL, close_lost_attempts
 from llm_router.tasks.store.lifecycle.shapes import Cancellation
@@ -18,14 +18,14 @@ from llm_router.tasks.store.views import lease_end
 class Waiting(StoreBase):
     def retry(self, job_ids: list[str], delay_s: float) -> None:
         """The jobs wait ``delay_s`` for their retry's message (``retrying``)."""
-        self._due(job_ids, delay_s, Status.RETRYING)
+        self._due(job_ids, delay_s, JobStatus.RETRYING)
 
     def defer(self, job_ids: list[str], delay_s: float) -> None:
         """The jobs' next message is due in ``delay_s`` (a rate limit, a cooling chain, a requeue), so that a job
         waiting for it is never taken for lost; their status is left as it is."""
         self._due(job_ids, delay_s, None)
 
-    def _due(self, job_ids: list[str], delay_s: float, status: Status | None) -> None:
+    def _due(self, job_ids: list[str], delay_s: float, status: JobStatus | None) -> None:
         values: dict[str, Any] = {"due_at": self.clock.now(delay_s)}
         if status is not None:
             values["status"] = status
@@ -43,7 +43,7 @@ class Waiting(StoreBase):
                 .values(
                     tier=tier,
                     queue=queue,
-                    status=Status.RETRYING,
+                    status=JobStatus.RETRYING,
                     tier_hops=JOBS.c.tier_hops + 1,
                     due_at=self.clock.now(),
                 )
@@ -56,10 +56,10 @@ class Waiting(StoreBase):
         with self.sessions.begin() as session:
             record = session.get(JobRecord, job_id, with_for_update=True)
             now = self.clock.read(session.connection())
-            if record is None or record.status != Status.RUNNING or lease_end(record, now) > now:
+            if record is None or record.status != JobStatus.RUNNING or lease_end(record, now) > now:
                 return False
             session.execute(close_lost_attempts(ATTEMPTS.c.job_id == job_id, now))
-            record.status, record.lease_owner, record.lease_until = Status.QUEUED, None, None
+            record.status, record.lease_owner, record.lease_until = JobStatus.QUEUED, None, None
             record.due_at = now + timedelta(seconds=due_in_s)
             return True
 
@@ -80,7 +80,7 @@ class Waiting(StoreBase):
                     update(JOBS)
                     .where(JOBS.c.id == row.id)
                     .values(
-                        status=Status.CANCELLED,
+                        status=JobStatus.CANCELLED,
                         error=CANCELLED_BY_CALLER,
                         finished_at=now,
                         latency_ms=elapsed_ms(row.created_at, now),
@@ -88,7 +88,7 @@ class Waiting(StoreBase):
                 )
             if waiting:
                 session.execute(close_lost_attempts(ATTEMPTS.c.job_id.in_([row.id for row in waiting]), now))
-        running = [row.id for row in rows if row.status == Status.RUNNING]
+        running = [row.id for row in rows if row.status == JobStatus.RUNNING]
         done = {row.id for row in waiting} | set(running)
         return Cancellation([row.id for row in waiting], running, [job_id for job_id in job_ids if job_id not in done])
 
@@ -102,7 +102,7 @@ class Waiting(StoreBase):
             now = self.clock.read(session.connection())
             if aware(record.created_at) + timedelta(seconds=deadline_s) >= now:
                 return False
-            record.status, record.finished_at = Status.EXPIRED, now
+            record.status, record.finished_at = JobStatus.EXPIRED, now
             record.error = f"not started within its deadline of {deadline_s:g} s"
             record.latency_ms = elapsed_ms(record.created_at, now)
             session.execute(close_lost_attempts(ATTEMPTS.c.job_id == job_id, now))
