@@ -279,15 +279,13 @@ def _parse(runtime: WorkerRuntime, kind: Kind, args: tuple[Any, ...], kwargs: di
     except BadBulkMessage as exc:
         for job_id in exc.job_ids:
             runtime.store.reject(job_id, kind, f"bad message: {exc}")
-        if runtime.notices is not None:
-            runtime.notices.publish(exc.job_ids)
+        after_final(runtime.end_hooks, [Ended(job_id, JobStatus.REJECTED) for job_id in exc.job_ids])
         log.error("rejected a bulk %s message: %s", kind, exc)
         return Outcome.REJECTED
     except BadMessage as exc:
         if exc.job_id is not None:
             runtime.store.reject(exc.job_id, kind, f"bad message: {exc}")
-            if runtime.notices is not None:
-                runtime.notices.publish([exc.job_id])
+            after_final(runtime.end_hooks, [Ended(exc.job_id, JobStatus.REJECTED)])
             return Outcome.REJECTED
         log.error("dropped a %s message that names no job: %s", kind, exc)
         return "dropped"

@@ -4,8 +4,9 @@ countdown is recorded, not waited), as a broker would deliver it later."""
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy.exc import DataError
 
 from llm_router.broker.catalogue import Catalogue, GenerationDefaults
 from llm_router.broker.settings import Settings
+from llm_router.tasks.cache import cache_key
 from llm_router.tasks.errors import ModelLoading, ModelNotFound, RateLimited, ServerError, Unauthorised
 from llm_router.tasks.records import AttemptStatus, Base, JobStatus, Outcome
 from llm_router.tasks.schemas import (
@@ -25,8 +27,10 @@ from llm_router.tasks.schemas import (
     EmbedResult,
     GenerateRequest,
     GenerateResult,
+    parse_request,
 )
-from llm_router.tasks.store import JobStore, Lease, Success
+from llm_router.tasks.store import AttemptSpec, JobStore, Lease, Success
+from llm_router.tasks.store.lifecycle.guards import CANCELLED_BY_CALLER
 from llm_router.workers.backends.context import BackendContext
 from llm_router.workers.backends.echo import EchoBackend
 from llm_router.workers.cooldown import LocalCooldowns
@@ -59,9 +63,11 @@ class Scripted(EchoBackend):
     def __init__(self, script: dict[str, list[Step]]):
         self.script = {model: list(steps) for model, steps in script.items()}
         self.calls: list[tuple[str, int]] = []  # (model, requests in the call)
+        self.during_call: Callable[[], None] = lambda: None  # what happens elsewhere while a call runs
 
     def _next(self, model_id: str, requests: int = 1) -> None:
         self.calls.append((model_id, requests))
+        self.during_call()
         steps = self.script.get(model_id) or ["ok"]
         step = steps.pop(0) if len(steps) > 1 else steps[0]
         if isinstance(step, Exception):
@@ -96,10 +102,13 @@ class Cluster:
         self.pending.append(JobMessage(job_id, None, cursor))
 
     def submit(self, request: dict[str, Any], queue: str | None = None) -> str:
+        """Record a job as the router does: queued, with its cache key."""
         job_id = str(uuid.uuid4())
         tier = request.get("tier", "fast")
-        store = self.runtime.store
-        submit_one(store, job_id=job_id, kind=request["kind"], request=request, tier=tier, queue=queue or tier)
+        store, key = self.runtime.store, cache_key(parse_request(request), tier)
+        submit_one(
+            store, job_id=job_id, kind=request["kind"], request=request, tier=tier, queue=queue or tier, cache_key=key
+        )
         return job_id
 
     def drive(self, job_id: str, kind: Any = "generate", most: int = 10) -> list[Outcome]:
@@ -437,3 +446,78 @@ def test_what_follows_a_jobs_end_runs_once_for_each_job_alone_or_together(cluste
     cluster.backend.script["m/a"] = [ServerError("500"), "ok"]
     assert cluster.drive(retried) == [Outcome.RETRYING, Outcome.SUCCEEDED]  # a retry is not an end
     assert heard == [(job_id, JobStatus.SUCCEEDED) for job_id in [alone, *together, retried]]
+
+
+# ---- the rest of a job's lifecycle: cancelled, expired, taken over, recovered, answered from the cache ----------
+
+
+def test_a_job_cancelled_while_it_waits_never_runs(cluster: Cluster) -> None:
+    job_id = cluster.submit(GENERATE)
+    assert cluster.runtime.store.cancel([job_id]).cancelled == [job_id]
+    assert cluster.drive(job_id) == [Outcome.CANCELLED]  # its message comes all the same, and changes nothing
+    assert cluster.backend.calls == [] and cluster.path(job_id) == []
+
+
+def test_a_job_cancelled_while_it_runs_ends_cancelled_with_what_it_made(cluster: Cluster) -> None:
+    heard: list[tuple[str, JobStatus]] = []
+    cluster.runtime.end_hooks.append(lambda ended: heard.extend((job.job_id, job.status) for job in ended))
+    job_id = cluster.submit(GENERATE)
+    cluster.backend.during_call = lambda: cluster.runtime.cancels.heard([job_id])  # the notice comes mid-call
+    assert cluster.drive(job_id) == [Outcome.CANCELLED]
+    job = cluster.runtime.store.get(job_id)
+    assert job is not None and job.status == JobStatus.CANCELLED and job.error == CANCELLED_BY_CALLER
+    assert job.result is not None and job.result["usage"]["total_tokens"] > 0  # what it made, and used, is kept
+    assert cluster.path(job_id) == [("m/a", AttemptStatus.CANCELLED)]
+    assert heard == [(job_id, JobStatus.CANCELLED)]
+
+
+def test_a_job_not_started_by_its_deadline_expires_without_running(cluster: Cluster) -> None:
+    job_id = cluster.submit({**GENERATE, "deadline_s": 0.05})
+    time.sleep(0.1)
+    assert cluster.drive(job_id) == [Outcome.EXPIRED]
+    assert cluster.runtime.store.status(job_id) == JobStatus.EXPIRED and cluster.backend.calls == []
+
+
+def test_a_job_within_its_deadline_runs(cluster: Cluster) -> None:
+    assert cluster.drive(cluster.submit({**GENERATE, "deadline_s": 60})) == [Outcome.SUCCEEDED]
+
+
+def test_a_job_whose_worker_died_is_taken_over_and_the_dead_runs_attempt_closed_lost(cluster: Cluster) -> None:
+    job_id = cluster.submit(GENERATE)
+    dead = Lease(owner="host:0", seconds=300.0, alive=lambda _: True)  # this runtime knows host:0 is dead
+    assert cluster.runtime.store.start([job_id], AttemptSpec("m/a", "echo", "fast", "worker-0"), dead).started
+    assert cluster.drive(job_id) == [Outcome.SUCCEEDED]
+    assert cluster.path(job_id) == [("m/a", AttemptStatus.LOST), ("m/a", AttemptStatus.SUCCEEDED)]
+
+
+def test_a_job_a_live_process_runs_is_put_off_until_its_lease_could_run_out(cluster: Cluster) -> None:
+    job_id = cluster.submit(GENERATE)
+    cluster.runtime.lease = Lease(owner="host:1", seconds=30.0, alive=lambda owner: owner in ("host:1", "host:2"))
+    elsewhere = Lease(owner="host:2", seconds=20.0, alive=lambda _: True)
+    assert cluster.runtime.store.start([job_id], AttemptSpec("m/a", "echo", "fast", "worker-2"), elsewhere).started
+    assert cluster.drive(job_id, most=1) == [Outcome.DEFERRED]
+    [(queue, _, delay_s)] = cluster.republished
+    assert queue == "fast" and 19.0 < delay_s <= 20.5  # just after the live lease could end
+    assert cluster.backend.calls == [] and cluster.path(job_id) == [("m/a", AttemptStatus.RUNNING)]
+
+
+def test_a_job_whose_lease_ran_out_is_recovered_and_runs_once_more(cluster: Cluster) -> None:
+    job_id = cluster.submit(GENERATE)
+    short = Lease(owner="host:2", seconds=0.01, alive=lambda _: True)
+    assert cluster.runtime.store.start([job_id], AttemptSpec("m/a", "echo", "fast", "worker-2"), short).started
+    time.sleep(0.05)
+    assert cluster.runtime.store.recover(job_id)  # what the sweeper does with a job whose lease ran out
+    assert not cluster.runtime.store.recover(job_id)  # once
+    assert cluster.runtime.store.status(job_id) == JobStatus.QUEUED
+    assert cluster.drive(job_id) == [Outcome.SUCCEEDED]
+    assert cluster.path(job_id) == [("m/a", AttemptStatus.LOST), ("m/a", AttemptStatus.SUCCEEDED)]
+
+
+def test_an_answer_in_the_cache_ends_a_job_without_a_model_call(cluster: Cluster) -> None:
+    request = {**GENERATE, "use_cache": True}
+    first, second = cluster.submit(request), cluster.submit(request)
+    assert cluster.drive(first) == [Outcome.SUCCEEDED]
+    assert cluster.drive(second) == [Outcome.SUCCEEDED]
+    assert cluster.backend.calls == [("m/a", 1)]
+    answered = cluster.runtime.store.get(second)
+    assert answered is not None and answered.cached and cluster.path(second) == []
