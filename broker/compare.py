@@ -13,29 +13,26 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from llm_router.broker.packing import input_count
-from llm_router.broker.publishing import Outgoing, send_together
-from llm_router.broker.routing import Route
+from llm_router.broker.planning import Planned
 from llm_router.broker.settings import Settings
 from llm_router.tasks.errors import InvalidRequest
 from llm_router.tasks.records import AttemptStatus, JobStatus, RunStatus, aware
 from llm_router.tasks.reports import ComparisonSummary, ModelAnswer, rank_answers, summarise_comparison
-from llm_router.tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest, Kind
-from llm_router.tasks.store import JobStore, JobView, NewJob
+from llm_router.tasks.schemas import Kind
+from llm_router.tasks.store import JobStore, JobView
 
 MAX_COMPARED_MODELS = 32
 
 
 class Submitter(Protocol):
-    """What a comparison needs of the client: its settings, store, Celery app and request checks."""
+    """What a comparison needs of the client: its settings and store, and its one way to plan and submit."""
 
     settings: Settings
     store: JobStore
 
-    @property
-    def app(self) -> Any: ...
+    def prepare(self, request: dict[str, Any]) -> Planned: ...
 
-    def prepare(self, request: dict[str, Any]) -> tuple[GenerateRequest | EmbedRequest | ClassifyRequest, Route]: ...
+    def submit_together(self, jobs: list[tuple[str, Planned]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -72,28 +69,19 @@ def compare(
     run_id = str(uuid.uuid4())
     # A comparison measures the models: an answer from the cache would measure nothing.
     base = {"use_cache": False, **request, "kind": kind, "batch_id": run_id}
-    planned: dict[str, tuple[dict[str, Any], Route]] = {}
+    planned: dict[str, Planned] = {}
     refused: dict[str, str] = {}
     for model in chosen:
         try:
-            parsed, route = client.prepare({**base, "model": model})
+            planned[model] = client.prepare({**base, "model": model})
         except InvalidRequest as exc:
             if exc.field != "model":
                 raise  # the request itself is bad: the same for every model
             refused[model] = str(exc)
-            continue
-        planned[model] = (parsed.model_dump(mode="json", exclude_none=True), route)
     store = client.store
     store.create_run(run_id, "compare", f"compare {kind}", chosen, {"kind": kind, **request})
     ids = {model: str(uuid.uuid4()) for model in planned}
-    store.submit(
-        [NewJob(ids[model], kind, stored, route.tier, route.queue) for model, (stored, route) in planned.items()]
-    )
-    if planned:
-        outgoing = [
-            Outgoing(ids[model], kind, route.queue, input_count(stored)) for model, (stored, route) in planned.items()
-        ]
-        send_together(client.app, outgoing)
+    client.submit_together([(ids[model], job) for model, job in planned.items()])
     jobs = wait_for_jobs(store, list(ids.values()), timeout_s, client.settings.wait_poll_s)
     rows = [
         answer_of(model, jobs[ids[model]], store)

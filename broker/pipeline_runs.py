@@ -18,11 +18,11 @@ from typing import Any
 from llm_router.broker.catalogue import Catalogue
 from llm_router.broker.packing import input_count
 from llm_router.broker.pipelines import PipelineSpec, StepAnswer, step_answer, step_request, tone_of
-from llm_router.broker.routing import route
+from llm_router.broker.planning import Planned, plan
 from llm_router.tasks.errors import InvalidRequest
 from llm_router.tasks.records import JobStatus, RunStatus, aware
 from llm_router.tasks.schemas import parse_request
-from llm_router.tasks.store import JobStore, JobView, NewJob, RunView
+from llm_router.tasks.store import JobStore, JobView, RunView
 
 Publish = Callable[[str, str, str, int], None]  # job id, kind, queue, inputs
 STEP_NAMESPACE = uuid.UUID("5d0c1e7a-3b4f-5a92-8e61-7c2d9f0b4a13")
@@ -80,23 +80,17 @@ def start_pipeline(
     return run_id
 
 
-def _checked(request: dict[str, Any], run_id: str, catalogue: Catalogue) -> tuple[dict[str, Any], str, str]:
-    """A step's request as stored, with its tier and queue; raises ``InvalidRequest``."""
-    parsed = parse_request({**request, "batch_id": run_id})
-    planned = route(parsed, catalogue)
-    return parsed.model_dump(mode="json", exclude_none=True), planned.tier, planned.queue
+def _checked(request: dict[str, Any], run_id: str, catalogue: Catalogue) -> Planned:
+    """A step's request, planned; raises ``InvalidRequest``."""
+    return plan(parse_request({**request, "batch_id": run_id}), catalogue)
 
 
-def _record_step(
-    store: JobStore, publish: Publish, run_id: str, index: int, checked: tuple[dict[str, Any], str, str]
-) -> None:
-    request, tier, queue = checked
+def _record_step(store: JobStore, publish: Publish, run_id: str, index: int, checked: Planned) -> None:
     job_id = step_job_id(run_id, index)
-    kind = request["kind"]
-    inserted = store.submit([NewJob(job_id, kind, request, tier, queue, run_step=index)])
+    inserted = store.submit([checked.new_job(job_id, run_step=index)])
     existing = None if inserted else store.get(job_id)
     if inserted or _unstarted(store, existing):
-        publish(job_id, kind, queue, input_count(request))
+        publish(job_id, checked.request.kind, checked.route.queue, input_count(checked.stored))
 
 
 def _unstarted(store: JobStore, job: JobView | None) -> bool:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from llm_router.broker.catalogue import Catalogue
-from llm_router.tasks.errors import InvalidRequest
+from llm_router.tasks.errors import ConfigurationError, InvalidRequest
 from llm_router.tasks.schemas import ClassifyRequest, EmbedRequest, GenerateRequest, Kind
 
 AUTO = "auto"
@@ -103,10 +103,22 @@ def route(
     return Route(tier=tier, queue=queue_for_tier(tier), chain=chain)
 
 
-def chain_for(request: GenerateRequest | EmbedRequest | ClassifyRequest, tier: str, catalogue: Catalogue) -> Route:
-    """The route of a job that now sits in ``tier``: its first route, or, after a tier fallback, the new
-    tier's own chain (a model the job named belongs to the tier it was routed to first)."""
-    first = route(request, catalogue)
-    if tier == first.tier:
-        return first
-    return Route(tier=tier, queue=queue_for_tier(tier), chain=tuple(catalogue.tiers[tier].chain(request.kind)))
+def chain_now(
+    request: GenerateRequest | EmbedRequest | ClassifyRequest, tier: str, catalogue: Catalogue, *, moved: bool
+) -> Route:
+    """The chain of a job recorded in ``tier``, read from the catalogue the worker runs with now: the model the
+    job named, or its tier's chain; after a tier fallback (``moved``), the new tier's own chain (a model the
+    job named belongs to the tier it was routed to first). Raises ``ConfigurationError`` when the catalogue no
+    longer has that tier or model (the job then fails with the cause)."""
+    if tier not in catalogue.tiers:
+        raise ConfigurationError(
+            f"tier {tier!r} is no longer in the catalogue; known: {', '.join(catalogue.ordered_tiers)}"
+        )
+    if request.model is not None and not moved:
+        if request.model not in catalogue.models:
+            raise ConfigurationError(f"model {request.model!r} is no longer in the catalogue")
+        return Route(tier=tier, queue=queue_for_tier(tier), chain=(request.model,))
+    chain = tuple(catalogue.tiers[tier].chain(request.kind))
+    if not chain:
+        raise ConfigurationError(f"tier {tier!r} no longer has models for {request.kind} jobs")
+    return Route(tier=tier, queue=queue_for_tier(tier), chain=chain)

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 # The public names, and the module each lives in.
 _EXPORTS = {
     "Router": "llm_router.broker.router",
-    "BatchSubmission": "llm_router.broker.router",
-    "EnqueueFailed": "llm_router.broker.router",
+    "BatchSubmission": "llm_router.broker.submitting",
+    "EnqueueFailed": "llm_router.broker.submitting",
     "Job": "llm_router.broker.jobs",
     "UnknownJob": "llm_router.broker.jobs",
     "AsyncRouter": "llm_router.broker.async_client",
@@ -70,8 +70,9 @@ __all__ = [
 if TYPE_CHECKING:
     from llm_router.broker.async_client import AsyncJob, AsyncRouter
     from llm_router.broker.jobs import Job, UnknownJob
-    from llm_router.broker.router import BatchSubmission, EnqueueFailed, Router
+    from llm_router.broker.router import Router
     from llm_router.broker.settings import Settings
+    from llm_router.broker.submitting import BatchSubmission, EnqueueFailed
     from llm_router.tasks.errors import (
         ConfigurationError,
         InvalidRequest,

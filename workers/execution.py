@@ -21,9 +21,9 @@ from kombu.exceptions import OperationalError as BrokerUnavailable
 from redis.exceptions import RedisError
 
 from llm_router.broker.counters import count_deferral
-from llm_router.broker.routing import Route, chain_for, lane_of, queue_for_tier, route
-from llm_router.tasks.cache import cache_key
-from llm_router.tasks.errors import InvalidRequest, RouterError
+from llm_router.broker.planning import plan
+from llm_router.broker.routing import Route, chain_now, lane_of, queue_for_tier
+from llm_router.tasks.errors import ConfigurationError, InvalidRequest, RouterError
 from llm_router.tasks.records import WAITING_STATUSES, Outcome
 from llm_router.tasks.schemas import (
     ClassifyRequest,
@@ -41,7 +41,6 @@ from llm_router.tasks.store import (
     AttemptSpec,
     JobStore,
     JobView,
-    NewJob,
     Success,
 )
 from llm_router.workers.cancellation import STOP_REQUESTED
@@ -166,7 +165,9 @@ def _run_loaded(
     raw_request = message.request if job is None else job.request
     try:
         request = parse_request({**raw_request, "kind": kind} if isinstance(raw_request, dict) else raw_request)
-        first = route(request, runtime.catalogue)
+        # A message that carries its request (sent by a client that records nothing) is planned here, where it is
+        # first recorded; a recorded job was planned at submission and is never routed again.
+        planned = plan(request, runtime.catalogue) if job is None else None
     except InvalidRequest as exc:
         store.reject(message.job_id, kind, str(exc), raw_request if isinstance(raw_request, dict) else None)
         log.info("job %s rejected: %s", message.job_id, exc)
@@ -180,22 +181,27 @@ def _run_loaded(
     ):
         log.info("job %s expired: not started within %s s", job.id, request.deadline_s)
         return Outcome.EXPIRED
-    key = cache_key(request, first.tier, job.tenant if job is not None else None)
     recorded_before = job is not None
-    if job is None:
-        stored = request.model_dump(mode="json", exclude_none=True)
-        store.submit([NewJob(message.job_id, kind, stored, first.tier, first.queue, key)])
+    if planned is not None:
+        store.submit([planned.new_job(message.job_id)])
         job = store.get(message.job_id)
         assert job is not None
-    fresh = fresh_message and job.tier == first.tier
-    if fresh and request.use_cache:
-        looked_up = recorded_before and job.cache_key == key  # the first read looked for this key already
-        source = cached if looked_up else runtime.store.find_cached(key, runtime.settings.cache_ttl_s)
+    assert job is not None
+    moved = job.tier_hops > 0
+    if fresh_message and not moved and request.use_cache and job.cache_key is not None:
+        # The first read looked up the job's own key already when the job was recorded then.
+        source = cached if recorded_before else store.find_cached(job.cache_key, runtime.settings.cache_ttl_s)
         if _answer_from_cache(runtime, job, source):
             return Outcome.SUCCEEDED
-    # The recorded tier wins: a tier fallback moved the job to another tier's queue.
-    planned = chain_for(request, job.tier or first.tier, runtime.catalogue)
-    return _ChainRun(runtime, job, request, planned, worker, reschedule).run(message.cursor)
+    try:
+        # The row's tier wins (a tier fallback moved the job to another tier's queue); its chain is the
+        # catalogue's now, so a catalogue changed while the job waited applies to the models it tries.
+        chain = chain_now(request, job.tier or runtime.catalogue.default_tier, runtime.catalogue, moved=moved)
+    except ConfigurationError as exc:
+        log.error("job %s failed: %s", job.id, exc)
+        store.fail([job.id], str(exc))
+        return Outcome.FAILED
+    return _ChainRun(runtime, job, request, chain, worker, reschedule).run(message.cursor)
 
 
 def _answer_from_cache(runtime: WorkerRuntime, job: JobView, source: JobView | None) -> bool:

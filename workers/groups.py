@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from llm_router.broker.routing import chain_for, queue_for_tier, route
-from llm_router.tasks.cache import cache_key
-from llm_router.tasks.errors import InvalidRequest
+from llm_router.broker.routing import chain_now, queue_for_tier
+from llm_router.tasks.errors import ConfigurationError, InvalidRequest
 from llm_router.tasks.records import JobStatus, Outcome
 from llm_router.tasks.schemas import GenerateRequest, Kind, parse_request
 from llm_router.tasks.store import AttemptFailure, AttemptSpec, Started, Success
@@ -117,18 +116,19 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
             or not isinstance(view.request, dict)
             or view.run_step is not None
             or "deadline_s" in view.request
+            or view.tier_hops
         ):
             # The one-job path rejects, skips or runs it (a pipeline's step carries the pipeline on; a job
-            # with a deadline may have to expire).
+            # with a deadline may have to expire; one a tier fallback moved runs its new tier's chain).
             alone.append(message)
             continue
         try:
             request = parse_request({**view.request, "kind": kind})
-            first = route(request, catalogue)
-        except InvalidRequest:
+            # A job whose tier or model the catalogue no longer has runs alone (and fails with the cause).
+            planned = chain_now(request, view.tier or "", catalogue, moved=False)
+        except (InvalidRequest, ConfigurationError):
             alone.append(message)
             continue
-        planned = chain_for(request, view.tier or first.tier, catalogue)
         model_id = planned.chain[0]
         provider: str = catalogue.model_spec(model_id).provider
         route_key = (planned.tier, model_id, provider)
@@ -138,10 +138,10 @@ def _plan(runtime: WorkerRuntime, kind: Kind, messages: list[JobMessage]) -> tup
                 and not runtime.limit_rules(planned.tier, provider, model_id)
                 and runtime.cooldowns.remaining_s(model_id) <= 0
             )
-        if view.tier != first.tier or not usable[route_key] or _parameters(request, catalogue.defaults) is None:
+        key = view.cache_key
+        if key is None or not usable[route_key] or _parameters(request, catalogue.defaults) is None:
             alone.append(message)
             continue
-        key = cache_key(request, first.tier, view.tenant)
         candidates.append((message, request, planned.tier, model_id, provider, key))
     keys = [key for _, request, *_, key in candidates if request.use_cache]
     answered = runtime.store.cached_keys(keys, runtime.settings.cache_ttl_s)

@@ -212,7 +212,7 @@ def test_a_worker_in_another_pid_namespace_is_never_taken_for_dead(
         os.kill(pid, 0)
     beside = start_worker("spaced", "beside", env=env, options=REMOTE)
     for job in jobs:  # a batch submitted again, a requeue: a second message for every running job
-        router._publish(job.id, "generate", "spaced", 1)  # type: ignore[attr-defined]
+        router.submitter.publish(job.id, "generate", "spaced", 1)
     _each_ran_once(router, server, "spaced", jobs)
     assert "its message is put off" in beside.log()
     apart.kill_whole()  # `unshare --fork` waits for its child with SIGTERM blocked: stopped, it would not stop

@@ -140,7 +140,7 @@ def test_the_sweeper_carries_on_a_pipeline_whose_worker_died_between_two_steps(
     assert own_router.get_pipeline(run_id).status == "running"
 
     def carry_on(stalled: str) -> None:
-        advance(own_router.store, own_router.catalogue, own_router._publish, stalled)
+        advance(own_router.store, own_router.catalogue, own_router.submitter.publish, stalled)
 
     client = redis.Redis.from_url(own_router.settings.resolved_broker_url)
     sweeper = Sweeper(

@@ -33,7 +33,6 @@ from tests.conftest import (
     publish_raw,
     second_run,
 )
-from tests.support.store import submit_one
 
 BROKER = "redis://127.0.0.1:6379/9"
 TOKEN = "hf_RELIABILITY_sentinel_0a9b8c7d"
@@ -102,16 +101,9 @@ def test_requeue_stale_recovers_jobs_whose_messages_the_broker_lost(
 ) -> None:
     # A job recorded as queued whose message never reached a queue: what a broker restart without
     # persistence leaves behind.
-    parsed, planned = router.prepare({"kind": "embed", "input": "a message the broker lost", "tier": "quality"})
+    planned = router.prepare({"kind": "embed", "input": "a message the broker lost", "tier": "quality"})
     job_id = str(uuid.uuid4())
-    submit_one(
-        router.store,
-        job_id=job_id,
-        kind="embed",
-        request=parsed.model_dump(mode="json", exclude_none=True),
-        tier=planned.tier,
-        queue=planned.queue,
-    )
+    assert router.store.submit([planned.new_job(job_id)]) == {job_id}
     lost = router.get(job_id)
     time.sleep(1.5)
     assert lost.status() == "queued"

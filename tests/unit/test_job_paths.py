@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.exc import DataError
 
 from llm_router.broker.catalogue import Catalogue, GenerationDefaults
+from llm_router.broker.planning import plan
 from llm_router.broker.settings import Settings
-from llm_router.tasks.cache import cache_key
 from llm_router.tasks.errors import ModelLoading, ModelNotFound, RateLimited, ServerError, Unauthorised
 from llm_router.tasks.records import AttemptStatus, Base, JobStatus, Outcome
 from llm_router.tasks.schemas import (
@@ -41,7 +41,6 @@ from llm_router.workers.rate_limits import WINDOW_MARGIN_S, RateLimiter
 from llm_router.workers.registry import ModelRegistry
 from llm_router.workers.retry import RetryPolicy
 from llm_router.workers.runtime import WorkerProfile, WorkerRuntime
-from tests.support.store import submit_one
 
 CATALOGUE = Catalogue.model_validate(
     {
@@ -101,14 +100,11 @@ class Cluster:
         self.priorities.append(priority)
         self.pending.append(JobMessage(job_id, None, cursor))
 
-    def submit(self, request: dict[str, Any], queue: str | None = None) -> str:
-        """Record a job as the router does: queued, with its cache key."""
+    def submit(self, request: dict[str, Any], *, bulk: bool = False) -> str:
+        """Record a job as the router does: planned once (tier, queue, cache key), queued."""
         job_id = str(uuid.uuid4())
-        tier = request.get("tier", "fast")
-        store, key = self.runtime.store, cache_key(parse_request(request), tier)
-        submit_one(
-            store, job_id=job_id, kind=request["kind"], request=request, tier=tier, queue=queue or tier, cache_key=key
-        )
+        planned = plan(parse_request(request), self.runtime.catalogue)
+        assert self.runtime.store.submit([planned.new_job(job_id, bulk=bulk)]) == {job_id}
         return job_id
 
     def drive(self, job_id: str, kind: Any = "generate", most: int = 10) -> list[Outcome]:
@@ -273,7 +269,7 @@ def test_a_retried_deferred_or_escalated_job_keeps_its_priority(tmp_path: Path) 
 
 def test_a_bulk_job_falls_back_within_the_bulk_lane(tmp_path: Path) -> None:
     cluster = make_cluster(tmp_path, {"m/a": [ModelNotFound("404")], "m/b": [ModelNotFound("404")]})
-    job_id = cluster.submit(GENERATE, queue="fast.bulk")
+    job_id = cluster.submit(GENERATE, bulk=True)
     assert cluster.drive(job_id)[-1] == Outcome.SUCCEEDED
     assert [queue for queue, _, _ in cluster.republished] == ["balanced.bulk"]
 
@@ -521,3 +517,57 @@ def test_an_answer_in_the_cache_ends_a_job_without_a_model_call(cluster: Cluster
     assert cluster.backend.calls == [("m/a", 1)]
     answered = cluster.runtime.store.get(second)
     assert answered is not None and answered.cached and cluster.path(second) == []
+
+
+def test_a_recorded_job_is_never_routed_again_on_the_worker(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    alone = cluster.submit(GENERATE)
+    together = [cluster.submit({**EMBED, "input": [f"text {i}"]}) for i in range(3)]
+
+    def no_routing(*_: object, **__: object) -> None:
+        raise AssertionError("a recorded job was routed again")
+
+    monkeypatch.setattr("llm_router.broker.routing.route", no_routing)
+    monkeypatch.setattr("llm_router.broker.planning.route", no_routing)
+    assert cluster.drive(alone) == [Outcome.SUCCEEDED]
+    outcomes = run_jobs(cluster.runtime, "embed", [JobMessage(j, None) for j in together], "w", cluster.reschedule)
+    assert outcomes == [Outcome.SUCCEEDED] * 3 and ("e/a", 3) in cluster.backend.calls
+
+
+def test_an_auto_job_sent_to_the_nearest_served_tier_keeps_its_tier_cache_and_group(cluster: Cluster) -> None:
+    # Only "balanced" is served: tier="auto" (which alone would pick "fast") is planned there, and the worker
+    # keeps that tier, groups the jobs and answers a repeat from the cache.
+    served = frozenset({"balanced"})
+    request = {"kind": "embed", "input": ["short"], "tier": "auto", "use_cache": True}
+    planned = [plan(parse_request({**request, "input": [f"text {i}"]}), CATALOGUE, served=served) for i in range(3)]
+    assert {p.route.tier for p in planned} == {"balanced"}
+    job_ids = [str(uuid.uuid4()) for _ in planned]
+    cluster.runtime.store.submit([p.new_job(j) for p, j in zip(planned, job_ids, strict=True)])
+    outcomes = run_jobs(cluster.runtime, "embed", [JobMessage(j, None) for j in job_ids], "w", cluster.reschedule)
+    assert outcomes == [Outcome.SUCCEEDED] * 3 and cluster.backend.calls == [("e/c", 3)]
+    repeat = plan(parse_request({**request, "input": ["text 0"]}), CATALOGUE, served=served)
+    assert repeat.cache_key == planned[0].cache_key
+    again = str(uuid.uuid4())
+    cluster.runtime.store.submit([repeat.new_job(again)])
+    assert cluster.drive(again, kind="embed") == [Outcome.SUCCEEDED]
+    assert cluster.backend.calls == [("e/c", 3)]  # no second call: answered from the cache
+
+
+def test_a_catalogue_changed_while_a_job_waits_applies_to_the_models_it_tries(cluster: Cluster) -> None:
+    job_id = cluster.submit(GENERATE)
+    changed = CATALOGUE.model_copy(
+        update={"tiers": {**CATALOGUE.tiers, "fast": CATALOGUE.tiers["fast"].model_copy(update={"generate": ["m/b"]})}}
+    )
+    cluster.runtime = replace(cluster.runtime, catalogue=changed)
+    assert cluster.drive(job_id) == [Outcome.SUCCEEDED]
+    assert cluster.path(job_id) == [("m/b", "succeeded")]
+
+
+def test_a_job_whose_tier_left_the_catalogue_fails_naming_it(cluster: Cluster) -> None:
+    job_id = cluster.submit({**GENERATE, "tier": "quality"})
+    tiers = {name: tier for name, tier in CATALOGUE.tiers.items() if name != "quality"}
+    trimmed = CATALOGUE.model_copy(update={"tiers": tiers, "tier_order": ["fast", "balanced"]})
+    cluster.runtime = replace(cluster.runtime, catalogue=trimmed)
+    assert cluster.drive(job_id) == [Outcome.FAILED]
+    job = cluster.runtime.store.get(job_id)
+    assert job is not None and "tier 'quality' is no longer in the catalogue" in (job.error or "")
+    assert cluster.backend.calls == []

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from llm_router.broker.catalogue import load_catalogue, parse_catalogue
+from llm_router.broker.planning import plan
 from llm_router.broker.queues import message_priority, tier_queues
-from llm_router.broker.routing import auto_tier, nearest_served_tier, route
+from llm_router.broker.routing import auto_tier, chain_now, nearest_served_tier, route
+from llm_router.tasks.cache import cache_key
 from llm_router.tasks.errors import ConfigurationError, InvalidRequest
 from llm_router.tasks.schemas import parse_request
 
@@ -167,3 +169,27 @@ SERVED: list[tuple[str, frozenset[str], str]] = [
 @pytest.mark.parametrize(("chosen", "served", "tier"), SERVED)
 def test_auto_goes_to_the_nearest_tier_a_worker_serves(chosen: str, served: frozenset[str], tier: str) -> None:
     assert nearest_served_tier(chosen, "generate", CATALOGUE, served) == tier
+
+
+def test_a_recorded_jobs_chain_is_read_from_the_catalogue_it_runs_with() -> None:
+    named = parse_request({"kind": "generate", "prompt": "hi", "model": CATALOGUE.tiers["fast"].generate[0]})
+    first = chain_now(named, "fast", CATALOGUE, moved=False)
+    assert first.chain == (named.model,) and first.queue == "fast"
+    # After a tier fallback the job runs the new tier's whole chain: the model it named belongs to its first tier.
+    moved = chain_now(named, "balanced", CATALOGUE, moved=True)
+    assert moved.chain == tuple(CATALOGUE.tiers["balanced"].generate)
+    with pytest.raises(ConfigurationError, match="tier 'gone' is no longer in the catalogue"):
+        chain_now(named, "gone", CATALOGUE, moved=False)
+    unknown = parse_request({"kind": "generate", "prompt": "hi", "model": "org/removed"})
+    with pytest.raises(ConfigurationError, match="model 'org/removed' is no longer in the catalogue"):
+        chain_now(unknown, "fast", CATALOGUE, moved=False)
+
+
+def test_planning_keys_the_cache_once_with_the_tenant_and_records_the_lane() -> None:
+    request = parse_request({"kind": "embed", "input": "x", "tier": "quality"})
+    planned = plan(request, CATALOGUE, tenant="acme")
+    assert planned.cache_key == cache_key(request, "quality", "acme") != cache_key(request, "quality")
+    interactive, bulk = planned.new_job("j1"), planned.new_job("j2", bulk=True)
+    assert (interactive.queue, bulk.queue, bulk.tier, bulk.tenant) == ("quality", "quality.bulk", "quality", "acme")
+    assert interactive.cache_key == planned.cache_key and interactive.request == planned.stored
+    assert planned.stored["input"] == ["x"] and planned.stored["tier"] == "quality"
