@@ -95,7 +95,7 @@ def test_a_live_job_is_never_run_twice(
     time.sleep(1.5)
     # A requeue while it runs finds nothing stale; a duplicate message (a batch resumed at once) is put off.
     assert job.id not in {stale.id for stale in router.requeue_stale(1.0).requeued}
-    router._publish(job.id, "generate", "fast", 1)
+    router.submitter.publish(job.id, "generate", "fast", 1)
     job.wait(timeout=120)
     assert [a["status"] for a in _attempts(pg_url, job.id)] == ["succeeded"]
     assert "its message is put off" in worker.log()
