@@ -9,13 +9,17 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import redis
 from celery import Celery
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from llm_router.broker.catalogue import Catalogue, load_catalogue
 from llm_router.broker.embedded_broker import CORRUPT_FOLDER
 from llm_router.broker.queues import EXCHANGE, is_amqp, tier_queues
-from llm_router.broker.redis_publish import RedisPublisher, publishes_directly
 from llm_router.broker.settings import Settings
+from llm_router.broker.transports import direct_redis
+from llm_router.broker.transports.redis import RedisTransport
 from llm_router.tasks.limits import MAX_PRIORITY
 
 EMBEDDED_TRANSPORT = "llm_router.broker.embedded_broker:Transport"
@@ -35,23 +39,31 @@ class RouterCelery(Celery):
 
     router_settings: Settings
     catalogue: Catalogue
-    _redis_publisher: RedisPublisher | None = None
+    _publisher: RedisTransport | None = None
     _publisher_lock = threading.Lock()  # the remote pool's threads publish at once: one publisher, one pool
 
     @property
-    def redis_publisher(self) -> RedisPublisher | None:
-        """What publishes job messages in one round trip, on a Redis broker (``llm_router.broker.redis_publish``)."""
-        if self._redis_publisher is None and publishes_directly(self):
+    def publisher(self) -> RedisTransport | None:
+        """What publishes job messages in one round trip, on a Redis broker (``llm_router.broker.transports.redis``);
+        None elsewhere, where Celery publishes."""
+        if self._publisher is None and direct_redis(self):
             with self._publisher_lock:
-                if self._redis_publisher is None:
-                    self._redis_publisher = RedisPublisher(self)
-        return self._redis_publisher
+                if self._publisher is None:
+                    self._publisher = RedisTransport(_publishing_client(self.conf.broker_url), self)
+        return self._publisher
 
     def close(self) -> None:
-        if self._redis_publisher is not None:
-            self._redis_publisher.close()
-            self._redis_publisher = None
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
         super().close()
+
+
+def _publishing_client(url: str) -> redis.Redis:
+    # As kombu's publish does by default: a dropped connection (a Redis restart) is tried again three times,
+    # for about half a second in all, before the producer is told the message was not sent.
+    retry = Retry(ExponentialBackoff(cap=0.2, base=0.05), 3)
+    return redis.Redis.from_url(url, retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:

@@ -40,9 +40,32 @@ def message_stamp() -> str:
 
 
 class Channel(filesystem.Channel):
+    _at_beginning = False
+
+    def _restore_at_beginning(self, message: Any) -> Any:
+        """A message given back goes first in line again, as on Redis and RabbitMQ (kombu's filesystem
+        transport would put it last)."""
+        self._at_beginning = True
+        try:
+            return self._restore(message)
+        finally:
+            self._at_beginning = False
+
+    def _first_stamp(self, queue: str) -> str:
+        """A stamp that sorts before every message waiting on ``queue``."""
+        wanted = f"{queue}.msg"
+        stamps = [
+            name.partition("_")[0]
+            for name in os.listdir(self.data_folder_in)
+            if not name.startswith(".") and name.partition(".")[2] == wanted
+        ]
+        first = min((int(stamp) for stamp in stamps if stamp.isdigit()), default=int(message_stamp()))
+        return f"{max(first - 1, 0):020d}"
+
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # kombu's own
         """Write the message whole under a hidden name, then rename it into the queue."""
-        name = f"{message_stamp()}_{uuid.uuid4()}.{queue}.msg"
+        stamp = self._first_stamp(queue) if self._at_beginning else message_stamp()
+        name = f"{stamp}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         partial = os.path.join(self.data_folder_out, f".{name}.part")
         try:

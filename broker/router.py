@@ -8,8 +8,7 @@ message that carries only the job id. Nothing here imports torch or transformers
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
-from datetime import timedelta
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,10 @@ from llm_router.broker.jobs import Job, UnknownJob, cancel_jobs
 from llm_router.broker.notifications import DoneNotices
 from llm_router.broker.pipeline_runs import PipelineResult, read_pipeline, start_pipeline
 from llm_router.broker.planning import Planned
-from llm_router.broker.publishing import recovery_queue, send_again
+from llm_router.broker.publishing import Requeue, requeue_stale
 from llm_router.broker.queues import queue_names
 from llm_router.broker.settings import Settings
-from llm_router.broker.submitting import BatchSubmission, EnqueueFailed, Submitter
+from llm_router.broker.submitting import BatchSubmission, Submitter
 from llm_router.tasks.cases import Case
 from llm_router.tasks.database import check_schema, make_engine, upgrade
 from llm_router.tasks.records import WAITING_STATUSES, RunStatus
@@ -34,12 +33,6 @@ from llm_router.tasks.schemas import (
     Kind,
 )
 from llm_router.tasks.store import Cancellation, JobStore, JobView, WebhookView
-
-
-@dataclass(frozen=True)
-class Requeue:
-    requeued: list[JobView]  # published again (or, in a dry run, that would be)
-    unroutable: list[JobView]  # lost, but on a queue this catalogue no longer serves: left for an operator
 
 
 class Router:
@@ -299,32 +292,8 @@ class Router:
         return self.store.batch_counts(batch_id)
 
     def requeue_stale(self, older_than_s: float, *, dry_run: bool = False) -> Requeue:
-        """Publish again every job that is lost since ``older_than_s`` at least: running under a lease its
-        worker stopped renewing (it died), or queued or retrying with its message due that long ago (a broker
-        lost it). The database is the source of truth. A job that a live worker runs, or that waits for a
-        retry's or deferral's countdown, is left alone; a job that ends meanwhile is not run twice: a worker
-        skips a message for a job in a final state or under another live worker's lease. A job whose queue
-        this catalogue does not serve (its tier was renamed or removed) is reported, not published: no
-        worker would ever take it."""
-        requeued: list[JobView] = []
-        unroutable: list[JobView] = []
-        # Leases and due times are the database clock's: judged by it, whatever this host's clock says.
-        for job in self.store.stale(self.store.database_now() - timedelta(seconds=older_than_s)):
-            queue = recovery_queue(job, self.catalogue)
-            if queue is None:
-                unroutable.append(job)
-                continue
-            requeued.append(job)
-            if dry_run:
-                continue
-            try:
-                send_again(self.app, job, queue)
-            except Exception as exc:
-                self.store.defer([done.id for done in requeued[:-1]], 0.0)
-                raise EnqueueFailed(f"job {job.id} could not be enqueued on {self.settings.safe_broker_url()}") from exc
-        if not dry_run:
-            self.store.defer([job.id for job in requeued], 0.0)  # due now: the next requeue leaves them be
-        return Requeue(requeued, unroutable)
+        """Publish again every job lost since ``older_than_s`` at least (see ``publishing.requeue_stale``)."""
+        return requeue_stale(self.app, self.store, self.catalogue, older_than_s, dry_run=dry_run)
 
     def get_when_recorded(self, job_id: str, timeout: float = 30.0) -> Job:
         """``get`` for a job that a worker records itself (a message from another producer)."""

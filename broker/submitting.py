@@ -16,18 +16,14 @@ from llm_router.broker.celery_app import RouterCelery
 from llm_router.broker.jobs import Job
 from llm_router.broker.packing import input_count, pack
 from llm_router.broker.planning import Planned, plan
-from llm_router.broker.publishing import Outgoing, send_bulk, send_job, send_together
+from llm_router.broker.publishing import EnqueueFailed, Outgoing, send_bulk, send_job, send_together
 from llm_router.broker.routing import AUTO
 from llm_router.broker.settings import Settings
 from llm_router.broker.webhooks import allowed_networks, check_callback_url
-from llm_router.tasks.errors import InvalidRequest, RouterError
+from llm_router.tasks.errors import InvalidRequest
 from llm_router.tasks.records import UNSENT, JobStatus, aware
 from llm_router.tasks.schemas import parse_request, web_address
 from llm_router.tasks.store import JobStore, NewJob
-
-
-class EnqueueFailed(RouterError):
-    """The job was recorded but the broker refused it; the job is marked failed with this reason."""
 
 
 @dataclass(frozen=True)

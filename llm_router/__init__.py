@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "Router": "llm_router.broker.router",
     "BatchSubmission": "llm_router.broker.submitting",
-    "EnqueueFailed": "llm_router.broker.submitting",
+    "EnqueueFailed": "llm_router.broker.publishing",
     "Job": "llm_router.broker.jobs",
     "UnknownJob": "llm_router.broker.jobs",
     "AsyncRouter": "llm_router.broker.async_client",
@@ -70,9 +70,10 @@ __all__ = [
 if TYPE_CHECKING:
     from llm_router.broker.async_client import AsyncJob, AsyncRouter
     from llm_router.broker.jobs import Job, UnknownJob
+    from llm_router.broker.publishing import EnqueueFailed
     from llm_router.broker.router import Router
     from llm_router.broker.settings import Settings
-    from llm_router.broker.submitting import BatchSubmission, EnqueueFailed
+    from llm_router.broker.submitting import BatchSubmission
     from llm_router.tasks.errors import (
         ConfigurationError,
         InvalidRequest,

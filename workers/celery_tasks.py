@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from billiard import current_process
@@ -27,10 +28,11 @@ from llm_router.broker.pipeline_runs import advance
 from llm_router.broker.publishing import broker_priority, send_job
 from llm_router.broker.queues import INPUTS_HEADER, LEGACY_TASK_NAMES, TASK_NAMES
 from llm_router.broker.routing import lane_of, queue_for_tier
+from llm_router.broker.transports import open_transport
 from llm_router.tasks.records import JobStatus, Outcome
 from llm_router.tasks.schemas import Kind
 from llm_router.tasks.store import DATABASE_UNAVAILABLE, WebhookView
-from llm_router.workers.draining import Drained, Drainer, Take, inputs_of
+from llm_router.workers.draining import Drained, Drainer, Take, inputs_of, report
 from llm_router.workers.execution import Reschedule, cause_of
 from llm_router.workers.groups import inputs_per_call, run_jobs
 from llm_router.workers.heartbeat import ServingHeartbeat
@@ -106,6 +108,7 @@ def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
 
     from llm_router.broker.publishing import recovery_queue, send_again
     from llm_router.broker.queues import queue_names
+    from llm_router.broker.transports.redis import RedisTransport
     from llm_router.workers.broker_mark import BrokerMark
     from llm_router.workers.held_messages import HeldMessages
     from llm_router.workers.sweeper import Retain, Sweeper
@@ -114,6 +117,7 @@ def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
     broker = settings.resolved_broker_url
     on_redis = broker.startswith("redis")
     broker_client = redis.Redis.from_url(broker, socket_timeout=5.0) if on_redis else None
+    held = HeldMessages(RedisTransport(broker_client)) if broker_client is not None else None
     Sweeper(
         runtime.store,
         client,
@@ -122,7 +126,7 @@ def _start_sweeper(app: Any, runtime: WorkerRuntime) -> None:
         interval_s=settings.sweep_interval_s,
         lost_message_after_s=settings.lost_message_after_s,
         broker_mark=BrokerMark(broker_client, runtime.store) if broker_client else None,
-        held=HeldMessages(broker_client) if broker_client else None,
+        held=held,
         held_after_s=settings.lease_s,
         queues=queue_names(runtime.catalogue.ordered_tiers),
         retention=Retain(settings.retention_days, settings.retention_results_only) if settings.retention_days else None,
@@ -214,7 +218,7 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
             publish_state(runtime)
     take.ack()
     summary = _summary(outcomes)
-    _drainer(task.app, profile).report(drained, task.request.hostname, summary, time.perf_counter() - began)
+    report(task.app, drained, task.request.hostname, summary, time.perf_counter() - began)
     return summary
 
 
@@ -267,7 +271,7 @@ def _interactive_interlude(task: JobTask, runtime: WorkerRuntime) -> Callable[[]
         take.ack()
         summary = _summary(outcomes)
         log.info("between the passes of a bulk call: %d interactive messages ran (%s)", len(take.drained), summary)
-        drainer.report(take.drained, hostname, summary, time.perf_counter() - began)
+        report(task.app, take.drained, hostname, summary, time.perf_counter() - began)
 
     return serve_waiting
 
@@ -323,7 +327,7 @@ def _drainer(app: Any, profile: WorkerProfile) -> Drainer:
         if drainer is None:
             # A model pool's process takes with the message in hand, and between the passes of a bulk call.
             lines = 2 if profile.runs_models else REMOTE_DRAINING_CONNECTIONS
-            drainer = _drainers[id(app)] = Drainer(app, lines)
+            drainer = _drainers[id(app)] = Drainer(partial(open_transport, app), lines)
         return drainer
 
 

@@ -18,14 +18,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kombu.message import Message
-
 from llm_router.broker.queues import INPUTS_HEADER, KIND_OF_TASK, TASK_NAMES
-from llm_router.workers.redis_take import RedisTake, supports
+from llm_router.broker.transports import Taken, Transport
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +35,8 @@ class Drained:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     task_id: str | None
-    message: Any
+    taken: Taken
     name: str = ""  # the task name the message carried (a former one, from an older producer, included)
-
-    def ack(self) -> None:
-        _settle(self.message, "ack")
-
-    def give_back(self) -> None:
-        _settle(self.message, "requeue")
-
-
-def _settle(message: Any, how: str) -> None:
-    """Acknowledge or give back a taken message. A broker connection lost meanwhile has already handed the
-    message back to the queue; its redelivery finds its jobs final and is ignored, so this only logs."""
-    try:
-        getattr(message, how)()
-    except Exception as exc:  # kombu and the transports raise many kinds; all mean "the channel is gone"
-        log.warning("could not %s a drained message (%s); the broker hands it out again", how, type(exc).__name__)
 
 
 def inputs_of(headers: dict[str, Any]) -> int:
@@ -75,72 +59,74 @@ class _Line:
     """One broker connection for taking messages, used by one thread at a time, opened on first use (after
     the fork)."""
 
-    def __init__(self, app: Any):
-        self.app = app
-        self.connection: Any = None
-        self.redis: RedisTake | None = None
+    def __init__(self, connect: Callable[[], Transport]):
+        self._connect = connect
+        self._transport: Transport | None = None
 
-    def channel(self) -> Any:
-        if self.connection is None:
-            # No heartbeats: nothing would send them between two takes, and a broker that missed them
-            # would close the connection under the messages this process holds.
-            self.connection = self.app.connection_for_read(heartbeat=0)
-            channel = self.connection.default_channel
-            self.redis = RedisTake(channel) if supports(channel) else None
-        return self.connection.default_channel
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            self._transport = self._connect()
+        return self._transport
+
+    def settle(self, taken: list[Taken], how: str) -> None:
+        """Acknowledge or give back taken messages. A broker connection lost meanwhile has already handed them
+        back (or the sweeper will); their redelivery finds their jobs final and is ignored, so this only logs."""
+        if not taken:
+            return
+        try:
+            getattr(self.transport, how)(taken)
+        except Exception as exc:  # the transports raise many kinds; all mean "the connection is gone"
+            log.warning(
+                "could not %s %d drained messages (%s); the broker hands them out again",
+                how.replace("_", " "),
+                len(taken),
+                type(exc).__name__,
+            )
+            self.reset()
 
     def reset(self) -> None:
-        connection, self.connection, self.redis = self.connection, None, None
-        if connection is not None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
             with contextlib.suppress(Exception):  # already broken: nothing left to release
-                connection.release()
+                transport.close()
 
 
 class Take:
     """The messages of one take, held unacknowledged on their connection until they are acknowledged or given
     back; either frees the connection for the next take."""
 
-    def __init__(self, drained: list[Drained], line: _Line | None = None, free: Any = None):
+    def __init__(self, drained: list[Drained], line: _Line | None = None, free: Callable[[_Line], None] | None = None):
         self.drained = drained
         self._line, self._free = line, free
 
     def ack(self) -> None:
         """Acknowledge the messages of jobs that were recorded (on Redis, in one round trip)."""
-        line = self._line
-        try:
-            if line is not None and line.redis is not None and self.drained:
-                try:
-                    line.redis.ack([item.message for item in self.drained])
-                except Exception as exc:  # as in _settle: the broker hands the messages out again
-                    failure = type(exc).__name__
-                    log.warning("could not ack drained messages (%s); the broker hands them out again", failure)
-                    line.reset()
-            else:
-                for item in self.drained:
-                    item.ack()
-        finally:
-            self._release()
+        self._settle("ack")
 
     def give_back(self) -> None:
-        try:
-            for item in self.drained:
-                item.give_back()
-        finally:
-            self._release()
+        self._settle("give_back")
 
-    def _release(self) -> None:
-        if self._line is not None:
-            self._free(self._line)
+    def _settle(self, how: str) -> None:
+        line = self._line
+        if line is None:
+            return
+        try:
+            line.settle([item.taken for item in self.drained], how)
+        finally:
             self._line = None
+            if self._free is not None:
+                self._free(line)
 
 
 class Drainer:
     """A worker process's connections for taking waiting messages: ``lines`` of them, each used by one thread
     at a time from its take until the take is acknowledged or given back. A thread that finds none free runs
-    its own message alone (the prefork and solo pools have one thread, the remote pool many)."""
+    its own message alone (the prefork and solo pools have one thread, the remote pool many). ``connect``
+    opens a connection to the broker (``llm_router.broker.transports.open_transport``)."""
 
-    def __init__(self, app: Any, lines: int = 1):
-        self.app = app
+    def __init__(self, connect: Callable[[], Transport], lines: int = 1):
+        self._connect = connect
         self._lines = lines
         self._pid: int | None = None
         self._free: list[_Line] = []
@@ -149,7 +135,7 @@ class Drainer:
     def _acquire(self) -> _Line | None:
         with self._lock:
             if self._pid != os.getpid():  # a forked child opens connections of its own
-                self._pid, self._free = os.getpid(), [_Line(self.app) for _ in range(self._lines)]
+                self._pid, self._free = os.getpid(), [_Line(self._connect) for _ in range(self._lines)]
             return self._free.pop() if self._free else None
 
     def _release(self, line: _Line) -> None:
@@ -178,91 +164,74 @@ class Drainer:
         self, line: _Line, queues: list[str], room: int, wait_ms: float, tasks: frozenset[str] | None
     ) -> list[Drained]:
         taken: list[Drained] = []
-        held: list[Any] = []
+        held: list[Taken] = []
         jobs = 0
         deadline = time.monotonic() + wait_ms / 1000.0
-        channel = line.channel()
+        transport = line.transport
         while jobs < room and len(held) < room:
             asked = room - jobs
-            got = self._next(line, channel, queues, asked, tasks)
+            got = transport.take(queues, asked, tasks)
             for message in got:
-                if not _runnable_now(message.headers or {}):
-                    held.append(message)  # given back below, or the next get would return it again
-                elif tasks is not None and (message.headers or {}).get("task") not in tasks:
+                if not _runnable_now(message.headers):
+                    held.append(message)  # given back below, or the next take would return it again
+                elif tasks is not None and message.task not in tasks:
                     held.append(message)  # another kind of task, first in line: the take ends here
                     got = []
                     break
                 else:
-                    drained = self._accept(message)
+                    drained = self._accept(line, message)
                     if drained is not None:
                         taken.append(drained)
-                        jobs += inputs_of(message.headers or {})
-            # Redis answers with all it has: fewer inputs than asked means the queues are empty for now.
-            emptied = not got or (line.redis is not None and sum(inputs_of(m.headers or {}) for m in got) < asked)
+                        jobs += inputs_of(message.headers)
+            # A transport that answers with all it has: fewer inputs than asked means the queues are empty for now.
+            emptied = not got or (transport.takes_many and sum(inputs_of(m.headers) for m in got) < asked)
             if emptied:
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(0.001)
-        for message in held:
-            _settle(message, "requeue")
+        line.settle(held, "give_back")
         return taken
 
     @staticmethod
-    def _next(line: _Line, channel: Any, queues: list[str], room: int, tasks: frozenset[str] | None) -> list[Any]:
-        """The next waiting messages, interactive lanes first: on Redis as many as fill ``room`` in one round
-        trip; elsewhere the first message of the first queue that has one."""
-        if line.redis is not None:
-            return line.redis.pop(queues, room, tasks)
-        for queue in queues:
-            raw = channel.basic_get(queue=queue, no_ack=False)
-            if raw is not None:
-                # py-amqp hands back its own raw message; kombu's virtual transports a kombu one.
-                return [raw if isinstance(raw, Message) else channel.message_to_python(raw)]
-        return []
-
-    def _accept(self, message: Any) -> Drained | None:
-        headers = message.headers or {}
-        name = headers["task"]
+    def _accept(line: _Line, message: Taken) -> Drained | None:
+        name = message.task
         kind = KIND_OF_TASK[name]
-        # JSON only, checked before decoding: kombu would decode any serializer (pickle included) here.
-        body: Any = None
-        if message.content_type == "application/json":
-            try:
-                body = message.decode()
-            except Exception:
-                body = None
+        # JSON only, checked before decoding: kombu would decode any serializer (pickle included).
+        body = message.json_body()
         if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], list) and isinstance(body[1], dict)):
             log.error("refusing a %s message that is not a JSON task message (%s)", name, message.content_type)
-            _settle(message, "ack")  # what Celery does with content it refuses
+            line.settle([message], "ack")  # what Celery does with content it refuses
             return None
         args, kwargs, _ = body
-        return Drained(kind, tuple(args), kwargs, headers.get("id"), message, name)
+        task_id = message.headers.get("id")
+        return Drained(kind, tuple(args), kwargs, task_id if isinstance(task_id, str) else None, message, name)
 
-    def report(self, drained: list[Drained], hostname: str | None, outcome: str, runtime_s: float) -> None:
-        """Tell monitors (Flower) that the drained messages ran, as Celery does for the ones it delivers: the
-        task was received (its name and its arguments, which are job ids only) and succeeded."""
-        if not drained:
-            return
-        # One message of many events ("task.multi", which Celery's receivers and Flower read as a list).
-        with (
-            self.app.amqp.producer_pool.acquire(block=True) as producer,
-            self.app.events.Dispatcher(
-                producer.connection,
-                hostname,
-                channel=producer.channel,
-                buffer_group=frozenset({"task"}),
-                buffer_limit=2 * len(drained) + 1,
-            ) as dispatcher,
-        ):
-            for item in drained:
-                if item.task_id:
-                    dispatcher.send(
-                        "task-received",
-                        uuid=item.task_id,
-                        name=item.name or TASK_NAMES[item.kind],
-                        args=repr(list(item.args)),
-                        kwargs=repr(item.kwargs),
-                        retries=0,
-                    )
-                    dispatcher.send("task-succeeded", uuid=item.task_id, result=repr(outcome), runtime=runtime_s)
-            dispatcher.flush()
+
+def report(app: Any, drained: list[Drained], hostname: str | None, outcome: str, runtime_s: float) -> None:
+    """Tell monitors (Flower) that the drained messages ran, as Celery does for the ones it delivers: the
+    task was received (its name and its arguments, which are job ids only) and succeeded."""
+    if not drained:
+        return
+    # One message of many events ("task.multi", which Celery's receivers and Flower read as a list).
+    with (
+        app.amqp.producer_pool.acquire(block=True) as producer,
+        app.events.Dispatcher(
+            producer.connection,
+            hostname,
+            channel=producer.channel,
+            buffer_group=frozenset({"task"}),
+            buffer_limit=2 * len(drained) + 1,
+        ) as dispatcher,
+    ):
+        for item in drained:
+            if item.task_id:
+                dispatcher.send(
+                    "task-received",
+                    uuid=item.task_id,
+                    name=item.name or TASK_NAMES[item.kind],
+                    args=repr(list(item.args)),
+                    kwargs=repr(item.kwargs),
+                    retries=0,
+                )
+                dispatcher.send("task-succeeded", uuid=item.task_id, result=repr(outcome), runtime=runtime_s)
+        dispatcher.flush()

@@ -212,7 +212,7 @@ class Sweeper:
         held = self.held.held_since(cutoff.timestamp())
         waiting = {job.id: job for job in self.store.waiting_among(sorted({i for ids in held.values() for i in ids}))}
         stranded: list[JobView] = []
-        dropped: list[bytes] = []
+        dropped: list[str] = []
         for tag, ids in held.items():
             jobs = [waiting[job_id] for job_id in ids if job_id in waiting]
             if not jobs or any(aware(job.due_at or job.created_at) > cutoff for job in jobs):

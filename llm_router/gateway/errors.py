@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from llm_router.broker.jobs import UnknownJob
-from llm_router.broker.router import EnqueueFailed
+from llm_router.broker.publishing import EnqueueFailed
 from llm_router.tasks.errors import InvalidRequest
 from llm_router.tasks.store import DATABASE_UNAVAILABLE
 

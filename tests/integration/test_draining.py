@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ import redis
 from llm_router.broker.celery_app import RouterCelery, create_app
 from llm_router.broker.queues import INPUTS_HEADER, redis_lists
 from llm_router.broker.settings import Settings
-from llm_router.workers.draining import Drainer
+from llm_router.broker.transports import open_transport
+from llm_router.workers.draining import Drainer, report
 from tests.conftest import empty_redis_db, publish_raw, queued, queued_raw
 
 BROKER = "redis://127.0.0.1:6379/4"
@@ -39,7 +41,7 @@ def test_it_takes_interactive_messages_first_and_counts_jobs(app: RouterCelery) 
     app.send_task("tasks.embed", kwargs={"job_ids": bulk}, queue="fast.bulk", routing_key="fast.bulk")
     for job_id in interactive:
         app.send_task("tasks.classify", args=[job_id], queue="fast", routing_key="fast")
-    drainer = Drainer(app, lines=2)
+    drainer = Drainer(partial(open_transport, app), lines=2)
     take = drainer.take(["fast", "fast.bulk"], room=10, wait_ms=0)
     assert [(d.kind, d.args, d.kwargs) for d in take.drained] == [
         ("classify", (interactive[0],), {}),
@@ -80,7 +82,7 @@ def test_what_it_must_not_run_now_is_given_back_or_refused(app: RouterCelery) ->
     publish_raw(BROKER, "fast", b"\x80\x04\x95\x00cos\nsystem\n.", "application/x-python-serialize", "tasks.embed")
     app.send_task("tasks.embed", args=[runnable], queue="fast", routing_key="fast")
 
-    take = Drainer(app).take(["fast"], room=10, wait_ms=0)
+    take = Drainer(partial(open_transport, app)).take(["fast"], room=10, wait_ms=0)
     assert [d.args for d in take.drained] == [(runnable,)]
     client = redis.Redis.from_url(BROKER)
     assert client.hlen("unacked") == 1  # the runnable one; the pickle was refused and acknowledged, never decoded
@@ -99,7 +101,7 @@ def test_a_take_is_acknowledged_and_reported_to_monitors_in_one_message(app: Rou
     ids = _ids(3)
     for job_id in ids:
         app.send_task("tasks.classify", args=[job_id], queue="fast", routing_key="fast")
-    drainer = Drainer(app)
+    drainer = Drainer(partial(open_transport, app))
     take = drainer.take(["fast"], room=10, wait_ms=0)
     taken = take.drained
     client = redis.Redis.from_url(BROKER)
@@ -113,7 +115,7 @@ def test_a_take_is_acknowledged_and_reported_to_monitors_in_one_message(app: Rou
         listening = threading.Thread(target=lambda: receiver.capture(limit=6, timeout=10, wakeup=False))
         listening.start()
         time.sleep(0.5)  # subscribed before the events go out (Redis fans out to whoever listens now)
-        drainer.report(taken, "drainer@test", "succeeded", 0.01)
+        report(app, taken, "drainer@test", "succeeded", 0.01)
         listening.join(timeout=15)
     assert sorted((e["type"], e["uuid"]) for e in heard) == sorted(
         (kind, item.task_id) for item in taken for kind in ("task-received", "task-succeeded")
@@ -133,7 +135,7 @@ def test_a_take_of_some_tasks_stops_at_the_first_other_message(app: RouterCelery
     app.send_task("tasks.embed", args=behind, queue="fast", routing_key="fast")
     app.send_task("tasks.classify", args=other_queue, queue="fast.bulk", routing_key="fast.bulk")
     only = frozenset({"tasks.embed", "tasks.classify"})
-    take = Drainer(app).take(["fast", "fast.bulk"], room=10, wait_ms=0, tasks=only)
+    take = Drainer(partial(open_transport, app)).take(["fast", "fast.bulk"], room=10, wait_ms=0, tasks=only)
     assert [d.args[0] for d in take.drained] == [*embeds, *other_queue]
     client = redis.Redis.from_url(BROKER)
     # kombu pushes on the left and pops on the right: the right end is the head of the line (messages sent

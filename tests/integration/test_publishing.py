@@ -35,7 +35,7 @@ def test_a_message_published_directly_is_the_message_send_task_writes(queue: str
     app = create_app(Settings(broker_url=url))
     client = redis.Redis.from_url(url)
     try:
-        assert app.redis_publisher is not None
+        assert app.publisher is not None
         send_job(app, "job-1", "embed", queue, 5, priority=priority)  # the direct way
         step = broker_priority(app, priority, queue) or 0
         app.send_task(  # Celery's way, as send_job went before
@@ -95,5 +95,5 @@ def test_a_countdown_or_another_broker_goes_through_send_task(tmp_path: Any) -> 
         app.close()
         client.close()
     embedded = create_app(Settings(var_dir=tmp_path))
-    assert embedded.redis_publisher is None
+    assert embedded.publisher is None
     embedded.close()

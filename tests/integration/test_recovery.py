@@ -24,13 +24,14 @@ from llm_router.broker.client import Router
 from llm_router.broker.publishing import send_job
 from llm_router.broker.queues import TASK_NAMES
 from llm_router.broker.settings import Settings
+from llm_router.broker.transports.redis import UNACKED_KEY, RedisTransport
 from llm_router.cli.main import cli
 from llm_router.tasks.database import make_engine
 from llm_router.tasks.records import AttemptStatus, JobStatus
 from llm_router.tasks.schemas import GenerateResult
 from llm_router.tasks.store import JobStore, JobView, Lease
 from llm_router.workers.broker_mark import EPOCH_KEY, BrokerMark
-from llm_router.workers.held_messages import UNACKED_KEY, HeldMessages
+from llm_router.workers.held_messages import HeldMessages
 from llm_router.workers.sweeper import DEAD_WORKERS_KEY, LOCK_KEY, RECOVERED_KEY, Sweeper
 from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings, fresh_database
 from tests.support import inference_server as api
@@ -375,7 +376,7 @@ def test_jobs_whose_messages_a_dead_worker_took_and_never_started_are_published_
         finally:
             consumer.kill()
     broker = redis.Redis.from_url(BROKER)
-    held = HeldMessages(broker)
+    held = HeldMessages(RedisTransport(broker))
     ours = {single, first, second, running, deferred}
     assert {i for ids in held.held_since(time.time()).values() for i in ids} >= ours  # all four messages held
     _start(store, running, "elsewhere:5", lease_s=60)  # taken over meanwhile by a live worker
@@ -444,7 +445,7 @@ def test_a_job_whose_message_is_on_no_queue_and_held_by_no_worker_is_published_a
     vanished = _job(store)
     store.defer([vanished], -120)  # its message was due two minutes ago
     published: list[tuple[str, float]] = []
-    sweeper = _sweeper(store, shared, published, HeldMessages(shared), ["sweep-test"])
+    sweeper = _sweeper(store, shared, published, HeldMessages(RedisTransport(shared)), ["sweep-test"])
     shared.lpush("sweep-test", b"a message of another job")  # a backlog: its message may be in it
     try:
         sweeper.sweep()

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, text
 
 from llm_router.broker.client import Router
 from llm_router.broker.settings import Settings
+from llm_router.broker.transports.redis import RedisTransport
 from llm_router.tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 from llm_router.workers.held_messages import HeldMessages
 from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings, queued
@@ -375,7 +376,7 @@ def test_a_worker_takes_no_more_messages_than_it_has_free_slots(
         assert time.monotonic() < deadline
         time.sleep(0.01)
     time.sleep(1.0)  # well inside those calls: a worker that prefetched more would hold more by now
-    held = HeldMessages(redis.Redis.from_url(BROKER)).held_since(time.time())
+    held = HeldMessages(RedisTransport(redis.Redis.from_url(BROKER))).held_since(time.time())
     taken = [tag for tag, job_ids in held.items() if set(job_ids) & ids]
     assert len(taken) == NARROW_SLOTS  # one message per busy slot, handed out and unacknowledged
     assert queued(redis.Redis.from_url(BROKER), "remote_narrow") == len(jobs) - NARROW_SLOTS  # the rest wait

@@ -17,7 +17,9 @@ from sqlalchemy.exc import DataError
 
 from llm_router.broker.catalogue import Catalogue, GenerationDefaults
 from llm_router.broker.planning import plan
+from llm_router.broker.queues import TASK_NAMES, queue_names
 from llm_router.broker.settings import Settings
+from llm_router.broker.transports import MemoryBroker, MemoryTransport, TaskMessage
 from llm_router.tasks.errors import ModelLoading, ModelNotFound, RateLimited, ServerError, Unauthorised
 from llm_router.tasks.records import AttemptStatus, Base, JobStatus, Outcome
 from llm_router.tasks.schemas import (
@@ -27,6 +29,7 @@ from llm_router.tasks.schemas import (
     EmbedResult,
     GenerateRequest,
     GenerateResult,
+    Kind,
     parse_request,
 )
 from llm_router.tasks.store import AttemptSpec, JobStore, Lease, Success
@@ -34,9 +37,10 @@ from llm_router.tasks.store.lifecycle.guards import CANCELLED_BY_CALLER
 from llm_router.workers.backends.context import BackendContext
 from llm_router.workers.backends.echo import EchoBackend
 from llm_router.workers.cooldown import LocalCooldowns
+from llm_router.workers.draining import Drainer
 from llm_router.workers.execution import run_job
 from llm_router.workers.groups import run_jobs
-from llm_router.workers.messages import Cursor, JobMessage
+from llm_router.workers.messages import Cursor, JobMessage, parse_messages
 from llm_router.workers.rate_limits import WINDOW_MARGIN_S, RateLimiter
 from llm_router.workers.registry import ModelRegistry
 from llm_router.workers.retry import RetryPolicy
@@ -54,6 +58,7 @@ CATALOGUE = Catalogue.model_validate(
     }
 )
 Step = str | Exception  # "ok", or what the call raises
+CONSUMED = queue_names(CATALOGUE.ordered_tiers)  # the queues the worker was started on (`--queues`)
 
 
 class Scripted(EchoBackend):
@@ -87,18 +92,24 @@ class Scripted(EchoBackend):
 
 @dataclass
 class Cluster:
-    """One worker process and what it re-published."""
+    """One worker process on an in-memory broker, and what it re-published."""
 
     runtime: WorkerRuntime
     backend: Scripted
+    broker: MemoryBroker = field(default_factory=MemoryBroker)
     republished: list[tuple[str, Cursor, float]] = field(default_factory=list)  # (queue, cursor, delay)
-    pending: list[JobMessage] = field(default_factory=list)
     priorities: list[int | None] = field(default_factory=list)  # of each message re-published
+    kind: Kind = "generate"  # of the job being driven
 
     def reschedule(self, job_id: str, queue: str, cursor: Cursor, delay_s: float, priority: int | None) -> None:
         self.republished.append((queue, cursor, delay_s))
         self.priorities.append(priority)
-        self.pending.append(JobMessage(job_id, None, cursor))
+        kwargs = {"job_id": job_id, "cursor": cursor.as_json()}
+        self._publish(f"{job_id}:{cursor.position}.{cursor.retry}", [], kwargs, queue)
+
+    def _publish(self, task_id: str, args: list[str], kwargs: dict[str, Any], queue: str) -> None:
+        message = TaskMessage(TASK_NAMES[self.kind], task_id, args, kwargs, queue, 1, None)
+        MemoryTransport(self.broker).publish(message)
 
     def submit(self, request: dict[str, Any], *, bulk: bool = False) -> str:
         """Record a job as the router does: planned once (tier, queue, cache key), queued."""
@@ -107,12 +118,23 @@ class Cluster:
         assert self.runtime.store.submit([planned.new_job(job_id, bulk=bulk)]) == {job_id}
         return job_id
 
-    def drive(self, job_id: str, kind: Any = "generate", most: int = 10) -> list[Outcome]:
-        """Run the job's message and every message it re-publishes; what became of each."""
-        self.pending.append(JobMessage(job_id, None))
+    def drive(self, job_id: str, kind: Kind = "generate", most: int = 10) -> list[Outcome]:
+        """Publish the job's message, then take and run every message on the broker (each one it re-publishes
+        is delivered at once: its countdown is recorded, not waited, as a broker would deliver it later), each
+        acknowledged once run; what became of each."""
+        self.kind = kind
+        view = self.runtime.store.get(job_id)
+        self._publish(job_id, [job_id], {}, (view.queue if view is not None else None) or "fast")
+        drainer = Drainer(lambda: MemoryTransport(self.broker))
         outcomes: list[Outcome] = []
-        while self.pending and len(outcomes) < most:
-            outcomes.append(run_job(self.runtime, kind, self.pending.pop(0), "worker-1", self.reschedule))
+        while len(outcomes) < most:
+            take = drainer.take(CONSUMED, room=1, wait_ms=0)
+            for item in take.drained:
+                (message,) = parse_messages(item.args, item.kwargs)
+                outcomes.append(run_job(self.runtime, kind, message, "worker-1", self.reschedule))
+            take.ack()
+            if not take.drained:
+                break
         return outcomes
 
     def path(self, job_id: str) -> list[tuple[str | None, str]]:
@@ -321,8 +343,9 @@ def test_a_redelivered_message_of_an_ended_job_changes_nothing(cluster: Cluster)
 
 
 def test_a_message_naming_an_unknown_job_without_its_request_is_rejected(cluster: Cluster) -> None:
-    assert cluster.drive("not-a-job") == [Outcome.REJECTED]
-    view = cluster.runtime.store.get("not-a-job")
+    unknown = str(uuid.uuid4())
+    assert cluster.drive(unknown) == [Outcome.REJECTED]
+    view = cluster.runtime.store.get(unknown)
     assert view is not None and view.error is not None and "job_id" in view.error
 
 

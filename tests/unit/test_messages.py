@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from llm_router.broker.transports.redis import from_unacked
 from llm_router.workers.held_messages import job_ids_in
 from llm_router.workers.messages import BadBulkMessage, BadMessage, parse_message, parse_messages
 
@@ -84,9 +85,10 @@ def _held(args: list[Any], kwargs: dict[str, Any], *, base64_body: bool = True) 
 
 def test_the_jobs_of_a_held_message_are_read_and_anything_else_reads_as_none() -> None:
     one, two = str(uuid.uuid4()), str(uuid.uuid4())
-    assert job_ids_in(_held([one], {})) == [one]
-    assert job_ids_in(_held([], {"job_ids": [one, two]})) == [one, two]
-    assert job_ids_in(_held([one], {}, base64_body=False)) == [one]
-    assert job_ids_in(_held([], {"job_ids": [one, "not-an-id"]})) == [one]  # a bad bulk message's readable ids
+    assert job_ids_in(from_unacked(_held([one], {}))) == [one]
+    assert job_ids_in(from_unacked(_held([], {"job_ids": [one, two]}))) == [one, two]
+    assert job_ids_in(from_unacked(_held([one], {}, base64_body=False))) == [one]
+    # a bad bulk message: the ids it could read
+    assert job_ids_in(from_unacked(_held([], {"job_ids": [one, "not-an-id"]}))) == [one]
     for garbage in (None, b"", b"{", b"[1, 2]", json.dumps([{"body": "!!"}, "", "q"]).encode(), _held(["x"], {})):
-        assert job_ids_in(garbage) == []
+        assert job_ids_in(from_unacked(garbage)) == []
