@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from llm_router.broker.jobs import Job, Result, UnknownJob
@@ -114,6 +115,30 @@ class AsyncJob:
                 await notices.unsubscribe(self.id, event)
 
 
+async def in_daemon_thread(function: Callable[[], None]) -> None:
+    """Await a blocking call run in a daemon thread of its own. Unlike the loop's executor (whose threads the
+    interpreter waits for at exit, and which may be full of other calls), a call that hangs there keeps no
+    process from stopping once its caller stops waiting."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if not done.done():
+            done.set_result(None) if error is None else done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            function()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="llm-router-close", daemon=True).start()
+    await done
+
+
 class AsyncRouter:
     """``Router`` for asyncio: the same methods, awaited. Use it as ``async with AsyncRouter() as router``."""
 
@@ -129,7 +154,7 @@ class AsyncRouter:
         if self.notices is not None:
             await self.notices.close()
         await self.engine.dispose()
-        await asyncio.to_thread(self.sync.close)
+        await in_daemon_thread(self.sync.close)
 
     async def __aenter__(self) -> AsyncRouter:
         return self

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -45,6 +45,7 @@ from llm_router.tasks.store.async_reads import database_answers
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 300.0  # the longest a request waits for its job before it answers with where the job stands
+SHUTDOWN_STEP_S = 5.0  # the longest one step of the shutdown (a background task, the ledger, the router) may take
 Key = Annotated[ApiKeyView, Depends(caller)]
 # A retried request with the same key gets the first one's job: no second job, no second reservation.
 Keyed = Annotated[str | None, Header(alias="Idempotency-Key")]
@@ -68,10 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             for task in background:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await quotas.aclose()
-            await router.aclose()
+                await _bounded("a background task", task)
+            await _bounded("the quota ledger", quotas.aclose())
+            await _bounded("the router", router.aclose())
 
     app = FastAPI(title="llm-runner-router gateway", version="1", lifespan=lifespan)
     errors.install(app)
@@ -80,6 +80,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _openai(app)
     _files(app)
     return app
+
+
+async def _bounded(what: str, step: Awaitable[Any]) -> None:
+    """One step of the gateway's shutdown, given ``SHUTDOWN_STEP_S``: a process asked to stop stops (a load
+    balancer or an orchestrator waits for it), and says what it could not close."""
+    try:
+        await asyncio.wait_for(step, SHUTDOWN_STEP_S)
+    except asyncio.CancelledError:
+        pass  # a background task, cancelled as asked
+    except TimeoutError:
+        log.warning("shutting down: %s did not close within %g s; stopping without it", what, SHUTDOWN_STEP_S)
 
 
 def _router(request: Request) -> AsyncRouter:
