@@ -94,6 +94,7 @@ class AsyncDoneNotices:
         self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         self._events: dict[str, set[asyncio.Event]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._closing = False
         self._lock = asyncio.Lock()
 
     async def subscribe(self, job_id: str) -> asyncio.Event:
@@ -121,7 +122,9 @@ class AsyncDoneNotices:
     async def _read(self) -> None:
         """Runs from the first subscription until ``close``: a reader that stopped whenever no job waited could
         miss the subscription that came in just as it stopped."""
-        while True:
+        # redis-py can take a cancellation that lands in a read for its own timeout and return no message: the
+        # loop also ends on ``_closing``, within a read's second.
+        while not self._closing:
             if not self._events:
                 await asyncio.sleep(0.05)
                 continue
@@ -144,6 +147,7 @@ class AsyncDoneNotices:
                 event.set()
 
     async def close(self) -> None:
+        self._closing = True
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, RedisError):

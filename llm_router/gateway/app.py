@@ -84,13 +84,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def _bounded(what: str, step: Awaitable[Any]) -> None:
     """One step of the gateway's shutdown, given ``SHUTDOWN_STEP_S``: a process asked to stop stops (a load
-    balancer or an orchestrator waits for it), and says what it could not close."""
-    try:
-        await asyncio.wait_for(step, SHUTDOWN_STEP_S)
-    except asyncio.CancelledError:
-        pass  # a background task, cancelled as asked
-    except TimeoutError:
+    balancer or an orchestrator waits for it), and says what it could not close. ``asyncio.wait`` and not
+    ``wait_for``: the latter waits for a step it timed out to take its cancellation, which a step that swallows
+    one never does."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_STEP_S)
+    if not done:
+        task.cancel()
         log.warning("shutting down: %s did not close within %g s; stopping without it", what, SHUTDOWN_STEP_S)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("shutting down: %s failed to close (%s)", what, type(task.exception()).__name__)
 
 
 def _router(request: Request) -> AsyncRouter:

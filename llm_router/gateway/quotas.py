@@ -186,10 +186,17 @@ class Quotas:
                     recounted = time.monotonic()
                     await self.recount()
             except Exception as exc:  # the database or Redis restarting: the next round tries again
+                if _being_cancelled():
+                    raise asyncio.CancelledError from exc  # a cancellation a client library took for its timeout
                 log.warning("tenant reservations not settled this round (%s)", type(exc).__name__)
 
     async def aclose(self) -> None:
         await self.ledger.aclose()
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _next_window_s(window: int, now: float) -> str:

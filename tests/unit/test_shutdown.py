@@ -39,14 +39,35 @@ def test_a_shutdown_step_that_hangs_is_left_after_its_bound_and_named(
 ) -> None:
     monkeypatch.setattr(gateway, "SHUTDOWN_STEP_S", 0.1)
 
+    async def deaf() -> None:
+        """A loop that takes its cancellation for a timeout of its own and goes on (as a client library may)."""
+        while True:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                continue
+
     async def scenario() -> None:
         await gateway._bounded("the quota ledger", asyncio.sleep(30))
         task = asyncio.create_task(asyncio.sleep(30))
         await asyncio.sleep(0)
         task.cancel()
         await gateway._bounded("a background task", task)  # cancelled as asked: nothing to say
+        stubborn = asyncio.create_task(deaf())
+        await asyncio.sleep(0)
+        stubborn.cancel()
+        began = asyncio.get_running_loop().time()
+        await gateway._bounded("the notices", stubborn)
+        assert asyncio.get_running_loop().time() - began < 5  # not waiting for it to take its cancellation
 
-    asyncio.run(scenario())
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        for task in asyncio.all_tasks(loop):
+            task.get_coro().close()  # type: ignore[union-attr]  # the deaf loop, left as the gateway leaves it
+        loop.close()
     assert [r.getMessage() for r in caplog.records] == [
-        "shutting down: the quota ledger did not close within 0.1 s; stopping without it"
+        "shutting down: the quota ledger did not close within 0.1 s; stopping without it",
+        "shutting down: the notices did not close within 0.1 s; stopping without it",
     ]
