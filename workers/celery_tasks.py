@@ -425,6 +425,14 @@ def llm_router_info(state: Any) -> dict[str, Any]:
     return {"queues": queues, "in_flight": len(worker_state.active_requests), "processes": collect(os.getpid())}
 
 
+@signals.worker_init.connect
+def _clear_earlier_state(**_: Any) -> None:
+    # The main process, before its pool starts: what a killed worker of the same pid left is not ours.
+    from llm_router.workers.state import clear
+
+    clear(os.getpid())
+
+
 @signals.worker_process_init.connect
 def _preload_in_child(**_: Any) -> None:
     from celery import current_app

@@ -219,7 +219,7 @@ def test_one_process_keeps_every_slow_call_in_flight_on_a_small_database_pool(
 def test_the_remote_pool_runs_without_torch(worker: WorkerProcess, router: Router) -> None:
     processes = _info(router, worker)["processes"]
     assert processes, "the worker published no state"
-    assert all(p["pool"] == "remote" and p["torch_loaded"] is False for p in processes)
+    assert all(p["pool"] == "remote" and p["torch_loaded"] is False for p in processes), processes
     assert all(p["concurrency"] == IN_FLIGHT for p in processes)
 
 
