@@ -10,24 +10,20 @@ ending one step and starting the next — records each step once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from typing import Any
 
 from llm_router.broker.catalogue import Catalogue
-from llm_router.broker.packing import input_count
 from llm_router.broker.pipelines import PipelineSpec, StepAnswer, step_answer, step_request, tone_of
 from llm_router.broker.planning import Planned, plan
+from llm_router.broker.submitting import Submitter
 from llm_router.tasks.errors import InvalidRequest
-from llm_router.tasks.records import JobStatus, RunStatus, aware
+from llm_router.tasks.records import JobStatus, RunStatus
 from llm_router.tasks.schemas import parse_request
 from llm_router.tasks.store import JobStore, JobView, RunView
 
-Publish = Callable[[str, str, str, int], None]  # job id, kind, queue, inputs
 STEP_NAMESPACE = uuid.UUID("5d0c1e7a-3b4f-5a92-8e61-7c2d9f0b4a13")
 MAX_PIPELINE_TEXT = 8_192
-REPUBLISH_AFTER_S = 10.0  # a step recorded but still unstarted this long ago: its message may be lost
 
 
 def step_job_id(run_id: str, index: int) -> str:
@@ -61,11 +57,10 @@ class PipelineResult:
     error: str | None = None
 
 
-def start_pipeline(
-    store: JobStore, catalogue: Catalogue, publish: Publish, name: str, text: Any, run_id: str | None = None
-) -> str:
+def start_pipeline(submitter: Submitter, name: str, text: Any, run_id: str | None = None) -> str:
     """Record a run of pipeline ``name`` on ``text`` and publish its first step; returns the run's id. A bad
     text, or a pipeline that does not exist, raises ``InvalidRequest`` with nothing recorded."""
+    store, catalogue = submitter.store, submitter.catalogue
     pipelines = catalogue.all_pipelines
     if name not in pipelines:
         raise InvalidRequest(f"pipeline: no pipeline {name!r}; the catalogue has {', '.join(pipelines)}", field="name")
@@ -76,7 +71,7 @@ def start_pipeline(
     first = _checked(step_request(spec, 0, text, []), run_id, catalogue)  # raises before anything is recorded
     models = [step.model or step.tier or catalogue.default_tier for step in spec.steps]
     store.create_run(run_id, "pipeline", name, models, {"text": text, "pipeline": spec.model_dump(mode="json")})
-    _record_step(store, publish, run_id, 0, first)
+    submitter.submit_step(step_job_id(run_id, 0), first, 0)
     return run_id
 
 
@@ -85,27 +80,14 @@ def _checked(request: dict[str, Any], run_id: str, catalogue: Catalogue) -> Plan
     return plan(parse_request({**request, "batch_id": run_id}), catalogue)
 
 
-def _record_step(store: JobStore, publish: Publish, run_id: str, index: int, checked: Planned) -> None:
-    job_id = step_job_id(run_id, index)
-    inserted = store.submit([checked.new_job(job_id, run_step=index)])
-    existing = None if inserted else store.get(job_id)
-    if inserted or _unstarted(store, existing):
-        publish(job_id, checked.request.kind, checked.route.queue, input_count(checked.stored))
-
-
-def _unstarted(store: JobStore, job: JobView | None) -> bool:
-    if job is None or job.status != JobStatus.QUEUED or job.attempts:
-        return False
-    return aware(job.created_at) < store.database_now() - timedelta(seconds=REPUBLISH_AFTER_S)
-
-
 def _steps(store: JobStore, run_id: str) -> dict[int, JobView]:
     return {job.run_step: job for job in store.run_jobs(run_id) if job.run_step is not None}
 
 
-def advance(store: JobStore, catalogue: Catalogue, publish: Publish, run_id: str) -> None:
+def advance(submitter: Submitter, run_id: str) -> None:
     """Carry a pipeline on after its latest step ended: start the next step, or end the run. Safe to call
     again, from any process: a step is recorded once, and a run ends once."""
+    store, catalogue = submitter.store, submitter.catalogue
     run = store.get_run(run_id)
     if run is None or run.kind != "pipeline" or run.is_final or not run.request:
         return
@@ -137,7 +119,7 @@ def advance(store: JobStore, catalogue: Catalogue, publish: Publish, run_id: str
         store.finish_run(run_id, RunStatus.FAILED, _summary(run, spec, jobs), error)
         return
     store.update_run(run_id, _summary(run, spec, jobs))
-    _record_step(store, publish, run_id, latest + 1, checked)
+    submitter.submit_step(step_job_id(run_id, latest + 1), checked, latest + 1)
 
 
 def _answers(spec: PipelineSpec, jobs: dict[int, JobView]) -> list[StepAnswer]:

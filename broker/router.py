@@ -205,7 +205,7 @@ class Router:
         """The guide's ``processText`` (pipeline "reply"), or another pipeline the catalogue declares: a chain
         of jobs that the workers carry on step by step. Waits until the run ends or ``timeout`` passes
         (``None``: returns at once) and returns where it stands; ``get_pipeline(run_id)`` reads it again."""
-        run_id = start_pipeline(self.store, self.catalogue, self.submitter.publish, name, text)
+        run_id = start_pipeline(self.submitter, name, text)
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = min(0.01, self.settings.wait_poll_s)
         while True:

@@ -1,6 +1,8 @@
 """Every way a job enters the cluster: a request validated, planned (``broker/planning.py``), recorded and
-published, one at a time (``submit``), many at once in the bulk lanes (``batch``) or side by side
-(``submit_together``, a comparison's jobs). The Router, the gateway, comparisons and evaluations submit here.
+published, one at a time (``submit``), many at once in the bulk lanes (``batch``), side by side
+(``submit_together``, a comparison's jobs) or under a fixed id (``submit_step``, a pipeline's steps). The
+Router, the gateway, comparisons, evaluations and pipelines (from the producer and from the worker that ends a
+step) submit here.
 """
 
 from __future__ import annotations
@@ -48,9 +50,13 @@ def _idempotency_key(value: Any) -> str | None:
     return value
 
 
+REPUBLISH_AFTER_S = 10.0  # a step recorded but still unstarted this long ago: its message may be lost
+
+
 class Submitter:
     """Validates, plans, records and publishes jobs for one client: its settings, catalogue and store, its
-    Celery app (made when first needed), the queues live workers serve, and how a job id becomes a ``Job``."""
+    Celery app (made when first needed), the queues live workers serve (not known: None), and how a job id
+    becomes a ``Job``."""
 
     def __init__(
         self,
@@ -58,11 +64,12 @@ class Submitter:
         catalogue: Catalogue,
         store: JobStore,
         app: Callable[[], RouterCelery],
-        served: Callable[[], frozenset[str] | None],
-        make_job: Callable[[str, str], Job],
+        served: Callable[[], frozenset[str] | None] = lambda: None,
+        make_job: Callable[[str, str], Job] | None = None,
     ):
         self.settings, self.catalogue, self.store = settings, catalogue, store
-        self._app, self._served, self._make_job = app, served, make_job
+        self._app, self._served = app, served
+        self._make_job = make_job or (lambda job_id, kind: Job(store, job_id, kind))
 
     def prepare(self, request: dict[str, Any], *, tenant: str | None = None) -> Planned:
         """Validate, route and cache-key a request without submitting it; raises ``InvalidRequest``."""
@@ -237,6 +244,21 @@ class Submitter:
             raise EnqueueFailed(
                 f"{len(job_ids)} jobs from {job_ids[0]} could not be enqueued on {self.settings.safe_broker_url()}"
             ) from exc
+
+    def submit_step(self, job_id: str, planned: Planned, run_step: int) -> None:
+        """Record a job under a fixed id (a pipeline's step) once, and publish it when it was recorded now or
+        when its record still waits unstarted ``REPUBLISH_AFTER_S`` after it was made (its message may be
+        lost): any process may call this again for the same step. A refused message raises ``EnqueueFailed``
+        and leaves the step queued, for the sweeper's next look at its stalled run."""
+        inserted = self.store.submit([planned.new_job(job_id, run_step=run_step)])
+        if inserted or self._unstarted(job_id):
+            self.publish(job_id, planned.request.kind, planned.route.queue, input_count(planned.stored))
+
+    def _unstarted(self, job_id: str) -> bool:
+        job = self.store.get(job_id)
+        if job is None or job.status != JobStatus.QUEUED or job.attempts:
+            return False
+        return aware(job.created_at) < self.store.database_now() - timedelta(seconds=REPUBLISH_AFTER_S)
 
     def submit_together(self, jobs: list[tuple[str, Planned]]) -> None:
         """Record planned jobs and publish them side by side, one message each (a comparison's jobs)."""

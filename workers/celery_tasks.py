@@ -25,9 +25,10 @@ from celery.worker.control import inspect_command
 from redis.exceptions import RedisError
 
 from llm_router.broker.pipeline_runs import advance
-from llm_router.broker.publishing import broker_priority, send_job
+from llm_router.broker.publishing import broker_priority
 from llm_router.broker.queues import INPUTS_HEADER, LEGACY_TASK_NAMES, TASK_NAMES
 from llm_router.broker.routing import lane_of, queue_for_tier
+from llm_router.broker.submitting import Submitter
 from llm_router.broker.transports import open_transport
 from llm_router.tasks.records import JobStatus, Outcome
 from llm_router.tasks.schemas import Kind
@@ -76,10 +77,8 @@ def current_runtime(app: Any) -> WorkerRuntime:
 
 
 def _pipeline_advancer(app: Any, runtime: WorkerRuntime) -> Callable[[str], None]:
-    def publish(job_id: str, kind: str, queue: str, inputs: int) -> None:
-        send_job(app, job_id, kind, queue, inputs)
-
-    return lambda run_id: advance(runtime.store, runtime.catalogue, publish, run_id)
+    submitter = Submitter(runtime.settings, runtime.catalogue, runtime.store, lambda: app)
+    return lambda run_id: advance(submitter, run_id)
 
 
 def _webhooks(app: Any, runtime: WorkerRuntime) -> Webhooks:

@@ -20,6 +20,7 @@ from llm_router.broker.catalogue import load_catalogue
 from llm_router.broker.client import Router
 from llm_router.broker.pipeline_runs import advance, start_pipeline
 from llm_router.broker.pipelines import GUIDE_PROMPT
+from llm_router.broker.submitting import Submitter
 from llm_router.tasks.errors import ConfigurationError, InvalidRequest
 from llm_router.workers.execution import run_job
 from llm_router.workers.messages import JobMessage
@@ -129,9 +130,9 @@ def test_the_sweeper_carries_on_a_pipeline_whose_worker_died_between_two_steps(
     # The first step runs through the worker's own code path in a runtime that carries nothing on: its
     # final record is written and then nothing happens, as when a worker dies between the two.
     recorded: list[str] = []
-    run_id = start_pipeline(
-        own_router.store, own_router.catalogue, lambda job_id, *_: recorded.append(job_id), "triage", "Yay!"
-    )
+    quiet = Submitter(own_router.settings, own_router.catalogue, own_router.store, lambda: own_router.app)
+    quiet.publish = lambda job_id, *_, **__: recorded.append(job_id)  # type: ignore[method-assign]
+    run_id = start_pipeline(quiet, "triage", "Yay!")
     runtime = build_runtime(own_router.settings, own_router.catalogue, WorkerProfile())
     status = run_job(runtime, "classify", JobMessage(recorded[0], None), "dying-worker", lambda *_: None)
     assert status == "succeeded"
@@ -140,7 +141,7 @@ def test_the_sweeper_carries_on_a_pipeline_whose_worker_died_between_two_steps(
     assert own_router.get_pipeline(run_id).status == "running"
 
     def carry_on(stalled: str) -> None:
-        advance(own_router.store, own_router.catalogue, own_router.submitter.publish, stalled)
+        advance(own_router.submitter, stalled)
 
     client = redis.Redis.from_url(own_router.settings.resolved_broker_url)
     sweeper = Sweeper(
