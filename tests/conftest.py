@@ -21,6 +21,7 @@ from llm_router.broker.settings import Settings
 from ops.bench.database import bench_database
 from ops.bench.faults import kill_whole
 from tests.support.brokers import priority_keys
+from tests.support.gateway import running_gateway
 
 PG_ADMIN = os.environ.get("LLMR_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 PG_URL_TEMPLATE = os.environ.get("LLMR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
@@ -280,6 +281,16 @@ def own_router(cluster_settings: Settings, own_catalogue: Path) -> Iterator[Rout
     """A Router of the test cluster that routes with the module's own catalogue."""
     with Router(cluster_settings.model_copy(update={"config": own_catalogue})) as router:
         yield router
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    cluster_env: dict[str, str], own_catalogue: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A gateway of the test cluster routing with the test module's own catalogue (import it into the module)."""
+    env = {**cluster_env, "LLM_ROUTER_CONFIG": str(own_catalogue)}
+    with running_gateway(env, tmp_path_factory.mktemp("gateway") / "gateway.log") as url:
+        yield url
 
 
 def local_catalogue(tier: str, *, generate: bool = False) -> str:

@@ -4,9 +4,9 @@
                    POST /v1/batches (a JSON list or JSON Lines), GET /v1/batches/{id}, GET /v1/usage
     OpenAI         POST /v1/chat/completions (stream: server-sent chunks), POST /v1/completions,
                    POST /v1/embeddings, GET /v1/models
-    operations     GET /healthz (no key), GET /readyz, GET /openapi.json, GET /docs
+    operations     GET /healthz, GET /readyz (neither needs a key), GET /openapi.json, GET /docs
 
-Every endpoint but /healthz takes ``Authorization: Bearer <key>``; a key names a tenant, whose jobs and usage
+Every endpoint but the probes takes ``Authorization: Bearer <key>``; a key names a tenant, whose jobs and usage
 only it can read (another's are 404). A client that goes away while it waits for, or streams, an OpenAI
 endpoint's answer cancels its job; a job created with POST /v1/jobs is durable and runs on.
 """
@@ -17,38 +17,32 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi import Body, FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from llm_router.broker.async_client import AsyncJob, AsyncRouter
 from llm_router.broker.consumers import unserved_note
 from llm_router.broker.settings import Settings
-from llm_router.gateway import batch_api, errors, openai_format
-from llm_router.gateway.auth import caller
+from llm_router.gateway import errors, openai_batches, openai_format
+from llm_router.gateway.common import Key, Keyed, router_of, submit_batch, submit_job
 from llm_router.gateway.errors import ApiError
+from llm_router.gateway.json_bodies import JsonBodies
 from llm_router.gateway.metrics import exposition, registry
 from llm_router.gateway.presence import announce
-from llm_router.gateway.quotas import Quotas, estimate_tokens
+from llm_router.gateway.quotas import Quotas
 from llm_router.tasks.errors import JobError, JobTimeout
-from llm_router.tasks.records import RunStatus
 from llm_router.tasks.schemas import EmbedResult, GenerateResult
-from llm_router.tasks.storable import NUL
-from llm_router.tasks.store import ApiKeyView, FileView
+from llm_router.tasks.store import ApiKeyView
 from llm_router.tasks.store.async_reads import database_answers
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 300.0  # the longest a request waits for its job before it answers with where the job stands
 SHUTDOWN_STEP_S = 5.0  # the longest one step of the shutdown (a background task, the ledger, the router) may take
-Key = Annotated[ApiKeyView, Depends(caller)]
-# A retried request with the same key gets the first one's job: no second job, no second reservation.
-Keyed = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -75,10 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="llm-runner-router gateway", version="1", lifespan=lifespan)
     errors.install(app)
+    app.add_middleware(JsonBodies, raw_paths=frozenset({"/v1/batches", "/v1/files"}))
     _operations(app)
     _jobs(app)
     _openai(app)
-    _files(app)
+    openai_batches.routes(app)
     return app
 
 
@@ -96,54 +91,9 @@ async def _bounded(what: str, step: Awaitable[Any]) -> None:
         log.warning("shutting down: %s failed to close (%s)", what, type(task.exception()).__name__)
 
 
-def _router(request: Request) -> AsyncRouter:
-    router: AsyncRouter = request.app.state.router
-    return router
-
-
-def _quotas(request: Request) -> Quotas:
-    quotas: Quotas = request.app.state.quotas
-    return quotas
-
-
-async def _submit(request: Request, key: ApiKeyView, body: dict[str, Any], idempotency_key: str | None) -> AsyncJob:
-    """Admit and submit one job for the key's tenant: what it may spend is reserved first (429 when a limit
-    refuses it, and nothing is submitted), given back if the submission fails, and settled once the job ends.
-    A submission repeated with its idempotency key was admitted the first time: it reserves nothing more."""
-    router = _router(request)
-    earlier = None
-    if idempotency_key is not None:
-        earlier = await asyncio.to_thread(router.sync.store.job_for_key, f"{key.tenant}/{idempotency_key}")
-    reservation = None if earlier is not None else await _quotas(request).admit(key, [body])
-    keyed = {**body, "idempotency_key": idempotency_key} if idempotency_key is not None else body
-    try:
-        job = await router.submit(keyed, tenant=key.tenant)
-    except BaseException:
-        await _quotas(request).release(reservation)
-        raise
-    await _quotas(request).attach(reservation, f"job:{job.id}")
-    return job
-
-
-async def _submit_batch(request: Request, key: ApiKeyView, requests: list[Any], **options: Any) -> Any:
-    """Admit a batch whole (every line's tokens reserved at once, or 429 and nothing submitted) and submit it;
-    what the refused lines would have spent is given back."""
-    router, quotas = _router(request), _quotas(request)
-    reservation = await quotas.admit(key, requests)
-    try:
-        submitted = await router.batch(requests, tenant=key.tenant, **options)
-    except BaseException:
-        await quotas.release(reservation)
-        raise
-    default = router.catalogue.defaults.max_tokens
-    kept = sum(estimate_tokens(requests[position], default) for position in submitted.jobs)
-    await quotas.attach(reservation, f"batch:{submitted.batch_id}", kept)
-    return submitted
-
-
 async def _owned(request: Request, job_id: str, key: ApiKeyView) -> tuple[AsyncJob, Any]:
     """The tenant's job and its record; 404 for an unknown job and for another tenant's alike."""
-    job = AsyncJob(_router(request), job_id, "")
+    job = AsyncJob(router_of(request), job_id, "")
     try:
         view = await job.record()
     except LookupError:
@@ -152,6 +102,17 @@ async def _owned(request: Request, job_id: str, key: ApiKeyView) -> tuple[AsyncJ
         raise ApiError("not_found", f"job_id: no job {job_id}", param="job_id")
     job.kind = view.kind
     return job, view
+
+
+def _list_or_lines(text: str) -> Any:
+    """A body sent without a JSON type: a JSON list (or an OpenAI batch's object) as it is, else JSON Lines."""
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, list) or (isinstance(whole, dict) and "input_file_id" in whole):
+        return whole
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _sse(data: Any, event: str | None = None) -> str:
@@ -170,16 +131,16 @@ def _operations(app: FastAPI) -> None:
     @app.get("/metrics", tags=["operations"])
     async def metrics(request: Request, key: Key) -> Any:
         """Job-level metrics in Prometheus' format, for keys of the tenants in LLM_ROUTER_METRICS_TENANTS."""
-        operators = {name.strip() for name in _router(request).settings.metrics_tenants.split(",") if name.strip()}
+        operators = {name.strip() for name in router_of(request).settings.metrics_tenants.split(",") if name.strip()}
         if key.tenant not in operators:
             raise ApiError("not_found", "no such endpoint for this key")
         body, content_type = await asyncio.to_thread(exposition, request.app.state.metrics)
         return Response(body, media_type=content_type)
 
     @app.get("/readyz", tags=["operations"])
-    async def readyz(request: Request, key: Key) -> Any:
-        """The database and the broker answer."""
-        router = _router(request)
+    async def readyz(request: Request) -> Any:
+        """The database and the broker answer (no key needed: a load balancer's probe has none)."""
+        router = router_of(request)
         problems = {}
         try:
             await database_answers(router.engine)
@@ -211,7 +172,7 @@ def _jobs(app: FastAPI) -> None:
         idempotency_key: Keyed = None,
     ) -> Any:
         """Submit a durable job: it runs whether or not the client stays."""
-        job = await _submit(request, key, body, idempotency_key)
+        job = await submit_job(request, key, body, idempotency_key)
         return (await job.record()).document()
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
@@ -250,7 +211,7 @@ def _jobs(app: FastAPI) -> None:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.post("/v1/batches", tags=["jobs"])
-    async def submit_batch(request: Request, key: Key) -> Any:
+    async def submit_many(request: Request, key: Key) -> Any:
         """Many jobs at once, in the bulk lanes: a JSON list of requests, or JSON Lines (one per line); or,
         as OpenAI's Batch API, ``{"input_file_id", "endpoint", "completion_window"}``."""
         raw = await request.body()
@@ -258,16 +219,16 @@ def _jobs(app: FastAPI) -> None:
             if request.headers.get("content-type", "").startswith("application/json"):
                 requests = json.loads(raw)
             else:
-                requests = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+                requests = _list_or_lines(raw.decode())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError("invalid_request", f"body: not JSON or JSON Lines ({exc})", param="body") from None
         except RecursionError:
             raise ApiError("invalid_request", "body: nested too deeply", param="body") from None
         if isinstance(requests, dict) and "input_file_id" in requests:
-            return await _openai_batch(request, key, requests)
+            return await openai_batches.create_batch(request, key, requests)
         if not isinstance(requests, list) or not requests:
             raise ApiError("invalid_request", "body: a non-empty list of requests", param="body")
-        submitted = await _submit_batch(request, key, requests)
+        submitted = await submit_batch(request, key, requests)
         counts = await asyncio.to_thread(request.app.state.store.batch_counts, submitted.batch_id, key.tenant)
         return {
             "id": submitted.batch_id,
@@ -279,8 +240,8 @@ def _jobs(app: FastAPI) -> None:
     @app.get("/v1/batches/{batch_id}", tags=["jobs"])
     async def get_batch(request: Request, batch_id: str, key: Key) -> Any:
         """A batch's counts by status; an OpenAI batch's batch object."""
-        if batch_id.startswith(OPENAI_BATCH):
-            return await _openai_batch_object(request, batch_id, key)
+        if batch_id.startswith(openai_batches.OPENAI_BATCH):
+            return await openai_batches.batch_object(request, batch_id, key)
         counts = await asyncio.to_thread(request.app.state.store.batch_counts, batch_id, key.tenant)
         if not counts:
             raise ApiError("not_found", f"batch_id: no batch {batch_id}", param="batch_id")
@@ -295,136 +256,11 @@ def _jobs(app: FastAPI) -> None:
 
 # ---- OpenAI-compatible endpoints ------------------------------------------------------------------------
 
-OPENAI_BATCH = "batch_"
-MAX_FILE_BYTES = 100 * 2**20
-
-
-def _file_object(view: FileView) -> dict[str, Any]:
-    return {
-        "id": view.id,
-        "object": "file",
-        "bytes": view.bytes,
-        "created_at": int(view.created_at.timestamp()),
-        "filename": view.filename,
-        "purpose": view.purpose,
-    }
-
-
-async def _owned_batch(request: Request, batch_id: str, key: ApiKeyView) -> Any:
-    store = request.app.state.store
-    run = await asyncio.to_thread(store.get_run, batch_id)
-    if run is None or run.kind != batch_api.RUN_KIND or (run.request or {}).get("tenant") != key.tenant:
-        raise ApiError("not_found", f"batch_id: no batch {batch_id}", param="batch_id")
-    return run
-
-
-async def _openai_batch(request: Request, key: ApiKeyView, body: dict[str, Any]) -> Any:
-    router, store = _router(request), request.app.state.store
-    endpoint, window = body.get("endpoint"), body.get("completion_window", "24h")
-    if not isinstance(endpoint, str) or endpoint not in batch_api.ENDPOINTS:
-        raise ApiError("invalid_request", f"endpoint: one of {', '.join(batch_api.ENDPOINTS)}", param="endpoint")
-    if not isinstance(window, str) or window not in batch_api.COMPLETION_WINDOWS:
-        raise ApiError("invalid_request", "completion_window: '24h'", param="completion_window")
-    if not isinstance(body["input_file_id"], str):
-        raise ApiError("invalid_request", "input_file_id: a file id of POST /v1/files", param="input_file_id")
-    batch_metadata = batch_api.metadata(body.get("metadata"))
-    found = await asyncio.to_thread(store.file_of, body["input_file_id"], key.tenant)
-    if found is None:
-        raise ApiError("not_found", f"input_file_id: no file {body['input_file_id']}", param="input_file_id")
-    lines = batch_api.read_lines(found[1], endpoint, router.catalogue)
-    batch_id = f"{OPENAI_BATCH}{uuid.uuid4().hex[:30]}"  # a run id holds 36 characters
-    positions = sorted(lines.requests)
-    submitted = await _submit_batch(request, key, [lines.requests[p] for p in positions], batch_id=batch_id)
-    jobs = {positions[index]: job.id for index, job in submitted.jobs.items()}
-    lines.errors.update({positions[index]: error for index, error in submitted.errors.items()})
-    kept = {
-        **batch_api.record(batch_id, key.tenant, endpoint, found[0].id, window, lines, jobs),
-        "metadata": batch_metadata,
-    }
-    await asyncio.to_thread(store.create_run, batch_id, batch_api.RUN_KIND, found[0].id, [], kept)
-    return await _openai_batch_object(request, batch_id, key)
-
-
-async def _openai_batch_object(request: Request, batch_id: str, key: ApiKeyView) -> Any:
-    store = request.app.state.store
-    run = await _owned_batch(request, batch_id, key)
-    summary = run.summary or {}
-    if "expired_at" not in summary and batch_api.past_window(run, time.time()):
-        await _router(request).cancel_batch(batch_id)  # what finished is kept
-        await asyncio.to_thread(store.update_run, batch_id, {**summary, "expired_at": int(time.time())})
-        run = await _owned_batch(request, batch_id, key)
-    counts = await asyncio.to_thread(store.batch_counts, batch_id, key.tenant)
-    batch = batch_api.batch_object(run, counts)
-    if batch["status"] in ("completed", "cancelled", "expired") and not run.is_final:
-        # Ended: its run is closed (so retention may prune it with its jobs) with what it says.
-        await asyncio.to_thread(store.finish_run, batch_id, RunStatus.SUCCEEDED, run.summary)
-    return batch
-
-
-def _files(app: FastAPI) -> None:
-    @app.post("/v1/files", tags=["openai"])
-    async def upload(
-        request: Request, key: Key, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
-    ) -> Any:
-        """A Batch API input file (JSON Lines, purpose ``batch``, at most 100 MB)."""
-        if purpose != "batch":
-            raise ApiError("invalid_request", "purpose: only 'batch' is supported", param="purpose")
-        raw = await file.read(MAX_FILE_BYTES + 1)
-        if len(raw) > MAX_FILE_BYTES:
-            raise ApiError("invalid_request", "file: at most 100 MB", param="file")
-        try:
-            content = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise ApiError("invalid_request", "file: not UTF-8 text", param="file") from None
-        filename = file.filename or "batch.jsonl"
-        if NUL in filename:
-            raise ApiError("invalid_request", "file: its name may not hold a NUL character", param="file")
-        if NUL in content:
-            line = content.count("\n", 0, content.index(NUL)) + 1
-            raise ApiError("invalid_request", f"file: line {line} holds a NUL character (not text)", param="file")
-        store = request.app.state.store
-        view = await asyncio.to_thread(store.create_file, key.tenant, purpose, filename, content)
-        return _file_object(view)
-
-    @app.get("/v1/files/{file_id}", tags=["openai"])
-    async def file_info(request: Request, file_id: str, key: Key) -> Any:
-        found = await asyncio.to_thread(request.app.state.store.file_of, file_id, key.tenant)
-        if found is None:
-            raise ApiError("not_found", f"file_id: no file {file_id}", param="file_id")
-        return _file_object(found[0])
-
-    @app.get("/v1/files/{file_id}/content", tags=["openai"])
-    async def file_content(request: Request, file_id: str, key: Key) -> Any:
-        """An uploaded file, or a batch's output (``…-output``) or error (``…-errors``) file."""
-        store = request.app.state.store
-        for suffix in (batch_api.OUTPUT, batch_api.ERRORS):
-            if file_id.startswith(OPENAI_BATCH) and file_id.endswith(suffix):
-                run = await _owned_batch(request, file_id.removesuffix(suffix), key)
-                jobs = await asyncio.to_thread(store.run_jobs, run.id)
-                text_out = batch_api.output_lines(run, jobs, errors=suffix == batch_api.ERRORS)
-                return Response(text_out, media_type="application/jsonl")
-        found = await asyncio.to_thread(store.file_of, file_id, key.tenant)
-        if found is None:
-            raise ApiError("not_found", f"file_id: no file {file_id}", param="file_id")
-        return Response(found[1], media_type="application/jsonl")
-
-    @app.post("/v1/batches/{batch_id}/cancel", tags=["openai"])
-    async def cancel_batch(request: Request, batch_id: str, key: Key) -> Any:
-        """Cancel a batch: its waiting lines never run, running ones are asked to stop, finished ones stay."""
-        run = await _owned_batch(request, batch_id, key)
-        await _router(request).cancel_batch(batch_id)
-        summary = run.summary or {}
-        if "cancelled_at" not in summary:
-            await asyncio.to_thread(
-                request.app.state.store.update_run, batch_id, {**summary, "cancelled_at": int(time.time())}
-            )
-        return await _openai_batch_object(request, batch_id, key)
-
 
 def _openai(app: FastAPI) -> None:
     @app.get("/v1/models", tags=["openai"])
     async def models(request: Request, key: Key) -> Any:
-        return openai_format.models(_router(request).catalogue)
+        return openai_format.models(router_of(request).catalogue)
 
     @app.post("/v1/chat/completions", tags=["openai"])
     async def chat(
@@ -442,10 +278,10 @@ def _openai(app: FastAPI) -> None:
     async def embeddings(
         request: Request, key: Key, body: Annotated[dict[str, Any], Body()], idempotency_key: Keyed = None
     ) -> Any:
-        router = _router(request)
+        router = router_of(request)
         ours = openai_format.embedding_request(body, router.catalogue)
         await _served(request, ours)
-        job = await _submit(request, key, ours, idempotency_key)
+        job = await submit_job(request, key, ours, idempotency_key)
         result = await _answer(request, job)
         assert isinstance(result, EmbedResult)
         return openai_format.embeddings(result, body.get("encoding_format") or "float")
@@ -454,7 +290,7 @@ def _openai(app: FastAPI) -> None:
 async def _served(request: Request, ours: dict[str, Any]) -> None:
     """503 ``no_worker`` at once for a request whose answer would be waited on while no live worker consumes its
     queue: no job is made (a client's retries make none either)."""
-    queue = await asyncio.to_thread(_router(request).sync.unserved, ours)
+    queue = await asyncio.to_thread(router_of(request).sync.unserved, ours)
     if queue is not None:
         raise ApiError("no_worker", f"{unserved_note(queue)}; try again once one is up", headers={"Retry-After": "10"})
 
@@ -462,13 +298,14 @@ async def _served(request: Request, ours: dict[str, Any]) -> None:
 async def _generation(
     request: Request, key: ApiKeyView, body: dict[str, Any], idempotency_key: str | None, *, chat: bool
 ) -> Any:
-    router = _router(request)
+    router = router_of(request)
     translate = openai_format.chat_request if chat else openai_format.completion_request
     ours = translate(body, router.catalogue)
+    usage = openai_format.include_usage(body)
     await _served(request, ours)
-    job = await _submit(request, key, ours, idempotency_key)
+    job = await submit_job(request, key, ours, idempotency_key)
     if ours["stream"]:
-        return _stream_chat(request, job, chat=chat)
+        return _stream_chat(request, job, str(body["model"]), chat=chat, include_usage=usage)
     result = await _answer(request, job)
     assert isinstance(result, GenerateResult)
     answer = openai_format.chat_completion if chat else openai_format.completion
@@ -492,28 +329,41 @@ async def _answer(request: Request, job: AsyncJob) -> Any:
         raise ApiError("job_failed", str(exc)) from None
 
 
-def _stream_chat(request: Request, job: AsyncJob, *, chat: bool) -> StreamingResponse:
-    """OpenAI's streamed answer: a chunk per delta, a last chunk with the finish reason, ``data: [DONE]``.
-    If the client goes away before the end, its job is cancelled."""
+def _stream_chat(request: Request, job: AsyncJob, asked: str, *, chat: bool, include_usage: bool) -> StreamingResponse:
+    """OpenAI's streamed answer: a chunk per delta, a last chunk with the finish reason, with
+    ``stream_options.include_usage`` a chunk with the usage, then ``data: [DONE]``. Every chunk names the model:
+    the one that makes the text once it is known (the model ``asked`` for, a tier's name, until then). If the
+    client goes away before the end, its job is cancelled."""
     created = openai_format.now()
 
-    def chunk(text: str, finish: str | None = None, model: str = "") -> str:
+    def chunk(text: str, model: str, finish: str | None = None) -> str:
         if chat:
             delta = {"content": text} if text or finish is None else {}
             return _sse(openai_format.chat_chunk(job.id, model, created, delta, finish))
         return _sse(openai_format.completion_chunk(job.id, model, created, text, finish))
 
     async def events() -> AsyncIterator[str]:
-        finished = False
+        finished, model = False, None
         try:
-            if chat:
-                yield _sse(openai_format.chat_chunk(job.id, "", created, {"role": "assistant", "content": ""}))
             async for delta in job.stream(MAX_WAIT_S):
-                yield chunk(delta)
+                if model is None:  # the first text: the model making it has started
+                    model = await _running_model(job) or asked
+                    if chat:
+                        yield _sse(
+                            openai_format.chat_chunk(job.id, model, created, {"role": "assistant", "content": ""})
+                        )
+                yield chunk(delta, model)
             view = await job.record()
             result = view.result or {}
+            final_model = view.model_used or model or asked
+            if model is None and chat:  # no text at all: the role still comes first
+                yield _sse(openai_format.chat_chunk(job.id, final_model, created, {"role": "assistant", "content": ""}))
             finished = True
-            yield chunk("", result.get("finish_reason") or "stop", view.model_used or "")
+            yield chunk("", final_model, result.get("finish_reason") or "stop")
+            if include_usage:
+                yield _sse(
+                    openai_format.usage_chunk(job.id, final_model, created, result.get("usage") or {}, chat=chat)
+                )
             yield "data: [DONE]\n\n"
         except (JobError, JobTimeout) as exc:
             finished = True
@@ -523,3 +373,9 @@ def _stream_chat(request: Request, job: AsyncJob, *, chat: bool) -> StreamingRes
                 await asyncio.shield(job.cancel())
 
     return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def _running_model(job: AsyncJob) -> str | None:
+    """The model of the job's latest attempt (the one streaming now)."""
+    attempts = await job.attempts()
+    return attempts[-1].model if attempts else None

@@ -72,6 +72,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Any:
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":  # its location is a character offset, not a field
+            reason = (first.get("ctx") or {}).get("error", "JSON decode error")
+            return error_response("invalid_request", f"body: not JSON ({reason})", "body")
         location = [str(part) for part in first.get("loc", ()) if part != "body"]
         param = ".".join(location) or None
         return error_response("invalid_request", f"{param or 'body'}: {first.get('msg', 'invalid')}", param)

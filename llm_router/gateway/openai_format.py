@@ -13,7 +13,16 @@ from llm_router.tasks.schemas import EmbedResult, GenerateResult
 
 # OpenAI fields that map onto ours; anything else we do not implement is refused by name, not ignored.
 _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop"}
-_IGNORED = {"user", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "stream_options"}
+_IGNORED = {"user", "metadata", "store"}  # about the caller, not the answer
+# Fields we do not implement, accepted only at the value that asks for nothing (what the SDK may send).
+_ONLY_DEFAULT: dict[str, tuple[Any, ...]] = {
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+    "logit_bias": (None, {}),
+    "response_format": (None, {"type": "text"}),
+}
 
 
 def _target(model: Any, catalogue: Catalogue) -> dict[str, str]:
@@ -23,10 +32,22 @@ def _target(model: Any, catalogue: Catalogue) -> dict[str, str]:
     return {"tier": model} if model in catalogue.tiers else {"model": model}
 
 
+def _same(value: Any, default: Any) -> bool:
+    """Equal, with a bool never equal to a number (``False == 0`` in Python, not in JSON)."""
+    if isinstance(value, bool) or isinstance(default, bool):
+        return value is default
+    return bool(value == default)
+
+
 def _common(body: dict[str, Any], catalogue: Catalogue, known: set[str]) -> dict[str, Any]:
-    unknown = sorted(set(body) - known - set(_SAMPLING) - _IGNORED - {"model", "stream", "n", "max_tokens"})
+    handled = known | set(_SAMPLING) | _IGNORED | set(_ONLY_DEFAULT) | {"model", "stream", "stream_options"}
+    unknown = sorted(set(body) - handled - {"n", "max_tokens"})
     if unknown:
         raise InvalidRequest(f"{unknown[0]}: not supported by this gateway", field=unknown[0])
+    for name, defaults in _ONLY_DEFAULT.items():
+        value = body.get(name)
+        if not any(_same(value, default) for default in defaults):
+            raise InvalidRequest(f"{name}: not supported by this gateway (leave it out)", field=name)
     if body.get("n", 1) != 1 or isinstance(body.get("n"), bool):
         raise InvalidRequest("n: only 1 is supported", field="n")
     request: dict[str, Any] = {"kind": "generate", **_target(body.get("model"), catalogue)}
@@ -57,6 +78,24 @@ def _stream(body: dict[str, Any]) -> bool:
         return False
     if not isinstance(value, bool):
         raise InvalidRequest(f"stream: true or false (got {type(value).__name__})", field="stream")
+    return value
+
+
+def include_usage(body: dict[str, Any]) -> bool:
+    """``stream_options.include_usage``: a streamed answer ends with a chunk that carries the usage."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise InvalidRequest('stream_options: an object such as {"include_usage": true}', field="stream_options")
+    if options and not body.get("stream"):
+        raise InvalidRequest("stream_options: only with stream: true", field="stream_options")
+    unknown = sorted(set(options) - {"include_usage"})
+    if unknown:
+        raise InvalidRequest(f"stream_options.{unknown[0]}: not supported by this gateway", field="stream_options")
+    value = options.get("include_usage", False)
+    if not isinstance(value, bool):
+        raise InvalidRequest("stream_options.include_usage: true or false", field="stream_options")
     return value
 
 
@@ -124,6 +163,18 @@ def chat_chunk(
         "created": created,
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def usage_chunk(job_id: str, model: str, created: int, usage: dict[str, Any], *, chat: bool) -> dict[str, Any]:
+    """The last chunk of a stream asked for with ``stream_options.include_usage``: no choices, the usage."""
+    return {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{job_id}",
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": {name: int(usage.get(name) or 0) for name in ("prompt_tokens", "completion_tokens", "total_tokens")},
     }
 
 

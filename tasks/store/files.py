@@ -6,6 +6,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import select, tuple_
+
 from llm_router.tasks.records import FileRecord, utcnow
 from llm_router.tasks.store.base import StoreBase
 
@@ -43,3 +45,31 @@ class FileRecords(StoreBase):
                 return None
             view = FileView(record.id, record.tenant, record.purpose, record.filename, record.bytes, record.created_at)
             return view, record.content
+
+    def files_of(
+        self,
+        tenant: str,
+        *,
+        purpose: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+        newest_first: bool = True,
+    ) -> list[FileView]:
+        """A tenant's files by upload time (newest first unless asked), ``limit`` of them after the file
+        ``after`` (a cursor: the last id of the page before; an id that is not the tenant's starts at the top)."""
+        columns = (FileRecord.created_at, FileRecord.id)
+        order = [column.desc() if newest_first else column.asc() for column in columns]
+        query = select(
+            FileRecord.id, FileRecord.tenant, FileRecord.purpose, FileRecord.filename, FileRecord.bytes, *columns[:1]
+        ).where(FileRecord.tenant == tenant)
+        if purpose is not None:
+            query = query.where(FileRecord.purpose == purpose)
+        with self.session() as session:
+            if after is not None:
+                cursor = session.execute(
+                    select(*columns).where(FileRecord.id == after, FileRecord.tenant == tenant)
+                ).first()
+                if cursor is not None:
+                    beyond = tuple_(*columns) < tuple_(*cursor) if newest_first else tuple_(*columns) > tuple_(*cursor)
+                    query = query.where(beyond)
+            return [FileView(*row) for row in session.execute(query.order_by(*order).limit(limit))]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, insert, select, update
+from sqlalchemy import exists, insert, select, tuple_, update
 
 from llm_router.tasks.records import UNFINISHED_STATUSES, JobRecord, RunRecord, RunStatus, utcnow
 from llm_router.tasks.redaction import redact
@@ -54,6 +54,20 @@ class RunRecords(StoreBase):
             query = query.where(RunRecord.kind == kind)
         with self.session() as session:
             return [RunView.of(record) for record in session.scalars(query)]
+
+    def tenant_runs(self, kind: str, tenant: str, *, after: str | None = None, limit: int = 20) -> list[RunView]:
+        """A tenant's runs of ``kind`` (those whose request names the tenant: the Batch API's), newest first,
+        ``limit`` of them after the run ``after`` (a cursor: the last id of the page before)."""
+        columns = (RunRecord.created_at, RunRecord.id)
+        owned = (RunRecord.kind == kind, RunRecord.request["tenant"].as_string() == tenant)
+        query = select(RunRecord).where(*owned)
+        with self.session() as session:
+            if after is not None:
+                cursor = session.execute(select(*columns).where(RunRecord.id == after, *owned)).first()
+                if cursor is not None:
+                    query = query.where(tuple_(*columns) < tuple_(*cursor))
+            ordered = query.order_by(*(column.desc() for column in columns)).limit(limit)
+            return [RunView.of(record) for record in session.scalars(ordered)]
 
     def update_run(self, run_id: str, summary: dict[str, Any]) -> None:
         """The figures so far of a run still running."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 from llm_router.broker.client import Router
 from llm_router.broker.settings import Settings
 from tests.conftest import REPO, WorkerProcess, local_catalogue
+from tests.support.gateway import auth, error_of
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -48,43 +48,12 @@ CHAT = [{"role": "user", "content": "List five colours, one per line, and say wh
 BUDGET, PER_MINUTE = 100, 100  # tokens: the "frugal" tenant's budget, the "paced" tenant's per minute
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., WorkerProcess], own_catalogue: Path) -> Iterator[WorkerProcess]:
     env = {"LLM_ROUTER_CONFIG": str(own_catalogue), "LLM_ROUTER_COOLDOWN_S": "0"}
     started = start_worker("front,broken,limited", "front", env=env)
     yield started
     started.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    cluster_env: dict[str, str], own_catalogue: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    env = {**cluster_env, "LLM_ROUTER_CONFIG": str(own_catalogue)}
-    command = [sys.executable, "-m", "llm_router.cli.main", "serve", "--port", str(port)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -114,22 +83,12 @@ def keys(own_router: Router) -> dict[str, str]:
     return made
 
 
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def error_of(response: httpx.Response) -> dict[str, Any]:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"type", "code", "message", "param"}, body
-    return body["error"]  # type: ignore[no-any-return]
-
-
-def test_every_endpoint_but_healthz_needs_a_live_key(gateway: str, keys: dict[str, str]) -> None:
+def test_every_endpoint_but_the_probes_needs_a_live_key(gateway: str, keys: dict[str, str]) -> None:
     assert httpx.get(f"{gateway}/healthz").json() == {"status": "ok"}
     for headers in ({}, auth("llmr_not-a-key"), auth(keys["revoked"]), {"Authorization": "Basic abc"}):
         response = httpx.get(f"{gateway}/v1/models", headers=headers)
         assert response.status_code == 401 and error_of(response)["code"] == "unauthorised"
-    assert httpx.get(f"{gateway}/readyz", headers=auth(keys["acme"])).json() == {"status": "ready"}
+    assert httpx.get(f"{gateway}/readyz").json() == {"status": "ready"}  # a probe has no key
     names = [model["id"] for model in httpx.get(f"{gateway}/v1/models", headers=auth(keys["acme"])).json()["data"]]
     assert names == ["front", "broken", "limited", "unserved", SMOL, MINILM, "org/missing-embedder"]
     assert httpx.get(f"{gateway}/openapi.json").status_code == 200
