@@ -3,7 +3,8 @@
     jobs API       POST /v1/jobs, GET /v1/jobs/{id}[?wait=S], DELETE /v1/jobs/{id}, GET /v1/jobs/{id}/stream,
                    POST /v1/batches (a JSON list or JSON Lines), GET /v1/batches/{id}, GET /v1/usage
     OpenAI         POST /v1/chat/completions (stream: server-sent chunks), POST /v1/completions,
-                   POST /v1/embeddings, GET /v1/models
+                   POST /v1/embeddings, GET /v1/models, the Batch API (/v1/files, /v1/batches)
+    Inference API  POST /models/{model}[/pipeline/{task}], POST /models/{model}/v1/chat/completions
     operations     GET /healthz, GET /readyz (neither needs a key), GET /openapi.json, GET /docs
 
 Every endpoint but the probes takes ``Authorization: Bearer <key>``; a key names a tenant, whose jobs and usage
@@ -25,23 +26,20 @@ from fastapi import Body, FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from llm_router.broker.async_client import AsyncJob, AsyncRouter
-from llm_router.broker.consumers import unserved_note
 from llm_router.broker.settings import Settings
-from llm_router.gateway import errors, openai_batches, openai_format
-from llm_router.gateway.common import Key, Keyed, router_of, submit_batch, submit_job
+from llm_router.gateway import errors, inference_api, openai_batches, openai_routes
+from llm_router.gateway.common import MAX_WAIT_S, Key, Keyed, router_of, sse, submit_batch, submit_job
 from llm_router.gateway.errors import ApiError
 from llm_router.gateway.json_bodies import JsonBodies
 from llm_router.gateway.metrics import exposition, registry
 from llm_router.gateway.presence import announce
 from llm_router.gateway.quotas import Quotas
 from llm_router.tasks.errors import JobError, JobTimeout
-from llm_router.tasks.schemas import EmbedResult, GenerateResult
 from llm_router.tasks.store import ApiKeyView
 from llm_router.tasks.store.async_reads import database_answers
 
 log = logging.getLogger(__name__)
 
-MAX_WAIT_S = 300.0  # the longest a request waits for its job before it answers with where the job stands
 SHUTDOWN_STEP_S = 5.0  # the longest one step of the shutdown (a background task, the ledger, the router) may take
 
 
@@ -72,7 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(JsonBodies, raw_paths=frozenset({"/v1/batches", "/v1/files"}))
     _operations(app)
     _jobs(app)
-    _openai(app)
+    openai_routes.routes(app)
+    inference_api.routes(app)
     openai_batches.routes(app)
     return app
 
@@ -113,10 +112,6 @@ def _list_or_lines(text: str) -> Any:
     if isinstance(whole, list) or (isinstance(whole, dict) and "input_file_id" in whole):
         return whole
     return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def _sse(data: Any, event: str | None = None) -> str:
-    return (f"event: {event}\n" if event else "") + f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 # ---- operations -----------------------------------------------------------------------------------------
@@ -203,10 +198,10 @@ def _jobs(app: FastAPI) -> None:
         async def events() -> AsyncIterator[str]:
             try:
                 async for delta in job.stream(MAX_WAIT_S):
-                    yield _sse({"delta": delta}, "delta")
+                    yield sse({"delta": delta}, "delta")
             except (JobError, JobTimeout):
                 pass
-            yield _sse((await job.record()).document(), "end")
+            yield sse((await job.record()).document(), "end")
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -255,127 +250,3 @@ def _jobs(app: FastAPI) -> None:
 
 
 # ---- OpenAI-compatible endpoints ------------------------------------------------------------------------
-
-
-def _openai(app: FastAPI) -> None:
-    @app.get("/v1/models", tags=["openai"])
-    async def models(request: Request, key: Key) -> Any:
-        return openai_format.models(router_of(request).catalogue)
-
-    @app.post("/v1/chat/completions", tags=["openai"])
-    async def chat(
-        request: Request, key: Key, body: Annotated[dict[str, Any], Body()], idempotency_key: Keyed = None
-    ) -> Any:
-        return await _generation(request, key, body, idempotency_key, chat=True)
-
-    @app.post("/v1/completions", tags=["openai"])
-    async def completions(
-        request: Request, key: Key, body: Annotated[dict[str, Any], Body()], idempotency_key: Keyed = None
-    ) -> Any:
-        return await _generation(request, key, body, idempotency_key, chat=False)
-
-    @app.post("/v1/embeddings", tags=["openai"])
-    async def embeddings(
-        request: Request, key: Key, body: Annotated[dict[str, Any], Body()], idempotency_key: Keyed = None
-    ) -> Any:
-        router = router_of(request)
-        ours = openai_format.embedding_request(body, router.catalogue)
-        await _served(request, ours)
-        job = await submit_job(request, key, ours, idempotency_key)
-        result = await _answer(request, job)
-        assert isinstance(result, EmbedResult)
-        return openai_format.embeddings(result, body.get("encoding_format") or "float")
-
-
-async def _served(request: Request, ours: dict[str, Any]) -> None:
-    """503 ``no_worker`` at once for a request whose answer would be waited on while no live worker consumes its
-    queue: no job is made (a client's retries make none either)."""
-    queue = await asyncio.to_thread(router_of(request).sync.unserved, ours)
-    if queue is not None:
-        raise ApiError("no_worker", f"{unserved_note(queue)}; try again once one is up", headers={"Retry-After": "10"})
-
-
-async def _generation(
-    request: Request, key: ApiKeyView, body: dict[str, Any], idempotency_key: str | None, *, chat: bool
-) -> Any:
-    router = router_of(request)
-    translate = openai_format.chat_request if chat else openai_format.completion_request
-    ours = translate(body, router.catalogue)
-    usage = openai_format.include_usage(body)
-    await _served(request, ours)
-    job = await submit_job(request, key, ours, idempotency_key)
-    if ours["stream"]:
-        return _stream_chat(request, job, str(body["model"]), chat=chat, include_usage=usage)
-    result = await _answer(request, job)
-    assert isinstance(result, GenerateResult)
-    answer = openai_format.chat_completion if chat else openai_format.completion
-    return answer(job.id, result, openai_format.now())
-
-
-async def _answer(request: Request, job: AsyncJob) -> Any:
-    """Wait for the job on the client's behalf; a client that goes away cancels it."""
-    waiting = asyncio.ensure_future(job.wait(MAX_WAIT_S))
-    while not waiting.done():
-        done, _ = await asyncio.wait({waiting}, timeout=1.0)
-        if not done and await request.is_disconnected():
-            waiting.cancel()
-            await job.cancel()
-            raise ApiError("invalid_request", "the client went away; its job was cancelled")
-    try:
-        return waiting.result()
-    except JobTimeout as exc:
-        raise ApiError("timeout", str(exc)) from None
-    except JobError as exc:
-        raise ApiError("job_failed", str(exc)) from None
-
-
-def _stream_chat(request: Request, job: AsyncJob, asked: str, *, chat: bool, include_usage: bool) -> StreamingResponse:
-    """OpenAI's streamed answer: a chunk per delta, a last chunk with the finish reason, with
-    ``stream_options.include_usage`` a chunk with the usage, then ``data: [DONE]``. Every chunk names the model:
-    the one that makes the text once it is known (the model ``asked`` for, a tier's name, until then). If the
-    client goes away before the end, its job is cancelled."""
-    created = openai_format.now()
-
-    def chunk(text: str, model: str, finish: str | None = None) -> str:
-        if chat:
-            delta = {"content": text} if text or finish is None else {}
-            return _sse(openai_format.chat_chunk(job.id, model, created, delta, finish))
-        return _sse(openai_format.completion_chunk(job.id, model, created, text, finish))
-
-    async def events() -> AsyncIterator[str]:
-        finished, model = False, None
-        try:
-            async for delta in job.stream(MAX_WAIT_S):
-                if model is None:  # the first text: the model making it has started
-                    model = await _running_model(job) or asked
-                    if chat:
-                        yield _sse(
-                            openai_format.chat_chunk(job.id, model, created, {"role": "assistant", "content": ""})
-                        )
-                yield chunk(delta, model)
-            view = await job.record()
-            result = view.result or {}
-            final_model = view.model_used or model or asked
-            if model is None and chat:  # no text at all: the role still comes first
-                yield _sse(openai_format.chat_chunk(job.id, final_model, created, {"role": "assistant", "content": ""}))
-            finished = True
-            yield chunk("", final_model, result.get("finish_reason") or "stop")
-            if include_usage:
-                yield _sse(
-                    openai_format.usage_chunk(job.id, final_model, created, result.get("usage") or {}, chat=chat)
-                )
-            yield "data: [DONE]\n\n"
-        except (JobError, JobTimeout) as exc:
-            finished = True
-            yield _sse({"error": errors.error_body("job_failed", str(exc))})
-        finally:
-            if not finished:  # the client went away (or the stream broke): nobody will read the rest
-                await asyncio.shield(job.cancel())
-
-    return StreamingResponse(events(), media_type="text/event-stream")
-
-
-async def _running_model(job: AsyncJob) -> str | None:
-    """The model of the job's latest attempt (the one streaming now)."""
-    attempts = await job.attempts()
-    return attempts[-1].model if attempts else None

@@ -4,6 +4,7 @@ how a job or a batch is admitted against the tenant's limits and submitted."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
@@ -13,6 +14,7 @@ from llm_router.gateway.auth import caller
 from llm_router.gateway.quotas import Quotas, estimate_tokens
 from llm_router.tasks.store import ApiKeyView
 
+MAX_WAIT_S = 300.0  # the longest a request waits for its job before it answers with where the job stands
 Key = Annotated[ApiKeyView, Depends(caller)]
 # A retried request with the same key gets the first one's job: no second job, no second reservation.
 Keyed = Annotated[str | None, Header(alias="Idempotency-Key")]
@@ -61,3 +63,7 @@ async def submit_batch(request: Request, key: ApiKeyView, requests: list[Any], *
     kept = sum(estimate_tokens(requests[position], default) for position in submitted.jobs)
     await quotas.attach(reservation, f"batch:{submitted.batch_id}", kept)
     return submitted
+
+
+def sse(data: Any, event: str | None = None) -> str:
+    return (f"event: {event}\n" if event else "") + f"data: {json.dumps(data, separators=(',', ':'))}\n\n"

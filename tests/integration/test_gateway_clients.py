@@ -1,7 +1,8 @@
-"""The official ``openai`` client against the gateway without surprises: every streamed chunk names its model,
-``stream_options.include_usage`` ends a stream with the usage, a field the gateway does not implement is
-refused by name, the tenant's files and batches are listed a page at a time; and ``curl -d`` bodies, sent
-without a JSON content type, are read as JSON."""
+"""The clients a backend engineer already has, against the gateway without surprises. The official ``openai``
+client: every streamed chunk names its model, ``stream_options.include_usage`` ends a stream with the usage,
+a field the gateway does not implement is refused by name, the tenant's files and batches are listed a page
+at a time. ``huggingface_hub.InferenceClient``: the Inference API's tasks at ``/models/{model}``, in its own
+shapes. And ``curl -d`` bodies, sent without a JSON content type, are read as JSON."""
 
 from __future__ import annotations
 
@@ -13,21 +14,38 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import huggingface_hub.constants
 import openai
 import pytest
+from huggingface_hub import InferenceClient
+from huggingface_hub.errors import HfHubHTTPError
 
 from llm_router.broker.client import Router
 from tests.conftest import WorkerProcess, local_catalogue
 from tests.support.gateway import auth, error_of
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-CATALOGUE = local_catalogue("front", generate=True)
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+SENTIMENT = "llm-runner-router/minilm-sentiment"
+# "front" generates and embeds, "mood" classifies; no worker serves "idle".
+CATALOGUE = (
+    local_catalogue("front", generate=True).replace('tier_order = ["front"]', 'tier_order = ["front", "mood", "idle"]')
+    + f"""
+[tiers.mood]
+classify = ["{SENTIMENT}"]
+[tiers.idle]
+embed = ["{MINILM}"]
+[models."{SENTIMENT}"]
+provider = "local"
+task = "classify"
+"""
+)
 CHAT = [{"role": "user", "content": "Name three rivers."}]
 
 
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., WorkerProcess], own_catalogue: Path) -> Iterator[WorkerProcess]:
-    started = start_worker("front", "sdk", env={"LLM_ROUTER_CONFIG": str(own_catalogue)})
+    started = start_worker("front,mood", "clients", env={"LLM_ROUTER_CONFIG": str(own_catalogue)})
     yield started
     started.stop()
 
@@ -173,3 +191,75 @@ def test_a_json_body_sent_as_curl_sends_it_is_read_as_json(
         assert batch.status_code == 200 and len(batch.json()["jobs"]) == 2, batch.text
     refused = httpx.post(f"{gateway}/v1/jobs", headers=acme, content="kind=embed&input=x")
     assert refused.status_code == 400 and error_of(refused)["param"] == "body"
+
+
+@pytest.fixture(autouse=True)
+def _online(monkeypatch: pytest.MonkeyPatch) -> None:
+    # huggingface_hub refuses every request under HF_HUB_OFFLINE=1 (the suite's, for the workers), even one to
+    # 127.0.0.1; the client's process needs it unset, as the docs say.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.fixture
+def inference(gateway: str, keys: dict[str, str]) -> Callable[[str], InferenceClient]:
+    """``InferenceClient`` for the acme tenant, pointed at a model's (or tier's) route of the gateway."""
+    return lambda path: InferenceClient(base_url=f"{gateway}/models/{path}", token=keys["acme"], timeout=120)
+
+
+def test_inference_client_embeds_compares_and_classifies_in_the_apis_shapes(
+    worker: WorkerProcess, inference: Callable[[str], InferenceClient], own_router: Router
+) -> None:
+    guitar = "A man is playing a guitar."
+    vectors = inference(MINILM).feature_extraction(guitar)
+    assert vectors.shape == (1, 384)
+    expected = own_router.embed(guitar).wait(timeout=60)
+    assert vectors[0] == pytest.approx(expected.data[0].embedding, abs=1e-5)
+    tier_vectors = inference("front/pipeline/feature-extraction").feature_extraction([guitar, "Hello"])
+    assert tier_vectors.shape == (2, 384)  # a tier's name, its task named by the route
+    close, far = inference(MINILM).sentence_similarity(
+        guitar, other_sentences=["Someone is strumming a guitar.", "The stock market crashed today."]
+    )
+    assert close > 0.6 > 0.2 > far  # 0.719 and -0.078 with this model
+    labels = inference(SENTIMENT).text_classification("I love this!")
+    assert labels[0].label == "POSITIVE" and labels[0].score > 0.9
+    assert len(inference(SENTIMENT).text_classification("This is terrible.", top_k=1)) == 1
+
+
+def test_inference_client_generates_whole_streamed_and_chats(
+    worker: WorkerProcess, inference: Callable[[str], InferenceClient], gateway: str, keys: dict[str, str]
+) -> None:
+    smol = inference(SMOL)
+    whole = smol.text_generation("Once upon a time", max_new_tokens=8, do_sample=False)
+    assert whole.strip()
+    cached = list(smol.text_generation("Once upon a time", max_new_tokens=8, do_sample=False, stream=True))
+    assert cached == [whole, ""]  # the same call again: the cache's answer, whole, then the last event
+    afresh = InferenceClient(base_url=smol.model, token=smol.token, headers={"x-use-cache": "false"}, timeout=120)
+    streamed = list(afresh.text_generation("Once upon a time", max_new_tokens=8, do_sample=False, stream=True))
+    assert len([token for token in streamed if token]) >= 2 and "".join(streamed) == whole
+    full = smol.text_generation("Once upon a time", max_new_tokens=8, do_sample=False, return_full_text=True)
+    assert full == "Once upon a time" + whole
+    # A parameter the cluster does not implement: refused in the API's words, which the client reads, drops the
+    # parameter with a warning, and asks again.
+    with pytest.warns(UserWarning, match="watermark"):
+        again = inference(SMOL).text_generation("Once upon a time", max_new_tokens=8, do_sample=False, watermark=True)
+    assert again == whole
+    reply = smol.chat_completion(CHAT, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+    assert reply.choices[0].message.content and reply.model == SMOL
+    by_tier = InferenceClient(base_url=f"{gateway}/v1", token=keys["acme"], timeout=120)
+    assert by_tier.chat_completion(CHAT, model="front", max_tokens=8, temperature=0).model == SMOL  # type: ignore[arg-type]
+
+
+def test_inference_api_errors_come_in_its_shape(gateway: str, keys: dict[str, str]) -> None:
+    acme = auth(keys["acme"])
+    waiting = httpx.post(f"{gateway}/models/idle", headers=acme, json={"inputs": "x"})
+    assert waiting.status_code == 503
+    assert waiting.json()["estimated_time"] == 10.0 and "idle" in waiting.json()["error"]
+    ambiguous = httpx.post(f"{gateway}/models/front", headers=acme, json={"inputs": "x"})
+    assert ambiguous.status_code == 400 and "/models/front/pipeline/" in ambiguous.json()["error"]
+    unknown = httpx.post(f"{gateway}/models/no-org/no-model", headers=acme, json={"inputs": "x"})
+    assert unknown.status_code == 400 and "no-org/no-model" in unknown.json()["error"]
+    task = httpx.post(f"{gateway}/models/{MINILM}/pipeline/image-to-text", headers=acme, json={"inputs": "x"})
+    assert task.status_code == 400 and "image-to-text" in task.json()["error"]
+    with pytest.raises(HfHubHTTPError) as refused:
+        InferenceClient(base_url=f"{gateway}/models/{MINILM}", token="llmr_not-a-key").feature_extraction("x")
+    assert refused.value.response.status_code == 401
