@@ -293,13 +293,18 @@ def gateway(
         yield url
 
 
-def local_catalogue(tier: str, *, generate: bool = False) -> str:
+SENTIMENT = "llm-runner-router/minilm-sentiment"
+
+
+def local_catalogue(tier: str, *, generate: bool = False, classify: str | None = None, idle: str | None = None) -> str:
     """A catalogue of one tier that embeds with the bundled MiniLM (and, with ``generate``, generates with
-    the bundled SmolLM2)."""
+    the bundled SmolLM2); with ``classify``, a tier of that name classifies with the bundled sentiment model;
+    with ``idle``, a tier of that name that generates, for a worker to leave unserved."""
     embed, smol = "sentence-transformers/all-MiniLM-L6-v2", "HuggingFaceTB/SmolLM2-135M-Instruct"
+    order = ", ".join(f'"{name}"' for name in (tier, classify, idle) if name)
     text = f"""
 default_tier = "{tier}"
-tier_order = ["{tier}"]
+tier_order = [{order}]
 [tiers.{tier}]
 embed = ["{embed}"]
 {f'generate = ["{smol}"]' if generate else ""}
@@ -307,11 +312,22 @@ embed = ["{embed}"]
 provider = "local"
 task = "embed"
 """
-    if generate:
+    if generate or idle:
         text += f"""[models."{smol}"]
 provider = "local"
 task = "generate"
 dtype = "bfloat16"
+"""
+    if classify:
+        text += f"""[tiers.{classify}]
+classify = ["{SENTIMENT}"]
+[models."{SENTIMENT}"]
+provider = "local"
+task = "classify"
+"""
+    if idle:
+        text += f"""[tiers.{idle}]
+generate = ["{smol}"]
 """
     return text
 

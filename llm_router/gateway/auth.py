@@ -4,18 +4,24 @@ submit work now is ``quotas``'s: limits apply to work admitted, never to reads."
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llm_router.gateway.errors import ApiError
 from llm_router.tasks.store import ApiKeyView, JobStore
 
+# Declared as HTTP bearer auth, so that the OpenAPI document says which routes need a key; the 401 is ours.
+BEARER = HTTPBearer(auto_error=False, description="An API key of `llm-router keys create`")
 
-async def caller(request: Request) -> ApiKeyView:
+
+async def caller(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+) -> ApiKeyView:
     """The key of the request, or 401: missing, malformed, unknown or revoked are told apart only in words."""
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = credentials.credentials if credentials is not None else ""
+    if not key.strip():
         raise ApiError("unauthorised", "missing API key: send Authorization: Bearer <key>")
     store: JobStore = request.app.state.store
     found = await asyncio.to_thread(store.key_for, key.strip())

@@ -156,6 +156,7 @@ def routes(app: FastAPI) -> None:
 
     @app.get("/v1/files/{file_id}", tags=["openai"])
     async def file_info(request: Request, file_id: str, key: Key) -> Any:
+        """An uploaded file's object (its id, size, name and purpose)."""
         found = await asyncio.to_thread(request.app.state.store.file_of, file_id, key.tenant)
         if found is None:
             raise ApiError("not_found", f"file_id: no file {file_id}", param="file_id")

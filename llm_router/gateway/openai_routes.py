@@ -23,24 +23,28 @@ from llm_router.tasks.store import ApiKeyView
 def routes(app: FastAPI) -> None:
     @app.get("/v1/models", tags=["openai"])
     async def models(request: Request, key: Key) -> Any:
+        """The catalogue's tiers (usable as model names), then its models."""
         return openai_format.models(router_of(request).catalogue)
 
     @app.post("/v1/chat/completions", tags=["openai"])
     async def chat(
         request: Request, key: Key, body: Annotated[dict[str, Any], Body()], idempotency_key: Keyed = None
     ) -> Any:
+        """OpenAI's chat completion: whole, or with ``stream`` as server-sent chunks."""
         return await generation(request, key, body, idempotency_key, chat=True)
 
     @app.post("/v1/completions", tags=["openai"])
     async def completions(
         request: Request, key: Key, body: Annotated[dict[str, Any], Body()], idempotency_key: Keyed = None
     ) -> Any:
+        """OpenAI's (legacy) completion of a prompt: whole, or with ``stream`` as server-sent chunks."""
         return await generation(request, key, body, idempotency_key, chat=False)
 
     @app.post("/v1/embeddings", tags=["openai"])
     async def embeddings(
         request: Request, key: Key, body: Annotated[dict[str, Any], Body()], idempotency_key: Keyed = None
     ) -> Any:
+        """OpenAI's embeddings of one text or a list (``encoding_format`` float or base64)."""
         router = router_of(request)
         ours = openai_format.embedding_request(body, router.catalogue)
         await served(request, ours)

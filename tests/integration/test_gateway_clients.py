@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,25 +22,13 @@ from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
 from llm_router.broker.client import Router
-from tests.conftest import WorkerProcess, local_catalogue
+from tests.conftest import SENTIMENT, WorkerProcess, local_catalogue
 from tests.support.gateway import auth, error_of
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-SENTIMENT = "llm-runner-router/minilm-sentiment"
 # "front" generates and embeds, "mood" classifies; no worker serves "idle".
-CATALOGUE = (
-    local_catalogue("front", generate=True).replace('tier_order = ["front"]', 'tier_order = ["front", "mood", "idle"]')
-    + f"""
-[tiers.mood]
-classify = ["{SENTIMENT}"]
-[tiers.idle]
-embed = ["{MINILM}"]
-[models."{SENTIMENT}"]
-provider = "local"
-task = "classify"
-"""
-)
+CATALOGUE = local_catalogue("front", generate=True, classify="mood", idle="idle")
 CHAT = [{"role": "user", "content": "Name three rivers."}]
 
 
@@ -52,7 +41,9 @@ def worker(start_worker: Callable[..., WorkerProcess], own_catalogue: Path) -> I
 
 @pytest.fixture(scope="module")
 def keys(own_router: Router) -> dict[str, str]:
-    return {name: own_router.store.create_key(name)[0] for name in ("acme", "globex")}
+    # Tenants of this module's own (a tenant is a name: another module's "acme" would share its files).
+    suffix = uuid.uuid4().hex[:8]
+    return {name: own_router.store.create_key(f"{name}-{suffix}")[0] for name in ("acme", "globex")}
 
 
 @pytest.fixture

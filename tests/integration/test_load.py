@@ -26,7 +26,7 @@ from tests.support.inference_server import InferenceServer, Reply
 
 BROKER = "redis://127.0.0.1:6379/8"
 # 1,000 in the suite (CI's time), half as many on RabbitMQ, where the same path runs a second time;
-# ops/RELIABILITY.md's figures come from LLMR_LOAD_JOBS=5000.
+# docs/reliability.md's figures come from LLMR_LOAD_JOBS=5000.
 JOBS, PRODUCERS = int(os.environ.get("LLMR_LOAD_JOBS", "1000")), 4
 LIMIT_PER_MINUTE = 60_000  # never reached: the limiter runs on every call under load without deferring any
 MODELS = {"generate": "org/load-gen", "embed": "org/load-embed", "classify": "org/load-cls"}

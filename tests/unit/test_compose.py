@@ -92,3 +92,23 @@ def test_dockerfile_builds_cpu_or_cuda_torch() -> None:
     dockerfile = (REPO / "ops" / "Dockerfile").read_text()
     assert "ARG TORCH_VARIANT=cpu" in dockerfile and "download.pytorch.org/whl/${TORCH_VARIANT}" in dockerfile
     assert "USER router" in dockerfile
+
+
+def test_the_gpu_host_override_pins_one_worker_to_each_gpu(compose: dict[str, Any]) -> None:
+    override = yaml.safe_load((REPO / "examples" / "compose.gpu-host.yml").read_text())["services"]
+    base = compose["services"]
+    gpus = {name: service for name, service in override.items() if name.startswith("worker-gpu")}
+    for name, service in override.items():  # each overrides a service of the base file, or extends one
+        assert name in base or (REPO / "examples" / service["extends"]["file"]).resolve() == REPO / "docker-compose.yml"
+    devices = []
+    for service in gpus.values():
+        command = service["command"]
+        assert command[command.index("--pool") + 1] == "gpu" and "--concurrency" not in command
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        devices += device["device_ids"]
+    assert sorted(devices) == ["0", "1"]  # one process per GPU, no GPU twice
+    hostnames = [service["command"][service["command"].index("--hostname") + 1] for service in gpus.values()]
+    assert len(set(hostnames)) == len(hostnames)  # two workers of one host need two node names
+    cpu = override["worker-cpu"]["command"]
+    assert cpu[cpu.index("--queues") + 1] == "fast"  # the GPUs took balanced

@@ -64,7 +64,7 @@ def test_the_metrics_count_jobs_tokens_attempts_and_waiting_ones(tmp_path: Path)
 def test_the_dashboard_and_the_notes_ask_for_metrics_that_exist() -> None:
     dashboard = json.loads((REPO / "ops" / "grafana-dashboard.json").read_text())
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-    tables = [line for line in (REPO / "ops" / "MONITORING.md").read_text().splitlines() if line.startswith("|")]
+    tables = [line for line in (REPO / "docs" / "monitoring.md").read_text().splitlines() if line.startswith("|")]
     asked = {name for text in expressions + tables for name in re.findall(r"llm_router_\w+", text)}
     defined = set(re.findall(r'"(llm_router_\w+)"', (REPO / "llm_router" / "gateway" / "metrics.py").read_text()))
     known = defined | {f"{name}_total" for name in defined} | {f"{name}_bucket" for name in defined}
