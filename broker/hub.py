@@ -10,12 +10,14 @@ The guide's search options map onto the current Hub API: ``task`` → ``pipeline
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import httpx2
 from huggingface_hub import HfApi, snapshot_download
@@ -43,6 +45,7 @@ _HUB_SORT = {
 MAX_SEARCH_RESULTS = 1000
 # What a search asks the Hub to return for each model: enough for the table, nothing heavier.
 _SEARCH_FIELDS = ["pipeline_tag", "library_name", "downloads", "likes", "tags", "createdAt", "inferenceProviderMapping"]
+REACH_TIMEOUT_S = 3.0  # a connection to the Hub's host, before a search
 _INFO_FIELDS = [
     "pipeline_tag",
     "library_name",
@@ -195,6 +198,7 @@ class Hub:
 
     def search(self, query: SearchQuery) -> list[ModelSummary]:
         with self._translated("search"):
+            self._check_reachable()
             found = list(self._api.list_models(**query.list_models_arguments()))
         return [
             ModelSummary(
@@ -243,6 +247,18 @@ class Hub:
                 model_id, revision=revision, cache_dir=self.cache_dir, endpoint=self.endpoint, token=token
             )
         return Path(folder)
+
+    def _check_reachable(self) -> None:
+        """Fail at once when the Hub's host cannot even be connected to (no network, no such name, nothing
+        listening): the client's own retries of a search would otherwise take ~25 s and print a warning each."""
+        address = urlsplit(self.endpoint)
+        port = address.port or (443 if address.scheme == "https" else 80)
+        try:
+            socket.create_connection((address.hostname or "", port), timeout=REACH_TIMEOUT_S).close()
+        except OSError as exc:
+            raise HubUnavailable(
+                f"the Hub at {self.endpoint} cannot be reached: {exc.strerror or type(exc).__name__}"
+            ) from None
 
     @contextmanager
     def _translated(self, subject: str) -> Iterator[None]:

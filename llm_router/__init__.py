@@ -65,6 +65,7 @@ __all__ = [
     "SchemaNotCurrent",
     "Settings",
     "UnknownJob",
+    "__version__",
 ]
 
 if TYPE_CHECKING:
@@ -90,7 +91,18 @@ if TYPE_CHECKING:
     from llm_router.tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llm-runner-router")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return _version()
     if name in _EXPORTS:
         value = getattr(import_module(_EXPORTS[name]), name)
         globals()[name] = value

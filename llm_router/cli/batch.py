@@ -99,7 +99,9 @@ class Progress:
         self.started = time.monotonic()
         self.last_plain = 0.0
 
-    def show(self, done: int, failed: int, final: bool = False) -> None:
+    def show(self, done: int, failed: int, invalid: int = 0, final: bool = False) -> None:
+        """``done`` counts the invalid lines too (they are done with); ``failed`` counts jobs only, as the
+        summary does."""
         now = time.monotonic()
         if not self.tty and not final and now - self.last_plain < 5:
             return
@@ -110,7 +112,8 @@ class Progress:
         filled = int(width * done / self.total) if self.total else width
         text = (
             f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} done, {failed} failed, "
-            f"{rate:.1f}/s, ETA {'-' if eta == float('inf') else f'{eta:.0f}s'}"
+            + (f"{invalid} invalid, " if invalid else "")
+            + f"{rate:.1f}/s, ETA {'-' if eta == float('inf') else f'{eta:.0f}s'}"
         )
         if self.tty:
             self.stream.write("\r" + text + ("\n" if final else ""))
@@ -205,16 +208,15 @@ def _wait(router: Any, batch_id: str, job_ids: dict[int, str], invalid: int, tim
     while True:
         counts = router.store.batch_counts(batch_id)
         ended = min(len(job_ids), sum(counts.get(status, 0) for status in FINAL_STATUSES))
-        failed = ended - min(ended, counts.get(JobStatus.SUCCEEDED, 0)) + invalid
+        failed = ended - min(ended, counts.get(JobStatus.SUCCEEDED, 0))
         if ended >= len(job_ids) or time.monotonic() > deadline:
             views.update(router.store.statuses(pending))
             pending = [job_id for job_id in pending if views.get(job_id) is None or not views[job_id].is_final]
             if not pending or time.monotonic() > deadline:
                 unsucceeded = [view for view in views.values() if view.is_final and view.status != JobStatus.SUCCEEDED]
-                failed = len(unsucceeded) + invalid
-                progress.show(len(job_ids) - len(pending) + invalid, failed, final=True)
+                progress.show(len(job_ids) - len(pending) + invalid, len(unsucceeded), invalid, final=True)
                 return views
-        progress.show(ended + invalid, failed)
+        progress.show(ended + invalid, failed, invalid)
         time.sleep(0.5)
 
 

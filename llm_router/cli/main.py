@@ -59,6 +59,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 @click.group(cls=RouterCli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llm-runner-router", prog_name="llm-router", message="%(prog)s %(version)s")
 @click.option("--log-level", default="WARNING", show_default=True, help="Log level for this command.")
 def cli(log_level: str) -> None:
     """Route generation, embedding and classification jobs to Hugging Face models through Celery."""

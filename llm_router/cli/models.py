@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from llm_router.broker.catalogue import load_catalogue
+from llm_router.broker.catalogue import Catalogue, load_catalogue
 from llm_router.broker.hub import MAX_SEARCH_RESULTS, SORT_KEYS, Hub, SearchQuery
 from llm_router.broker.settings import Settings
 from llm_router.cli.output import EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE, emit_json, fail, require_local, table
@@ -56,10 +56,15 @@ def list_models(as_json: bool) -> None:
         for kind in ("generate", "embed", "classify"):
             for position, model_id in enumerate(spec.chain(kind)):  # type: ignore[arg-type]
                 model = catalogue.model_spec(model_id)
-                prepared = (model_folder(settings.models_dir, model_id) / "config.json").is_file()
-                rows.append(
-                    [tier, spec.pool, kind, position + 1, model_id, model.provider, "yes" if prepared else "no"]
-                )
+                if model.provider != "local":
+                    prepared = "remote"  # nothing of it on this machine: its server runs it
+                elif model.path is not None:
+                    prepared = "yes" if model.path.exists() else "no"
+                else:
+                    prepared = (
+                        "yes" if (model_folder(settings.models_dir, model_id) / "config.json").is_file() else "no"
+                    )
+                rows.append([tier, spec.pool, kind, position + 1, model_id, model.provider, prepared])
     headers = ["tier", "pool", "kind", "#", "model", "provider", "prepared"]
     if as_json:
         emit_json([dict(zip(headers, row, strict=True)) for row in rows])
@@ -161,10 +166,10 @@ def info(model_id: str, revision: str | None, as_json: bool) -> None:
     """What the Hub says about one model, and which tiers of this catalogue run it."""
     settings = Settings()
     catalogue = load_catalogue(settings.config)
-    details = _asking(as_json, lambda: Hub.from_settings(settings).info(model_id, revision))
+    details, source = _asking(as_json, lambda: _details(settings, catalogue, model_id, revision))
     tiers = catalogue.tiers_using(model_id)
     if as_json:
-        emit_json({**asdict(details), "tiers": tiers})
+        emit_json({**asdict(details), "tiers": tiers, "source": source})
         return
     providers = [f"{p.provider} ({p.task}, {p.status})" for p in details.providers]
     lines = [
@@ -182,8 +187,28 @@ def info(model_id: str, revision: str | None, as_json: bool) -> None:
         ("providers", ", ".join(providers) or "none"),
         ("our tiers", ", ".join(tiers) or "none"),
         ("tags", ", ".join(details.tags) or "none"),
+        ("source", source),
     ]
     click.echo(table(["field", "value"], lines))
+
+
+def _details(settings: Settings, catalogue: Catalogue, model_id: str, revision: str | None) -> tuple[Any, str]:
+    """The Hub's details of a model; when the Hub cannot be asked (offline, unreachable), what its folder on
+    this machine says, for a model prepared or loaded from a path."""
+    from llm_router.workers.bundled.prepare import model_folder
+    from llm_router.workers.model_card import local_details
+
+    try:
+        return Hub.from_settings(settings).info(
+            model_id, revision
+        ), f"the Hub ({settings.hf_endpoint or 'huggingface.co'})"
+    except HubUnavailable as exc:
+        spec = catalogue.model_spec(model_id)
+        folder = spec.path if spec.path is not None else model_folder(settings.models_dir, model_id)
+        details = local_details(folder, model_id, spec.task)
+        if details is None:
+            raise
+        return details, f"the folder {folder} ({exc})"
 
 
 @models.command("download")

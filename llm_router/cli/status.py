@@ -50,7 +50,8 @@ def _database(url: str) -> dict[str, Any]:
 
 def _size(name: str, size: dict[str, Any]) -> str:
     megabytes = f", {size['bytes'] / 2**20:,.1f} MB" if size.get("bytes") is not None else ""
-    return f"{name} {size['rows']:,} rows{megabytes}"
+    about = "~" if size.get("estimated") else ""
+    return f"{name} {about}{size['rows']:,} rows{megabytes}"
 
 
 def _recovery(redis_url: str | None) -> dict[str, Any]:

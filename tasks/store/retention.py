@@ -37,8 +37,14 @@ class Pruned:
 
 @dataclass(frozen=True)
 class TableSize:
-    rows: int  # an estimate on PostgreSQL (its statistics), exact elsewhere
+    rows: int
     bytes: int | None  # with indexes and TOAST; None where the database does not say
+    estimated: bool = False  # rows from PostgreSQL's statistics (a large table), not counted
+
+
+# Below this many rows by PostgreSQL's statistics a table is counted exactly: its statistics may be far off
+# (none at all before the first ANALYZE, which made `status` say "jobs 0 rows" of a table of 158).
+COUNT_EXACTLY_BELOW = 1_000_000
 
 
 class Retention(StoreBase):
@@ -110,7 +116,14 @@ class Retention(StoreBase):
                     ),
                     {"tables": tables},
                 )
-                return {name: TableSize(int(count), int(size)) for name, count, size in rows}
+                sizes = {}
+                for name, estimate, size in rows:
+                    if estimate >= COUNT_EXACTLY_BELOW:
+                        sizes[name] = TableSize(int(estimate), int(size), estimated=True)
+                    else:
+                        counted = session.scalar(text(f'SELECT count(*) FROM "{name}"')) or 0
+                        sizes[name] = TableSize(int(counted), int(size))
+                return sizes
             return {
                 name: TableSize(int(session.scalar(text(f'SELECT count(*) FROM "{name}"')) or 0), None)
                 for name in tables

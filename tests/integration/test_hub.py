@@ -197,6 +197,7 @@ def test_a_hub_that_does_not_answer_is_named(hub_env: dict[str, str]) -> None:
         done = cli({**hub_env, "HF_ENDPOINT": endpoint}, *arguments)
         assert done.returncode == 3, (arguments, done.stderr)
         assert f"the Hub at {endpoint} cannot be reached" in done.stderr
+        assert "Retrying" not in done.stderr  # one line, no storm of the client's retries
 
 
 @pytest.mark.parametrize(
