@@ -17,13 +17,19 @@ import llm_router
 from llm_router.cli.main import cli
 
 
+@pytest.fixture(autouse=True)
+def _embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("LLM_ROUTER_")]:
+        monkeypatch.delenv(name)
+
+
 def test_the_version_is_the_installed_distributions() -> None:
     shown = CliRunner().invoke(cli, ["--version"])
     assert shown.exit_code == 0 and shown.output.strip() == f"llm-router {version('llm-runner-router')}"
     assert llm_router.__version__ == version("llm-runner-router")
 
 
-def test_models_list_says_remote_models_need_no_preparing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_models_list_says_remote_models_need_no_preparing(tmp_path: Path) -> None:
     catalogue = tmp_path / "catalogue.toml"
     catalogue.write_text(
         f"""
@@ -44,8 +50,6 @@ task = "embed"
 path = "{tmp_path}"
 """
     )
-    for name in [name for name in os.environ if name.startswith("LLM_ROUTER_")]:
-        monkeypatch.delenv(name)
     env = {"LLM_ROUTER_CONFIG": str(catalogue), "LLM_ROUTER_MODELS_DIR": str(tmp_path / "models")}
     listed = CliRunner().invoke(cli, ["models", "list", "--json"], env=env)
     assert listed.exit_code == 0, listed.output
@@ -65,11 +69,9 @@ def test_the_batch_progress_line_counts_invalid_lines_apart_as_the_summary_does(
     assert "3/3 done, 1 failed, " in quiet.getvalue() and "invalid" not in quiet.getvalue()
 
 
-def test_models_info_offline_shows_a_prepared_models_own_card(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_models_info_offline_shows_a_prepared_models_own_card(tmp_path: Path) -> None:
     from llm_router.workers.bundled.prepare import minilm_source
 
-    for name in [name for name in os.environ if name.startswith("LLM_ROUTER_")]:
-        monkeypatch.delenv(name)
     models = tmp_path / "models"
     shutil.copytree(minilm_source(), models / "sentence-transformers" / "all-MiniLM-L6-v2")
     env = {"LLM_ROUTER_MODELS_DIR": str(models), "HF_HUB_OFFLINE": "1"}
