@@ -34,11 +34,12 @@ def prepare(force: bool, as_json: bool) -> None:
     require_local("preparing the bundled models")
 
     settings = Settings()
-    report = prepare_models(settings.models_dir, force=force)
+    if not as_json:
+        click.echo(f"models directory: {settings.models_dir}")
+    report = prepare_models(settings.models_dir, force=force, say=None if as_json else click.echo)
     if as_json:
         emit_json({"models_dir": str(settings.models_dir), "models": dict(report)})
     else:
-        click.echo(f"models directory: {settings.models_dir}")
         click.echo(table(["model", "state"], report))
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,8 +113,11 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def prepare_models(models_dir: Path, *, force: bool = False) -> list[tuple[str, str]]:
-    """Build every bundled model that is missing or stale; returns (model id, what happened) pairs."""
+def prepare_models(
+    models_dir: Path, *, force: bool = False, say: Callable[[str], None] | None = None
+) -> list[tuple[str, str]]:
+    """Build every bundled model that is missing or stale; returns (model id, what happened) pairs. ``say``
+    hears one line per model built, with the seconds it took."""
     report = []
     if force or missing_models(models_dir):
         _quiet_transformers()
@@ -126,6 +130,7 @@ def prepare_models(models_dir: Path, *, force: bool = False) -> list[tuple[str, 
         work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
             log.info("preparing %s", model.model_id)
+            started = time.monotonic()
             model.build(work)
             (work / STAMP).write_text(json.dumps(model.stamp()))
             os.chmod(work, 0o755)  # mkdtemp makes it private; workers may run as another user
@@ -136,6 +141,8 @@ def prepare_models(models_dir: Path, *, force: bool = False) -> list[tuple[str, 
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
         report.append((model.model_id, "prepared"))
+        if say is not None:
+            say(f"  {model.model_id}: prepared in {time.monotonic() - started:.1f} s")
     return report
 
 
