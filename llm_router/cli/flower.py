@@ -39,7 +39,7 @@ def flower(port: int, address: str, persistent: bool, state_db: str, insecure: b
             "Flower needs FLOWER_BASIC_AUTH=user:password (or --insecure to run without authentication)",
             code=EXIT_INVALID,
         )
-    command = [sys.executable, "-m", "celery", "-A", "broker", "flower", f"--port={port}", f"--address={address}"]
+    command = [sys.executable, "-m", "celery", "-A", "llm_router", "flower", f"--port={port}", f"--address={address}"]
     if persistent:
         command += ["--persistent=True", f"--db={state_db}"]
     os.execvpe(sys.executable, command, env)

@@ -12,6 +12,7 @@ from llm_router.cli.batch import batch
 from llm_router.cli.compare import compare
 from llm_router.cli.db import db
 from llm_router.cli.demo import demo
+from llm_router.cli.dev import dev
 from llm_router.cli.evaluate import evaluate
 from llm_router.cli.flower import flower
 from llm_router.cli.gateway import keys, metrics, serve
@@ -84,6 +85,7 @@ for command in (
     db,
     models,
     demo,
+    dev,
     serve,
     keys,
     metrics,
