@@ -15,6 +15,7 @@ from celery import group
 from llm_router.broker.catalogue import Catalogue
 from llm_router.broker.packing import input_count
 from llm_router.broker.queues import INPUTS_HEADER, TASK_NAMES, message_priority, queue_names
+from llm_router.broker.tracing import carrier
 from llm_router.broker.transports import TaskMessage
 from llm_router.broker.transports.kombu_channel import send_through_celery
 from llm_router.tasks.errors import RouterError
@@ -26,13 +27,14 @@ def send_job(
 ) -> None:
     """Publish one job's message on ``queue``; raises what the transport raises when it is refused."""
     priority = broker_priority(app, priority, queue)
-    _send(app, TaskMessage(TASK_NAMES[kind], job_id, [job_id], {}, queue, inputs, priority), countdown)
+    message = TaskMessage(TASK_NAMES[kind], job_id, [job_id], {}, queue, inputs, priority, carrier())
+    _send(app, message, countdown)
 
 
 def send_bulk(app: Any, job_ids: list[str], kind: str, queue: str, inputs: int) -> None:
     """Publish one bulk message for ``job_ids`` (the keyword ``job_ids``, its id the first job's and a count)."""
     task_id, priority = f"{job_ids[0]}+{len(job_ids) - 1}", broker_priority(app, None, queue)
-    _send(app, TaskMessage(TASK_NAMES[kind], task_id, [], {"job_ids": job_ids}, queue, inputs, priority))
+    _send(app, TaskMessage(TASK_NAMES[kind], task_id, [], {"job_ids": job_ids}, queue, inputs, priority, carrier()))
 
 
 def _send(app: Any, message: TaskMessage, countdown: float = 0.0) -> None:
@@ -68,7 +70,7 @@ def send_together(app: Any, jobs: list[Outgoing]) -> None:
             task_id=job.job_id,
             queue=job.queue,
             routing_key=job.queue,
-            headers={INPUTS_HEADER: job.inputs},
+            headers={**carrier(), INPUTS_HEADER: job.inputs},
             priority=broker_priority(app, None, job.queue),
         )
         for job in jobs

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from llm_router.broker import tracing
 from llm_router.broker.catalogue import Catalogue, load_catalogue
 from llm_router.broker.celery_app import RouterCelery, create_app
 from llm_router.broker.compare import Comparison, compare
@@ -46,6 +47,7 @@ class Router:
         self, settings: Settings | None = None, *, catalogue: Catalogue | None = None, app: RouterCelery | None = None
     ):
         self.settings = settings or Settings()
+        tracing.configure("llm-router-producer")  # when tracing is on and the application set up none
         self.catalogue = catalogue or load_catalogue(self.settings.config)
         self._app = app
         self._notices: DoneNotices | None = None

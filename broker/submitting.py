@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from llm_router.broker import tracing
 from llm_router.broker.catalogue import Catalogue
 from llm_router.broker.celery_app import RouterCelery
 from llm_router.broker.jobs import Job
@@ -51,6 +52,14 @@ def _idempotency_key(value: Any) -> str | None:
 
 
 REPUBLISH_AFTER_S = 10.0  # a step recorded but still unstarted this long ago: its message may be lost
+
+
+def _span_attributes(planned: Planned) -> dict[str, str | None]:
+    return {
+        "llm_router.kind": planned.request.kind,
+        "llm_router.tier": planned.route.tier,
+        "llm_router.queue": planned.route.queue,
+    }
 
 
 class Submitter:
@@ -97,6 +106,12 @@ class Submitter:
         planned = self.prepare(
             {name: value for name, value in request.items() if name != "idempotency_key"}, tenant=tenant
         )
+        with tracing.span("llm_router.submit", _span_attributes(planned)) as current:
+            job = self._submit_planned(planned, key)
+            tracing.note(current, **{"llm_router.job_id": job.id})
+            return job
+
+    def _submit_planned(self, planned: Planned, key: str | None) -> Job:
         parsed, stored, kind, job_id = planned.request, planned.stored, planned.request.kind, str(uuid.uuid4())
         if key is not None:
             earlier = self._job_for_key(key, kind, stored)
@@ -169,6 +184,18 @@ class Submitter:
         batch and jobs for as long as they are kept. With a ``callback_url``, the worker that ends the batch's
         last job POSTs the batch's counts there (signed; see ``llm_router.broker.webhooks``).
         """
+        with tracing.span("llm_router.batch", {"llm_router.requests": len(requests)}):
+            return self._batch(requests, batch_id, job_ids, idempotency_key, callback_url, tenant)
+
+    def _batch(
+        self,
+        requests: list[dict[str, Any]],
+        batch_id: str | None,
+        job_ids: list[str] | None,
+        idempotency_key: str | None,
+        callback_url: str | None,
+        tenant: str | None,
+    ) -> BatchSubmission:
         key = _idempotency_key(idempotency_key)
         if key is not None and tenant is not None:
             key = f"{tenant}/{key}"

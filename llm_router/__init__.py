@@ -65,7 +65,6 @@ __all__ = [
     "SchemaNotCurrent",
     "Settings",
     "UnknownJob",
-    "__version__",
 ]
 
 if TYPE_CHECKING:

@@ -24,6 +24,7 @@ from celery import Task, shared_task, signals
 from celery.worker.control import inspect_command
 from redis.exceptions import RedisError
 
+from llm_router.broker import tracing
 from llm_router.broker.pipeline_runs import advance
 from llm_router.broker.publishing import broker_priority
 from llm_router.broker.queues import INPUTS_HEADER, LEGACY_TASK_NAMES, TASK_NAMES
@@ -66,6 +67,7 @@ def current_runtime(app: Any) -> WorkerRuntime:
             from llm_router.workers.runtime import WorkerProfile, build_runtime
 
             profile = getattr(app, "worker_profile", None) or WorkerProfile()
+            tracing.configure(f"llm-router-worker-{profile.pool}", http_client_spans=True)  # before any client
             runtime = build_runtime(app.router_settings, app.catalogue, profile)
             runtime.step_ended = _pipeline_advancer(app, runtime)
             runtime.webhooks = _webhooks(app, runtime)
@@ -206,8 +208,18 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
     drained = take.drained
     began = time.perf_counter()
     serve_waiting = _interactive_interlude(task, runtime) if lane == "bulk" and profile.runs_models else None
+    carried = {name: getattr(task.request, name, None) for name in tracing.HEADERS}
+    attributes = {"llm_router.kind": kind, "llm_router.queue": queue_of(task), "llm_router.jobs": len(messages)}
     try:
-        with interludes(serve_waiting) if serve_waiting is not None else contextlib.nullcontext():
+        with (
+            tracing.span(
+                "llm_router.message",
+                attributes,
+                parent=tracing.context_of(carried),
+                links=[tracing.context_of(item.taken.headers) for item in drained],
+            ),
+            interludes(serve_waiting) if serve_waiting is not None else contextlib.nullcontext(),
+        ):
             outcomes = _run_messages(task, runtime, {kind: messages}, drained)
     except BaseException:
         take.give_back()
@@ -234,6 +246,11 @@ def _run_messages(
     for each_kind, jobs in by_kind.items():
         outcomes += run_jobs(runtime, each_kind, jobs, task.request.hostname, _rescheduler(task, each_kind))
     return outcomes
+
+
+def queue_of(task: JobTask) -> str | None:
+    queue = (task.request.delivery_info or {}).get("routing_key")
+    return queue if isinstance(queue, str) else None
 
 
 def _summary(outcomes: list[Outcome]) -> str:
@@ -305,6 +322,7 @@ def _rescheduler(task: JobTask, kind: Kind) -> Reschedule:
             routing_key=queue,
             task_id=f"{job_id}:{cursor.position}.{cursor.retry}",
             priority=broker_priority(task.app, priority, queue),
+            headers=tracing.carrier(),  # the retry's run continues the job's trace
         )
 
     return reschedule

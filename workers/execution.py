@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from redis.exceptions import RedisError
 
+from llm_router.broker import tracing
 from llm_router.broker.counters import count_deferral
 from llm_router.broker.planning import plan
 from llm_router.broker.routing import Route, chain_now, lane_of, queue_for_tier
@@ -294,6 +295,13 @@ class _ChainRun:
         if not starts.started:
             return self._ended_meanwhile()
         number = starts.started[0].number
+        attributes = {"llm_router.job_id": self.job_id, "llm_router.model": model_id, "llm_router.attempt": number}
+        with tracing.span("llm_router.attempt", {**attributes, "llm_router.provider": provider}) as current:
+            outcome = self._call_and_record(at, number, model_id, provider)
+            tracing.note(current, **{"llm_router.outcome": str(outcome) if outcome is not None else "next model"})
+            return outcome
+
+    def _call_and_record(self, at: _Place, number: int, model_id: str, provider: str) -> Outcome | None:
         started = time.perf_counter()
         try:
             result = self._call(provider, model_id)
@@ -354,7 +362,8 @@ class _ChainRun:
         success = Success(
             self.job_id, number, result, provider, latency_ms, self.runtime.cancels.requested(self.job_id)
         )
-        self.store.succeed([success])
+        with tracing.span("llm_router.record", {"llm_router.status": str(success.job_status)}):
+            self.store.succeed([success])
         log.info(
             "job %s %s kind=%s tier=%s model=%s attempts=%s tokens=%s model_ms=%.0f",
             self.job_id,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from llm_router.broker import tracing
 from llm_router.broker.routing import chain_now, queue_for_tier
 from llm_router.tasks.errors import ConfigurationError, InvalidRequest
 from llm_router.tasks.records import JobStatus, Outcome
@@ -205,10 +206,18 @@ def _run_claimed_group(
     if not started:
         return outcomes
     began = time.perf_counter()
+    attributes = {
+        "llm_router.model": group.model_id,
+        "llm_router.provider": group.provider,
+        "llm_router.jobs": len(started),
+    }
     try:
         call = _many_call(runtime, kind, group.provider)
         assert call is not None  # the group was planned for a backend that has one
-        with _row_hooks(runtime, [(job.job_id, by_id[job.job_id][1]) for job in started]):
+        with (
+            tracing.span("llm_router.attempt", attributes),
+            _row_hooks(runtime, [(job.job_id, by_id[job.job_id][1]) for job in started]),
+        ):
             results = call(group.model_id, [by_id[job.job_id][1] for job in started])
     except Exception as exc:  # one bad input must not sink the others: each job runs again on its own
         latency_ms = (time.perf_counter() - began) * 1000.0
@@ -258,7 +267,8 @@ def _record_group(
         for job, result in answers
     ]
     try:
-        store.succeed(successes)
+        with tracing.span("llm_router.record", {"llm_router.jobs": len(successes)}):
+            store.succeed(successes)
         return {success.job_id: success.job_status for success in successes}
     except INFRASTRUCTURE:
         raise

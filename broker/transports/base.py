@@ -23,6 +23,7 @@ class TaskMessage:
     queue: str
     inputs: int  # the texts its jobs run through the model, in the header dynamic batching counts
     priority: int | None  # the broker's priority step
+    headers: dict[str, str] = field(default_factory=dict)  # more headers: its producer's trace context
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ def send_through_celery(app: Any, message: TaskMessage, countdown: float = 0.0) 
         task_id=message.task_id,
         queue=message.queue,
         routing_key=message.queue,
-        headers={INPUTS_HEADER: message.inputs},
+        headers={**message.headers, INPUTS_HEADER: message.inputs},
         countdown=countdown or None,
         priority=message.priority,
     )

@@ -47,7 +47,7 @@ class MemoryTransport:
         self.broker = broker
 
     def publish(self, message: TaskMessage) -> None:
-        headers = {"task": message.task_name, "id": message.task_id, INPUTS_HEADER: message.inputs}
+        headers = {**message.headers, "task": message.task_name, "id": message.task_id, INPUTS_HEADER: message.inputs}
         body = json.dumps([message.args, message.kwargs, {}]).encode()
         tag = f"m{next(self.broker.tags)}"
         self.broker.put(Taken(tag, message.queue, headers, JSON, body, source=message.queue), message.priority or 0)

@@ -135,6 +135,7 @@ class RedisTransport:
             ignore_result=None,
         )
         headers[INPUTS_HEADER] = message.inputs
+        headers.update(message.headers)
         encoded = base64.b64encode(json.dumps(body).encode()).decode()
         return json.dumps(
             {

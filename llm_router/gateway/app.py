@@ -25,6 +25,7 @@ from typing import Annotated, Any
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
+from llm_router.broker import tracing
 from llm_router.broker.async_client import AsyncJob, AsyncRouter
 from llm_router.broker.settings import Settings
 from llm_router.gateway import errors, inference_api, openai_batches, openai_routes
@@ -46,6 +47,7 @@ SHUTDOWN_STEP_S = 5.0  # the longest one step of the shutdown (a background task
 def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.configure("llm-router-gateway")
         router = AsyncRouter(settings)
         app.state.router = router
         app.state.store = router.sync.store

@@ -112,3 +112,13 @@ def test_the_gpu_host_override_pins_one_worker_to_each_gpu(compose: dict[str, An
     assert len(set(hostnames)) == len(hostnames)  # two workers of one host need two node names
     cpu = override["worker-cpu"]["command"]
     assert cpu[cpu.index("--queues") + 1] == "fast"  # the GPUs took balanced
+
+
+def test_the_tracing_override_points_every_process_at_one_collector(compose: dict[str, Any]) -> None:
+    override = yaml.safe_load((REPO / "examples" / "compose.tracing.yml").read_text())["services"]
+    collector = override.pop("jaeger")
+    assert collector["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert all(port.startswith("127.0.0.1:") for port in collector["ports"])
+    assert set(override) == {name for name in compose["services"] if name.startswith("worker-")} | {"gateway"}
+    for service in override.values():  # each adds its endpoint to the base service's environment
+        assert service["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
