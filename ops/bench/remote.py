@@ -4,13 +4,16 @@
 
 Uses the real Redis (broker, one database emptied first) and a fresh PostgreSQL database it drops after.
 
-(h)  N generate jobs, submitted one by one as a web backend does, on a tier whose model is an OpenAI-compatible
+(h)  N chat jobs, submitted one by one as a web backend does, on a tier whose model is an OpenAI-compatible
      stand-in answering every call after ``--delay-ms``; one ``llm-router worker --pool remote`` at its
-     defaults; from the first submission to the last job recorded. The reference, measured in the same run:
-     the same N calls from one ``httpx.AsyncClient`` with as many connections as the worker has threads, as
-     many at a time. Ratio ``chat_ratio`` = h / reference. httpx's async pool is itself far below what the
-     stand-in serves, so the run also measures the ceiling: the same calls over bare asyncio keep-alive
-     connections (``chat_ratio_to_ceiling``). The worker's RSS is sampled while its slots are busy.
+     defaults; from the first submission to the last job recorded. The references, measured in the same run
+     against the same stand-in, each with as many calls at a time as the worker has slots: a bare aiohttp
+     client (``chat_ratio``: h / aiohttp), ``httpx.AsyncClient`` on its default transport, httpx over
+     aiohttp's transport, LiteLLM's ``Router.acompletion`` (``ops/bench/reference_clients.py``; a row whose
+     library is not installed is skipped with a message), and the stand-in's ceiling over bare asyncio
+     keep-alive connections. Every row gives calls/s, the whole machine's CPU ms per call (producer, worker,
+     Redis, PostgreSQL and the stand-in together) and p50/p95 latency over the stand-in's delay. The worker's
+     RSS is sampled while its slots are busy.
 (h') the same N jobs when 10 % of calls answer 503 and 5 % answer 429 (``Retry-After: 1``), retry delays at a
      tenth of the policy's and up to 6 retries a model, on a tier limited to ``LIMITED_RPM`` calls a minute
      (fewer than the run makes, so the limit binds and jobs are deferred): every job must succeed, with one
@@ -41,10 +44,12 @@ from sqlalchemy import create_engine, text
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from llm_router import JobFailed  # noqa: E402
 from llm_router.broker.client import Router  # noqa: E402
 from llm_router.broker.settings import Settings  # noqa: E402
 from ops.bench.cluster import Cluster, cluster_env  # noqa: E402
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
+from ops.bench.reference_clients import CLIENTS, MESSAGES, figures, machine_cpu_s, measure  # noqa: E402
 from ops.bench.stand_in import Behaviour  # noqa: E402
 from ops.bench.stand_in import start as start_stand_in  # noqa: E402
 
@@ -99,31 +104,14 @@ def control(url: str, **values: Any) -> dict[str, Any]:
     return httpx.get(f"{url}/stats", timeout=10).json()  # type: ignore[no-any-return]
 
 
-async def plain_client(url: str, n: int) -> dict[str, float]:
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
-        body = {"model": CHAT, "prompt": "hello", "max_tokens": 10}
-        # At most CONCURRENCY requests in the client at once: httpx's pool slows down with thousands waiting.
-        slots = asyncio.Semaphore(CONCURRENCY)
-
-        async def call() -> httpx.Response:
-            async with slots:
-                return await client.post(f"{url}/v1/completions", json=body)
-
-        started = time.perf_counter()
-        replies = await asyncio.gather(*(call() for _ in range(n)))
-        seconds = time.perf_counter() - started
-    assert all(reply.status_code == 200 for reply in replies)
-    return {"calls": n, "seconds": seconds, "per_s": n / seconds}
-
-
 async def raw_client(url: str, n: int) -> dict[str, float]:
     """The stand-in's own ceiling: CONCURRENCY keep-alive connections of bare asyncio HTTP/1.1, no library."""
     host, port = url.removeprefix("http://").split(":")
-    body = json.dumps({"model": CHAT, "prompt": "hello", "max_tokens": 10}).encode()
-    request = b"POST /v1/completions HTTP/1.1\r\nHost: stand-in\r\nContent-Type: application/json\r\n"
+    body = json.dumps({"model": CHAT, "messages": MESSAGES, "max_tokens": 10}).encode()
+    request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: stand-in\r\nContent-Type: application/json\r\n"
     request += b"Content-Length: %d\r\n\r\n" % len(body) + body
     left = [n]
+    cpu = machine_cpu_s()
 
     async def connection() -> None:
         reader, writer = await asyncio.open_connection(host, int(port))
@@ -142,7 +130,7 @@ async def raw_client(url: str, n: int) -> dict[str, float]:
     started = time.perf_counter()
     await asyncio.gather(*(connection() for _ in range(CONCURRENCY)))
     seconds = time.perf_counter() - started
-    return {"calls": n, "seconds": seconds, "per_s": n / seconds}
+    return {"calls": n, "seconds": seconds, "per_s": n / seconds, "cpu_ms_per_call": (machine_cpu_s() - cpu) * 1e3 / n}
 
 
 def rss_mb(pid: int) -> float:
@@ -156,16 +144,28 @@ def chat_jobs(router: Router, database_url: str, n: int, worker_pid: int, tier: 
 
     def sample() -> None:
         while not stop.wait(0.2):
-            peak[0] = max(peak[0], rss_mb(worker_pid))
+            try:
+                peak[0] = max(peak[0], rss_mb(worker_pid))
+            except FileNotFoundError:  # the worker is gone: the run reports its failure
+                return
 
     sampler = threading.Thread(target=sample)
     sampler.start()
     marker = str(uuid.uuid4())
-    started = time.time()
-    jobs = [router.generate(f"{marker} question {i}", max_tokens=10, use_cache=False, tier=tier) for i in range(n)]
+    cpu, started = machine_cpu_s(), time.time()
+    jobs = [
+        router.generate(messages=[{"role": "user", "content": f"{marker} question {i}"}], max_tokens=10,
+                        use_cache=False, tier=tier)
+        for i in range(n)
+    ]  # fmt: skip
     submit_s = time.time() - started
+    failed = 0
     for job in jobs:
-        job.wait(timeout=1800)
+        try:
+            job.wait(timeout=1800)
+        except JobFailed:
+            failed += 1  # counted: "every job succeeded" is a figure of the run, not an assumption
+    cpu_s = machine_cpu_s() - cpu
     stop.set()
     sampler.join()
     engine = create_engine(database_url)
@@ -173,22 +173,28 @@ def chat_jobs(router: Router, database_url: str, n: int, worker_pid: int, tier: 
         last, usage_rows, attempts = connection.execute(
             text(
                 "SELECT extract(epoch FROM max(j.finished_at)), "
-                "(SELECT count(*) FROM usage u JOIN jobs k ON k.id = u.job_id WHERE k.request->>'prompt' LIKE :m), "
-                "(SELECT count(*) FROM attempts a JOIN jobs k ON k.id = a.job_id WHERE k.request->>'prompt' LIKE :m) "
-                "FROM jobs j WHERE j.request->>'prompt' LIKE :m AND j.status = 'succeeded'"
+                "(SELECT count(*) FROM usage u JOIN jobs k ON k.id = u.job_id WHERE k.request::text LIKE :m), "
+                "(SELECT count(*) FROM attempts a JOIN jobs k ON k.id = a.job_id WHERE k.request::text LIKE :m) "
+                "FROM jobs j WHERE j.request::text LIKE :m AND j.status = 'succeeded'"
             ),
-            {"m": f"{marker}%"},
+            {"m": f"%{marker}%"},
         ).one()
+        latencies = [
+            float(row[0]) / 1000.0
+            for row in connection.execute(
+                text("SELECT latency_ms FROM jobs WHERE request::text LIKE :m AND status = 'succeeded'"),
+                {"m": f"%{marker}%"},
+            )
+        ]
     engine.dispose()
     seconds = float(last) - started
     return {
+        **{key: value for key, value in figures(n, seconds, cpu_s, latencies).items() if key != "calls"},
         "jobs": n,
-        "succeeded": n,  # every wait above returned a result; a failed job raises
+        "succeeded": n - failed,
         "usage_rows": int(usage_rows),
         "attempts": int(attempts),
         "submit_s": submit_s,
-        "seconds": seconds,
-        "per_s": n / seconds,
         "worker_peak_rss_mb": peak[0],
     }
 
@@ -229,8 +235,11 @@ def main() -> None:
 
     behaviour = Behaviour(args.delay_ms / 1000.0, TEI_PER_CALL, TEI_CALL_S, TEI_AT_ONCE)
     stand_in, url = start_stand_in(behaviour)
-    print(f"(reference) {args.n} calls from one httpx.AsyncClient …", flush=True)
-    reference = asyncio.run(plain_client(url, args.n))
+    references = {}
+    for name in CLIENTS:
+        print(f"(reference) {args.n} calls from {name} …", flush=True)
+        references[name] = measure(name, url, CHAT, args.n, CONCURRENCY)
+    reference = references["bare aiohttp"]
     print(f"(ceiling) {args.n} calls from bare asyncio connections …", flush=True)
     ceiling = asyncio.run(raw_client(url, args.n))
     redis.Redis.from_url(args.redis).flushdb()
@@ -241,7 +250,7 @@ def main() -> None:
         "n": args.n,
         "delay_ms": args.delay_ms,
         "cores": os.cpu_count(),
-        "reference": reference,
+        "references": references,
         "ceiling": ceiling,
     }
     with bench_database(ADMIN, URL_TEMPLATE) as database_url:
@@ -282,16 +291,28 @@ def main() -> None:
             stand_in.terminate()
 
     h, failing, tei = results["chat_jobs"], results["chat_jobs_failing"], results["tei_batch"]
-    results["chat_ratio"] = h["per_s"] / reference["per_s"]
+    delay = args.delay_ms
+    if "per_s" in reference:
+        results["chat_ratio"] = h["per_s"] / reference["per_s"]
     results["chat_ratio_to_ceiling"] = h["per_s"] / ceiling["per_s"]
+    litellm = references["LiteLLM Router.acompletion"]
+    if "per_s" in litellm:
+        results["chat_ratio_to_litellm"] = h["per_s"] / litellm["per_s"]
+
+    def row(label: str, measured: dict[str, Any], unit: str = "calls/s") -> tuple[str, str, str]:
+        if "skipped" in measured:
+            return label, "skipped", measured["skipped"]
+        over = f"p50 {measured['p50_ms'] - delay:+.0f} ms, p95 {measured['p95_ms'] - delay:+.0f} ms over the delay"
+        return label, f"{measured['per_s']:.1f} {unit}", f"CPU {measured['cpu_ms_per_call']:.1f} ms per call; {over}"
+
+    named = {"h/aiohttp": "chat_ratio", "h/LiteLLM": "chat_ratio_to_litellm", "h/ceiling": "chat_ratio_to_ceiling"}
+    ratios = ", ".join(f"{name} {results[key]:.2f}" for name, key in named.items() if key in results)
     rows = [
-        ("reference: httpx.AsyncClient", f"{reference['per_s']:.0f} calls/s",
-         f"{args.n} calls, {CONCURRENCY} at a time"),
-        ("ceiling: bare asyncio HTTP/1.1", f"{ceiling['per_s']:.0f} calls/s", f"{CONCURRENCY} keep-alive connections"),
-        ("(h) chat jobs, remote worker", f"{h['per_s']:.1f} jobs/s",
-         f"h/ref = {results['chat_ratio']:.2f} (target ≥ 0.5), h/ceiling = {results['chat_ratio_to_ceiling']:.2f}; "
-         f"submit {h['submit_s']:.1f} s; "
-         f"peak RSS {h['worker_peak_rss_mb']:.0f} MB"),
+        *(row(f"reference: {name}", measured) for name, measured in references.items()),
+        ("ceiling: bare asyncio HTTP/1.1", f"{ceiling['per_s']:.0f} calls/s",
+         f"CPU {ceiling['cpu_ms_per_call']:.1f} ms per call; {CONCURRENCY} keep-alive connections"),
+        row("(h) chat jobs, remote worker", h, "jobs/s"),
+        ("", "", f"{ratios}; submit {h['submit_s']:.1f} s; peak RSS {h['worker_peak_rss_mb']:.0f} MB"),
         ("(h') with 10 % 503, 5 % 429, a limit", f"{failing['per_s']:.1f} jobs/s",
          f"{failing['succeeded']}/{args.n} succeeded, {failing['usage_rows']} usage rows, "
          f"{failing['attempts']} attempts; {failing['calls']} calls, at most {failing['most_calls_in_any_60_s']} "

@@ -4,7 +4,8 @@ completions after a fixed delay and TEI embeddings within TEI's limits, with tho
 The threaded test server (tests/support/inference_server.py) scripts replies call by call; under hundreds of
 concurrent connections its threads and the interpreter lock become the limit, so benchmarks use this one.
 
-    POST /v1/completions   after ``delay_s``; a share of calls answers 503 or 429 when failures are on
+    POST /v1/completions, /v1/chat/completions
+                           after ``delay_s``; a share of calls answers 503 or 429 when failures are on
     POST /embed            at most ``tei_per_call`` inputs (413 beyond, as TEI), ``tei_at_once`` calls at a
                            time, each after ``tei_call_s``
     POST /control          {"failing": bool, "reset": bool}
@@ -22,6 +23,9 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = ("/v1/completions", CHAT)
 
 
 @dataclass
@@ -62,7 +66,7 @@ class StandIn:
             return 200, {"ok": True}, {}
         state.calls[path] += 1
         state.per_second[int(time.time())] += 1
-        if path == "/v1/completions":
+        if path in COMPLETIONS:
             state.completion_arrivals.append(time.time())
             await asyncio.sleep(behaviour.delay_s)
             if state.failing:
@@ -71,7 +75,7 @@ class StandIn:
                     return 503, {"error": "Model is currently loading", "estimated_time": 1.0}, {}
                 if draw < behaviour.loading_share + behaviour.limited_share:
                     return 429, {"error": "Rate limit reached"}, {"Retry-After": "1"}
-            return 200, _completion(body), {}
+            return 200, _chat(body) if path == CHAT else _completion(body), {}
         if path == "/embed":
             inputs = list(body.get("inputs") or [])
             state.embed_sizes.append(len(inputs))
@@ -123,6 +127,19 @@ class StandIn:
 
 def _main(behaviour: Behaviour, ready: Any) -> None:
     asyncio.run(StandIn(behaviour).run(ready))
+
+
+def _chat(body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": body.get("model"),
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "There was a queue."}, "finish_reason": "length"}
+        ],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9},
+    }
 
 
 def _completion(body: dict[str, Any]) -> dict[str, Any]:
