@@ -442,6 +442,20 @@ def llm_router_info(state: Any) -> dict[str, Any]:
     return {"queues": queues, "in_flight": len(worker_state.active_requests), "processes": collect(os.getpid())}
 
 
+# Lines a job would otherwise log at INFO besides its own (workers.execution: what became of it, where, in
+# how long): Celery's "received" and "succeeded in" lines and httpx's line per request, three more a job.
+PER_JOB_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "httpx")
+
+
+@signals.after_setup_logger.connect
+def _one_line_per_job(loglevel: int | str | None = None, **_: Any) -> None:
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, str) else loglevel
+    if isinstance(level, int) and level <= logging.DEBUG:
+        return  # asked for everything
+    for name in PER_JOB_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @signals.worker_init.connect
 def _clear_earlier_state(**_: Any) -> None:
     # The main process, before its pool starts: what a killed worker of the same pid left is not ours.

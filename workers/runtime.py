@@ -159,7 +159,7 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
     store = JobStore(engine)
     lease = lease_for_this_process(settings.lease_s)
     LeaseKeeper(store, lease).start()
-    context = BackendContext(settings, catalogue, registry, profile.max_batch, http_connections=profile.concurrency)
+    context = BackendContext(settings, catalogue, registry, profile.max_batch)
     runtime = WorkerRuntime(
         settings, catalogue, profile, store, registry, policy, RateLimiter(redis_url), cooldowns, lease, context
     )

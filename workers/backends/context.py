@@ -1,4 +1,4 @@
-"""What a backend is built from: the catalogue, the settings, the model registry and one HTTP client per
+"""What a backend is built from: the catalogue, the settings, the model registry and the HTTP clients of a
 worker process. Backends never see the rest of the worker's runtime."""
 
 from __future__ import annotations
@@ -23,18 +23,19 @@ class BackendContext:
     catalogue: Catalogue
     registry: ModelRegistry
     max_batch: int  # the most inputs a local backend runs through the model at once
-    http_connections: int = 1  # calls this process makes at once (the remote pool's threads)
-    _http: httpx.Client | None = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def http(self) -> httpx.Client:
-        """The process's one HTTP client (its connection pool), made on first use by whichever thread."""
-        from llm_router.workers.backends.http import make_client
+        """The calling thread's HTTP client, made on its first call. One client per thread, each with a small
+        pool, rather than one pool for the remote pool's hundreds of threads: httpcore walks every connection
+        of its pool on each request and each response's close, which at 200 in flight cost more CPU than the
+        rest of a job's call."""
+        from llm_router.workers.backends.http import THREAD_CONNECTIONS, make_client
 
-        with self._lock:
-            if self._http is None:
-                self._http = make_client(self.settings.request_timeout_s, self.http_connections)
-            return self._http
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = make_client(self.settings.request_timeout_s, THREAD_CONNECTIONS)
+        return client
 
     def remote(self, provider: str, default_base_url: str | None) -> RemoteDeps:
         """What a remote backend of ``provider`` needs: an HTTP caller with the tokens, a token counter."""
@@ -48,7 +49,7 @@ class BackendContext:
             if spec.api_key_env is not None
         }
         return RemoteDeps(
-            caller=HttpCaller(self.http(), provider, self.settings.hf_api_key, model_tokens),
+            caller=HttpCaller(self.http, provider, self.settings.hf_api_key, model_tokens),
             counter=TokenCounter(self.settings.models_dir, self.settings.hf_cache_dir),
             catalogue=self.catalogue,
             default_base_url=default_base_url,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,10 +30,11 @@ from llm_router.tasks.errors import (
 )
 from llm_router.tasks.redaction import redact
 
+THREAD_CONNECTIONS = 8  # a thread makes one call at a time; a few hosts' connections kept alive
 
-def make_client(timeout_s: float, calls_at_once: int = 1) -> httpx.Client:
-    """One pooled client per process, with a connection for each call it makes at once (at least 32)."""
-    connections = max(32, calls_at_once)
+
+def make_client(timeout_s: float, connections: int = THREAD_CONNECTIONS) -> httpx.Client:
+    """A pooled client keeping up to ``connections`` connections alive."""
     return httpx.Client(
         # A call waiting for a free connection waits as long as the calls ahead of it may take.
         timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s), pool=None),
@@ -116,12 +117,13 @@ class HttpCaller:
 
     def __init__(
         self,
-        client: httpx.Client,
+        client: httpx.Client | Callable[[], httpx.Client],
         provider: str,
         token: SecretStr | None,
         model_tokens: dict[str, SecretStr | None] | None = None,
     ):
-        self._client = client
+        # A client, or what gives the calling thread its own (BackendContext.http).
+        self._client_of: Callable[[], httpx.Client] = client if callable(client) else (lambda: client)
         self.provider = provider
         self._token = token
         self._model_tokens = model_tokens or {}
@@ -137,7 +139,7 @@ class HttpCaller:
     def post(self, url: str, payload: Any, model_id: str, headers: dict[str, str] | None = None) -> Any:
         all_headers = {"Accept": "application/json", **(headers or {}), **self._auth(model_id)}
         try:
-            response = self._client.post(url, json=payload, headers=all_headers)
+            response = self._client_of().post(url, json=payload, headers=all_headers)
         except httpx.TimeoutException as exc:
             raise NetworkError(f"{self.provider} timed out for {model_id} ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
@@ -156,7 +158,7 @@ class HttpCaller:
         body). Closing the generator closes the connection: the server sees the client go."""
         all_headers = {"Accept": "text/event-stream", **(headers or {}), **self._auth(model_id)}
         try:
-            with self._client.stream("POST", url, json=payload, headers=all_headers) as response:
+            with self._client_of().stream("POST", url, json=payload, headers=all_headers) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise error_for_response(response, self.provider, model_id, self._secrets())
@@ -181,7 +183,7 @@ class HttpCaller:
     def get_status(self, url: str, model_id: str | None = None) -> int:
         """The status of a GET (for model status checks); network failures raise ``NetworkError``."""
         try:
-            return self._client.get(url, headers=self._auth(model_id)).status_code
+            return self._client_of().get(url, headers=self._auth(model_id)).status_code
         except httpx.TransportError as exc:
             raise NetworkError(f"{self.provider} unreachable ({type(exc).__name__})") from exc
 
