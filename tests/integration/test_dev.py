@@ -58,9 +58,14 @@ def test_dev_starts_everything_serves_a_job_and_stops_it_all(models_dir: Path, t
         assert created.status_code == 202, created.text
         done = httpx.get(f"{gateway}/v1/jobs/{created.json()['id']}?wait=60", headers=auth(key), timeout=70).json()
         assert done["status"] == "succeeded" and done["result"]["labels"][0]["label"] == "POSITIVE"
-        workers = httpx.get(f"http://127.0.0.1:{flower_port}/api/workers", auth=("dev", password), timeout=30)
-        assert workers.status_code == 200 and workers.json()  # Flower sees the worker
-        assert httpx.get(f"http://127.0.0.1:{flower_port}/api/workers").status_code == 401  # never without the password
+        flower = f"http://127.0.0.1:{flower_port}/api/workers"
+        seen: dict[str, object] = {}
+        while not seen and time.monotonic() < deadline:  # Flower asks the workers every few seconds
+            answer = httpx.get(flower, params={"refresh": "1"}, auth=("dev", password), timeout=30)
+            assert answer.status_code == 200
+            seen = answer.json()
+        assert seen  # Flower sees the worker
+        assert httpx.get(flower).status_code == 401  # never without the password
         dev.send_signal(signal.SIGINT)  # Ctrl-C
         assert dev.wait(timeout=90) == 0, log.read_text()
     finally:
