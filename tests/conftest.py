@@ -332,6 +332,12 @@ generate = ["{smol}"]
     return text
 
 
+def embedded_env(models_dir: Path) -> dict[str, str]:
+    """Environment of a process on the embedded defaults (no LLM_ROUTER_* service set), with the prepared models."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LLM_ROUTER_")}
+    return {**env, "LLM_ROUTER_MODELS_DIR": str(models_dir), "HF_HUB_OFFLINE": "1"}
+
+
 def catalogue_env(folder: Path, catalogue: str, broker: str, **variables: str) -> dict[str, str]:
     """Environment of a worker with a catalogue of its own, on a broker database of its own (emptied)."""
     config = folder / "catalogue.toml"

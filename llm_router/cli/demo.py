@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
 
 from llm_router.broker.client import Job, Router
 from llm_router.broker.settings import Settings
+from llm_router.cli.children import WORKER_READY, Child
 from llm_router.cli.output import require_local, table
 from llm_router.tasks.errors import JobError, JobTimeout
 from llm_router.tasks.records import JobStatus
 from llm_router.tasks.schemas import ClassifyResult, EmbedResult, GenerateResult
 
-READY = "ready: tiers="  # what the worker logs once its models are loaded
 RELATED = ("A man is playing a guitar.", "Someone is strumming a guitar.")
 UNRELATED = "The stock market crashed today."
 SENTIMENT = (
@@ -42,58 +38,13 @@ def cosine(a: list[float], b: list[float]) -> float:
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
 
 
-def _start_worker(settings: Settings, tiers: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "llm_router.cli.main",
-        "worker",
-        "--pool",
-        "cpu",
-        "--queues",
-        ",".join(tiers),
-        "--concurrency",
-        "1",
-        "--hostname",
-        f"demo-{os.getpid()}@%h",
-    ]
-    with log_path.open("ab") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop_worker(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def _ready(worker: subprocess.Popen[bytes], log_path: Path, timeout: float) -> str:
-    """Wait until the worker has loaded its models (its log's ``ready:`` line, which it writes after); that
-    line. The jobs are submitted afterwards, so that their figures are theirs, not the models' loading."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in log_path.read_text(errors="replace").splitlines()[::-1]:
-            if READY in line:
-                return line.split(READY, 1)[1]
-        if worker.poll() is not None:
-            raise click.ClickException(f"the worker exited with code {worker.returncode}; see {log_path}")
-        if time.monotonic() > deadline:
-            raise click.ClickException(f"the worker was not ready after {timeout:g} s; see {log_path}")
-        time.sleep(0.1)
-
-
-def _wait(job: Job, worker: subprocess.Popen[bytes], timeout: float, log_path: Path) -> Any:
+def _wait(job: Job, worker: Child, timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         try:
             return job.wait(timeout=1.0)
         except JobTimeout:
-            if worker.poll() is not None:
-                raise click.ClickException(f"the worker exited with code {worker.returncode}; see {log_path}") from None
+            worker.check_alive()
             if time.monotonic() > deadline:
                 raise
 
@@ -102,7 +53,7 @@ def _cached(job: Job) -> str:
     return " · from the cache" if job.record().cached else ""
 
 
-def _bulk(router: Router, worker: subprocess.Popen[bytes], timeout: float) -> bool:
+def _bulk(router: Router, worker: Child, timeout: float) -> bool:
     """A bulk batch: recorded in one transaction, carried many jobs per message in the bulk lane, and run
     through the model together on the worker."""
     sentences = [f"Sentence number {i} of a bulk batch about {topic}." for i, topic in enumerate(BULK_TOPICS * 50)]
@@ -112,7 +63,7 @@ def _bulk(router: Router, worker: subprocess.Popen[bytes], timeout: float) -> bo
     submitted = router.batch(requests)
     deadline = started + timeout
     while (done := router.batch_progress(submitted.batch_id).get(JobStatus.SUCCEEDED, 0)) < len(sentences):
-        if time.monotonic() > deadline or worker.poll() is not None:
+        if time.monotonic() > deadline or worker.process.poll() is not None:
             click.echo(f"[batch] only {done} of {len(sentences)} jobs done", err=True)
             return False
         time.sleep(0.1)
@@ -147,14 +98,19 @@ def demo(timeout: float) -> None:
 
     router = Router(settings)
     log_path = settings.var_dir / "demo-worker.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_bytes(b"")  # this run's log: its ready line is looked for
     starting = time.monotonic()
-    worker = _start_worker(settings, router.catalogue.ordered_tiers, log_path)
-    click.echo(f"worker:   pid {worker.pid}, log {log_path}")
+    queues = ",".join(router.catalogue.ordered_tiers)
+    hostname = f"demo-{os.getpid()}@%h"
+    worker = Child.start(
+        "the worker",
+        ["worker", "--pool", "cpu", "--queues", queues, "--concurrency", "1", "--hostname", hostname],
+        log_path,
+    )
+    click.echo(f"worker:   pid {worker.process.pid}, log {log_path}")
     ok = True
     try:
-        _ready(worker, log_path, timeout)
+        # The jobs are submitted once the worker has loaded its models: their figures are theirs, not the load's.
+        worker.wait_until(ready=WORKER_READY, timeout=timeout)
         click.echo(f"          ready in {time.monotonic() - starting:.1f} s, its models loaded (the jobs start now)\n")
         started = time.monotonic()
         story = router.generate("Once upon a time", tier="fast", max_tokens=40, seed=7)
@@ -167,19 +123,19 @@ def demo(timeout: float) -> None:
         vectors = router.embed([*RELATED, UNRELATED], tier="fast")
         labels = router.classify([text for text, _ in SENTIMENT], tier="quality")
 
-        result = _wait(story, worker, timeout, log_path)
+        result = _wait(story, worker, timeout)
         assert isinstance(result, GenerateResult)
         click.echo(
             f"[generate · {result.tier} · {result.model}{_cached(story)}] Once upon a time…\n  {result.text.strip()}\n"
         )
 
-        result = _wait(chat, worker, timeout, log_path)
+        result = _wait(chat, worker, timeout)
         assert isinstance(result, GenerateResult)
         click.echo(f"[chat · {result.tier} · {result.model}{_cached(chat)}] What is the capital of France?")
         click.echo(f"  {result.text.strip()}\n")
         ok &= "paris" in result.text.lower()
 
-        embedded = _wait(vectors, worker, timeout, log_path)
+        embedded = _wait(vectors, worker, timeout)
         assert isinstance(embedded, EmbedResult)
         data = [item.embedding for item in embedded.data]
         related, unrelated = cosine(data[0], data[1]), cosine(data[0], data[2])
@@ -189,7 +145,7 @@ def demo(timeout: float) -> None:
         click.echo(f"  related pair scores higher: {'yes' if related > unrelated else 'NO'}\n")
         ok &= related > unrelated
 
-        classified = _wait(labels, worker, timeout, log_path)
+        classified = _wait(labels, worker, timeout)
         assert isinstance(classified, ClassifyResult)
         click.echo(f"[classify · {classified.tier} · {classified.model}{_cached(labels)}]")
         for (text, expected), item in zip(SENTIMENT, classified.data, strict=True):
@@ -207,7 +163,7 @@ def demo(timeout: float) -> None:
         ok = False
         click.echo(f"error: {exc}", err=True)
     finally:
-        _stop_worker(worker)
+        worker.stop()
 
     rows = [
         [

@@ -8,70 +8,15 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import click
-import httpx
 
 from llm_router.broker.settings import Settings
+from llm_router.cli.children import WORKER_READY, Child
 from llm_router.cli.output import require_local
 
-STOP_S = 30.0  # what each process is given to stop before it is killed
 READY_S = 300.0  # what a worker is given to load its models
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        # The main process only: a worker stops its pool's children itself (a child signalled too is only
-        # replaced, and the worker stops late).
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=STOP_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
-def _start(name: str, arguments: list[str], logs: Path, env: dict[str, str] | None = None) -> Child:
-    log = logs / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llm_router.cli.main", *arguments],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # its own process group: stopped whole, and not by the terminal's Ctrl-C
-        )
-    return Child(name, process, log)
-
-
-def _wait_for(child: Child, ready: str | None = None, url: str | None = None, timeout: float = READY_S) -> None:
-    """Until the child's log has ``ready`` or ``url`` answers; a child that exits first is a failure."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if ready is not None and ready in child.log.read_text(errors="replace"):
-            return
-        if url is not None:
-            try:
-                httpx.get(url, timeout=1.0)
-                return
-            except httpx.TransportError:
-                pass
-        if child.process.poll() is not None:
-            raise click.ClickException(f"{child.name} exited with code {child.process.returncode}; see {child.log}")
-        if time.monotonic() > deadline:
-            raise click.ClickException(f"{child.name} was not ready after {timeout:g} s; see {child.log}")
-        time.sleep(0.2)
 
 
 @click.command()
@@ -97,6 +42,10 @@ def dev(port: int, flower_port: int) -> None:
     key, view = router.store.create_key("dev")
     password = secrets.token_urlsafe(12)
     children: list[Child] = []
+
+    def start(name: str, arguments: list[str], env: dict[str, str] | None = None) -> Child:
+        return Child.start(name, arguments, logs / f"{name}.log", env)
+
     stopping = False
 
     def stop(*_: object) -> None:
@@ -108,20 +57,20 @@ def dev(port: int, flower_port: int) -> None:
     try:
         click.echo(f"broker:   {settings.safe_broker_url()}\ndatabase: {settings.safe_database_url()}")
         if local:
-            children.append(_start("worker", ["worker", "--pool", "cpu", "--queues", ",".join(local)], logs))
+            children.append(start("worker", ["worker", "--pool", "cpu", "--queues", ",".join(local)]))
         if remote:
-            children.append(_start("remote-worker", ["worker", "--pool", "remote", "--queues", ",".join(remote)], logs))
-        children.append(_start("gateway", ["serve", "--port", str(port)], logs))
+            children.append(start("remote-worker", ["worker", "--pool", "remote", "--queues", ",".join(remote)]))
+        children.append(start("gateway", ["serve", "--port", str(port)]))
         if flower_port:
             flower_env = {**os.environ, "FLOWER_BASIC_AUTH": f"dev:{password}"}
-            children.append(_start("flower", ["flower", "--port", str(flower_port)], logs, env=flower_env))
+            children.append(start("flower", ["flower", "--port", str(flower_port)], env=flower_env))
         for child in children:
             if child.name.endswith("worker"):
-                _wait_for(child, ready="ready: tiers=")
+                child.wait_until(ready=WORKER_READY, timeout=READY_S)
             elif child.name == "gateway":
-                _wait_for(child, url=f"http://127.0.0.1:{port}/healthz")
+                child.wait_until(url=f"http://127.0.0.1:{port}/healthz")
             else:
-                _wait_for(child, url=f"http://127.0.0.1:{flower_port}/", timeout=60)
+                child.wait_until(url=f"http://127.0.0.1:{flower_port}/", timeout=60)
         click.echo(f"gateway:  http://127.0.0.1:{port}  (API docs at /docs)")
         click.echo(f"key:      {key}  (tenant dev; revoked when this stops)")
         if flower_port:
@@ -132,11 +81,8 @@ def dev(port: int, flower_port: int) -> None:
         click.echo(f"\ntry:  curl -s localhost:{port}/v1/jobs -H 'Authorization: Bearer {key}' -d '{body}'")
         click.echo("all up; Ctrl-C stops everything")
         while not stopping:
-            ended = [child for child in children if child.process.poll() is not None]
-            if ended:
-                raise click.ClickException(
-                    f"{ended[0].name} exited with code {ended[0].process.returncode}; see {ended[0].log}"
-                )
+            for child in children:
+                child.check_alive()
             time.sleep(0.2)
         click.echo("\nstopping…")
     finally:

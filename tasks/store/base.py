@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Table
+from sqlalchemy import Engine, Insert, Select, Table, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -260,3 +260,24 @@ class DriverInsert:
             ) from exc
         finally:
             pooled.close()
+
+
+def page_after(
+    session: Session,
+    query: Select[Any],
+    columns: tuple[Any, Any],
+    after: Any,
+    owned: tuple[Any, ...],
+    *,
+    limit: int,
+    newest_first: bool = True,
+) -> Select[Any]:
+    """``query`` ordered by ``columns`` (a time, then an id to break ties), ``limit`` rows after the row whose
+    id is ``after`` (a page's cursor: the last id of the page before); a cursor that names no row of ``owned``
+    starts at the top."""
+    if after is not None:
+        cursor = session.execute(select(*columns).where(columns[1] == after, *owned)).first()
+        if cursor is not None:
+            beyond = tuple_(*columns) < tuple_(*cursor) if newest_first else tuple_(*columns) > tuple_(*cursor)
+            query = query.where(beyond)
+    return query.order_by(*(column.desc() if newest_first else column.asc() for column in columns)).limit(limit)

@@ -6,10 +6,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 
 from llm_router.tasks.records import FileRecord, utcnow
-from llm_router.tasks.store.base import StoreBase
+from llm_router.tasks.store.base import StoreBase, page_after
 
 
 @dataclass(frozen=True)
@@ -58,18 +58,12 @@ class FileRecords(StoreBase):
         """A tenant's files by upload time (newest first unless asked), ``limit`` of them after the file
         ``after`` (a cursor: the last id of the page before; an id that is not the tenant's starts at the top)."""
         columns = (FileRecord.created_at, FileRecord.id)
-        order = [column.desc() if newest_first else column.asc() for column in columns]
+        owned = (FileRecord.tenant == tenant,)
         query = select(
             FileRecord.id, FileRecord.tenant, FileRecord.purpose, FileRecord.filename, FileRecord.bytes, *columns[:1]
-        ).where(FileRecord.tenant == tenant)
+        ).where(*owned)
         if purpose is not None:
             query = query.where(FileRecord.purpose == purpose)
         with self.session() as session:
-            if after is not None:
-                cursor = session.execute(
-                    select(*columns).where(FileRecord.id == after, FileRecord.tenant == tenant)
-                ).first()
-                if cursor is not None:
-                    beyond = tuple_(*columns) < tuple_(*cursor) if newest_first else tuple_(*columns) > tuple_(*cursor)
-                    query = query.where(beyond)
-            return [FileView(*row) for row in session.execute(query.order_by(*order).limit(limit))]
+            query = page_after(session, query, columns, after, owned, limit=limit, newest_first=newest_first)
+            return [FileView(*row) for row in session.execute(query)]

@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, insert, select, tuple_, update
+from sqlalchemy import exists, insert, select, update
 
 from llm_router.tasks.records import UNFINISHED_STATUSES, JobRecord, RunRecord, RunStatus, utcnow
 from llm_router.tasks.redaction import redact
-from llm_router.tasks.store.base import RUNS, StoreBase, insert_ignoring_duplicates
+from llm_router.tasks.store.base import RUNS, StoreBase, insert_ignoring_duplicates, page_after
 from llm_router.tasks.store.views import JobView, RunView
 
 
@@ -60,14 +60,9 @@ class RunRecords(StoreBase):
         ``limit`` of them after the run ``after`` (a cursor: the last id of the page before)."""
         columns = (RunRecord.created_at, RunRecord.id)
         owned = (RunRecord.kind == kind, RunRecord.request["tenant"].as_string() == tenant)
-        query = select(RunRecord).where(*owned)
         with self.session() as session:
-            if after is not None:
-                cursor = session.execute(select(*columns).where(RunRecord.id == after, *owned)).first()
-                if cursor is not None:
-                    query = query.where(tuple_(*columns) < tuple_(*cursor))
-            ordered = query.order_by(*(column.desc() for column in columns)).limit(limit)
-            return [RunView.of(record) for record in session.scalars(ordered)]
+            query = page_after(session, select(RunRecord).where(*owned), columns, after, owned, limit=limit)
+            return [RunView.of(record) for record in session.scalars(query)]
 
     def update_run(self, run_id: str, summary: dict[str, Any]) -> None:
         """The figures so far of a run still running."""

@@ -3,15 +3,15 @@ the models' loading told apart from the jobs, and a second run saying which answ
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import embedded_env
+
 
 def _demo(folder: Path, models_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("LLM_ROUTER_")}
-    env.update(LLM_ROUTER_MODELS_DIR=str(models_dir), HF_HUB_OFFLINE="1")
+    env = embedded_env(models_dir)
     command = [sys.executable, "-m", "llm_router.cli.main", "demo", "--timeout", "300"]
     return subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True, timeout=600)
 

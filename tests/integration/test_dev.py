@@ -15,6 +15,7 @@ import httpx
 from sqlalchemy import create_engine
 
 from llm_router.tasks.store import JobStore
+from tests.conftest import embedded_env
 from tests.support.gateway import auth, free_port
 
 
@@ -28,8 +29,7 @@ def _alive(pid: int) -> bool:
 
 def test_dev_starts_everything_serves_a_job_and_stops_it_all(models_dir: Path, tmp_path: Path) -> None:
     port, flower_port = free_port(), free_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("LLM_ROUTER_")}
-    env.update(LLM_ROUTER_MODELS_DIR=str(models_dir), HF_HUB_OFFLINE="1")
+    env = embedded_env(models_dir)
     log = tmp_path / "dev.out"
     command = [
         sys.executable,
