@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 from llm_router.broker.catalogue import Catalogue
 from llm_router.tasks.errors import ConfigurationError
 from llm_router.tasks.schemas import EmbedRequest, Usage
-from llm_router.workers.backends.remote import CallAnswers, RemoteDeps, in_calls
+from llm_router.workers.backends.http import PlannedCall
+from llm_router.workers.backends.remote import CallAnswers, RemoteDeps, embed_results, in_calls, one_call
 from llm_router.workers.backends.usage import TokenCounter
 from llm_router.workers.pools import REMOTE_CONCURRENCY, plan_pool
 
@@ -50,28 +52,49 @@ def test_the_remote_pool_refuses_what_it_cannot_do(options: dict[str, Any], mess
         plan_pool("remote", CATALOGUE, **options)
 
 
-def _deps(tmp_path: Path) -> RemoteDeps:
-    return RemoteDeps(caller=None, counter=TokenCounter(tmp_path, None), catalogue=CATALOGUE)  # type: ignore[arg-type]
+class _Sender:
+    """Sends a planned call by answering it with its own payload (the texts), and keeps what was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[str]] = []
+
+    def run(self, planned: PlannedCall[CallAnswers]) -> CallAnswers:
+        self.sent.append(planned.payload)
+        return planned.answer(planned.payload)
+
+
+def _deps(tmp_path: Path, sender: _Sender | None = None) -> RemoteDeps:
+    return RemoteDeps(caller=sender or _Sender(), counter=TokenCounter(tmp_path, None), catalogue=CATALOGUE)  # type: ignore[arg-type]
+
+
+def _plan(answer: Callable[[list[str]], CallAnswers]) -> Callable[[list[str]], PlannedCall[CallAnswers]]:
+    return lambda texts: PlannedCall("http://127.0.0.1:1/embed", texts, "org/tei", answer)
 
 
 def test_inputs_of_many_requests_go_in_calls_of_the_models_size_and_come_back_in_order(tmp_path: Path) -> None:
     requests = [EmbedRequest(input=[f"r{r}-{i}" for i in range(n)]) for r, n in enumerate([3, 1, 5, 2])]
-    calls: list[list[str]] = []
-
-    def call(texts: list[str]) -> CallAnswers:
-        calls.append(texts)
-        return [f"answer to {text}" for text in texts], Usage.of(99)
-
-    answered = in_calls(_deps(tmp_path), "org/tei", requests, call, provider_default=32)
-    assert [len(texts) for texts in calls] == [4, 4, 3]  # 11 inputs, 4 per call (the catalogue's limit)
+    sender = _Sender()
+    plan = _plan(lambda texts: ([f"answer to {text}" for text in texts], Usage.of(99)))
+    answered = in_calls(_deps(tmp_path, sender), "org/tei", requests, plan, provider_default=32)
+    assert [len(texts) for texts in sender.sent] == [4, 4, 3]  # 11 inputs, 4 per call (the catalogue's limit)
     for request, (answers, usage) in zip(requests, answered, strict=True):
         assert answers == [f"answer to {text}" for text in request.input]
         assert usage.prompt_tokens != 99 and usage.estimated  # counted per request, not the shared call's
 
 
 def test_one_request_in_one_call_keeps_the_servers_usage(tmp_path: Path) -> None:
-    def call(texts: list[str]) -> CallAnswers:
-        return list(texts), Usage.of(7)
-
-    [(answers, usage)] = in_calls(_deps(tmp_path), "org/chat", [EmbedRequest(input=["a", "b"])], call, 2048)
+    plan = _plan(lambda texts: (list(texts), Usage.of(7)))
+    [(answers, usage)] = in_calls(_deps(tmp_path), "org/chat", [EmbedRequest(input=["a", "b"])], plan, 2048)
     assert answers == ["a", "b"] and usage.prompt_tokens == 7
+
+
+def test_the_event_loops_one_call_answers_as_the_threads_calls_do(tmp_path: Path) -> None:
+    deps = _deps(tmp_path)
+    plan = _plan(lambda texts: ([[float(len(text))] for text in texts], None))
+    request = EmbedRequest(input=["ab", "abc"])
+    planned = one_call(deps, "org/tei", request, plan, 32, embed_results)
+    assert planned is not None and planned.payload == ["ab", "abc"]
+    threads = embed_results("org/tei", in_calls(deps, "org/tei", [request], plan, 32))[0]
+    assert planned.answer(planned.payload) == threads
+    # More inputs than one call takes (the catalogue's 4): the threads' path sends it.
+    assert one_call(deps, "org/tei", EmbedRequest(input=list("abcde")), plan, 32, embed_results) is None

@@ -4,7 +4,7 @@ calls that run many requests of one kind at once, which a backend declares by ha
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from llm_router.broker.catalogue import GenerationDefaults
 from llm_router.tasks.schemas import (
@@ -17,6 +17,13 @@ from llm_router.tasks.schemas import (
     Kind,
 )
 
+if TYPE_CHECKING:
+    from llm_router.workers.backends.http import PlannedCall
+
+
+Request = GenerateRequest | EmbedRequest | ClassifyRequest
+Result = GenerateResult | EmbedResult | ClassifyResult
+
 
 class Backend(Protocol):
     provider: str
@@ -26,6 +33,14 @@ class Backend(Protocol):
     def embed(self, model_id: str, request: EmbedRequest) -> EmbedResult: ...
 
     def classify(self, model_id: str, request: ClassifyRequest) -> ClassifyResult: ...
+
+
+@runtime_checkable
+class PlansCalls(Protocol):
+    """A remote backend: the one HTTP call that answers a request, planned for any caller to send (the event
+    loop's), or None where the request takes more than one plain call (a stream, many calls' inputs)."""
+
+    def plan(self, model_id: str, request: Request, defaults: GenerationDefaults) -> PlannedCall[Result] | None: ...
 
 
 @runtime_checkable

@@ -10,6 +10,7 @@ The legacy ``wait_for_model`` and ``use_cache`` options travel as the ``x-wait-f
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from llm_router.broker.catalogue import GenerationDefaults
@@ -21,8 +22,9 @@ from llm_router.tasks.schemas import (
     GenerateRequest,
     GenerateResult,
 )
-from llm_router.workers.backends.http import unexpected
-from llm_router.workers.backends.openai_compat import chat_payload, chat_result, streamed_chat, wants_stream
+from llm_router.workers.backends.base import Request, Result
+from llm_router.workers.backends.http import PlannedCall, unexpected
+from llm_router.workers.backends.openai_compat import chat_answer, chat_payload, streamed_chat, wants_stream
 from llm_router.workers.backends.remote import (
     CallAnswers,
     RemoteDeps,
@@ -31,6 +33,7 @@ from llm_router.workers.backends.remote import (
     embed_results,
     in_calls,
     labels_of,
+    one_call,
     vectors_of,
 )
 
@@ -56,16 +59,22 @@ class HfInferenceBackend:
         return f"{self._deps.base_url(model_id)}/models/{model_id}{suffix}"
 
     def generate(self, model_id: str, request: GenerateRequest, defaults: GenerationDefaults) -> GenerateResult:
+        if wants_stream(request):  # its OpenAI-compatible chat route streams the same way
+            payload = chat_payload(model_id, request, Sampling.of(request, defaults))
+            url = self._url(model_id, "/v1/chat/completions")
+            headers = self._headers(request.use_cache)
+            return streamed_chat(self._deps.caller, url, payload, request, self._deps.counter, headers)
+        return self._deps.caller.run(self._generate_call(model_id, request, defaults))
+
+    def _generate_call(
+        self, model_id: str, request: GenerateRequest, defaults: GenerationDefaults
+    ) -> PlannedCall[GenerateResult]:
         sampling = Sampling.of(request, defaults)
         headers = self._headers(request.use_cache)
-        if wants_stream(request):  # its OpenAI-compatible chat route streams the same way
-            payload = chat_payload(model_id, request, sampling)
-            url = self._url(model_id, "/v1/chat/completions")
-            return streamed_chat(self._deps.caller, url, payload, request, self._deps.counter, headers)
         if request.messages is not None:
             url = self._url(model_id, "/v1/chat/completions")
-            body = self._deps.caller.post(url, chat_payload(model_id, request, sampling), model_id, headers)
-            return chat_result(self.provider, model_id, body, request, self._deps.counter)
+            answer = chat_answer(self.provider, model_id, request, self._deps.counter)
+            return PlannedCall(url, chat_payload(model_id, request, sampling), model_id, answer, headers)
         parameters: dict[str, Any] = {
             "max_new_tokens": sampling.max_tokens,
             "top_k": sampling.top_k,
@@ -81,38 +90,54 @@ class HfInferenceBackend:
             parameters["seed"] = request.seed
         if request.stop:
             parameters["stop"] = request.stop
-        body = self._deps.caller.post(
-            self._url(model_id), {"inputs": request.prompt, "parameters": parameters}, model_id, headers
-        )
-        if isinstance(body, list) and body:
-            body = body[0]
-        if not isinstance(body, dict) or not isinstance(body.get("generated_text"), str):
-            raise unexpected(self.provider, model_id, "no generated_text")
-        text = body["generated_text"]
-        usage = self._deps.counter.usage(model_id, [request.prompt or ""], [text])
-        return GenerateResult(text=text, model=model_id, usage=usage, finish_reason="length")
+
+        def generated(body: Any) -> GenerateResult:
+            if isinstance(body, list) and body:
+                body = body[0]
+            if not isinstance(body, dict) or not isinstance(body.get("generated_text"), str):
+                raise unexpected(self.provider, model_id, "no generated_text")
+            text = body["generated_text"]
+            usage = self._deps.counter.usage(model_id, [request.prompt or ""], [text])
+            return GenerateResult(text=text, model=model_id, usage=usage, finish_reason="length")
+
+        payload = {"inputs": request.prompt, "parameters": parameters}
+        return PlannedCall(self._url(model_id), payload, model_id, generated, headers)
 
     def embed(self, model_id: str, request: EmbedRequest) -> EmbedResult:
         return self.embed_many(model_id, [request])[0]
 
     def embed_many(self, model_id: str, requests: list[EmbedRequest]) -> list[EmbedResult]:
-        url = self._url(model_id, "/pipeline/feature-extraction")
         headers = self._headers(all(request.use_cache for request in requests))
-
-        def call(texts: list[str]) -> CallAnswers:
-            body = self._deps.caller.post(url, {"inputs": texts}, model_id, headers)
-            return vectors_of(self.provider, model_id, body, len(texts)), None
-
-        return embed_results(model_id, in_calls(self._deps, model_id, requests, call, INPUTS_PER_CALL))
+        plan = partial(self._embed_call, model_id, headers)
+        return embed_results(model_id, in_calls(self._deps, model_id, requests, plan, INPUTS_PER_CALL))
 
     def classify(self, model_id: str, request: ClassifyRequest) -> ClassifyResult:
         return self.classify_many(model_id, [request])[0]
 
     def classify_many(self, model_id: str, requests: list[ClassifyRequest]) -> list[ClassifyResult]:
-        url, headers = self._url(model_id), self._headers(all(request.use_cache for request in requests))
+        headers = self._headers(all(request.use_cache for request in requests))
+        plan = partial(self._classify_call, model_id, headers)
+        return classify_results(model_id, in_calls(self._deps, model_id, requests, plan, INPUTS_PER_CALL))
 
-        def call(texts: list[str]) -> CallAnswers:
-            body = self._deps.caller.post(url, {"inputs": texts}, model_id, headers)
+    def plan(self, model_id: str, request: Request, defaults: GenerationDefaults) -> PlannedCall[Result] | None:
+        if isinstance(request, GenerateRequest):
+            return None if request.stream else self._generate_call(model_id, request, defaults)
+        headers = self._headers(request.use_cache)
+        if isinstance(request, EmbedRequest):
+            plan = partial(self._embed_call, model_id, headers)
+            return one_call(self._deps, model_id, request, plan, INPUTS_PER_CALL, embed_results)
+        plan = partial(self._classify_call, model_id, headers)
+        return one_call(self._deps, model_id, request, plan, INPUTS_PER_CALL, classify_results)
+
+    def _embed_call(self, model_id: str, headers: dict[str, str], texts: list[str]) -> PlannedCall[CallAnswers]:
+        def answer(body: Any) -> CallAnswers:
+            return vectors_of(self.provider, model_id, body, len(texts)), None
+
+        url = self._url(model_id, "/pipeline/feature-extraction")
+        return PlannedCall(url, {"inputs": texts}, model_id, answer, headers)
+
+    def _classify_call(self, model_id: str, headers: dict[str, str], texts: list[str]) -> PlannedCall[CallAnswers]:
+        def answer(body: Any) -> CallAnswers:
             return labels_of(self.provider, model_id, body, len(texts)), None
 
-        return classify_results(model_id, in_calls(self._deps, model_id, requests, call, INPUTS_PER_CALL))
+        return PlannedCall(self._url(model_id), {"inputs": texts}, model_id, answer, headers)

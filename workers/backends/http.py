@@ -10,9 +10,11 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 from pydantic import SecretStr
@@ -31,6 +33,21 @@ from llm_router.tasks.errors import (
 from llm_router.tasks.redaction import redact
 
 THREAD_CONNECTIONS = 8  # a thread makes one call at a time; a few hosts' connections kept alive
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+@dataclass(frozen=True)
+class PlannedCall(Generic[T_co]):
+    """One POST of JSON, planned apart from how it is sent: the threads' caller and the event loop's send the
+    same plan, and ``answer`` turns the decoded body into what the backend returns (raising ``unexpected``
+    for a body it cannot read)."""
+
+    url: str
+    payload: Any
+    model_id: str
+    answer: Callable[[Any], T_co]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def make_client(timeout_s: float, connections: int = THREAD_CONNECTIONS) -> httpx.Client:
@@ -128,7 +145,7 @@ class HttpCaller:
         self._token = token
         self._model_tokens = model_tokens or {}
 
-    def _secrets(self) -> list[str]:
+    def secrets(self) -> list[str]:
         tokens = [self._token, *self._model_tokens.values()]
         return [token.get_secret_value() for token in tokens if token is not None]
 
@@ -136,16 +153,34 @@ class HttpCaller:
         token = self._model_tokens.get(model_id, self._token) if model_id else self._token
         return {} if token is None else {"Authorization": f"Bearer {token.get_secret_value()}"}
 
+    def run(self, planned: PlannedCall[T]) -> T:
+        return planned.answer(self.post(planned.url, planned.payload, planned.model_id, planned.headers))
+
+    def headers(
+        self, model_id: str, headers: dict[str, str] | None, accept: str = "application/json"
+    ) -> dict[str, str]:
+        """A request's headers: the call's own and its bearer token."""
+        return {"Accept": accept, **(headers or {}), **self._auth(model_id)}
+
     def post(self, url: str, payload: Any, model_id: str, headers: dict[str, str] | None = None) -> Any:
-        all_headers = {"Accept": "application/json", **(headers or {}), **self._auth(model_id)}
+        with self.network_errors(model_id):
+            response = self._client_of().post(url, json=payload, headers=self.headers(model_id, headers))
+        return self.body_of(response, model_id)
+
+    @contextmanager
+    def network_errors(self, model_id: str) -> Iterator[None]:
+        """httpx's timeouts and transport failures (the event loop's transport's included) as ``NetworkError``."""
         try:
-            response = self._client_of().post(url, json=payload, headers=all_headers)
+            yield
         except httpx.TimeoutException as exc:
             raise NetworkError(f"{self.provider} timed out for {model_id} ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
             raise NetworkError(f"{self.provider} connection failed for {model_id} ({type(exc).__name__})") from exc
+
+    def body_of(self, response: httpx.Response, model_id: str) -> Any:
+        """A read response's decoded JSON body; an error status or a body that is not JSON raises ours."""
         if response.status_code >= 400:
-            raise error_for_response(response, self.provider, model_id, self._secrets())
+            raise error_for_response(response, self.provider, model_id, self.secrets())
         try:
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -156,29 +191,25 @@ class HttpCaller:
     ) -> Generator[Any, None, None]:
         """POST JSON and yield the JSON of each server-sent event until ``data: [DONE]`` (or the end of the
         body). Closing the generator closes the connection: the server sees the client go."""
-        all_headers = {"Accept": "text/event-stream", **(headers or {}), **self._auth(model_id)}
-        try:
-            with self._client_of().stream("POST", url, json=payload, headers=all_headers) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise error_for_response(response, self.provider, model_id, self._secrets())
-                for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue  # comments, event names, the blank lines between events
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    try:
-                        event = json.loads(data)
-                    except json.JSONDecodeError:
-                        raise ModelFailed(
-                            f"{self.provider} streamed an event that is not JSON for {model_id}"
-                        ) from None
-                    yield event
-        except httpx.TimeoutException as exc:
-            raise NetworkError(f"{self.provider} timed out for {model_id} ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            raise NetworkError(f"{self.provider} connection failed for {model_id} ({type(exc).__name__})") from exc
+        all_headers = self.headers(model_id, headers, "text/event-stream")
+        with (
+            self.network_errors(model_id),
+            self._client_of().stream("POST", url, json=payload, headers=all_headers) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                raise error_for_response(response, self.provider, model_id, self.secrets())
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue  # comments, event names, the blank lines between events
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    event = json.loads(data)
+                except json.JSONDecodeError:
+                    raise ModelFailed(f"{self.provider} streamed an event that is not JSON for {model_id}") from None
+                yield event
 
     def get_status(self, url: str, model_id: str | None = None) -> int:
         """The status of a GET (for model status checks); network failures raise ``NetworkError``."""

@@ -8,6 +8,8 @@ Classification has no OpenAI route: such a model fails over to the next one in t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from llm_router.broker.catalogue import GenerationDefaults
@@ -21,8 +23,17 @@ from llm_router.tasks.schemas import (
     GenerateResult,
     Usage,
 )
-from llm_router.workers.backends.http import HttpCaller, unexpected
-from llm_router.workers.backends.remote import CallAnswers, RemoteDeps, Sampling, embed_results, in_calls, vectors_of
+from llm_router.workers.backends.base import Request, Result
+from llm_router.workers.backends.http import HttpCaller, PlannedCall, unexpected
+from llm_router.workers.backends.remote import (
+    CallAnswers,
+    RemoteDeps,
+    Sampling,
+    embed_results,
+    in_calls,
+    one_call,
+    vectors_of,
+)
 from llm_router.workers.backends.usage import TokenCounter
 from llm_router.workers.cancellation import STOP_REQUESTED
 from llm_router.workers.streaming import DELTAS
@@ -115,7 +126,7 @@ def wants_stream(request: GenerateRequest) -> bool:
 
 
 def chat_result(
-    provider: str, model_id: str, body: Any, request: GenerateRequest, counter: TokenCounter
+    provider: str, model_id: str, body: Any, *, request: GenerateRequest, counter: TokenCounter
 ) -> GenerateResult:
     try:
         choice = body["choices"][0]
@@ -126,6 +137,13 @@ def chat_result(
     return GenerateResult(text=text or "", model=model_id, usage=usage, finish_reason=_finish(choice))
 
 
+def chat_answer(
+    provider: str, model_id: str, request: GenerateRequest, counter: TokenCounter
+) -> Callable[[Any], GenerateResult]:
+    """What reads a chat completion's body into the job's result."""
+    return partial(chat_result, provider, model_id, request=request, counter=counter)
+
+
 class OpenAIBackend:
     provider = "openai"
 
@@ -133,34 +151,43 @@ class OpenAIBackend:
         self._deps = deps
 
     def generate(self, model_id: str, request: GenerateRequest, defaults: GenerationDefaults) -> GenerateResult:
+        if wants_stream(request):
+            payload = chat_payload(model_id, request, Sampling.of(request, defaults))
+            url = f"{self._deps.base_url(model_id)}/v1/chat/completions"
+            return streamed_chat(self._deps.caller, url, payload, request, self._deps.counter)
+        return self._deps.caller.run(self._generate_call(model_id, request, defaults))
+
+    def _generate_call(
+        self, model_id: str, request: GenerateRequest, defaults: GenerationDefaults
+    ) -> PlannedCall[GenerateResult]:
         sampling = Sampling.of(request, defaults)
         base = self._deps.base_url(model_id)
-        if wants_stream(request):
-            payload = chat_payload(model_id, request, sampling)
-            return streamed_chat(self._deps.caller, f"{base}/v1/chat/completions", payload, request, self._deps.counter)
         if request.messages is not None:
-            body = self._deps.caller.post(
-                f"{base}/v1/chat/completions", chat_payload(model_id, request, sampling), model_id
-            )
-            return chat_result(self.provider, model_id, body, request, self._deps.counter)
+            payload = chat_payload(model_id, request, sampling)
+            answer_chat = chat_answer(self.provider, model_id, request, self._deps.counter)
+            return PlannedCall(f"{base}/v1/chat/completions", payload, model_id, answer_chat)
+
+        def answer(body: Any) -> GenerateResult:
+            try:
+                choice = body["choices"][0]
+                text = choice["text"]
+            except (KeyError, IndexError, TypeError):
+                raise unexpected(self.provider, model_id, "no choices[0].text") from None
+            usage = _usage(body) or self._deps.counter.usage(model_id, [request.prompt or ""], [text])
+            return GenerateResult(text=text, model=model_id, usage=usage, finish_reason=_finish(choice))
+
         payload = {"model": model_id, "prompt": request.prompt, **_sampling_fields(request, sampling)}
-        body = self._deps.caller.post(f"{base}/v1/completions", payload, model_id)
-        try:
-            choice = body["choices"][0]
-            text = choice["text"]
-        except (KeyError, IndexError, TypeError):
-            raise unexpected(self.provider, model_id, "no choices[0].text") from None
-        usage = _usage(body) or self._deps.counter.usage(model_id, [request.prompt or ""], [text])
-        return GenerateResult(text=text, model=model_id, usage=usage, finish_reason=_finish(choice))
+        return PlannedCall(f"{base}/v1/completions", payload, model_id, answer)
 
     def embed(self, model_id: str, request: EmbedRequest) -> EmbedResult:
         return self.embed_many(model_id, [request])[0]
 
     def embed_many(self, model_id: str, requests: list[EmbedRequest]) -> list[EmbedResult]:
-        url = f"{self._deps.base_url(model_id)}/v1/embeddings"
+        plan = partial(self._embed_call, model_id)
+        return embed_results(model_id, in_calls(self._deps, model_id, requests, plan, INPUTS_PER_CALL))
 
-        def call(texts: list[str]) -> CallAnswers:
-            body = self._deps.caller.post(url, {"model": model_id, "input": texts}, model_id)
+    def _embed_call(self, model_id: str, texts: list[str]) -> PlannedCall[CallAnswers]:
+        def answer(body: Any) -> CallAnswers:
             try:
                 items = sorted(body["data"], key=lambda item: item["index"])
                 vectors = [item["embedding"] for item in items]
@@ -168,7 +195,16 @@ class OpenAIBackend:
                 raise unexpected(self.provider, model_id, "no data[].embedding") from None
             return vectors_of(self.provider, model_id, vectors, len(texts)), _usage(body)
 
-        return embed_results(model_id, in_calls(self._deps, model_id, requests, call, INPUTS_PER_CALL))
+        url = f"{self._deps.base_url(model_id)}/v1/embeddings"
+        return PlannedCall(url, {"model": model_id, "input": texts}, model_id, answer)
 
     def classify(self, model_id: str, request: ClassifyRequest) -> ClassifyResult:
         raise ModelNotFound(f"the openai provider has no classification route (model {model_id})")
+
+    def plan(self, model_id: str, request: Request, defaults: GenerationDefaults) -> PlannedCall[Result] | None:
+        if isinstance(request, GenerateRequest):
+            return None if request.stream else self._generate_call(model_id, request, defaults)
+        if isinstance(request, EmbedRequest):
+            plan = partial(self._embed_call, model_id)
+            return one_call(self._deps, model_id, request, plan, INPUTS_PER_CALL, embed_results)
+        return None  # classify: refused by classify() on the threads' path

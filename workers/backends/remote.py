@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from llm_router.broker.catalogue import Catalogue, GenerationDefaults
 from llm_router.tasks.errors import ConfigurationError
@@ -19,7 +19,7 @@ from llm_router.tasks.schemas import (
     LabelScore,
     Usage,
 )
-from llm_router.workers.backends.http import HttpCaller, unexpected
+from llm_router.workers.backends.http import HttpCaller, PlannedCall, unexpected
 from llm_router.workers.backends.usage import TokenCounter
 
 
@@ -63,6 +63,7 @@ class Sampling:
         )
 
 
+R = TypeVar("R")
 # What one HTTP call of many inputs gives back: one answer per input, and the call's usage when it says.
 CallAnswers = tuple[list[Any], Usage | None]
 
@@ -71,19 +72,19 @@ def in_calls(
     deps: RemoteDeps,
     model_id: str,
     requests: list[EmbedRequest] | list[ClassifyRequest],
-    call: Callable[[list[str]], CallAnswers],
+    plan: Callable[[list[str]], PlannedCall[CallAnswers]],
     provider_default: int,
 ) -> list[tuple[list[Any], Usage]]:
     """Send the inputs of many requests to one model in as few calls as it takes (``max_inputs_per_call``);
     returns each request's answers, in order, and its usage: the server's when one request went out in one
     call, else counted per request (a call's total cannot be split between the jobs that shared it).
-    ``call`` returns one answer per text it was given, or raises (``vectors_of`` and ``labels_of`` check)."""
+    ``plan`` gives the call of some texts, whose answer is one per text (``vectors_of`` and ``labels_of`` check)."""
     texts = [text for request in requests for text in request.input]
     size = deps.inputs_per_call(model_id, provider_default)
     answers: list[Any] = []
     usage: Usage | None = None
     for start in range(0, len(texts), size):
-        got, usage = call(texts[start : start + size])
+        got, usage = deps.caller.run(plan(texts[start : start + size]))
         answers += got
     shared_usage = usage if len(requests) == 1 and len(texts) <= size else None
     results, start = [], 0
@@ -94,6 +95,27 @@ def in_calls(
         )
         start += count
     return results
+
+
+def one_call(
+    deps: RemoteDeps,
+    model_id: str,
+    request: EmbedRequest | ClassifyRequest,
+    plan: Callable[[list[str]], PlannedCall[CallAnswers]],
+    provider_default: int,
+    results: Callable[[str, list[tuple[list[Any], Usage]]], list[R]],
+) -> PlannedCall[R] | None:
+    """The one call that answers ``request``, as ``in_calls`` would send it; None when it takes more than one."""
+    texts = list(request.input)
+    if len(texts) > deps.inputs_per_call(model_id, provider_default):
+        return None
+    planned = plan(texts)
+
+    def answer(body: Any) -> R:
+        got, usage = planned.answer(body)
+        return results(model_id, [(got, usage or deps.counter.usage(model_id, texts))])[0]
+
+    return PlannedCall(planned.url, planned.payload, planned.model_id, answer, planned.headers)
 
 
 def embed_results(model_id: str, answered: list[tuple[list[Any], Usage]]) -> list[EmbedResult]:

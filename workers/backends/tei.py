@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 from llm_router.broker.catalogue import GenerationDefaults
 from llm_router.tasks.errors import ModelNotFound
 from llm_router.tasks.schemas import (
@@ -12,6 +15,8 @@ from llm_router.tasks.schemas import (
     GenerateRequest,
     GenerateResult,
 )
+from llm_router.workers.backends.base import Request, Result
+from llm_router.workers.backends.http import PlannedCall
 from llm_router.workers.backends.remote import (
     CallAnswers,
     RemoteDeps,
@@ -19,6 +24,7 @@ from llm_router.workers.backends.remote import (
     embed_results,
     in_calls,
     labels_of,
+    one_call,
     vectors_of,
 )
 
@@ -39,22 +45,36 @@ class TeiBackend:
         return self.embed_many(model_id, [request])[0]
 
     def embed_many(self, model_id: str, requests: list[EmbedRequest]) -> list[EmbedResult]:
-        url = f"{self._deps.base_url(model_id)}/embed"
-
-        def call(texts: list[str]) -> CallAnswers:
-            body = self._deps.caller.post(url, {"inputs": texts, "normalize": True, "truncate": True}, model_id)
-            return vectors_of(self.provider, model_id, body, len(texts)), None
-
-        return embed_results(model_id, in_calls(self._deps, model_id, requests, call, INPUTS_PER_CALL))
+        plan = partial(self._embed_call, model_id)
+        return embed_results(model_id, in_calls(self._deps, model_id, requests, plan, INPUTS_PER_CALL))
 
     def classify(self, model_id: str, request: ClassifyRequest) -> ClassifyResult:
         return self.classify_many(model_id, [request])[0]
 
     def classify_many(self, model_id: str, requests: list[ClassifyRequest]) -> list[ClassifyResult]:
-        url = f"{self._deps.base_url(model_id)}/predict"
+        plan = partial(self._classify_call, model_id)
+        return classify_results(model_id, in_calls(self._deps, model_id, requests, plan, INPUTS_PER_CALL))
 
-        def call(texts: list[str]) -> CallAnswers:
-            body = self._deps.caller.post(url, {"inputs": texts, "truncate": True, "raw_scores": False}, model_id)
+    def plan(self, model_id: str, request: Request, defaults: GenerationDefaults) -> PlannedCall[Result] | None:
+        if isinstance(request, EmbedRequest):
+            return one_call(
+                self._deps, model_id, request, partial(self._embed_call, model_id), INPUTS_PER_CALL, embed_results
+            )
+        if isinstance(request, ClassifyRequest):
+            plan = partial(self._classify_call, model_id)
+            return one_call(self._deps, model_id, request, plan, INPUTS_PER_CALL, classify_results)
+        return None  # generate: refused by generate() on the threads' path
+
+    def _embed_call(self, model_id: str, texts: list[str]) -> PlannedCall[CallAnswers]:
+        def answer(body: Any) -> CallAnswers:
+            return vectors_of(self.provider, model_id, body, len(texts)), None
+
+        url = f"{self._deps.base_url(model_id)}/embed"
+        return PlannedCall(url, {"inputs": texts, "normalize": True, "truncate": True}, model_id, answer)
+
+    def _classify_call(self, model_id: str, texts: list[str]) -> PlannedCall[CallAnswers]:
+        def answer(body: Any) -> CallAnswers:
             return labels_of(self.provider, model_id, body, len(texts)), None
 
-        return classify_results(model_id, in_calls(self._deps, model_id, requests, call, INPUTS_PER_CALL))
+        url = f"{self._deps.base_url(model_id)}/predict"
+        return PlannedCall(url, {"inputs": texts, "truncate": True, "raw_scores": False}, model_id, answer)
