@@ -96,6 +96,32 @@ def end_unrecorded(store: JobStore, job_id: str, exc: Exception) -> Outcome:
     return Outcome.FAILED
 
 
+def success_of(
+    runtime: WorkerRuntime, job_id: str, number: int, spec: AttemptSpec, result: Result, latency_ms: float
+) -> Success:
+    """A model's answer to attempt ``number``, counted towards the model's health. A run its caller cancelled
+    meanwhile ends cancelled, with what it made and the tokens it used."""
+    record_health(runtime.cooldowns, spec.model, ok=True)
+    result = result.model_copy(update={"tier": spec.tier})
+    return Success(job_id, number, result, spec.provider, latency_ms, runtime.cancels.requested(job_id))
+
+
+def log_success(success: Success, kind: str, spec: AttemptSpec) -> None:
+    """A job's one line at INFO: what became of it, where, in how long."""
+    result = success.result
+    log.info(
+        "job %s %s kind=%s tier=%s model=%s attempts=%s tokens=%s model_ms=%.0f",
+        success.job_id,
+        success.job_status,
+        kind,
+        spec.tier,
+        spec.model,
+        success.number,
+        result.usage.total_tokens,
+        success.model_latency_ms,
+    )
+
+
 def busy_recheck_s(lease_remaining_s: float) -> float:
     """When a put-off duplicate looks again: just after the lease could run out, at least a second on."""
     return max(1.0, lease_remaining_s + 0.5)
@@ -131,16 +157,43 @@ def _run_claimed(
     fresh_message = message.cursor == Cursor()
     job, cached = runtime.store.get_with_cached(message.job_id, runtime.settings.cache_ttl_s if fresh_message else None)
     outcome = _run_loaded(runtime, kind, message, job, cached, worker, reschedule)
+    return _ended(runtime, message.job_id, job, outcome)
+
+
+def _ended(runtime: WorkerRuntime, job_id: str, job: JobView | None, outcome: Outcome) -> Outcome:
+    """Set off what follows a job's end when ``outcome`` is final."""
     final = outcome.final_status
     if final is None:
         return outcome
     if job is None:  # a message of a job never recorded, rejected: its callers only need waking
-        after_final(runtime.end_hooks, [Ended(message.job_id, final)])
+        after_final(runtime.end_hooks, [Ended(job_id, final)])
     else:
         after_final(
             runtime.end_hooks, [Ended.of(job.id, final, job.request or {}, queue=job.queue, run_step=job.run_step)]
         )
     return outcome
+
+
+def go_on_after_failure(
+    runtime: WorkerRuntime,
+    job: JobView,
+    request: Request,
+    route: Route,
+    worker: str | None,
+    reschedule: Reschedule,
+    failed: tuple[int, Exception, float],
+) -> Outcome:
+    """A job whose attempt on its chain's first model was made elsewhere (the event loop) and failed: ``failed``
+    is the attempt's number, what it raised and its latency in ms. The policy's decision is carried out as on
+    this path (a retry published, the chain's next models tried here, the job failed), and what follows the
+    job's end is set off."""
+    number, failure, latency_ms = failed
+    run = _ChainRun(runtime, job, request, route, worker, reschedule)
+    first = route.chain[0]
+    outcome = run.record_call(_Place(0, 0, first), number, run.provider_of(first), failure, latency_ms)
+    if outcome is None:
+        outcome = run.run(Cursor(position=1))
+    return _ended(runtime, job.id, job, outcome)
 
 
 def _run_loaded(
@@ -268,7 +321,7 @@ class _ChainRun:
         remaining = self.runtime.cooldowns.remaining_s(model_id)
         if remaining <= 0:
             return False
-        spec = AttemptSpec(model_id, self._provider(model_id), self.tier, self.worker)
+        spec = AttemptSpec(model_id, self.provider_of(model_id), self.tier, self.worker)
         self.store.skip(self.job_id, spec, f"cooling down for another {remaining:.1f}s")
         self.errors.append(f"{model_id}: cooling down")
         self.cooling.append(remaining)
@@ -276,7 +329,7 @@ class _ChainRun:
 
     def _attempt(self, at: _Place, message_cursor: Cursor) -> Outcome | None:
         """Try ``at.model`` once; the run's outcome, or None to go on to the next model."""
-        model_id, provider = at.model, self._provider(at.model)
+        model_id, provider = at.model, self.provider_of(at.model)
         wait_s = self.runtime.limiter.acquire(self.runtime.limit_rules(self.tier, provider, model_id))
         if wait_s > 0:
             self._put_off(at.cursor(), wait_s)
@@ -304,16 +357,23 @@ class _ChainRun:
     def _call_and_record(self, at: _Place, number: int, model_id: str, provider: str) -> Outcome | None:
         started = time.perf_counter()
         try:
-            result = self._call(provider, model_id)
-        except RouterError as exc:
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            return self._recording(partial(self._failed, at, number, exc, latency_ms))
-        except Exception as exc:  # a bug must end the job, not leave it running forever
-            log.exception("job %s attempt %s on %s raised unexpectedly", self.job_id, number, model_id)
-            self.errors.append(f"{model_id}: internal error: {type(exc).__name__}")
-            return self._recording(partial(self._internal_error, number, exc))
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        return self._recording(partial(self._succeeded, number, model_id, provider, result, latency_ms))
+            called: Result | Exception = self._call(provider, model_id)
+        except Exception as exc:  # sorted out by record_call: a bug must end the job, not leave it running
+            called = exc
+        return self.record_call(at, number, provider, called, (time.perf_counter() - started) * 1000.0)
+
+    def record_call(
+        self, at: _Place, number: int, provider: str, called: Result | Exception, latency_ms: float
+    ) -> Outcome | None:
+        """Record what attempt ``number`` on ``at`` gave: its result, a failure the policy decides on, or an
+        unexpected exception (a bug, the job failed); None: on to the next model."""
+        if isinstance(called, RouterError):
+            return self._recording(partial(self._failed, at, number, called, latency_ms))
+        if isinstance(called, Exception):
+            log.error("job %s attempt %s on %s raised unexpectedly", self.job_id, number, at.model, exc_info=called)
+            self.errors.append(f"{at.model}: internal error: {type(called).__name__}")
+            return self._recording(partial(self._internal_error, number, called))
+        return self._recording(partial(self._succeeded, number, at.model, provider, called, latency_ms))
 
     def _recording(self, record: Callable[[], Outcome | None]) -> Outcome | None:
         """Record an attempt's outcome; one the database refuses ends the job ``failed`` with the cause, never
@@ -356,28 +416,14 @@ class _ChainRun:
         return self._fail() if decision.action is Action.FAIL else None
 
     def _succeeded(self, number: int, model_id: str, provider: str, result: Result, latency_ms: float) -> Outcome:
-        record_health(self.runtime.cooldowns, model_id, ok=True)
-        result = result.model_copy(update={"tier": self.tier})
-        # A run its caller cancelled meanwhile ends cancelled, with what it made and the tokens it used.
-        success = Success(
-            self.job_id, number, result, provider, latency_ms, self.runtime.cancels.requested(self.job_id)
-        )
+        spec = AttemptSpec(model_id, provider, self.tier, self.worker)
+        success = success_of(self.runtime, self.job_id, number, spec, result, latency_ms)
         with tracing.span("llm_router.record", {"llm_router.status": str(success.job_status)}):
             self.store.succeed([success])
-        log.info(
-            "job %s %s kind=%s tier=%s model=%s attempts=%s tokens=%s model_ms=%.0f",
-            self.job_id,
-            success.job_status,
-            self.request.kind,
-            self.tier,
-            model_id,
-            number,
-            result.usage.total_tokens,
-            latency_ms,
-        )
+        log_success(success, self.request.kind, spec)
         return Outcome.of(success.job_status)
 
-    def _provider(self, model_id: str) -> str:
+    def provider_of(self, model_id: str) -> str:
         return self.runtime.catalogue.model_spec(model_id).provider
 
     def _put_off(self, resume: Cursor, delay_s: float) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from llm_router.tasks.database import make_engine
-from llm_router.tasks.records import AttemptRecord, AttemptStatus, JobRecord, JobStatus, UsageRecord
+from llm_router.tasks.records import AttemptRecord, AttemptStatus, Base, JobRecord, JobStatus, UsageRecord
 from llm_router.tasks.schemas import GenerateResult, Usage
 from llm_router.tasks.store import AttemptSpec, Busy, JobStore, Lease, Success
 from llm_router.tasks.store.base import NewJob
@@ -237,3 +237,46 @@ def test_a_set_of_jobs_is_started_and_ended_in_one_call_alike_on_both_paths(
         assert all(len(statuses[job_id]["usage"]) == 1 for job_id in (queued, ended, orphaned))
         found.append([statuses[job_id] for job_id in (queued, ended, busy, orphaned)])
     assert found[0] == found[1]
+
+
+def test_the_first_look_at_many_jobs_answers_as_the_look_at_each(
+    stores: tuple[JobStore, JobStore], tmp_path: Any
+) -> None:
+    """One read for a take of many jobs: each job with the newest answer of its key (none for a job that opted
+    out, and none once the job ended), as the one-job read gives it; on PostgreSQL and SQLite."""
+    sqlite = JobStore(make_engine(f"sqlite:///{tmp_path / 'jobs.db'}"))
+    Base.metadata.create_all(sqlite.engine)
+    for store in (stores[0], sqlite):
+        key, other = f"key-{uuid.uuid4()}", f"key-{uuid.uuid4()}"
+        sources = []
+        for text in ("older", "newer"):
+            source = str(uuid.uuid4())
+            submit_one(
+                store, job_id=source, kind="generate", request={"prompt": "p"}, tier="fast", queue="fast", cache_key=key
+            )
+            number = start_one(store, source, model="m", provider="local", tier="fast", worker="w", lease=lease("o"))
+            assert isinstance(number, int)
+            result = GenerateResult(text=text, model="m", usage=Usage.of(1, 1))
+            succeed_one(store, source, number, result=result, provider="local", model_latency_ms=1.0)
+            sources.append(source)
+        waiting, opted_out, alone = (str(uuid.uuid4()) for _ in range(3))
+        submit_one(
+            store, job_id=waiting, kind="generate", request={"prompt": "p"}, tier="fast", queue="fast", cache_key=key
+        )
+        request = {"prompt": "p", "use_cache": False}
+        submit_one(store, job_id=opted_out, kind="generate", request=request, tier="fast", queue="fast", cache_key=key)
+        submit_one(
+            store, job_id=alone, kind="generate", request={"prompt": "q"}, tier="fast", queue="fast", cache_key=other
+        )
+        ids = [waiting, opted_out, alone, sources[0], str(uuid.uuid4())]
+        looked = store.first_look(ids, max_age_s=60)
+        assert set(looked) == set(ids[:4])  # the job never recorded is absent
+        cached = {job_id: (source.id if source else None) for job_id, (_, source) in looked.items()}
+        assert cached == {waiting: sources[1], opted_out: None, alone: None, sources[0]: None}
+        for job_id in ids:
+            job, source = store.get_with_cached(job_id, 60)
+            assert (job.id if job else None, source.id if source else None) == (
+                (job_id, cached[job_id]) if job_id in looked else (None, None)
+            )
+        assert all(source is None for _, source in store.first_look(ids, max_age_s=None).values())
+    sqlite.engine.dispose()
