@@ -36,13 +36,20 @@ class CancelWatch:
     def __init__(self, url: str | None):
         self._heard: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[list[str]], None]] = []
         if url:
             threading.Thread(target=self._listen, args=(url,), name="llm-router-cancels", daemon=True).start()
 
     def requested(self, job_id: str) -> bool:
         return job_id in self._heard
 
+    def on_heard(self, listener: Callable[[list[str]], None]) -> None:
+        """Also tell ``listener`` the ids of each notice as it is heard (the event loop closes their calls)."""
+        self._listeners.append(listener)
+
     def heard(self, job_ids: list[str]) -> None:
+        for listener in self._listeners:
+            listener(job_ids)
         now = time.monotonic()
         with self._lock:
             for job_id in job_ids:

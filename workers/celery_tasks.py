@@ -164,11 +164,11 @@ def _handle(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, 
             log.warning("rate-limit store unavailable (%s); messages retried in %ss", type(exc).__name__, DB_RETRY_S)
         raise task.retry(countdown=DB_RETRY_S, max_retries=None) from None
     except Exception as exc:
-        return _end_jobs_of_failed_message(task, kind, args, kwargs, exc)
+        return end_jobs_of_failed_message(current_runtime(task.app), kind, args, kwargs, exc)
 
 
-def _end_jobs_of_failed_message(
-    task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
+def end_jobs_of_failed_message(
+    runtime: WorkerRuntime, kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
 ) -> str:
     """A message whose handling raised (a bug, or a record the database refused): its jobs that are not final
     end ``failed`` with the cause, rather than stay queued or running under this live process's lease for
@@ -178,7 +178,6 @@ def _end_jobs_of_failed_message(
         job_ids = [message.job_id for message in parse_messages(args, kwargs)]
     except (BadMessage, BadBulkMessage):
         return Outcome.FAILED
-    runtime = current_runtime(task.app)
     cause = f"internal error while running its message ({cause_of(exc)})"
     ended = runtime.store.fail(job_ids, cause, not_leased_by_others=runtime.lease.owner)
     after_final(runtime.end_hooks, [Ended(job_id, JobStatus.FAILED) for job_id in ended])
@@ -220,7 +219,7 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
             ),
             interludes(serve_waiting) if serve_waiting is not None else contextlib.nullcontext(),
         ):
-            outcomes = _run_messages(task, runtime, {kind: messages}, drained)
+            outcomes = run_messages(task.app, runtime, {kind: messages}, drained, task.request.hostname)
     except BaseException:
         take.give_back()
         raise
@@ -228,13 +227,17 @@ def _handle_message(task: JobTask, kind: Kind, args: tuple[Any, ...], kwargs: di
         if runtime.registry.version != runtime.published_version:
             publish_state(runtime)
     take.ack()
-    summary = _summary(outcomes)
+    summary = summary_of(outcomes)
     report(task.app, drained, task.request.hostname, summary, time.perf_counter() - began)
     return summary
 
 
-def _run_messages(
-    task: JobTask, runtime: WorkerRuntime, by_kind: dict[Kind, list[JobMessage]], drained: list[Drained]
+def run_messages(
+    app: Any,
+    runtime: WorkerRuntime,
+    by_kind: dict[Kind, list[JobMessage]],
+    drained: list[Drained],
+    hostname: str | None,
 ) -> list[Outcome]:
     """Run the jobs of the message in hand (``by_kind``) and of the messages taken with it."""
     for item in drained:
@@ -244,7 +247,7 @@ def _run_messages(
     outcomes: list[Outcome] = []
     # Each job's waiting callers are woken as soon as its final record is written (workers.execution).
     for each_kind, jobs in by_kind.items():
-        outcomes += run_jobs(runtime, each_kind, jobs, task.request.hostname, _rescheduler(task, each_kind))
+        outcomes += run_jobs(runtime, each_kind, jobs, hostname, rescheduler(app, each_kind))
     return outcomes
 
 
@@ -253,7 +256,7 @@ def queue_of(task: JobTask) -> str | None:
     return queue if isinstance(queue, str) else None
 
 
-def _summary(outcomes: list[Outcome]) -> str:
+def summary_of(outcomes: list[Outcome]) -> str:
     if len(outcomes) == 1:
         return str(outcomes[0])
     return " ".join(f"{k}={v}" for k, v in sorted(Counter(outcomes).items()))
@@ -276,7 +279,7 @@ def _interactive_interlude(task: JobTask, runtime: WorkerRuntime) -> Callable[[]
             return
         began = time.perf_counter()
         try:
-            outcomes = _run_messages(task, runtime, {}, take.drained)
+            outcomes = run_messages(task.app, runtime, {}, take.drained, hostname)
         except Exception:  # the bulk call goes on; the broker hands these messages out again
             take.give_back()
             log.exception("interactive jobs taken between the passes of a bulk call failed; given back")
@@ -285,7 +288,7 @@ def _interactive_interlude(task: JobTask, runtime: WorkerRuntime) -> Callable[[]
             take.give_back()
             raise
         take.ack()
-        summary = _summary(outcomes)
+        summary = summary_of(outcomes)
         log.info("between the passes of a bulk call: %d interactive messages ran (%s)", len(take.drained), summary)
         report(task.app, take.drained, hostname, summary, time.perf_counter() - began)
 
@@ -311,17 +314,17 @@ def _parse(runtime: WorkerRuntime, kind: Kind, args: tuple[Any, ...], kwargs: di
         return "dropped"
 
 
-def _rescheduler(task: JobTask, kind: Kind) -> Reschedule:
+def rescheduler(app: Any, kind: Kind) -> Reschedule:
     def reschedule(job_id: str, queue: str, cursor: Cursor, delay_s: float, priority: int | None) -> None:
         # A new message with a countdown: the worker holds it without occupying an execution slot.
-        task.app.send_task(
+        app.send_task(
             TASK_NAMES[kind],
             kwargs={"job_id": job_id, "cursor": cursor.as_json()},
             countdown=delay_s,
             queue=queue,
             routing_key=queue,
             task_id=f"{job_id}:{cursor.position}.{cursor.retry}",
-            priority=broker_priority(task.app, priority, queue),
+            priority=broker_priority(app, priority, queue),
             headers=tracing.carrier(),  # the retry's run continues the job's trace
         )
 
@@ -381,12 +384,22 @@ for _kind in ("generate", "embed", "classify"):
         shared_task(bind=True, base=JobTask, name=_name)(_job_task(_kind))  # type: ignore[arg-type]
 
 
+# The process whose folder this one's state goes to, when it is not Celery's (the remote pool's event loops).
+_state_owner: dict[str, int] = {}
+
+
+def report_state_to(main_pid: int) -> None:
+    _state_owner["pid"] = main_pid
+
+
 def _main_pid() -> int:
+    if "pid" in _state_owner:
+        return _state_owner["pid"]
     # Prefork children report to their parent; the solo and thread pools run jobs in the main process.
     return os.getpid() if current_process().name == "MainProcess" else os.getppid()
 
 
-def publish_state(runtime: WorkerRuntime) -> None:
+def publish_state(runtime: WorkerRuntime, in_flight: int | None = None) -> None:
     from llm_router.workers.state import publish
 
     profile = runtime.profile
@@ -400,12 +413,13 @@ def publish_state(runtime: WorkerRuntime) -> None:
             "concurrency": profile.concurrency,
             "torch_loaded": "torch" in sys.modules,
             "models": [m.describe() for m in runtime.registry.loaded()],
+            **({} if in_flight is None else {"in_flight": in_flight}),
         },
     )
     runtime.published_version = runtime.registry.version
 
 
-def _preload(app: Any) -> None:
+def preload(app: Any) -> None:
     runtime = current_runtime(app)
     queues = set(app.amqp.queues.consume_from or app.amqp.queues)
     tiers = [tier for tier in runtime.catalogue.ordered_tiers if queues & {tier, queue_for_tier(tier, "bulk")}]
@@ -468,7 +482,7 @@ def _clear_earlier_state(**_: Any) -> None:
 def _preload_in_child(**_: Any) -> None:
     from celery import current_app
 
-    _preload(current_app)
+    preload(current_app)
 
 
 @signals.worker_ready.connect
@@ -476,4 +490,4 @@ def _preload_in_thread_pool(sender: Any = None, **_: Any) -> None:
     # Prefork children and the solo pool send worker_process_init; the thread pool sends nothing.
     pool_module = type(getattr(sender, "pool", None)).__module__
     if sender is not None and pool_module.rsplit(".", 1)[-1] == "thread":
-        _preload(sender.app)
+        preload(sender.app)

@@ -46,13 +46,29 @@ def inputs_of(headers: dict[str, Any]) -> int:
 
 def _runnable_now(headers: dict[str, Any]) -> bool:
     """One of our tasks, and due: a retry's countdown is left to Celery, which holds it until its ETA."""
-    if KIND_OF_TASK.get(headers.get("task") or "") is None:
-        return False
+    return KIND_OF_TASK.get(headers.get("task") or "") is not None and seconds_until_due(headers) <= 0
+
+
+def seconds_until_due(headers: dict[str, Any], now: datetime | None = None) -> float:
+    """How long a message waits for its ETA (a retry's countdown); 0 when due, or when it names none. An ETA
+    that cannot be read is treated as due: the job is run rather than held for ever."""
     eta = headers.get("eta")
+    if not eta:
+        return 0.0
     try:
-        return not eta or datetime.fromisoformat(eta).astimezone(UTC) <= datetime.now(UTC)
+        due = datetime.fromisoformat(eta).astimezone(UTC)
     except (TypeError, ValueError):
-        return False
+        return 0.0
+    return max(0.0, (due - (now or datetime.now(UTC))).total_seconds())
+
+
+def task_body(message: Taken) -> tuple[list[Any], dict[str, Any]] | None:
+    """A task message's arguments, or None when it is not a JSON task message. JSON only, checked before
+    decoding: kombu would decode any serializer (pickle included)."""
+    body = message.json_body()
+    if isinstance(body, list) and len(body) == 3 and isinstance(body[0], list) and isinstance(body[1], dict):
+        return body[0], body[1]
+    return None
 
 
 class _Line:
@@ -195,16 +211,16 @@ class Drainer:
     @staticmethod
     def _accept(line: _Line, message: Taken) -> Drained | None:
         name = message.task
-        kind = KIND_OF_TASK[name]
-        # JSON only, checked before decoding: kombu would decode any serializer (pickle included).
-        body = message.json_body()
-        if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], list) and isinstance(body[1], dict)):
+        body = task_body(message)
+        if body is None:
             log.error("refusing a %s message that is not a JSON task message (%s)", name, message.content_type)
             line.settle([message], "ack")  # what Celery does with content it refuses
             return None
-        args, kwargs, _ = body
+        args, kwargs = body
         task_id = message.headers.get("id")
-        return Drained(kind, tuple(args), kwargs, task_id if isinstance(task_id, str) else None, message, name)
+        return Drained(
+            KIND_OF_TASK[name], tuple(args), kwargs, task_id if isinstance(task_id, str) else None, message, name
+        )
 
 
 def report(app: Any, drained: list[Drained], hostname: str | None, outcome: str, runtime_s: float) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import click
 
 from llm_router.cli.output import EXIT_INVALID, fail, require_local
 from llm_router.tasks.errors import ConfigurationError
+
+MAX_PROCESSES = 64
 
 
 @click.command()
@@ -55,6 +58,16 @@ from llm_router.tasks.errors import ConfigurationError
     help="Threads per process for torch (cpu pool; default LLM_ROUTER_TORCH_THREADS, else cores / processes).",
 )
 @click.option("--nice", "niceness", type=int, help="CPU niceness of the worker (default 10 for --lanes bulk, else 0).")
+@click.option(
+    "--engine",
+    type=click.Choice(["asyncio", "threads"]),
+    help="Remote pool: jobs as coroutines on an event loop per process, or Celery's threads pool [default: asyncio].",
+)
+@click.option(
+    "--processes",
+    type=int,
+    help="Remote pool (asyncio): event-loop processes, each with --concurrency calls in flight [default: cores].",
+)
 @click.option("--hostname", "-n", help="Celery node name (default: POOL-PID@host).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 def worker(
@@ -70,6 +83,8 @@ def worker(
     bulk_window: int | None,
     niceness: int | None,
     torch_threads: int | None,
+    engine: str | None,
+    processes: int | None,
     hostname: str | None,
     loglevel: str,
 ) -> None:
@@ -100,20 +115,31 @@ def worker(
         )
     except ConfigurationError as exc:
         fail(str(exc), code=EXIT_INVALID)
+    if engine is not None and pool != "remote":
+        fail(f"--engine {engine}: only the remote pool has a choice of engine", code=EXIT_INVALID)
+    engine = engine or ("asyncio" if pool == "remote" else "threads")
+    if processes is not None and (engine != "asyncio" or not 1 <= processes <= MAX_PROCESSES):
+        fail(f"--processes: 1 to {MAX_PROCESSES} event-loop processes, with --engine asyncio", code=EXIT_INVALID)
     if plan.profile.runs_models:
         require_local(f"the {pool} pool")
-    engine = make_engine(settings.resolved_database_url)
+    database = make_engine(settings.resolved_database_url)
     try:
-        if engine.dialect.name == "sqlite":
-            upgrade(engine)  # embedded mode: nobody else runs migrations
+        if database.dialect.name == "sqlite":
+            upgrade(database)  # embedded mode: nobody else runs migrations
         else:
-            check_schema(engine)  # a worker never starts on a database it cannot write
+            check_schema(database)  # a worker never starts on a database it cannot write
     finally:
-        engine.dispose()
+        database.dispose()
     if plan.profile.niceness:
         os.nice(plan.profile.niceness)  # before the pool forks, so every process inherits it
     app.worker_profile = plan.profile  # type: ignore[attr-defined]
     quiet_outages()  # a broker that is away is said once a minute, not at every try
+    node = hostname or f"{pool}-{os.getpid()}@%h"
+    if engine == "asyncio":
+        from llm_router.workers.async_pool.processes import serve
+
+        serve(app, plan, node.replace("%h", socket.gethostname()), processes or os.cpu_count() or 1, loglevel)
+        return
     app.worker_main(
         [
             "worker",
@@ -124,7 +150,7 @@ def worker(
             "--concurrency",
             str(plan.concurrency),
             "--hostname",
-            hostname or f"{pool}-{os.getpid()}@%h",
+            node,
             "--loglevel",
             loglevel,
             "--without-gossip",

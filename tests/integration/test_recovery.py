@@ -159,7 +159,7 @@ def test_fifty_jobs_in_flight_on_a_worker_killed_whole_all_succeed_once(
     database: str,
     server: InferenceServer,
 ) -> None:
-    options = ("--pool", "remote", "--concurrency", str(IN_FLIGHT // 2))
+    options = ("--pool", "remote", "--concurrency", str(IN_FLIGHT // 2), "--processes", "1")
     doomed = start_worker("recover_remote", "recover-remote-doomed", env=env, options=options)
     survivor = start_worker("recover_remote", "recover-remote-survivor", env=env, options=options)
     server.reset()

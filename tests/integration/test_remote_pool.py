@@ -367,7 +367,7 @@ def test_a_429_storm_does_not_turn_into_a_republish_storm(
 def test_a_worker_takes_no_more_messages_than_it_has_free_slots(
     start_worker: Callable[..., WorkerProcess], remote_env: dict[str, str], router: Router, fresh: InferenceServer
 ) -> None:
-    options = ("--pool", "remote", "--concurrency", str(NARROW_SLOTS))
+    options = ("--pool", "remote", "--concurrency", str(NARROW_SLOTS), "--processes", "1")
     narrow = start_worker("remote_narrow", "remote-narrow", env=remote_env, options=options)
     jobs = [router.generate(f"narrow question {i}", tier="remote_narrow", max_tokens=10) for i in range(12)]
     ids = {job.id for job in jobs}
@@ -396,7 +396,7 @@ def test_interactive_embed_jobs_waiting_together_travel_in_few_calls(
     jobs = [router.embed(sentence, tier="remote_batched", use_cache=False) for sentence in texts[:20]]
     generation = router.generate("a question among embeddings", tier="remote_batched", max_tokens=5, use_cache=False)
     jobs += [router.embed(sentence, tier="remote_batched", use_cache=False) for sentence in texts[20:]]
-    options = ("--pool", "remote", "--concurrency", str(BATCHED_SLOTS))
+    options = ("--pool", "remote", "--concurrency", str(BATCHED_SLOTS), "--processes", "1")
     batched = start_worker("remote_batched", "remote-batched", env=remote_env, options=options)
     for sentence, job in zip(texts, jobs, strict=True):
         result = job.wait(timeout=60)

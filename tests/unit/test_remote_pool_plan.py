@@ -12,7 +12,7 @@ from llm_router.broker.catalogue import Catalogue
 from llm_router.tasks.errors import ConfigurationError
 from llm_router.tasks.schemas import EmbedRequest, Usage
 from llm_router.workers.backends.http import PlannedCall
-from llm_router.workers.backends.remote import CallAnswers, RemoteDeps, embed_results, in_calls, one_call
+from llm_router.workers.backends.remote import CallAnswers, RemoteDeps, embed_results, in_calls, packed_calls
 from llm_router.workers.backends.usage import TokenCounter
 from llm_router.workers.pools import REMOTE_CONCURRENCY, plan_pool
 
@@ -88,13 +88,16 @@ def test_one_request_in_one_call_keeps_the_servers_usage(tmp_path: Path) -> None
     assert answers == ["a", "b"] and usage.prompt_tokens == 7
 
 
-def test_the_event_loops_one_call_answers_as_the_threads_calls_do(tmp_path: Path) -> None:
+def test_the_event_loops_packed_calls_answer_as_the_threads_calls_do(tmp_path: Path) -> None:
     deps = _deps(tmp_path)
-    plan = _plan(lambda texts: ([[float(len(text))] for text in texts], None))
-    request = EmbedRequest(input=["ab", "abc"])
-    planned = one_call(deps, "org/tei", request, plan, 32, embed_results)
-    assert planned is not None and planned.payload == ["ab", "abc"]
-    threads = embed_results("org/tei", in_calls(deps, "org/tei", [request], plan, 32))[0]
-    assert planned.answer(planned.payload) == threads
-    # More inputs than one call takes (the catalogue's 4): the threads' path sends it.
-    assert one_call(deps, "org/tei", EmbedRequest(input=list("abcde")), plan, 32, embed_results) is None
+    plan = _plan(lambda texts: ([[float(len(text))] for text in texts], Usage.of(5)))
+    requests = [EmbedRequest(input=list(texts)) for texts in (["ab", "abc"], ["a"], list("abcde"), ["x", "y", "z"])]
+    packed = packed_calls(deps, "org/tei", requests, plan, 32, embed_results)
+    # Whole requests, at most the catalogue's 4 inputs a call; the one of 5 inputs is left to the threads' path.
+    assert [planned.positions for planned in packed] == [[0, 1], [3]]
+    for planned in packed:
+        chosen = [requests[p] for p in planned.positions]
+        assert planned.call.payload == [text for request in chosen for text in request.input]
+        threads = embed_results("org/tei", in_calls(deps, "org/tei", chosen, plan, 32))
+        assert planned.call.answer(planned.call.payload) == threads  # the server's usage only for a call of one
+    assert packed[1].call.answer(["x", "y", "z"])[0].usage.prompt_tokens == 5

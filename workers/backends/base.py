@@ -18,7 +18,8 @@ from llm_router.tasks.schemas import (
 )
 
 if TYPE_CHECKING:
-    from llm_router.workers.backends.http import PlannedCall
+    from llm_router.workers.backends.http import HttpCaller
+    from llm_router.workers.backends.remote import Planned
 
 
 Request = GenerateRequest | EmbedRequest | ClassifyRequest
@@ -37,10 +38,14 @@ class Backend(Protocol):
 
 @runtime_checkable
 class PlansCalls(Protocol):
-    """A remote backend: the one HTTP call that answers a request, planned for any caller to send (the event
-    loop's), or None where the request takes more than one plain call (a stream, many calls' inputs)."""
+    """A remote backend: the HTTP calls that answer requests of one kind, planned for any caller to send (the
+    event loop's): a generation's call of its own, the inputs of embed and classify requests packed into few.
+    A request that takes more than one plain call (a stream, more inputs than a call takes) is in none."""
 
-    def plan(self, model_id: str, request: Request, defaults: GenerationDefaults) -> PlannedCall[Result] | None: ...
+    @property
+    def caller(self) -> HttpCaller: ...
+
+    def plan(self, model_id: str, requests: Sequence[Request], defaults: GenerationDefaults) -> list[Planned]: ...
 
 
 @runtime_checkable

@@ -10,8 +10,9 @@ The legacy ``wait_for_model`` and ``use_cache`` options travel as the ``x-wait-f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from llm_router.broker.catalogue import GenerationDefaults
 from llm_router.tasks.schemas import (
@@ -22,18 +23,20 @@ from llm_router.tasks.schemas import (
     GenerateRequest,
     GenerateResult,
 )
-from llm_router.workers.backends.base import Request, Result
+from llm_router.workers.backends.base import Request
 from llm_router.workers.backends.http import PlannedCall, unexpected
 from llm_router.workers.backends.openai_compat import chat_answer, chat_payload, streamed_chat, wants_stream
 from llm_router.workers.backends.remote import (
     CallAnswers,
-    RemoteDeps,
+    Planned,
+    RemoteBackend,
     Sampling,
     classify_results,
     embed_results,
     in_calls,
     labels_of,
-    one_call,
+    one_each,
+    packed_calls,
     vectors_of,
 )
 
@@ -41,11 +44,8 @@ from llm_router.workers.backends.remote import (
 INPUTS_PER_CALL = 32
 
 
-class HfInferenceBackend:
+class HfInferenceBackend(RemoteBackend):
     provider = "hf-inference"
-
-    def __init__(self, deps: RemoteDeps):
-        self._deps = deps
 
     def _headers(self, use_cache: bool) -> dict[str, str]:
         headers = {}
@@ -119,15 +119,19 @@ class HfInferenceBackend:
         plan = partial(self._classify_call, model_id, headers)
         return classify_results(model_id, in_calls(self._deps, model_id, requests, plan, INPUTS_PER_CALL))
 
-    def plan(self, model_id: str, request: Request, defaults: GenerationDefaults) -> PlannedCall[Result] | None:
-        if isinstance(request, GenerateRequest):
-            return None if request.stream else self._generate_call(model_id, request, defaults)
-        headers = self._headers(request.use_cache)
-        if isinstance(request, EmbedRequest):
+    def plan(self, model_id: str, requests: Sequence[Request], defaults: GenerationDefaults) -> list[Planned]:
+        if not requests:
+            return []
+        if isinstance(requests[0], GenerateRequest):
+            generations = cast(Sequence[GenerateRequest], requests)
+            return one_each(generations, lambda r: None if r.stream else self._generate_call(model_id, r, defaults))
+        texts = cast(Sequence[EmbedRequest | ClassifyRequest], requests)
+        headers = self._headers(all(request.use_cache for request in texts))
+        if isinstance(texts[0], EmbedRequest):
             plan = partial(self._embed_call, model_id, headers)
-            return one_call(self._deps, model_id, request, plan, INPUTS_PER_CALL, embed_results)
+            return packed_calls(self._deps, model_id, texts, plan, INPUTS_PER_CALL, embed_results)
         plan = partial(self._classify_call, model_id, headers)
-        return one_call(self._deps, model_id, request, plan, INPUTS_PER_CALL, classify_results)
+        return packed_calls(self._deps, model_id, texts, plan, INPUTS_PER_CALL, classify_results)
 
     def _embed_call(self, model_id: str, headers: dict[str, str], texts: list[str]) -> PlannedCall[CallAnswers]:
         def answer(body: Any) -> CallAnswers:

@@ -8,9 +8,9 @@ Classification has no OpenAI route: such a model fails over to the next one in t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from llm_router.broker.catalogue import GenerationDefaults
 from llm_router.tasks.errors import ModelNotFound, NetworkError
@@ -23,15 +23,17 @@ from llm_router.tasks.schemas import (
     GenerateResult,
     Usage,
 )
-from llm_router.workers.backends.base import Request, Result
+from llm_router.workers.backends.base import Request
 from llm_router.workers.backends.http import HttpCaller, PlannedCall, unexpected
 from llm_router.workers.backends.remote import (
     CallAnswers,
-    RemoteDeps,
+    Planned,
+    RemoteBackend,
     Sampling,
     embed_results,
     in_calls,
-    one_call,
+    one_each,
+    packed_calls,
     vectors_of,
 )
 from llm_router.workers.backends.usage import TokenCounter
@@ -144,11 +146,8 @@ def chat_answer(
     return partial(chat_result, provider, model_id, request=request, counter=counter)
 
 
-class OpenAIBackend:
+class OpenAIBackend(RemoteBackend):
     provider = "openai"
-
-    def __init__(self, deps: RemoteDeps):
-        self._deps = deps
 
     def generate(self, model_id: str, request: GenerateRequest, defaults: GenerationDefaults) -> GenerateResult:
         if wants_stream(request):
@@ -201,10 +200,12 @@ class OpenAIBackend:
     def classify(self, model_id: str, request: ClassifyRequest) -> ClassifyResult:
         raise ModelNotFound(f"the openai provider has no classification route (model {model_id})")
 
-    def plan(self, model_id: str, request: Request, defaults: GenerationDefaults) -> PlannedCall[Result] | None:
-        if isinstance(request, GenerateRequest):
-            return None if request.stream else self._generate_call(model_id, request, defaults)
-        if isinstance(request, EmbedRequest):
+    def plan(self, model_id: str, requests: Sequence[Request], defaults: GenerationDefaults) -> list[Planned]:
+        if not requests or isinstance(requests[0], ClassifyRequest):
+            return []  # refused by classify() on the threads' path
+        if isinstance(requests[0], EmbedRequest):
+            texts = cast(Sequence[EmbedRequest], requests)
             plan = partial(self._embed_call, model_id)
-            return one_call(self._deps, model_id, request, plan, INPUTS_PER_CALL, embed_results)
-        return None  # classify: refused by classify() on the threads' path
+            return packed_calls(self._deps, model_id, texts, plan, INPUTS_PER_CALL, embed_results)
+        generations = cast(Sequence[GenerateRequest], requests)
+        return one_each(generations, lambda r: None if r.stream else self._generate_call(model_id, r, defaults))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,6 +39,19 @@ class RemoteDeps:
         if not base:
             raise ConfigurationError(f"models.{model_id!r}.base_url: the {self.caller.provider} provider needs one")
         return base.rstrip("/")
+
+
+class RemoteBackend:
+    """What every remote backend is built on; its ``caller`` holds the tokens its planned calls are sent with."""
+
+    provider: str
+
+    def __init__(self, deps: RemoteDeps):
+        self._deps = deps
+
+    @property
+    def caller(self) -> HttpCaller:
+        return self._deps.caller
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,18 @@ def in_calls(
     for start in range(0, len(texts), size):
         got, usage = deps.caller.run(plan(texts[start : start + size]))
         answers += got
-    shared_usage = usage if len(requests) == 1 and len(texts) <= size else None
+    return _per_request(deps, model_id, requests, answers, usage if len(texts) <= size else None)
+
+
+def _per_request(
+    deps: RemoteDeps,
+    model_id: str,
+    requests: Sequence[EmbedRequest | ClassifyRequest],
+    answers: list[Any],
+    call_usage: Usage | None,
+) -> list[tuple[list[Any], Usage]]:
+    """Each request's answers, in order, and its usage: the call's when the call was this one request's alone."""
+    shared_usage = call_usage if len(requests) == 1 else None
     results, start = [], 0
     for request in requests:
         count = len(request.input)
@@ -97,25 +121,71 @@ def in_calls(
     return results
 
 
-def one_call(
+@dataclass(frozen=True)
+class Planned:
+    """One call that answers some of the requests given to a backend's ``plan``: their positions in that list,
+    and the call, whose answer is their results in the same order."""
+
+    positions: list[int]
+    call: PlannedCall[list[Any]]
+
+
+def packed_calls(
     deps: RemoteDeps,
     model_id: str,
-    request: EmbedRequest | ClassifyRequest,
+    requests: Sequence[EmbedRequest | ClassifyRequest],
     plan: Callable[[list[str]], PlannedCall[CallAnswers]],
     provider_default: int,
-    results: Callable[[str, list[tuple[list[Any], Usage]]], list[R]],
-) -> PlannedCall[R] | None:
-    """The one call that answers ``request``, as ``in_calls`` would send it; None when it takes more than one."""
-    texts = list(request.input)
-    if len(texts) > deps.inputs_per_call(model_id, provider_default):
-        return None
-    planned = plan(texts)
+    results: Callable[[str, list[tuple[list[Any], Usage]]], Sequence[Any]],
+) -> list[Planned]:
+    """The requests' inputs packed whole into as few calls as ``max_inputs_per_call`` allows, each answered as
+    ``in_calls`` answers; a request with more inputs than one call takes is left out (the threads' path sends
+    it in several)."""
+    size = deps.inputs_per_call(model_id, provider_default)
+    packs: list[list[int]] = []
+    filled = size
+    for position, request in enumerate(requests):
+        count = len(request.input)
+        if count > size:
+            continue
+        if filled + count > size:
+            packs.append([])
+            filled = 0
+        packs[-1].append(position)
+        filled += count
+    return [_packed(deps, model_id, [requests[p] for p in pack], pack, plan, results) for pack in packs]
 
-    def answer(body: Any) -> R:
+
+def _packed(
+    deps: RemoteDeps,
+    model_id: str,
+    chosen: list[EmbedRequest | ClassifyRequest],
+    positions: list[int],
+    plan: Callable[[list[str]], PlannedCall[CallAnswers]],
+    results: Callable[[str, list[tuple[list[Any], Usage]]], Sequence[Any]],
+) -> Planned:
+    planned = plan([text for request in chosen for text in request.input])
+
+    def answer(body: Any) -> list[Any]:
         got, usage = planned.answer(body)
-        return results(model_id, [(got, usage or deps.counter.usage(model_id, texts))])[0]
+        return list(results(model_id, _per_request(deps, model_id, chosen, got, usage)))
 
-    return PlannedCall(planned.url, planned.payload, planned.model_id, answer, planned.headers)
+    return Planned(positions, PlannedCall(planned.url, planned.payload, planned.model_id, answer, planned.headers))
+
+
+def one_each(requests: Sequence[Any], plan: Callable[[Any], PlannedCall[Any] | None]) -> list[Planned]:
+    """A call of its own for each request that ``plan`` plans (generations: one completion per call)."""
+    planned = []
+    for position, request in enumerate(requests):
+        call = plan(request)
+        if call is not None:
+            planned.append(Planned([position], _listed(call)))
+    return planned
+
+
+def _listed(call: PlannedCall[Any]) -> PlannedCall[list[Any]]:
+    answer = call.answer
+    return PlannedCall(call.url, call.payload, call.model_id, lambda body: [answer(body)], call.headers)
 
 
 def embed_results(model_id: str, answered: list[tuple[list[Any], Usage]]) -> list[EmbedResult]:

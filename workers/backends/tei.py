@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from llm_router.broker.catalogue import GenerationDefaults
 from llm_router.tasks.errors import ModelNotFound
@@ -15,16 +16,17 @@ from llm_router.tasks.schemas import (
     GenerateRequest,
     GenerateResult,
 )
-from llm_router.workers.backends.base import Request, Result
+from llm_router.workers.backends.base import Request
 from llm_router.workers.backends.http import PlannedCall
 from llm_router.workers.backends.remote import (
     CallAnswers,
-    RemoteDeps,
+    Planned,
+    RemoteBackend,
     classify_results,
     embed_results,
     in_calls,
     labels_of,
-    one_call,
+    packed_calls,
     vectors_of,
 )
 
@@ -32,11 +34,8 @@ from llm_router.workers.backends.remote import (
 INPUTS_PER_CALL = 32
 
 
-class TeiBackend:
+class TeiBackend(RemoteBackend):
     provider = "tei"
-
-    def __init__(self, deps: RemoteDeps):
-        self._deps = deps
 
     def generate(self, model_id: str, request: GenerateRequest, defaults: GenerationDefaults) -> GenerateResult:
         raise ModelNotFound(f"the tei provider does not generate text (model {model_id})")
@@ -55,15 +54,15 @@ class TeiBackend:
         plan = partial(self._classify_call, model_id)
         return classify_results(model_id, in_calls(self._deps, model_id, requests, plan, INPUTS_PER_CALL))
 
-    def plan(self, model_id: str, request: Request, defaults: GenerationDefaults) -> PlannedCall[Result] | None:
-        if isinstance(request, EmbedRequest):
-            return one_call(
-                self._deps, model_id, request, partial(self._embed_call, model_id), INPUTS_PER_CALL, embed_results
-            )
-        if isinstance(request, ClassifyRequest):
-            plan = partial(self._classify_call, model_id)
-            return one_call(self._deps, model_id, request, plan, INPUTS_PER_CALL, classify_results)
-        return None  # generate: refused by generate() on the threads' path
+    def plan(self, model_id: str, requests: Sequence[Request], defaults: GenerationDefaults) -> list[Planned]:
+        if not requests or isinstance(requests[0], GenerateRequest):
+            return []  # refused by generate() on the threads' path
+        texts = cast(Sequence[EmbedRequest | ClassifyRequest], requests)
+        if isinstance(texts[0], EmbedRequest):
+            plan = partial(self._embed_call, model_id)
+            return packed_calls(self._deps, model_id, texts, plan, INPUTS_PER_CALL, embed_results)
+        plan = partial(self._classify_call, model_id)
+        return packed_calls(self._deps, model_id, texts, plan, INPUTS_PER_CALL, classify_results)
 
     def _embed_call(self, model_id: str, texts: list[str]) -> PlannedCall[CallAnswers]:
         def answer(body: Any) -> CallAnswers:
