@@ -16,6 +16,7 @@ import os
 import resource
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def publish(main_pid: int, state: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
     target = folder / f"{pid}.json"
-    scratch = target.with_suffix(".tmp")
+    scratch = target.with_suffix(f".{threading.get_ident()}.tmp")  # two threads may publish at once
     scratch.write_text(json.dumps({**state, "pid": pid, "started": started(pid), "rss_mb": rss_mb()}))
     os.replace(scratch, target)
 

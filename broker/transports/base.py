@@ -63,6 +63,9 @@ class Transport(Protocol):
     def publish(self, message: TaskMessage) -> None:
         """Put a message on its queue at its priority; raises when the broker refuses it."""
 
+    def declare(self, queues: list[str]) -> None:
+        """Make sure ``queues`` exist as their producers declare them: a consumer may start before any producer."""
+
     def take(self, queues: list[str], room: int, tasks: frozenset[str] | None = None) -> list[Taken]:
         """Messages from ``queues`` (in order of preference) holding up to ``room`` inputs, held unacknowledged
         until ``ack`` or ``give_back``; only messages of ``tasks`` when given (a queue stops at its first other

@@ -33,6 +33,13 @@ class KombuTransport:
     def publish(self, message: TaskMessage) -> None:
         send_through_celery(self.app, message)
 
+    def declare(self, queues: list[str]) -> None:
+        """Each queue as Celery declares it (its exchange, binding and priority levels)."""
+        known = self.app.amqp.queues
+        for name in queues:
+            if name in known:
+                known[name](self.channel).declare()
+
     def take(self, queues: list[str], room: int, tasks: frozenset[str] | None = None) -> list[Taken]:
         channel = self.channel
         for queue in queues:

@@ -90,6 +90,9 @@ class MemoryTransport:
             for tag in tags:
                 self.broker.held.pop(tag, None)
 
+    def declare(self, queues: list[str]) -> None:
+        """A queue exists once named."""
+
     def empty(self, queue: str) -> bool:
         return not self.broker.waiting(queue)
 

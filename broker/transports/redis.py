@@ -28,8 +28,10 @@ UNACKED_KEY, UNACKED_INDEX_KEY = "unacked", "unacked_index"
 # KEYS: the lists in order of preference, then the unacked hash and its index.
 # ARGV: the inputs wanted, the time now, the input-count header's name, the task names to take (all when empty).
 # Returns (list position, message) pairs. A message counts the inputs its producer put in the header (one when
-# absent); the last one may overfill.
-_TAKE = """
+# absent); the last one may overfill. Both scripts declare themselves (``#!lua``, Redis 7): a Redis at its
+# maxmemory refuses them before they start, where a script without the line is checked at each command that
+# needs memory, and could pop a message and then fail to hold it, losing it.
+_TAKE = """#!lua
 local room, now, header = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local accepted, only = {}, ARGV[4] ~= ''
 for name in string.gmatch(ARGV[4], '[^,]+') do accepted[name] = true end
@@ -66,7 +68,7 @@ return taken
 
 # KEYS: the unacked hash and its index. ARGV: (tag, list, message) triples. A message still held goes back to
 # the head of its list; one the sweeper dropped meanwhile (its jobs published again) stays dropped.
-_GIVE_BACK = """
+_GIVE_BACK = """#!lua
 for i = 1, #ARGV, 3 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
     redis.call('ZREM', KEYS[2], ARGV[i])
@@ -183,6 +185,9 @@ class RedisTransport:
             pipe.zrem(UNACKED_INDEX_KEY, *tags)
             pipe.hdel(UNACKED_KEY, *tags)
             pipe.execute()
+
+    def declare(self, queues: list[str]) -> None:
+        """A Redis list exists once a message is pushed."""
 
     def empty(self, queue: str) -> bool:
         pipe = self.redis.pipeline(transaction=False)

@@ -3,7 +3,7 @@ nothing (no record, no retry, no limit), each run in this process, as many at a 
 
 Each returns calls/s, the whole machine's CPU milliseconds per call (every process: the client, the stand-in,
 and anything else running), and the p50 and p95 of a call's latency. aiohttp, httpx over aiohttp's transport
-and LiteLLM are bench-only dependencies (``pip install aiohttp httpx-aiohttp litellm``): a row whose library
+and LiteLLM (a bench-only dependency: ``pip install litellm``; the others come with the project): a row whose library
 is missing says so instead of a figure."""
 
 from __future__ import annotations

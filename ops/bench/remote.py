@@ -1,12 +1,14 @@
 """Benchmark the remote pool against a plain asyncio HTTP client, on stand-in APIs on 127.0.0.1, in one run.
 
-    python ops/bench/remote.py --json OUT.json [--n 2000] [--delay-ms 500]
+    python ops/bench/remote.py --json OUT.json [--n 2000] [--delay-ms 500] [--engines asyncio,threads]
+                               [--processes N] [--concurrency N]
 
 Uses the real Redis (broker, one database emptied first) and a fresh PostgreSQL database it drops after.
 
 (h)  N chat jobs, submitted one by one as a web backend does, on a tier whose model is an OpenAI-compatible
      stand-in answering every call after ``--delay-ms``; one ``llm-router worker --pool remote`` at its
-     defaults; from the first submission to the last job recorded. The references, measured in the same run
+     defaults, once per ``--engines`` (the event loops, then Celery's threads pool, one worker at a time);
+     from the first submission to the last job recorded. The references, measured in the same run
      against the same stand-in, each with as many calls at a time as the worker has slots: a bare aiohttp
      client (``chat_ratio``: h / aiohttp), ``httpx.AsyncClient`` on its default transport, httpx over
      aiohttp's transport, LiteLLM's ``Router.acompletion`` (``ops/bench/reference_clients.py``; a row whose
@@ -14,8 +16,8 @@ Uses the real Redis (broker, one database emptied first) and a fresh PostgreSQL 
      keep-alive connections. Every row gives calls/s, the whole machine's CPU ms per call (producer, worker,
      Redis, PostgreSQL and the stand-in together) and p50/p95 latency over the stand-in's delay. The worker's
      RSS is sampled while its slots are busy.
-(h') the same N jobs when 10 % of calls answer 503 and 5 % answer 429 (``Retry-After: 1``), retry delays at a
-     tenth of the policy's and up to 6 retries a model, on a tier limited to ``LIMITED_RPM`` calls a minute
+(h') on the first engine's worker, the same N jobs when 10 % of calls answer 503 and 5 % answer 429
+     (``Retry-After: 1``), retry delays at a tenth of the policy's and up to 6 retries a model, on a tier limited to ``LIMITED_RPM`` calls a minute
      (fewer than the run makes, so the limit binds and jobs are deferred): every job must succeed, with one
      usage row each, and no 60 s span may see more calls arrive at the stand-in than the limit.
 (i)  ``--inputs`` embed inputs, one per job, as one bulk batch to a TEI stand-in taking at most 32 inputs a
@@ -134,11 +136,16 @@ async def raw_client(url: str, n: int) -> dict[str, float]:
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    """The resident memory of a worker: its process and every process it started (the event loops)."""
+    import psutil
+
+    process = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
 
 
 def chat_jobs(router: Router, database_url: str, n: int, worker_pid: int, tier: str = "api") -> dict[str, Any]:
+    import psutil
+
     peak = [0.0]
     stop = threading.Event()
 
@@ -146,7 +153,7 @@ def chat_jobs(router: Router, database_url: str, n: int, worker_pid: int, tier: 
         while not stop.wait(0.2):
             try:
                 peak[0] = max(peak[0], rss_mb(worker_pid))
-            except FileNotFoundError:  # the worker is gone: the run reports its failure
+            except (FileNotFoundError, ProcessLookupError, psutil.Error):  # the worker is gone: the run reports it
                 return
 
     sampler = threading.Thread(target=sample)
@@ -224,6 +231,26 @@ def embed_batch(router: Router, url: str, inputs: int) -> dict[str, Any]:
     }
 
 
+def failing_and_bulk(
+    router: Router, url: str, database_url: str, worker_pid: int, args: argparse.Namespace, results: dict[str, Any]
+) -> None:
+    """(h') and (i), on the first engine's worker."""
+    control(url, reset=True, failing=True)
+    print(f"(h') the same with 10 % 503 and 5 % 429, {LIMITED_RPM} calls a minute …", flush=True)
+    failing = chat_jobs(router, database_url, args.n, worker_pid, tier="limited")
+    seen = control(url, failing=False)
+    arrivals = seen.pop("completion_arrivals")
+    failing.update(
+        stand_in=seen,
+        calls=len(arrivals),
+        limit_per_minute=LIMITED_RPM,
+        most_calls_in_any_60_s=most_in_any_window(arrivals, 60.0),
+    )
+    results["chat_jobs_failing"] = failing
+    print(f"(i) {args.inputs} embed inputs, one per job, as a bulk batch to TEI …", flush=True)
+    results["tei_batch"] = embed_batch(router, url, args.inputs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000)
@@ -231,6 +258,14 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=10_000)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/1", help="emptied before use")
+    parser.add_argument(
+        "--engines",
+        type=lambda text: text.split(","),
+        default=["asyncio", "threads"],
+        help="the remote pool's engines to measure, one worker after the other; (h') and (i) run on the first",
+    )
+    parser.add_argument("--processes", type=int, help="the asyncio engine's --processes (default: its own)")
+    parser.add_argument("--concurrency", type=int, help="the worker's --concurrency (default: its own)")
     args = parser.parse_args()
 
     behaviour = Behaviour(args.delay_ms / 1000.0, TEI_PER_CALL, TEI_CALL_S, TEI_AT_ONCE)
@@ -252,6 +287,7 @@ def main() -> None:
         "cores": os.cpu_count(),
         "references": references,
         "ceiling": ceiling,
+        "chat_jobs": {},
     }
     with bench_database(ADMIN, URL_TEMPLATE) as database_url:
         env = cluster_env(
@@ -267,37 +303,28 @@ def main() -> None:
         settings = Settings(broker_url=args.redis, database_url=database_url, config=config)
         cluster = Cluster(env, work)
         try:
-            worker = cluster.start("remote", "--pool", "remote")
             with Router(settings) as router:
-                print(f"(h) {args.n} chat jobs through one remote worker …", flush=True)
-                results["chat_jobs"] = chat_jobs(router, database_url, args.n, worker.pid)
-                print(f"    {results['chat_jobs']['per_s']:.1f} jobs/s", flush=True)
-                control(url, reset=True, failing=True)
-                print(f"(h') the same with 10 % 503 and 5 % 429, {LIMITED_RPM} calls a minute …", flush=True)
-                failing = chat_jobs(router, database_url, args.n, worker.pid, tier="limited")
-                seen = control(url, failing=False)
-                arrivals = seen.pop("completion_arrivals")
-                failing.update(
-                    stand_in=seen,
-                    calls=len(arrivals),
-                    limit_per_minute=LIMITED_RPM,
-                    most_calls_in_any_60_s=most_in_any_window(arrivals, 60.0),
-                )
-                results["chat_jobs_failing"] = failing
-                print(f"(i) {args.inputs} embed inputs, one per job, as a bulk batch to TEI …", flush=True)
-                results["tei_batch"] = embed_batch(router, url, args.inputs)
+                for index, engine in enumerate(args.engines):
+                    if index:
+                        cluster.stop()  # one worker at a time on the machine
+                    options = ("--processes", str(args.processes)) if engine == "asyncio" and args.processes else ()
+                    options += ("--concurrency", str(args.concurrency)) if args.concurrency else ()
+                    worker = cluster.start(f"remote-{engine}", "--pool", "remote", "--engine", engine, *options)
+                    print(f"(h) {args.n} chat jobs through one remote worker, --engine {engine} …", flush=True)
+                    results["chat_jobs"][engine] = chat_jobs(router, database_url, args.n, worker.pid)
+                    print(f"    {results['chat_jobs'][engine]['per_s']:.1f} jobs/s", flush=True)
+                    if index == 0:
+                        failing_and_bulk(router, url, database_url, worker.pid, args, results)
         finally:
             cluster.stop()
             stand_in.terminate()
 
-    h, failing, tei = results["chat_jobs"], results["chat_jobs_failing"], results["tei_batch"]
+    failing, tei = results["chat_jobs_failing"], results["tei_batch"]
     delay = args.delay_ms
-    if "per_s" in reference:
-        results["chat_ratio"] = h["per_s"] / reference["per_s"]
-    results["chat_ratio_to_ceiling"] = h["per_s"] / ceiling["per_s"]
     litellm = references["LiteLLM Router.acompletion"]
-    if "per_s" in litellm:
-        results["chat_ratio_to_litellm"] = h["per_s"] / litellm["per_s"]
+    against = {"aiohttp": reference, "LiteLLM": litellm, "ceiling": ceiling}
+    for h in results["chat_jobs"].values():
+        h["ratios"] = {name: h["per_s"] / other["per_s"] for name, other in against.items() if "per_s" in other}
 
     def row(label: str, measured: dict[str, Any], unit: str = "calls/s") -> tuple[str, str, str]:
         if "skipped" in measured:
@@ -305,14 +332,16 @@ def main() -> None:
         over = f"p50 {measured['p50_ms'] - delay:+.0f} ms, p95 {measured['p95_ms'] - delay:+.0f} ms over the delay"
         return label, f"{measured['per_s']:.1f} {unit}", f"CPU {measured['cpu_ms_per_call']:.1f} ms per call; {over}"
 
-    named = {"h/aiohttp": "chat_ratio", "h/LiteLLM": "chat_ratio_to_litellm", "h/ceiling": "chat_ratio_to_ceiling"}
-    ratios = ", ".join(f"{name} {results[key]:.2f}" for name, key in named.items() if key in results)
+    def ratio_row(h: dict[str, Any]) -> tuple[str, str, str]:
+        ratios = ", ".join(f"h/{name} {value:.2f}" for name, value in h["ratios"].items())
+        return "", "", f"{ratios}; submit {h['submit_s']:.1f} s; peak RSS {h['worker_peak_rss_mb']:.0f} MB"
+
     rows = [
         *(row(f"reference: {name}", measured) for name, measured in references.items()),
         ("ceiling: bare asyncio HTTP/1.1", f"{ceiling['per_s']:.0f} calls/s",
          f"CPU {ceiling['cpu_ms_per_call']:.1f} ms per call; {CONCURRENCY} keep-alive connections"),
-        row("(h) chat jobs, remote worker", h, "jobs/s"),
-        ("", "", f"{ratios}; submit {h['submit_s']:.1f} s; peak RSS {h['worker_peak_rss_mb']:.0f} MB"),
+        *(line for engine, h in results["chat_jobs"].items()
+          for line in (row(f"(h) chat jobs, --engine {engine}", h, "jobs/s"), ratio_row(h))),
         ("(h') with 10 % 503, 5 % 429, a limit", f"{failing['per_s']:.1f} jobs/s",
          f"{failing['succeeded']}/{args.n} succeeded, {failing['usage_rows']} usage rows, "
          f"{failing['attempts']} attempts; {failing['calls']} calls, at most {failing['most_calls_in_any_60_s']} "
@@ -322,7 +351,7 @@ def main() -> None:
          f"{tei['http_calls']} calls (floor {tei['calls_floor']}), largest {tei['largest_call']}"),
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
-    print(f"\n{os.cpu_count()} cores, stand-in delay {args.delay_ms:.0f} ms")
+    print(f"\n{os.cpu_count()} cores, stand-in delay {args.delay_ms:.0f} ms, {args.n} jobs")
     for label, figure, note in rows:
         print(f"{label:<{width}}  {figure:>16}  {note}")
     if args.json:

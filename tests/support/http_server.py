@@ -8,7 +8,7 @@ from typing import Self
 
 
 class _Server(ThreadingHTTPServer):
-    request_queue_size = 256  # hundreds of clients may connect at once (the remote pool's tests)
+    request_queue_size = 1024  # hundreds of clients may connect at once (the remote pool's tests)
     daemon_threads = True
 
 

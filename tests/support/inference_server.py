@@ -8,6 +8,7 @@ service would. Every call is recorded with its headers, body and arrival time.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 import time
@@ -70,8 +71,11 @@ class InferenceServer(BackgroundServer):
                 except json.JSONDecodeError:
                     body = raw.decode(errors="replace")
                 reply = server._next(method, self.path, dict(self.headers.items()), body, raw)
-                if reply.delay_s:
-                    time.sleep(reply.delay_s)
+                if reply.delay_s and not self._wait(reply.delay_s):
+                    with server._lock:
+                        server.closed_early += 1  # the client closed its call while the answer was made
+                    self.close_connection = True
+                    return
                 if reply.drop:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -90,6 +94,18 @@ class InferenceServer(BackgroundServer):
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True  # the client gave up (a timeout test)
+
+            def _wait(self, seconds: float) -> bool:
+                """Sleep while the answer is "made"; False as soon as the client closed the connection."""
+                deadline = time.monotonic() + seconds
+                while (left := deadline - time.monotonic()) > 0:
+                    ready, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+                    try:
+                        if ready and not self.connection.recv(1, socket.MSG_PEEK):
+                            return False
+                    except ConnectionResetError:
+                        return False
+                return True
 
             def _stream(self, reply: Reply) -> None:
                 self.close_connection = True  # no length: the stream ends when the connection closes

@@ -39,7 +39,14 @@ from llm_router.workers.celery_tasks import (
     summary_of,
 )
 from llm_router.workers.draining import Drained, inputs_of, report, seconds_until_due, task_body
-from llm_router.workers.execution import INFRASTRUCTURE, end_unrecorded, go_on_after_failure, log_success, success_of
+from llm_router.workers.execution import (
+    INFRASTRUCTURE,
+    cause_of,
+    end_unrecorded,
+    go_on_after_failure,
+    log_success,
+    success_of,
+)
 from llm_router.workers.job_end import Ended, after_final
 from llm_router.workers.log_limits import Throttle
 from llm_router.workers.webhooks import LEGACY_WEBHOOK_TASK, WEBHOOK_TASK
@@ -96,8 +103,16 @@ class _Answered:
 class Engine:
     """Runs the jobs of ``queues`` on the running event loop, up to ``concurrency`` messages at once."""
 
-    def __init__(self, app: Any, runtime: WorkerRuntime, queues: list[str], concurrency: int, hostname: str):
-        self.app, self.runtime, self.queues = app, runtime, queues
+    def __init__(
+        self,
+        app: Any,
+        runtime: WorkerRuntime,
+        queues: list[str],
+        concurrency: int,
+        hostname: str,
+        on_ready: Callable[[], None] = lambda: None,
+    ):
+        self.app, self.runtime, self.queues, self._on_ready = app, runtime, queues, on_ready
         self.concurrency, self.hostname = concurrency, hostname
         self.in_flight = 0  # messages taken and not yet settled
         self._transport: Transport | None = None
@@ -121,7 +136,7 @@ class Engine:
         self.runtime.cancels.on_heard(self._heard_cancel)
         flusher = asyncio.create_task(self._flush_forever())
         self._spawn(self._publish_forever())
-        idle = 0.0
+        idle, ready = 0.0, False
         while not self._stopping:
             room = self.concurrency - self.in_flight
             if room <= 0:
@@ -130,12 +145,15 @@ class Engine:
                 continue
             try:
                 taken = await self._on(self._broker, self._take, room)
-            except Exception as exc:  # the transports raise many kinds; all mean "the broker is away"
+            except Exception as exc:  # the transports raise many kinds; all mean "the broker is away or full"
                 if OUTAGES.allows("broker"):
-                    log.warning("cannot take messages: the broker is unavailable (%s)", type(exc).__name__)
+                    log.error("cannot take messages: the broker refuses them (%s); trying again", cause_of(exc))
                 await self._on(self._broker, self._reset_transport)
                 await self._sleep_or_stop(1.0)
                 continue
+            if not ready:  # the broker answers a take (at its maxmemory, a Redis refuses one: it writes)
+                ready = True
+                await self._safely("saying this worker is ready", self._on_ready)
             if not taken:
                 idle = min(IDLE_MOST_S, idle * 2 or IDLE_FIRST_S)
                 await self._sleep_or_stop(idle)
@@ -203,7 +221,9 @@ class Engine:
 
     def _connected(self) -> Transport:
         if self._transport is None:
-            self._transport = open_transport(self.app)
+            transport = open_transport(self.app)
+            transport.declare(self.queues)  # this loop may start before any producer has sent to them
+            self._transport = transport
         return self._transport
 
     def _take(self, room: int) -> list[Taken]:
@@ -212,12 +232,17 @@ class Engine:
         calls). Interactive ones take only interactive ones with them: bulk work must not lengthen their wait."""
         transport = self._connected()
         taken = transport.take(self.queues, room)
+        while taken and not transport.takes_many and len(taken) < room:  # one message a round trip (basic_get)
+            next_ones = transport.take(self.queues, room - len(taken))
+            if not next_ones:
+                break
+            taken += next_ones
         batched = [message for message in taken if message.task in REMOTE_BATCHED_TASKS]
-        more = self.runtime.profile.max_batch * len(batched) - sum(inputs_of(m.headers) for m in batched)
-        if more > 0:
+        inputs = self.runtime.profile.max_batch * len(batched) - sum(inputs_of(m.headers) for m in batched)
+        if inputs > 0:
             interactive = any(lane_of(message.queue) == "interactive" for message in batched)
             queues = [queue for queue in self.queues if not interactive or lane_of(queue) == "interactive"]
-            taken += transport.take(queues, more, REMOTE_BATCHED_TASKS)
+            taken += transport.take(queues, inputs, REMOTE_BATCHED_TASKS)
         return taken
 
     def _reset_transport(self) -> None:
@@ -277,8 +302,10 @@ class Engine:
             return
         try:
             started, elsewhere = await self._on(self._records, self._start, items)
-        except INFRASTRUCTURE as exc:
-            if OUTAGES.allows("records"):
+        except Exception as exc:
+            if not isinstance(exc, INFRASTRUCTURE):
+                log.exception("%d messages could not start; handed back in %ss", len(items), OUTAGE_WAIT_S)
+            elif OUTAGES.allows("records"):
                 log.warning("jobs cannot start: %s unavailable; messages handed back in %ss", exc, OUTAGE_WAIT_S)
             await self._give_back_later(items)
             return
@@ -478,8 +505,15 @@ class Engine:
                 log.error("dropped a webhook message without a webhook id")
                 return "dropped"
             return runtime.webhooks.dispatch(webhook_id)
+        jobs = item.kwargs.get("job_ids")
+        attributes = {
+            "llm_router.kind": item.kind,
+            "llm_router.queue": item.taken.queue,
+            "llm_router.jobs": len(jobs) if isinstance(jobs, list) else 1,
+        }
         try:
-            return summary_of(run_messages(self.app, runtime, {}, [item], self.hostname))
+            with tracing.span("llm_router.message", attributes, parent=tracing.context_of(item.taken.headers)):
+                return summary_of(run_messages(self.app, runtime, {}, [item], self.hostname))
         except INFRASTRUCTURE:
             raise
         except Exception as exc:
@@ -488,8 +522,16 @@ class Engine:
     async def _publish_forever(self) -> None:
         """This process's state with its messages in flight, for ``llm_router_info`` and ``llm-router status``."""
         while not self._stopping:
-            await self._on(self._records, publish_state, self.runtime, self.in_flight)
+            await self._safely("publishing this process's state", publish_state, self.runtime, self.in_flight)
             await self._sleep_or_stop(PUBLISH_S)
+
+    async def _safely(self, doing: str, work: Callable[..., Any], *args: Any) -> None:
+        """Side work in the records thread whose failure must not stop the loop: logged, once a minute."""
+        try:
+            await self._on(self._records, work, *args)
+        except Exception as exc:
+            if OUTAGES.allows(doing):
+                log.warning("%s failed (%s)", doing, cause_of(exc))
 
     # -- records --------------------------------------------------------------------------------------------
 

@@ -105,8 +105,8 @@ def run_loop(app: Any, plan: PoolPlan, hostname: str, loglevel: str, main_pid: i
     app.worker_profile = plan.profile
     app.amqp.queues.select(plan.queues)
     runtime = current_runtime(app)
-    preload(app)
-    engine = Engine(app, runtime, plan.queues, plan.concurrency, hostname)
+    # Ready (what producers and `llm-router status` learn, and the line operators wait for) once a take answered.
+    engine = Engine(app, runtime, plan.queues, plan.concurrency, hostname, on_ready=lambda: preload(app))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
