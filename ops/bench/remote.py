@@ -17,9 +17,10 @@ Uses the real Redis (broker, one database emptied first) and a fresh PostgreSQL 
      Redis, PostgreSQL and the stand-in together) and p50/p95 latency over the stand-in's delay. The worker's
      RSS is sampled while its slots are busy.
 (h') on the first engine's worker, the same N jobs when 10 % of calls answer 503 and 5 % answer 429
-     (``Retry-After: 1``), retry delays at a tenth of the policy's and up to 6 retries a model, on a tier limited to ``LIMITED_RPM`` calls a minute
-     (fewer than the run makes, so the limit binds and jobs are deferred): every job must succeed, with one
-     usage row each, and no 60 s span may see more calls arrive at the stand-in than the limit.
+     (``Retry-After: 1``), retry delays at a tenth of the policy's and up to 6 retries a model, on a tier
+     limited to ``LIMITED_RPM`` calls a minute (fewer than the run makes, so the limit binds and jobs are
+     deferred): every job must succeed, with one usage row each, and no 60 s span may see more calls arrive
+     at the stand-in than the limit.
 (i)  ``--inputs`` embed inputs, one per job, as one bulk batch to a TEI stand-in taking at most 32 inputs a
      call and answering after 20 ms, 4 calls at a time (its own limit: 4 calls of 32 inputs every 20 ms,
      6,400 inputs/s): HTTP calls against inputs/32, and inputs/s against that limit.
