@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 
@@ -25,6 +25,10 @@ class Cooldowns(Protocol):
 
     def record(self, model_id: str, ok: bool) -> bool:
         """Count a call; True when this failure tipped the model into a cooldown-worthy failure rate."""
+        ...
+
+    def record_successes(self, model_ids: list[str]) -> None:
+        """Count many calls that answered (one model id per call), at once."""
         ...
 
 
@@ -48,21 +52,32 @@ class RedisCooldowns:
     def record(self, model_id: str, ok: bool) -> bool:
         # Calls and failures are two sorted sets (by time) counted with ZCARD: the cost of a call stays the same
         # however many calls the window holds. A success needs no answer, so its pipeline reads nothing.
-        calls, failures = f"llm-router:health:{model_id}", f"llm-router:health-failed:{model_id}"
-        now = time.time()
-        member = uuid.uuid4().hex
-        pipe = self._redis.pipeline(transaction=False)
-        for key in (calls,) if ok else (calls, failures):
-            pipe.zadd(key, {member: now})
-            pipe.zremrangebyscore(key, 0, now - HEALTH_WINDOW_S)
-            pipe.expire(key, int(HEALTH_WINDOW_S * 2))
         if ok:
-            pipe.execute()
+            self.record_successes([model_id])
             return False
+        calls, failures = f"llm-router:health:{model_id}", f"llm-router:health-failed:{model_id}"
+        pipe = self._redis.pipeline(transaction=False)
+        self._count(pipe, [calls, failures], time.time())
         pipe.zcard(calls)
         pipe.zcard(failures)
         *_, call_count, failure_count = pipe.execute()
         return failing(int(call_count), int(failure_count), self._min_calls)
+
+    def record_successes(self, model_ids: list[str]) -> None:
+        if model_ids:
+            pipe = self._redis.pipeline(transaction=False)  # one round trip for them all
+            now = time.time()
+            for model_id in model_ids:
+                self._count(pipe, [f"llm-router:health:{model_id}"], now)
+            pipe.execute()
+
+    @staticmethod
+    def _count(pipe: Any, keys: list[str], now: float) -> None:
+        member = uuid.uuid4().hex
+        for key in keys:
+            pipe.zadd(key, {member: now})
+            pipe.zremrangebyscore(key, 0, now - HEALTH_WINDOW_S)
+            pipe.expire(key, int(HEALTH_WINDOW_S * 2))
 
 
 class LocalCooldowns:
@@ -84,3 +99,7 @@ class LocalCooldowns:
         calls = [c for c in self._calls.get(model_id, []) if c[0] > now - HEALTH_WINDOW_S] + [(now, ok)]
         self._calls[model_id] = calls
         return not ok and failing(len(calls), sum(1 for _, good in calls if not good), self._min_calls)
+
+    def record_successes(self, model_ids: list[str]) -> None:
+        for model_id in model_ids:
+            self.record(model_id, ok=True)

@@ -96,12 +96,19 @@ def end_unrecorded(store: JobStore, job_id: str, exc: Exception) -> Outcome:
     return Outcome.FAILED
 
 
+def record_successes(cooldowns: Cooldowns, model_ids: list[str]) -> None:
+    """Count calls that answered towards their models' health, at once; best effort, as ``record_health``."""
+    try:
+        cooldowns.record_successes(model_ids)
+    except RedisError as exc:
+        log.warning("%d calls not counted: cooldown store unavailable (%s)", len(model_ids), type(exc).__name__)
+
+
 def success_of(
     runtime: WorkerRuntime, job_id: str, number: int, spec: AttemptSpec, result: Result, latency_ms: float
 ) -> Success:
-    """A model's answer to attempt ``number``, counted towards the model's health. A run its caller cancelled
-    meanwhile ends cancelled, with what it made and the tokens it used."""
-    record_health(runtime.cooldowns, spec.model, ok=True)
+    """A model's answer to attempt ``number`` (its call counted towards the model's health by the caller). A run
+    its caller cancelled meanwhile ends cancelled, with what it made and the tokens it used."""
     result = result.model_copy(update={"tier": spec.tier})
     return Success(job_id, number, result, spec.provider, latency_ms, runtime.cancels.requested(job_id))
 
@@ -417,6 +424,7 @@ class _ChainRun:
 
     def _succeeded(self, number: int, model_id: str, provider: str, result: Result, latency_ms: float) -> Outcome:
         spec = AttemptSpec(model_id, provider, self.tier, self.worker)
+        record_health(self.runtime.cooldowns, model_id, ok=True)
         success = success_of(self.runtime, self.job_id, number, spec, result, latency_ms)
         with tracing.span("llm_router.record", {"llm_router.status": str(success.job_status)}):
             self.store.succeed([success])

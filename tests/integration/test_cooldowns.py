@@ -38,3 +38,14 @@ def test_a_cooldown_is_seen_by_every_process_until_it_ends() -> None:
     assert other.remaining_s(model) == 0.0
     one.cool(model, 30.0)
     assert 29.0 < other.remaining_s(model) <= 30.0
+
+
+def test_the_successes_of_a_flush_count_as_one_by_one() -> None:
+    """The event loop counts a flush's answers in one round trip: as many calls, each model its own."""
+    client = redis.Redis.from_url(URL)
+    chat, tei = (f"model-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    cooldowns = RedisCooldowns(client, min_calls=4)
+    cooldowns.record_successes([chat, tei, chat, chat])
+    assert (client.zcard(f"llm-router:health:{chat}"), client.zcard(f"llm-router:health:{tei}")) == (3, 1)
+    assert [cooldowns.record(chat, False) for _ in range(3)] == [False, False, False]  # 3 of 6: not more than half
+    assert cooldowns.record(chat, False) is True  # 4 of 7

@@ -45,6 +45,7 @@ from llm_router.workers.execution import (
     end_unrecorded,
     go_on_after_failure,
     log_success,
+    record_successes,
     success_of,
 )
 from llm_router.workers.job_end import Ended, after_final
@@ -570,6 +571,7 @@ class Engine:
     def _record(self, batch: list[_Answered]) -> None:
         """In the records thread: the answers in one statement, each job's line, what follows their ends."""
         runtime = self.runtime
+        record_successes(runtime.cooldowns, [answered.running.spec.model for answered in batch])
         successes = [
             success_of(runtime, a.running.job.id, a.running.number, a.running.spec, a.result, a.latency_ms)
             for a in batch
