@@ -48,8 +48,6 @@ class CancelWatch:
         self._listeners.append(listener)
 
     def heard(self, job_ids: list[str]) -> None:
-        for listener in self._listeners:
-            listener(job_ids)
         now = time.monotonic()
         with self._lock:
             for job_id in job_ids:
@@ -58,6 +56,8 @@ class CancelWatch:
                 len(self._heard) > REMEMBER_MAX or next(iter(self._heard.values())) < now - REMEMBER_S
             ):
                 self._heard.popitem(last=False)
+        for listener in self._listeners:  # after the ids are kept: a closed call's run asks ``requested``
+            listener(job_ids)
 
     def _listen(self, url: str) -> None:
         while True:

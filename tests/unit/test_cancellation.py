@@ -52,3 +52,11 @@ def test_the_stopping_criterion_ends_each_row_once_its_job_is_asked() -> None:
     assert criterion(ids, torch.zeros(2, 5)).tolist() == [False, True]  # the other row goes on
     asked["first"] = True
     assert criterion(ids, torch.zeros(2, 5)).tolist() == [True, True]
+
+
+def test_a_listener_hears_each_notice_once_its_ids_are_kept() -> None:
+    watch = CancelWatch(None)
+    seen: list[tuple[list[str], bool]] = []
+    watch.on_heard(lambda ids: seen.append((ids, all(watch.requested(job_id) for job_id in ids))))
+    watch.heard(["a", "b"])
+    assert seen == [(["a", "b"], True)]  # the event loop closes their calls; their runs then end cancelled
