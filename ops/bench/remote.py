@@ -21,6 +21,9 @@ Uses the real Redis (broker, one database emptied first) and a fresh PostgreSQL 
      limited to ``LIMITED_RPM`` calls a minute (fewer than the run makes, so the limit binds and jobs are
      deferred): every job must succeed, with one usage row each, and no 60 s span may see more calls arrive
      at the stand-in than the limit.
+(k)  on the first engine's worker, ``--one-by-one`` jobs one at a time, each submitted once the one before
+     it was waited for: submit → ``wait()`` p50 and p95 over the stand-in's delay (run with ``--delay-ms 0``
+     for the interactive path's own cost).
 (i)  ``--inputs`` embed inputs, one per job, as one bulk batch to a TEI stand-in taking at most 32 inputs a
      call and answering after 20 ms, 4 calls at a time (its own limit: 4 calls of 32 inputs every 20 ms,
      6,400 inputs/s): HTTP calls against inputs/32, and inputs/s against that limit.
@@ -53,6 +56,7 @@ from llm_router.broker.settings import Settings  # noqa: E402
 from ops.bench.cluster import Cluster, cluster_env  # noqa: E402
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
 from ops.bench.reference_clients import CLIENTS, MESSAGES, figures, machine_cpu_s, measure  # noqa: E402
+from ops.bench.report import percentile  # noqa: E402
 from ops.bench.stand_in import Behaviour  # noqa: E402
 from ops.bench.stand_in import start as start_stand_in  # noqa: E402
 
@@ -232,6 +236,19 @@ def embed_batch(router: Router, url: str, inputs: int) -> dict[str, Any]:
     }
 
 
+def one_at_a_time(router: Router, n: int, delay_ms: float) -> dict[str, Any]:
+    """(k) An interactive caller: one job, submitted and waited for, then the next; submit → ``wait()`` over
+    the stand-in's own time."""
+    over: list[float] = []
+    for i in range(n):
+        began = time.perf_counter()
+        job = router.generate(messages=[{"role": "user", "content": f"{uuid.uuid4()} {i}"}], max_tokens=10,
+                              use_cache=False)  # fmt: skip
+        job.wait(timeout=60)
+        over.append((time.perf_counter() - began) * 1000.0 - delay_ms)
+    return {"jobs": n, "p50_ms_over_delay": percentile(over, 0.5), "p95_ms_over_delay": percentile(over, 0.95)}
+
+
 def failing_and_bulk(
     router: Router, url: str, database_url: str, worker_pid: int, args: argparse.Namespace, results: dict[str, Any]
 ) -> None:
@@ -267,6 +284,7 @@ def main() -> None:
     )
     parser.add_argument("--processes", type=int, help="the asyncio engine's --processes (default: its own)")
     parser.add_argument("--concurrency", type=int, help="the worker's --concurrency (default: its own)")
+    parser.add_argument("--one-by-one", type=int, default=200, help="(k)'s jobs, one at a time (0: no (k))")
     args = parser.parse_args()
 
     behaviour = Behaviour(args.delay_ms / 1000.0, TEI_PER_CALL, TEI_CALL_S, TEI_AT_ONCE)
@@ -314,6 +332,9 @@ def main() -> None:
                     print(f"(h) {args.n} chat jobs through one remote worker, --engine {engine} …", flush=True)
                     results["chat_jobs"][engine] = chat_jobs(router, database_url, args.n, worker.pid)
                     print(f"    {results['chat_jobs'][engine]['per_s']:.1f} jobs/s", flush=True)
+                    if index == 0 and args.one_by_one:
+                        print(f"(k) {args.one_by_one} jobs one at a time, each waited for …", flush=True)
+                        results["one_at_a_time"] = one_at_a_time(router, args.one_by_one, args.delay_ms)
                     if index == 0:
                         failing_and_bulk(router, url, database_url, worker.pid, args, results)
         finally:
@@ -347,6 +368,9 @@ def main() -> None:
          f"{failing['succeeded']}/{args.n} succeeded, {failing['usage_rows']} usage rows, "
          f"{failing['attempts']} attempts; {failing['calls']} calls, at most {failing['most_calls_in_any_60_s']} "
          f"in any 60 s (limit {failing['limit_per_minute']})"),
+        *((("(k) one job at a time, submit → wait()", f"{one['jobs']} jobs",
+            f"p50 {one['p50_ms_over_delay']:+.1f} ms, p95 {one['p95_ms_over_delay']:+.1f} ms over the delay"),)
+          if (one := results.get("one_at_a_time")) else ()),
         ("(i) TEI bulk embeds", f"{tei['inputs_per_s']:.0f} inputs/s",
          f"{tei['ratio_to_limit']:.2f} of the stand-in's {tei['stand_in_limit_per_s']:.0f}/s; "
          f"{tei['http_calls']} calls (floor {tei['calls_floor']}), largest {tei['largest_call']}"),
