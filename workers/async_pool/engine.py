@@ -206,10 +206,11 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_asked.wait(), seconds)
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _on(self, pool: ThreadPoolExecutor, work: Callable[..., T], *args: Any) -> T:
         return await self._loop.run_in_executor(pool, partial(work, *args))
@@ -311,9 +312,7 @@ class Engine:
             await self._give_back_later(items)
             return
         for call in started:
-            task = asyncio.ensure_future(self._call(call))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task = self._spawn(self._call(call))
             if call.cancellable:
                 self._calls[call.jobs[0].job.id] = task
         for item in elsewhere:
