@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FLUSH_S = 0.005  # answers that came within 5 ms are recorded in one statement
-FLUSH_MAX = 512  # or as soon as this many wait
+FLUSH_MAX = 512  # or as soon as this many wait, or every message in flight has its answer
 IDLE_FIRST_S, IDLE_MOST_S = 0.001, 0.05  # an empty take waits 1 ms, doubling to 50 ms while queues stay empty
 JOB_THREADS = 16  # the threads' path: retries, fallbacks, streams, bulk and bad messages, webhooks
 OUTAGE_WAIT_S = 5.0  # a message whose jobs could not be recorded (database, Redis or broker away) waits this long
@@ -438,7 +438,7 @@ class Engine:
         self._answered += [
             _Answered(running, result, latency_ms) for running, result in zip(call.jobs, results, strict=True)
         ]
-        if len(self._answered) >= FLUSH_MAX:
+        if len(self._answered) >= min(FLUSH_MAX, self.in_flight):  # a full batch, or nothing else to wait for
             self._flush_now.set()
 
     @staticmethod

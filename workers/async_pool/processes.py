@@ -33,19 +33,20 @@ def serve(app: Any, plan: PoolPlan, hostname: str, processes: int, loglevel: str
         if processes == 1:
             run_loop(app, plan, hostname, loglevel, os.getpid())
         else:
-            _supervise(app, plan, hostname, processes, loglevel)
+            _supervise(plan, hostname, processes, loglevel)
     finally:
         control.stop()
 
 
-def _supervise(app: Any, plan: PoolPlan, hostname: str, processes: int, loglevel: str) -> None:
+def _supervise(plan: PoolPlan, hostname: str, processes: int, loglevel: str) -> None:
     _set_up_logging(loglevel)
-    context = multiprocessing.get_context("fork")  # before any connection is opened: each child opens its own
+    # Spawned, not forked: this process has threads (the control node's) whose locks a fork could copy held.
+    context = multiprocessing.get_context("spawn")
     stopping = False
 
     def start(number: int) -> multiprocessing.process.BaseProcess:
         child = context.Process(
-            target=run_loop, args=(app, plan, hostname, loglevel, os.getpid()), name=f"loop-{number}", daemon=False
+            target=_spawned_loop, args=(plan, hostname, loglevel, os.getpid()), name=f"loop-{number}", daemon=False
         )
         child.start()
         return child
@@ -71,6 +72,16 @@ def _supervise(app: Any, plan: PoolPlan, hostname: str, processes: int, loglevel
             children[number] = start(number)
         if stopping and not any(child.is_alive() for child in children):
             return
+
+
+def _spawned_loop(plan: PoolPlan, hostname: str, loglevel: str, main_pid: int) -> None:
+    """A loop process started afresh: its Celery app made again from the same settings (the environment)."""
+    from llm_router.broker.celery_app import create_app
+    from llm_router.broker.settings import Settings
+    from llm_router.workers.log_limits import quiet_outages
+
+    quiet_outages()
+    run_loop(create_app(Settings()), plan, hostname, loglevel, main_pid)
 
 
 def _die_with(parent_pid: int) -> None:
