@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from llm_router.broker.client import Router
 from llm_router.broker.settings import Settings
@@ -20,6 +19,7 @@ from tests.conftest import ON_BOTH_BROKERS, WorkerProcess, empty_redis_db, produ
 from tests.integration.test_remote_pool import most_at_once
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
+from tests.support.store import usage_and_paths
 
 pytestmark = ON_BOTH_BROKERS
 BROKER = "redis://127.0.0.1:6379/2"
@@ -145,17 +145,9 @@ def test_a_process_killed_with_hundreds_in_flight_loses_none_and_runs_none_twice
     # RabbitMQ hands a closed connection's messages out again at once.
     results = [job.wait(timeout=120) for job in jobs]
     assert all(isinstance(result, GenerateResult) for result in results)
-    engine = create_engine(pg_url)
-    with engine.connect() as connection:
-        ids = {"ids": [job.id for job in jobs]}
-        usage = connection.execute(
-            text("SELECT count(*) FROM usage WHERE job_id = ANY(:ids) GROUP BY job_id"), ids
-        ).scalars()
-        by_job = "FROM attempts WHERE job_id = ANY(:ids) GROUP BY job_id"
-        paths = connection.execute(text(f"SELECT string_agg(status, ',' ORDER BY number) {by_job}"), ids).scalars()
-        assert sorted(usage) == [1] * KILLED  # each job counted once
-        assert set(paths) == {"lost,succeeded"}  # the attempt cut off, then the one that finished
-    engine.dispose()
+    usage, paths = usage_and_paths(pg_url, [job.id for job in jobs])
+    assert usage == [1] * KILLED  # each job counted once
+    assert paths == {"lost,succeeded"}  # the attempt cut off, then the one that finished
     assert len(server.calls_to("/slow/v1/chat/completions")) == 2 * KILLED
     survivor.stop()
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
 
 from llm_router.broker.client import Router
 from llm_router.broker.settings import Settings
@@ -22,6 +21,7 @@ from llm_router.workers.held_messages import HeldMessages
 from tests.conftest import WorkerProcess, catalogue_env, catalogue_settings, queued
 from tests.support import inference_server as api
 from tests.support.inference_server import InferenceServer, Reply
+from tests.support.store import usage_and_paths
 
 BROKER = "redis://127.0.0.1:6379/2"  # a broker database of its own: this worker has its own catalogue
 COMPLETE, TEI_EMBED, TEI_CLS = "org/slow-completion", "org/tei-embed", "org/tei-cls"
@@ -281,21 +281,9 @@ def test_a_killed_remote_worker_loses_none_of_its_jobs_in_flight(
     assert {job.id for job in jobs} <= requeued  # (lost jobs of other tests may be requeued with them)
     results = [job.wait(timeout=120) for job in jobs]
     assert all(isinstance(result, GenerateResult) for result in results)
-    engine = create_engine(pg_url)
-    with engine.connect() as connection:
-        ids = [job.id for job in jobs]
-        usage = connection.execute(
-            text("SELECT count(*) FROM usage WHERE job_id = ANY(:ids) GROUP BY job_id"), {"ids": ids}
-        ).scalars()
-        paths = connection.execute(
-            text(
-                "SELECT string_agg(status, ',' ORDER BY number) FROM attempts WHERE job_id = ANY(:ids) GROUP BY job_id"
-            ),
-            {"ids": ids},
-        ).scalars()
-        assert sorted(usage) == [1] * IN_FLIGHT  # each job counted once
-        assert set(paths) == {"lost,succeeded"}  # the attempt cut off, then the one that finished
-    engine.dispose()
+    usage, paths = usage_and_paths(pg_url, [job.id for job in jobs])
+    assert usage == [1] * IN_FLIGHT  # each job counted once
+    assert paths == {"lost,succeeded"}  # the attempt cut off, then the one that finished
     assert len(fresh.calls_to("/slow/v1/completions")) == 2 * IN_FLIGHT
 
 

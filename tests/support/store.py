@@ -45,3 +45,21 @@ def succeed_one(
     model_latency_ms: float,
 ) -> None:
     store.succeed([Success(job_id, number, result, provider, model_latency_ms)])
+
+
+def usage_and_paths(database_url: str, job_ids: list[str]) -> tuple[list[int], set[str]]:
+    """The jobs' books: their usage rows per job (sorted counts), and their attempts' statuses in order, as
+    paths such as ``lost,succeeded`` (the set of them)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    ids = {"ids": job_ids}
+    by_job = "WHERE job_id = ANY(:ids) GROUP BY job_id"
+    with engine.connect() as connection:
+        usage = connection.execute(text(f"SELECT count(*) FROM usage {by_job}"), ids).scalars()
+        paths = connection.execute(
+            text(f"SELECT string_agg(status, ',' ORDER BY number) FROM attempts {by_job}"), ids
+        ).scalars()
+        books = sorted(usage), set(paths)
+    engine.dispose()
+    return books
