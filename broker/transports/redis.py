@@ -3,11 +3,11 @@
 A queue is one list per priority step (``redis_lists``); a message is kombu's JSON envelope around Celery's
 task message (base64 body, delivery info, a delivery tag). A message handed out and not yet acknowledged
 sits in kombu's ``unacked`` hash (tag → ``[message, exchange, routing key]``) and its time index
-``unacked_index``, which the visibility timeout reads. Publishing is one ``LPUSH``; a take is one script that
-pops messages across the lists in order of preference, up to a count of inputs, and records each as kombu
-does, atomically: a process killed at any moment leaves every message either on its list or held, which the
-broker (or the sweeper, sooner) hands out again. kombu's ``basic_get`` would ask the lists one by one and
-record the message in a second step.
+``unacked_index``, which the visibility timeout reads. Publishing is one ``LPUSH`` (with a wake in its round
+trip); a take is one script that pops messages across the lists in order of preference, up to a count of
+inputs, and records each as kombu does, atomically: a process killed at any moment leaves every message
+either on its list or held, which the broker (or the sweeper, sooner) hands out again. kombu's ``basic_get``
+would ask the lists one by one and record the message in a second step.
 """
 
 from __future__ import annotations
@@ -24,6 +24,17 @@ from llm_router.broker.queues import INPUTS_HEADER, redis_lists
 from llm_router.broker.transports.base import JSON, Taken, TaskMessage
 
 UNACKED_KEY, UNACKED_INDEX_KEY = "unacked", "unacked_index"
+WAKE_PREFIX = "llm-router:wake:"
+
+
+def wake_channel(queue: str) -> str:
+    """The channel a message's publisher tells of it on, in the round trip of its ``LPUSH``: a consumer that
+    takes with a script cannot block in it, and polling an empty queue every millisecond costs Redis and the
+    consumer CPU, every 50 ms an interactive job up to 50 ms; so an idle consumer sleeps until a wake comes (or
+    its back-off ends: a message from another producer, or a wake lost while it was not subscribed, waits that
+    long at most)."""
+    return WAKE_PREFIX + queue
+
 
 # KEYS: the lists in order of preference, then the unacked hash and its index.
 # ARGV: the inputs wanted, the time now, the input-count header's name, the task names to take (all when empty).
@@ -121,7 +132,10 @@ class RedisTransport:
     def publish(self, message: TaskMessage) -> None:
         """Put a task's message on its queue at its priority (kombu's order: lower first); raises what redis-py
         raises when Redis cannot be reached."""
-        self.redis.lpush(redis_lists(message.queue)[message.priority or 0], self.envelope(message))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpush(redis_lists(message.queue)[message.priority or 0], self.envelope(message))
+        pipe.publish(wake_channel(message.queue), b"")
+        pipe.execute()
 
     def envelope(self, message: TaskMessage) -> str:
         """The message as kombu's Redis transport stores it, around Celery's task message."""

@@ -3,15 +3,18 @@ through a kombu channel (the same checks as tests/unit/test_transports.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from llm_router.broker.celery_app import create_app
 from llm_router.broker.settings import Settings
-from llm_router.broker.transports import Transport, open_transport
+from llm_router.broker.transports import TaskMessage, Transport, open_transport
 from llm_router.broker.transports.kombu_channel import KombuTransport
 from llm_router.broker.transports.redis import RedisTransport
+from llm_router.workers.async_pool.wakes import Wakes
 from tests.conftest import empty_redis_db
 from tests.support.transport_contract import TransportContract
 
@@ -44,3 +47,34 @@ class TestRabbitMQ(TransportContract):
     ) -> Iterator[Transport]:
         own_host = rabbit_vhost(f"transports_{request.node.originalname}"[:40])  # each test its own queues
         yield from _opened(cluster_settings, own_host, KombuTransport)
+
+
+def test_a_message_published_on_redis_wakes_the_loops_that_take_from_its_queue(cluster_settings: Settings) -> None:
+    app = create_app(cluster_settings.model_copy(update={"broker_url": empty_redis_db(REDIS_BROKER)}))
+    publisher = open_transport(app)
+    message = TaskMessage("llm_router.embed", "job-1", ["job-1"], {}, "fast", 1, None)
+
+    async def woken(queue: str) -> tuple[bool, bool]:
+        wakes = Wakes()
+        listening = asyncio.create_task(wakes.listen(REDIS_BROKER, [queue]))
+        try:
+            async with asyncio.timeout(5):  # subscribed: it says so, and takes once in case it missed one
+                await wakes.event.wait()
+            assert wakes.heard
+            wakes.event.clear()
+            await asyncio.to_thread(publisher.publish, message)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await wakes.event.wait()
+            return wakes.heard, wakes.event.is_set()
+        finally:
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
+
+    try:
+        assert asyncio.run(woken("fast")) == (True, True)
+        assert asyncio.run(woken("quality")) == (True, False)  # another queue's loops sleep on
+    finally:
+        publisher.close()
+        app.close()

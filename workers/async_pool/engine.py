@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from llm_router.broker import tracing
 from llm_router.broker.queues import KIND_OF_TASK
 from llm_router.broker.routing import lane_of
-from llm_router.broker.transports import Taken, Transport, open_transport
+from llm_router.broker.transports import Taken, Transport, direct_redis, open_transport
 from llm_router.tasks.records import JobStatus
 from llm_router.tasks.schemas import GenerateResult, Usage
 from llm_router.tasks.store import AttemptSpec, JobView
 from llm_router.workers.async_pool.caller import AsyncCaller
 from llm_router.workers.async_pool.lane import LoopRun, fresh_job, loop_run
+from llm_router.workers.async_pool.wakes import Wakes
 from llm_router.workers.backends.base import PlansCalls, Result
 from llm_router.workers.backends.http import HttpCaller, PlannedCall
 from llm_router.workers.celery_tasks import (
@@ -60,7 +61,9 @@ T = TypeVar("T")
 
 FLUSH_S = 0.005  # answers that came within 5 ms are recorded in one statement
 FLUSH_MAX = 512  # or as soon as this many wait, or every message in flight has its answer
-IDLE_FIRST_S, IDLE_MOST_S = 0.001, 0.05  # an empty take waits 1 ms, doubling to 50 ms while queues stay empty
+# An empty take waits for a wake (a message published on a Redis broker) or 50 ms; where no wake comes (another
+# broker, or the wakes' subscription down) 1 ms, doubling to 50 ms while the queues stay empty.
+IDLE_FIRST_S, IDLE_MOST_S = 0.001, 0.05
 JOB_THREADS = 16  # the threads' path: retries, fallbacks, streams, bulk and bad messages, webhooks
 OUTAGE_WAIT_S = 5.0  # a message whose jobs could not be recorded (database, Redis or broker away) waits this long
 STOP_GRACE_S = 30.0  # how long a stopping process lets its calls in flight end
@@ -133,10 +136,13 @@ class Engine:
         """Take and run jobs until ``stop``; then let the calls in flight end (``STOP_GRACE_S`` at most)."""
         self._loop = asyncio.get_running_loop()
         self._room, self._flush_now, self._stop_asked = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._wakes = Wakes()  # a message was published on our queues, or we stop
         self._caller = AsyncCaller(self.runtime.settings.request_timeout_s, self.concurrency)
         self.runtime.cancels.on_heard(self._heard_cancel)
         flusher = asyncio.create_task(self._flush_forever())
         self._spawn(self._publish_forever())
+        if direct_redis(self.app):
+            self._spawn(self._wakes.listen(self.app.conf.broker_url, self.queues))
         idle, ready = 0.0, False
         while not self._stopping:
             room = self.concurrency - self.in_flight
@@ -144,6 +150,7 @@ class Engine:
                 self._room.clear()
                 await self._wait_or_stop(self._room)
                 continue
+            self._wakes.event.clear()  # a message published from now on wakes an idle wait below
             try:
                 taken = await self._on(self._broker, self._take, room)
             except Exception as exc:  # the transports raise many kinds; all mean "the broker is away or full"
@@ -156,8 +163,10 @@ class Engine:
                 ready = True
                 await self._safely("saying this worker is ready", self._on_ready)
             if not taken:
-                idle = min(IDLE_MOST_S, idle * 2 or IDLE_FIRST_S)
-                await self._sleep_or_stop(idle)
+                # Woken by publishers, the loop takes again only after the longest wait (in case a wake is lost).
+                idle = IDLE_MOST_S if self._wakes.heard else min(IDLE_MOST_S, idle * 2 or IDLE_FIRST_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakes.event.wait(), idle)
                 continue
             idle = 0.0
             self.in_flight += len(taken)
@@ -175,6 +184,7 @@ class Engine:
     def _begin_stop(self) -> None:
         self._stopping = True
         self._stop_asked.set()
+        self._wakes.set()
 
     async def _wind_down(self, flusher: asyncio.Task[None]) -> None:
         held = list(self._held.values())
@@ -570,7 +580,6 @@ class Engine:
     def _record(self, batch: list[_Answered]) -> None:
         """In the records thread: the answers in one statement, each job's line, what follows their ends."""
         runtime = self.runtime
-        record_successes(runtime.cooldowns, [answered.running.spec.model for answered in batch])
         successes = [
             success_of(runtime, a.running.job.id, a.running.number, a.running.spec, a.result, a.latency_ms)
             for a in batch
@@ -589,12 +598,13 @@ class Engine:
                 except Exception as exc:
                     end_unrecorded(runtime.store, success.job_id, exc)
                     statuses[success.job_id] = JobStatus.FAILED
-        for answered, success in zip(batch, successes, strict=True):
-            if statuses[success.job_id] == success.job_status:
-                log_success(success, answered.running.item.kind, answered.running.spec)
         ended = [
             Ended.of(job.id, statuses[job.id], job.request or {}, queue=job.queue, run_step=job.run_step)
             for job in (answered.running.job for answered in batch)
         ]
         runtime.running.release([answered.running.job.id for answered in batch])
-        after_final(runtime.end_hooks, ended)
+        after_final(runtime.end_hooks, ended)  # first: their callers wake
+        for answered, success in zip(batch, successes, strict=True):
+            if statuses[success.job_id] == success.job_status:
+                log_success(success, answered.running.item.kind, answered.running.spec)
+        record_successes(runtime.cooldowns, [answered.running.spec.model for answered in batch])
