@@ -94,10 +94,6 @@ class Job:
         without it, or while Redis cannot be reached, it polls the row."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._notices is not None:
-            # A job that already ended needs no subscription (a connection and two round trips).
-            ended = self._outcome(self.record())
-            if ended is not None:
-                return ended
             try:
                 with self._notices.listening(self.id) as sleep:  # subscribed before the first read
                     return self._wait(deadline, timeout, lambda _delay, left: sleep(min(left, SAFETY_POLL_S)))
@@ -105,7 +101,7 @@ class Job:
                 pass  # the notices are down: poll
         return self._wait(deadline, timeout, lambda delay, left: time.sleep(min(delay, left)))
 
-    def _wait(self, deadline: float | None, timeout: float | None, sleep: Callable[[float, float], None]) -> Result:
+    def _wait(self, deadline: float | None, timeout: float | None, sleep: Callable[[float, float], object]) -> Result:
         delay = min(0.01, self._poll_s)
         while True:
             view = self.record()

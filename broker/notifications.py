@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 import redis
 import redis.asyncio as aioredis
+from redis.client import PubSub
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,7 @@ CHANNEL_PREFIX = "llm-router:done:"
 CANCEL_CHANNEL = "llm-router:cancel"  # the ids of running jobs whose callers cancelled them
 SAFETY_POLL_S = 2.0
 REDIS_TIMEOUT_S = 5.0
+IDLE_SUBSCRIBERS = 16  # a process's sync waits keep this many subscription connections between waits
 WAITS_CLIENT_NAME = "llm-router-waits"  # how the asyncio waits' connection shows in Redis's CLIENT LIST
 
 
@@ -38,6 +42,8 @@ class DoneNotices:
 
     def __init__(self, url: str):
         self.client = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+        self._idle: list[PubSub] = []  # subscription connections between waits
+        self._idle_lock = threading.Lock()
 
     def publish(self, job_ids: list[str]) -> None:
         """One round trip for all of them; never raises (a waiter's safety poll covers a lost notice)."""
@@ -57,27 +63,65 @@ class DoneNotices:
             self.client.publish(CANCEL_CHANNEL, " ".join(job_ids))
 
     @contextlib.contextmanager
-    def listening(self, job_id: str) -> Iterator[Callable[[float], None]]:
+    def listening(self, job_id: str) -> Iterator[Callable[[float], bool]]:
         """Subscribed to the job's channel for the block; yields a function that sleeps until a notice comes
-        or ``timeout`` seconds pass. Raises ``RedisError`` when Redis cannot be reached."""
-        pubsub = self.client.pubsub()
+        (True) or ``timeout`` seconds pass (False). Raises ``RedisError`` when Redis cannot be reached. The subscription's
+        connection is kept for the next wait (a wait that opened its own would cost a connection a job)."""
+        name = channel(job_id).encode()
+        pubsub = self._subscriber()
         try:
-            pubsub.subscribe(channel(job_id))
+            pubsub.subscribe(name)
             # Wait for Redis to confirm: from then on a notice cannot pass us by, and the first sleep is not
             # cut short by the confirmation itself (which would cost the caller a needless read).
-            confirmed = pubsub.get_message(timeout=REDIS_TIMEOUT_S)
-            if confirmed is None or confirmed.get("type") != "subscribe":
+            if not _until(pubsub, REDIS_TIMEOUT_S, lambda message: message == ("subscribe", name)):
                 raise RedisError(f"no subscription confirmed for {channel(job_id)}")
+        except BaseException:
+            pubsub.close()
+            raise
 
-            def sleep(timeout: float) -> None:
-                pubsub.get_message(ignore_subscribe_messages=True, timeout=max(timeout, 0.0))
+        def sleep(timeout: float) -> bool:
+            return _until(pubsub, timeout, lambda message: message == ("message", name))
 
+        try:
             yield sleep
         finally:
+            self._release(pubsub, name)
+
+    def _subscriber(self) -> PubSub:
+        with self._idle_lock:
+            return self._idle.pop() if self._idle else self.client.pubsub()
+
+    def _release(self, pubsub: PubSub, name: bytes) -> None:
+        """Unsubscribed, kept for the next wait (its confirmation is read, and passed over, there)."""
+        try:
+            pubsub.unsubscribe(name)
+        except RedisError:
             pubsub.close()
+            return
+        with self._idle_lock:
+            if len(self._idle) < IDLE_SUBSCRIBERS:
+                self._idle.append(pubsub)
+                return
+        pubsub.close()
 
     def close(self) -> None:
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for pubsub in idle:
+            pubsub.close()
         self.client.close()
+
+
+def _until(pubsub: PubSub, timeout: float, wanted: Callable[[tuple[str, bytes]], bool]) -> bool:
+    """Read ``pubsub`` until a message is ``wanted`` (True) or ``timeout`` seconds pass (False); what an
+    earlier wait on the connection left (its channel's late notice, its unsubscription) is passed over."""
+    deadline = time.monotonic() + max(timeout, 0.0)
+    while True:
+        message = pubsub.get_message(timeout=max(deadline - time.monotonic(), 0.0))
+        if message is not None and wanted((message["type"], message["channel"])):
+            return True
+        if time.monotonic() >= deadline:
+            return False
 
 
 class AsyncDoneNotices:

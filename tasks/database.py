@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -11,12 +13,15 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 
 from llm_router.tasks.errors import SchemaNotCurrent
 from llm_router.tasks.storable import storable_json
 
 # A job that waits for a free connection waits this long before its message is handed back for later.
 POOL_WAIT_S = 300.0
+PING_IDLE_S = 1.0  # a pooled connection unused this long is tested before use
+_CHECKED_IN = "llm_router_checked_in"
 
 
 def json_text(value: Any) -> str:
@@ -32,14 +37,16 @@ def json_text(value: Any) -> str:
 
 
 def make_engine(
-    url: str, *, sqlite_busy_timeout_s: float = 30.0, pool_size: int = 5, ping_on_checkout: bool = True
+    url: str, *, sqlite_busy_timeout_s: float = 30.0, pool_size: int = 5, ping_idle_s: float | None = PING_IDLE_S
 ) -> Engine:
     """An engine for ``url``; on a server database, a pool of ``pool_size`` connections (twice that at peaks)
     that callers wait for rather than fail.
 
-    ``ping_on_checkout`` tests each pooled connection before use (a round trip), so a caller never sees a
-    connection that a database restart closed. Workers turn it off: their work is a message that is handed
-    back and retried when the database fails, and the first failed use discards the whole pool."""
+    A pooled connection that sat unused for ``ping_idle_s`` is tested before use (a round trip), so a caller
+    does not meet one that a database restart closed while it sat; one in steady use is not (a test on every
+    use would cost a round trip a statement), and the first use that finds the database gone discards the
+    whole pool. Workers pass None: their work is a message that is handed back and retried when the database
+    fails."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -47,14 +54,34 @@ def make_engine(
         engine = create_engine(url, connect_args={"timeout": sqlite_busy_timeout_s}, json_serializer=json_text)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
-        pool_pre_ping=ping_on_checkout,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=POOL_WAIT_S,
         json_serializer=json_text,
     )
+    if ping_idle_s is not None:
+        ping_when_idle(engine, ping_idle_s)
+    return engine
+
+
+def ping_when_idle(engine: Engine, idle_s: float) -> None:
+    """Test a pooled connection of ``engine`` before use when it sat unused for ``idle_s`` (see ``make_engine``)."""
+
+    def checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    def checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get(_CHECKED_IN, math.inf) < idle_s:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # each driver raises its own kind
+            raise DisconnectionError("a pooled connection no longer answers") from exc  # the pool opens another
+
+    event.listen(engine.pool, "checkin", checked_in)
+    event.listen(engine.pool, "checkout", checked_out)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

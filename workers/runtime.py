@@ -127,7 +127,7 @@ def build_runtime(settings: Settings, catalogue: Catalogue, profile: WorkerProfi
         settings.resolved_database_url,
         sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
         pool_size=settings.pool_size_for(profile.concurrency),
-        ping_on_checkout=False,
+        ping_idle_s=None,
     )
     registry = ModelRegistry(
         catalogue,

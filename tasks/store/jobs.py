@@ -7,9 +7,7 @@ from datetime import datetime
 from sqlalchemy import func, select, tuple_, update
 
 from llm_router.tasks.records import UNFINISHED_STATUSES, WAITING_STATUSES, AttemptRecord, JobRecord, JobStatus
-from llm_router.tasks.store.base import (
-    StoreBase,
-)
+from llm_router.tasks.store.base import JOBS, StoreBase
 from llm_router.tasks.store.views import AttemptView, JobView
 
 
@@ -32,9 +30,10 @@ class JobRecords(StoreBase):
             return bool(getattr(result, "rowcount", 0))
 
     def get(self, job_id: str) -> JobView | None:
-        with self.session() as session:
-            record = session.get(JobRecord, job_id)
-            return JobView.of(record) if record else None
+        """The job's row (a row, not an ORM object: every wait reads it)."""
+        with self.autocommit.connect() as connection:
+            row = connection.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
+            return JobView.of(row) if row else None
 
     def status(self, job_id: str) -> JobStatus | None:
         with self.session() as session:

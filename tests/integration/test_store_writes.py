@@ -125,7 +125,7 @@ def test_a_batch_recorded_through_the_drivers_pipeline_leaves_the_sessions_rows(
 
 def test_a_connection_the_database_closed_fails_one_submission_and_is_discarded() -> None:
     with fresh_database() as url:
-        store = JobStore(make_engine(url, pool_size=1, ping_on_checkout=False))  # no ping to hide the loss
+        store = JobStore(make_engine(url, pool_size=1, ping_idle_s=None))  # no ping to hide the loss
         common: dict[str, Any] = {"kind": "embed", "request": {"input": ["a"]}, "tier": "fast", "queue": "fast"}
         assert submit_one(store, job_id=str(uuid.uuid4()), **common)
         admin = make_engine(url)
@@ -280,3 +280,20 @@ def test_the_first_look_at_many_jobs_answers_as_the_look_at_each(
             )
         assert all(source is None for _, source in store.first_look(ids, max_age_s=None).values())
     sqlite.engine.dispose()
+
+
+def test_a_pooled_connection_the_database_closed_while_it_sat_unused_is_replaced_before_use() -> None:
+    with fresh_database() as url:
+        store = JobStore(make_engine(url, pool_size=1, ping_idle_s=0.0))  # every connection counts as idle
+        common: dict[str, Any] = {"kind": "embed", "request": {"input": ["a"]}, "tier": "fast", "queue": "fast"}
+        assert submit_one(store, job_id=str(uuid.uuid4()), **common)
+        admin = make_engine(url)
+        with admin.connect() as connection:
+            closed = connection.exec_driver_sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).scalar()
+        admin.dispose()
+        assert closed == 1
+        assert submit_one(store, job_id=str(uuid.uuid4()), **common)  # no error: the ping found it gone
+        store.engine.dispose()

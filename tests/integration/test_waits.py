@@ -120,3 +120,33 @@ def _subscriptions(url: str) -> tuple[int, int]:
     finally:
         client.close()
     return len(subscribed), sum(subscribed)
+
+
+def test_sync_waits_keep_one_subscription_and_pass_over_what_an_earlier_wait_left(
+    cluster_settings: Settings,
+) -> None:
+    notices = DoneNotices(cluster_settings.resolved_broker_url)
+    made = 0
+    pubsub = notices.client.pubsub
+
+    def counted() -> redis.client.PubSub:
+        nonlocal made
+        made += 1
+        return pubsub()
+
+    notices.client.pubsub = counted  # type: ignore[method-assign]
+    try:
+        for n in range(20):
+            with notices.listening(f"waits-{n}") as sleep:
+                notices.publish([f"waits-{n}"])
+                assert sleep(5.0)
+        with notices.listening("waits-earlier"):
+            pass
+        notices.publish(["waits-earlier"])  # a late notice, on the connection the next wait reuses
+        with notices.listening("waits-next") as sleep:
+            assert not sleep(0.3)  # the earlier job's notice does not wake this one
+            notices.publish(["waits-next"])
+            assert sleep(5.0)
+    finally:
+        notices.close()
+    assert made == 1
