@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
         # No task-sent event: one broker write per job instead of two. Flower shows a job from the moment a
         # worker receives it; until then it is queued in the jobs table and counted in Flower's broker tab.
         task_send_sent_event=False,
-        worker_send_task_events=True,
+        worker_send_task_events=settings.task_events > 0,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         enable_utc=True,

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = 30.0
     max_retries: int = Field(default=3, ge=0, le=20)
     retry_delay_scale: float = Field(default=1.0, ge=0.0, le=10.0)  # tests shorten the policy's delays
+    # The share of jobs whose task events (what Flower shows) the remote pool's event loops send, a sample the
+    # same in every process; Celery's own pools send every job's, or none at 0.
+    task_events: float = Field(default=1.0, ge=0.0, le=1.0)
     hf_wait_for_model: bool = False
     cooldown_s: float = Field(default=60.0, ge=0.0)
     cache_ttl_s: float = Field(default=86_400.0, ge=0.0)

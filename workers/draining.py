@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -223,10 +224,19 @@ class Drainer:
         )
 
 
+def sampled(task_id: str, share: float) -> bool:
+    """Whether a task is in the sample of ``share`` (0 to 1) of all: decided by its id, so every process
+    samples the same tasks."""
+    return share >= 1.0 or zlib.crc32(task_id.encode()) < share * 2**32
+
+
 def report(app: Any, drained: list[Drained], hostname: str | None, outcome: str, runtime_s: float) -> None:
     """Tell monitors (Flower) that the drained messages ran, as Celery does for the ones it delivers: the
-    task was received (its name and its arguments, which are job ids only) and succeeded."""
-    if not drained:
+    task was received (its name and its arguments, which are job ids only) and succeeded; for the share of
+    them the settings' ``task_events`` samples."""
+    share = app.router_settings.task_events
+    sample = [(item.task_id, item) for item in drained if item.task_id and sampled(item.task_id, share)]
+    if not sample:
         return
     # One message of many events ("task.multi", which Celery's receivers and Flower read as a list).
     with (
@@ -236,18 +246,17 @@ def report(app: Any, drained: list[Drained], hostname: str | None, outcome: str,
             hostname,
             channel=producer.channel,
             buffer_group=frozenset({"task"}),
-            buffer_limit=2 * len(drained) + 1,
+            buffer_limit=2 * len(sample) + 1,
         ) as dispatcher,
     ):
-        for item in drained:
-            if item.task_id:
-                dispatcher.send(
-                    "task-received",
-                    uuid=item.task_id,
-                    name=item.name or TASK_NAMES[item.kind],
-                    args=repr(list(item.args)),
-                    kwargs=repr(item.kwargs),
-                    retries=0,
-                )
-                dispatcher.send("task-succeeded", uuid=item.task_id, result=repr(outcome), runtime=runtime_s)
+        for task_id, item in sample:
+            dispatcher.send(
+                "task-received",
+                uuid=task_id,
+                name=item.name or TASK_NAMES[item.kind],
+                args=repr(list(item.args)),
+                kwargs=repr(item.kwargs),
+                retries=0,
+            )
+            dispatcher.send("task-succeeded", uuid=task_id, result=repr(outcome), runtime=runtime_s)
         dispatcher.flush()

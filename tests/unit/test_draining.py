@@ -11,7 +11,7 @@ from pathlib import Path
 from llm_router.broker.queues import TASK_NAMES
 from llm_router.broker.transports import MemoryBroker, MemoryTransport, Taken, TaskMessage
 from llm_router.tasks.records import JobStatus, Outcome
-from llm_router.workers.draining import Drainer
+from llm_router.workers.draining import Drainer, sampled
 from llm_router.workers.groups import run_jobs
 from llm_router.workers.messages import parse_messages
 from tests.unit.test_job_paths import make_cluster
@@ -90,3 +90,12 @@ def test_a_take_runs_through_the_job_path_and_is_acknowledged_once_recorded(tmp_
     take.ack()
     assert not broker.held and not broker.waiting("fast")
     assert {cluster.runtime.store.status(job_id) for job_id in job_ids} == {JobStatus.SUCCEEDED}
+
+
+def test_task_events_are_sent_for_a_sample_that_every_process_draws_alike() -> None:
+    ids = [str(uuid.uuid4()) for _ in range(10_000)]
+    quarter = [task_id for task_id in ids if sampled(task_id, 0.25)]
+    assert 2_200 < len(quarter) < 2_800
+    assert quarter == [task_id for task_id in ids if sampled(task_id, 0.25)]
+    assert set(quarter) <= {task_id for task_id in ids if sampled(task_id, 0.5)}  # a larger share keeps these
+    assert all(sampled(task_id, 1.0) for task_id in ids) and not any(sampled(task_id, 0.0) for task_id in ids)
