@@ -1,7 +1,7 @@
 """Benchmark the remote pool against a plain asyncio HTTP client, on stand-in APIs on 127.0.0.1, in one run.
 
     python ops/bench/remote.py --json OUT.json [--n 2000] [--delay-ms 500] [--engines asyncio,threads]
-                               [--processes N] [--concurrency N]
+                               [--processes N] [--concurrency N] [--callers 200] [--one-by-one 200]
 
 Uses the real Redis (broker, one database emptied first) and a fresh PostgreSQL database it drops after.
 
@@ -9,13 +9,17 @@ Uses the real Redis (broker, one database emptied first) and a fresh PostgreSQL 
      stand-in answering every call after ``--delay-ms``; one ``llm-router worker --pool remote`` at its
      defaults, once per ``--engines`` (the event loops, then Celery's threads pool, one worker at a time);
      from the first submission to the last job recorded. The references, measured in the same run
-     against the same stand-in, each with as many calls at a time as the worker has slots: a bare aiohttp
+     against the same stand-in, each with as many calls at a time as the worker has slots (its processes
+     times its --concurrency; ``--references-at-once`` to say otherwise): a bare aiohttp
      client (``chat_ratio``: h / aiohttp), ``httpx.AsyncClient`` on its default transport, httpx over
      aiohttp's transport, LiteLLM's ``Router.acompletion`` (``ops/bench/reference_clients.py``; a row whose
      library is not installed is skipped with a message), and the stand-in's ceiling over bare asyncio
      keep-alive connections. Every row gives calls/s, the whole machine's CPU ms per call (producer, worker,
-     Redis, PostgreSQL and the stand-in together) and p50/p95 latency over the stand-in's delay. The worker's
-     RSS is sampled while its slots are busy.
+     Redis, PostgreSQL and the stand-in together) and p50/p95 latency over the stand-in's delay; the
+     cluster's rows also the producer's CPU (this process: submitting and waiting) and the worker's (its
+     processes) per job. The worker's RSS is sampled while its slots are busy.
+(h'') on the first engine's worker, N chat jobs from ``--callers`` coroutines of one ``AsyncRouter`` (a web
+     backend's event loop), each submitting a job, awaiting it, then the next.
 (h') on the first engine's worker, the same N jobs when 10 % of calls answer 503 and 5 % answer 429
      (``Retry-After: 1``), retry delays at a tenth of the policy's and up to 6 retries a model, on a tier
      limited to ``LIMITED_RPM`` calls a minute (fewer than the run makes, so the limit binds and jobs are
@@ -50,7 +54,7 @@ from sqlalchemy import create_engine, text
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from llm_router import JobFailed  # noqa: E402
+from llm_router import AsyncRouter, JobFailed  # noqa: E402
 from llm_router.broker.client import Router  # noqa: E402
 from llm_router.broker.settings import Settings  # noqa: E402
 from ops.bench.cluster import Cluster, cluster_env  # noqa: E402
@@ -63,7 +67,7 @@ from ops.bench.stand_in import start as start_stand_in  # noqa: E402
 CHAT, TEI = "stand-in/chat", "stand-in/tei"
 LIMITED_RPM = 1500  # (h')'s tier: about half the calls the run makes (2,000 jobs and their retries)
 TEI_PER_CALL, TEI_CALL_S, TEI_AT_ONCE = 32, 0.020, 4
-CONCURRENCY = 200  # the remote pool's default, so that the reference client gets as many connections
+CONCURRENCY = 200  # the remote pool's default --concurrency (a process's calls in flight)
 
 
 def catalogue(url: str) -> str:
@@ -105,14 +109,20 @@ max_inputs_per_call = {TEI_PER_CALL}
 """
 
 
+def slots(engine: str, processes: int | None, concurrency: int | None) -> int:
+    """The calls a worker has in flight at most: --concurrency per event-loop process, or per threads pool."""
+    per_process = concurrency or CONCURRENCY
+    return per_process * (processes or os.cpu_count() or 1) if engine == "asyncio" else per_process
+
+
 def control(url: str, **values: Any) -> dict[str, Any]:
     if values:
         httpx.post(f"{url}/control", json=values, timeout=10).raise_for_status()
     return httpx.get(f"{url}/stats", timeout=10).json()  # type: ignore[no-any-return]
 
 
-async def raw_client(url: str, n: int) -> dict[str, float]:
-    """The stand-in's own ceiling: CONCURRENCY keep-alive connections of bare asyncio HTTP/1.1, no library."""
+async def raw_client(url: str, n: int, at_once: int) -> dict[str, float]:
+    """The stand-in's own ceiling: ``at_once`` keep-alive connections of bare asyncio HTTP/1.1, no library."""
     host, port = url.removeprefix("http://").split(":")
     body = json.dumps({"model": CHAT, "messages": MESSAGES, "max_tokens": 10}).encode()
     request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: stand-in\r\nContent-Type: application/json\r\n"
@@ -135,9 +145,17 @@ async def raw_client(url: str, n: int) -> dict[str, float]:
         writer.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(connection() for _ in range(CONCURRENCY)))
+    await asyncio.gather(*(connection() for _ in range(at_once)))
     seconds = time.perf_counter() - started
     return {"calls": n, "seconds": seconds, "per_s": n / seconds, "cpu_ms_per_call": (machine_cpu_s() - cpu) * 1e3 / n}
+
+
+def cpu_s_of(pid: int) -> float:
+    """The CPU seconds a worker has used: its process and every process it started (the event loops)."""
+    import psutil
+
+    processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
 def rss_mb(pid: int) -> float:
@@ -164,7 +182,7 @@ def chat_jobs(router: Router, database_url: str, n: int, worker_pid: int, tier: 
     sampler = threading.Thread(target=sample)
     sampler.start()
     marker = str(uuid.uuid4())
-    cpu, started = machine_cpu_s(), time.time()
+    cpu, started, producer, worker = machine_cpu_s(), time.time(), time.process_time(), cpu_s_of(worker_pid)
     jobs = [
         router.generate(messages=[{"role": "user", "content": f"{marker} question {i}"}], max_tokens=10,
                         use_cache=False, tier=tier)
@@ -178,6 +196,7 @@ def chat_jobs(router: Router, database_url: str, n: int, worker_pid: int, tier: 
         except JobFailed:
             failed += 1  # counted: "every job succeeded" is a figure of the run, not an assumption
     cpu_s = machine_cpu_s() - cpu
+    producer_s, worker_s = time.process_time() - producer, cpu_s_of(worker_pid) - worker
     stop.set()
     sampler.join()
     engine = create_engine(database_url)
@@ -207,6 +226,8 @@ def chat_jobs(router: Router, database_url: str, n: int, worker_pid: int, tier: 
         "usage_rows": int(usage_rows),
         "attempts": int(attempts),
         "submit_s": submit_s,
+        "producer_cpu_ms_per_job": producer_s * 1e3 / n,
+        "worker_cpu_ms_per_job": worker_s * 1e3 / n,
         "worker_peak_rss_mb": peak[0],
     }
 
@@ -234,6 +255,47 @@ def embed_batch(router: Router, url: str, inputs: int) -> dict[str, Any]:
         "stand_in_limit_per_s": limit,
         "ratio_to_limit": inputs / seconds / limit,
     }
+
+
+def async_callers(settings: Settings, n: int, callers: int, worker_pid: int) -> dict[str, Any]:
+    """(h'') A web backend's event loop: ``callers`` coroutines of one ``AsyncRouter``, each submitting a chat
+    job, awaiting it, then the next, until ``n`` ran; latency is submit → ``wait()``."""
+
+    async def run() -> dict[str, Any]:
+        latencies: list[float] = []
+        failed = 0
+        async with AsyncRouter(settings) as router:
+            left = iter(range(n))
+            marker = uuid.uuid4()
+
+            async def caller() -> None:
+                nonlocal failed
+                for i in left:
+                    began = time.perf_counter()
+                    job = await router.generate(messages=[{"role": "user", "content": f"{marker} {i}"}],
+                                                max_tokens=10, use_cache=False)  # fmt: skip
+                    try:
+                        await job.wait(timeout=600)
+                    except JobFailed:
+                        failed += 1
+                    latencies.append(time.perf_counter() - began)
+
+            cpu, producer, worker = machine_cpu_s(), time.process_time(), cpu_s_of(worker_pid)
+            started = time.perf_counter()
+            await asyncio.gather(*(caller() for _ in range(callers)))
+            seconds = time.perf_counter() - started
+            cpu_s, producer_s = machine_cpu_s() - cpu, time.process_time() - producer
+            worker_s = cpu_s_of(worker_pid) - worker
+        return {
+            **{key: value for key, value in figures(n, seconds, cpu_s, latencies).items() if key != "calls"},
+            "jobs": n,
+            "callers": callers,
+            "succeeded": n - failed,
+            "producer_cpu_ms_per_job": producer_s * 1e3 / n,
+            "worker_cpu_ms_per_job": worker_s * 1e3 / n,
+        }
+
+    return asyncio.run(run())
 
 
 def one_at_a_time(router: Router, n: int, delay_ms: float) -> dict[str, Any]:
@@ -285,17 +347,22 @@ def main() -> None:
     parser.add_argument("--processes", type=int, help="the asyncio engine's --processes (default: its own)")
     parser.add_argument("--concurrency", type=int, help="the worker's --concurrency (default: its own)")
     parser.add_argument("--one-by-one", type=int, default=200, help="(k)'s jobs, one at a time (0: no (k))")
+    parser.add_argument(
+        "--references-at-once", type=int, help="the references' calls at a time (default: the first engine's slots)"
+    )
+    parser.add_argument("--callers", type=int, default=200, help="(h'')'s AsyncRouter callers (0: no (h''))")
     args = parser.parse_args()
 
     behaviour = Behaviour(args.delay_ms / 1000.0, TEI_PER_CALL, TEI_CALL_S, TEI_AT_ONCE)
+    at_once = args.references_at_once or slots(args.engines[0], args.processes, args.concurrency)
     stand_in, url = start_stand_in(behaviour)
     references = {}
     for name in CLIENTS:
         print(f"(reference) {args.n} calls from {name} …", flush=True)
-        references[name] = measure(name, url, CHAT, args.n, CONCURRENCY)
+        references[name] = measure(name, url, CHAT, args.n, at_once)
     reference = references["bare aiohttp"]
     print(f"(ceiling) {args.n} calls from bare asyncio connections …", flush=True)
-    ceiling = asyncio.run(raw_client(url, args.n))
+    ceiling = asyncio.run(raw_client(url, args.n, at_once))
     redis.Redis.from_url(args.redis).flushdb()
     work = Path(tempfile.mkdtemp(prefix="llmr-remote-bench-"))
     config = work / "catalogue.toml"
@@ -304,6 +371,7 @@ def main() -> None:
         "n": args.n,
         "delay_ms": args.delay_ms,
         "cores": os.cpu_count(),
+        "references_at_once": at_once,
         "references": references,
         "ceiling": ceiling,
         "chat_jobs": {},
@@ -332,6 +400,9 @@ def main() -> None:
                     print(f"(h) {args.n} chat jobs through one remote worker, --engine {engine} …", flush=True)
                     results["chat_jobs"][engine] = chat_jobs(router, database_url, args.n, worker.pid)
                     print(f"    {results['chat_jobs'][engine]['per_s']:.1f} jobs/s", flush=True)
+                    if index == 0 and args.callers:
+                        print(f"(h'') {args.n} chat jobs from {args.callers} AsyncRouter callers …", flush=True)
+                        results["async_callers"] = async_callers(settings, args.n, args.callers, worker.pid)
                     if index == 0 and args.one_by_one:
                         print(f"(k) {args.one_by_one} jobs one at a time, each waited for …", flush=True)
                         results["one_at_a_time"] = one_at_a_time(router, args.one_by_one, args.delay_ms)
@@ -358,12 +429,19 @@ def main() -> None:
         ratios = ", ".join(f"h/{name} {value:.2f}" for name, value in h["ratios"].items())
         return "", "", f"{ratios}; submit {h['submit_s']:.1f} s; peak RSS {h['worker_peak_rss_mb']:.0f} MB"
 
+    def split_row(h: dict[str, Any]) -> tuple[str, str, str]:
+        producer, worker = h["producer_cpu_ms_per_job"], h["worker_cpu_ms_per_job"]
+        rest = h["cpu_ms_per_call"] - producer - worker
+        return "", "", f"CPU ms a job: producer {producer:.2f}, worker {worker:.2f}, the rest {rest:.2f}"
+
     rows = [
         *(row(f"reference: {name}", measured) for name, measured in references.items()),
         ("ceiling: bare asyncio HTTP/1.1", f"{ceiling['per_s']:.0f} calls/s",
-         f"CPU {ceiling['cpu_ms_per_call']:.1f} ms per call; {CONCURRENCY} keep-alive connections"),
+         f"CPU {ceiling['cpu_ms_per_call']:.1f} ms per call; {at_once} keep-alive connections"),
         *(line for engine, h in results["chat_jobs"].items()
-          for line in (row(f"(h) chat jobs, --engine {engine}", h, "jobs/s"), ratio_row(h))),
+          for line in (row(f"(h) chat jobs, --engine {engine}", h, "jobs/s"), ratio_row(h), split_row(h))),
+        *((row(f"(h'') {callers['callers']} AsyncRouter callers", callers, "jobs/s"), split_row(callers))
+          if (callers := results.get("async_callers")) else ()),
         ("(h') with 10 % 503, 5 % 429, a limit", f"{failing['per_s']:.1f} jobs/s",
          f"{failing['succeeded']}/{args.n} succeeded, {failing['usage_rows']} usage rows, "
          f"{failing['attempts']} attempts; {failing['calls']} calls, at most {failing['most_calls_in_any_60_s']} "
