@@ -64,6 +64,7 @@ FLUSH_MAX = 512  # or as soon as this many wait, or every message in flight has 
 # An empty take waits for a wake (a message published on a Redis broker) or 50 ms; where no wake comes (another
 # broker, or the wakes' subscription down) 1 ms, doubling to 50 ms while the queues stay empty.
 IDLE_FIRST_S, IDLE_MOST_S = 0.001, 0.05
+GATHER_S = 0.005  # with calls in flight, a take that found fewer messages than room waits this long before the next
 JOB_THREADS = 16  # the threads' path: retries, fallbacks, streams, bulk and bad messages, webhooks
 OUTAGE_WAIT_S = 5.0  # a message whose jobs could not be recorded (database, Redis or broker away) waits this long
 STOP_GRACE_S = 30.0  # how long a stopping process lets its calls in flight end
@@ -168,9 +169,11 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakes.event.wait(), idle)
                 continue
-            idle = 0.0
+            idle, busy = 0.0, self.in_flight > 0
             self.in_flight += len(taken)
             self._spawn(self._serve(taken))
+            if busy and len(taken) < room:  # messages come one by one: let some gather for one take
+                await self._sleep_or_stop(GATHER_S)
         await self._wind_down(flusher)
 
     def stop(self) -> None:
