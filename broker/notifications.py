@@ -65,8 +65,9 @@ class DoneNotices:
     @contextlib.contextmanager
     def listening(self, job_id: str) -> Iterator[Callable[[float], bool]]:
         """Subscribed to the job's channel for the block; yields a function that sleeps until a notice comes
-        (True) or ``timeout`` seconds pass (False). Raises ``RedisError`` when Redis cannot be reached. The subscription's
-        connection is kept for the next wait (a wait that opened its own would cost a connection a job)."""
+        (True) or ``timeout`` seconds pass (False). Raises ``RedisError`` when Redis cannot be reached. The
+        subscription's connection is kept for the next wait (a wait that opened its own would cost a connection
+        a job)."""
         name = channel(job_id).encode()
         pubsub = self._subscriber()
         try:
