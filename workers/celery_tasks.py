@@ -399,7 +399,7 @@ def _main_pid() -> int:
     return os.getpid() if current_process().name == "MainProcess" else os.getppid()
 
 
-def publish_state(runtime: WorkerRuntime, in_flight: int | None = None) -> None:
+def publish_state(runtime: WorkerRuntime, in_flight: int | None = None, listed: dict[str, Any] | None = None) -> None:
     from llm_router.workers.state import publish
 
     profile = runtime.profile
@@ -414,6 +414,7 @@ def publish_state(runtime: WorkerRuntime, in_flight: int | None = None) -> None:
             "torch_loaded": "torch" in sys.modules,
             "models": [m.describe() for m in runtime.registry.loaded()],
             **({} if in_flight is None else {"in_flight": in_flight}),
+            **(listed or {}),
         },
     )
     runtime.published_version = runtime.registry.version

@@ -26,6 +26,7 @@ BROKER = "redis://127.0.0.1:6379/2"
 SHARED = BROKER  # the shared state (rate limits, cancels, streams) on both brokers: a fleet on RabbitMQ has a Redis
 MANY, CALL_S = 500, 1.0
 KILLED, SLOW_S = 300, 3.0
+INSPECTED = 12  # jobs of SLOW_S listed by `celery inspect active`
 CANCELLED_S = 30.0  # the call a cancel closes would take this long
 LIMIT = 20  # calls a minute
 
@@ -150,6 +151,33 @@ def test_a_process_killed_with_hundreds_in_flight_loses_none_and_runs_none_twice
     assert paths == {"lost,succeeded"}  # the attempt cut off, then the one that finished
     assert len(server.calls_to("/slow/v1/chat/completions")) == 2 * KILLED
     survivor.stop()
+
+
+def test_celery_inspect_lists_what_the_loops_run_and_hold(
+    start_worker: Callable[..., WorkerProcess], env: dict[str, str], router: Router, server: InferenceServer
+) -> None:
+    server.reset()
+    worker = _worker(start_worker, env, "aio_slow", "aio-inspect", "--processes", "2", "--concurrency", "20")
+    jobs = [_chat(router, "aio_slow", i) for i in range(INSPECTED)]
+    held = router.app.send_task(  # a countdown's message is held by a loop until it is due, as Celery holds it
+        "llm_router.generate", args=["no-such-job"], queue="aio_slow", routing_key="aio_slow", countdown=60
+    )
+    inspect = router.app.control.inspect(destination=[worker.nodename], timeout=5, limit=1)  # one reply: no wait
+    deadline = time.monotonic() + 30
+    active: list[dict[str, Any]] = []
+    while len(active) < INSPECTED:  # each call takes 3 s at the stand-in; the loops write their state twice a second
+        assert time.monotonic() < deadline, active
+        time.sleep(0.25)
+        active = (inspect.active() or {}).get(worker.nodename, [])
+    assert sorted(task["id"] for task in active) == sorted(job.id for job in jobs)
+    assert {task["name"] for task in active} == {"llm_router.generate"}
+    assert sorted(task["args"][0] for task in active) == sorted(job.id for job in jobs)
+    assert len({task["worker_pid"] for task in active}) >= 1 and all(task["time_start"] for task in active)
+    scheduled = (inspect.scheduled() or {}).get(worker.nodename, [])
+    assert [entry["request"]["id"] for entry in scheduled] == [held.id]
+    assert (inspect.reserved() or {}).get(worker.nodename) == []
+    assert all(isinstance(job.wait(timeout=60), GenerateResult) for job in jobs)
+    worker.stop()
 
 
 def test_a_cancel_closes_the_jobs_http_call_at_once(

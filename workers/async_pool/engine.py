@@ -27,6 +27,7 @@ from llm_router.tasks.records import JobStatus
 from llm_router.tasks.schemas import GenerateResult, Usage
 from llm_router.tasks.store import AttemptSpec, JobView
 from llm_router.workers.async_pool.caller import AsyncCaller
+from llm_router.workers.async_pool.control import listed_tasks
 from llm_router.workers.async_pool.lane import LoopRun, fresh_job, loop_run
 from llm_router.workers.async_pool.wakes import Wakes
 from llm_router.workers.backends.base import PlansCalls, Result
@@ -128,6 +129,7 @@ class Engine:
         self._calls: dict[str, asyncio.Task[None]] = {}  # a generation's call, by job id: a cancel closes it
         self._tasks: set[asyncio.Task[Any]] = set()
         self._held: dict[str, Taken] = {}  # messages waiting for their ETA, by tag
+        self._active: dict[str, tuple[Drained, float]] = {}  # messages being run and since when, by tag
         self._stopping = False
         self._last_flush = False
 
@@ -228,8 +230,11 @@ class Engine:
     async def _on(self, pool: ThreadPoolExecutor, work: Callable[..., T], *args: Any) -> T:
         return await self._loop.run_in_executor(pool, partial(work, *args))
 
-    def _settled(self, count: int) -> None:
-        self.in_flight -= count
+    def _settled(self, tags: list[str]) -> None:
+        """Messages no longer in flight (acknowledged, given back, or held for their countdown)."""
+        self.in_flight -= len(tags)
+        for tag in tags:
+            self._active.pop(tag, None)
         self._room.set()
 
     # -- the broker -----------------------------------------------------------------------------------------
@@ -283,7 +288,7 @@ class Engine:
         """Keep messages unacknowledged until they are due (a retry's countdown), out of the room's count."""
         for message in messages:
             self._held[message.tag] = message
-        self._settled(len(messages))
+        self._settled([message.tag for message in messages])
         self._loop.call_later(seconds, self._due, [m.tag for m in messages])
 
     def _due(self, tags: list[str]) -> None:
@@ -294,7 +299,7 @@ class Engine:
 
     async def _give_back_later(self, items: list[Drained]) -> None:
         """Messages whose jobs met an outage: handed back to their queues once it may have passed."""
-        self._settled(len(items))
+        self._settled([item.taken.tag for item in items])
         await asyncio.sleep(OUTAGE_WAIT_S)
         await self._settle([item.taken for item in items], "give_back")
 
@@ -309,10 +314,12 @@ class Engine:
         for wait_s, messages in later.items():
             self._hold(messages, wait_s)
         items = [item for item in map(self._decoded, now_due) if item is not None]
+        began = time.time()
+        self._active.update((item.taken.tag, (item, began)) for item in items)
         refused = [message for message in now_due if message.tag not in {item.taken.tag for item in items}]
         if refused:
             await self._settle(refused, "ack")  # what Celery does with content it refuses
-            self._settled(len(refused))
+            self._settled([message.tag for message in refused])
         if not items:
             return
         try:
@@ -493,7 +500,7 @@ class Engine:
             )
         self.runtime.running.release([running.job.id])
         await self._settle([item.taken], "ack")
-        self._settled(1)
+        self._settled([item.taken.tag])
 
     # -- the threads' path ----------------------------------------------------------------------------------
 
@@ -507,7 +514,7 @@ class Engine:
             await self._give_back_later([item])
             return
         await self._settle([item.taken], "ack")
-        self._settled(1)
+        self._settled([item.taken.tag])
         await self._on(self._broker, report, self.app, [item], self.hostname, summary, time.perf_counter() - began)
 
     def _run_on_thread(self, item: Drained) -> str:
@@ -535,7 +542,8 @@ class Engine:
     async def _publish_forever(self) -> None:
         """This process's state with its messages in flight, for ``llm_router_info`` and ``llm-router status``."""
         while not self._stopping:
-            await self._safely("publishing this process's state", publish_state, self.runtime, self.in_flight)
+            listed = listed_tasks(list(self._active.values()), list(self._held.values()), self.hostname)
+            await self._safely("publishing this process's state", publish_state, self.runtime, self.in_flight, listed)
             await self._sleep_or_stop(PUBLISH_S)
 
     async def _safely(self, doing: str, work: Callable[..., Any], *args: Any) -> None:
@@ -576,7 +584,7 @@ class Engine:
             await self._give_back_later(items)
             return
         await self._settle([item.taken for item in items], "ack")
-        self._settled(len(items))
+        self._settled([item.taken.tag for item in items])
         report_ = partial(report, self.app, items, self.hostname, "succeeded", time.perf_counter() - began)
         self._spawn(self._on(self._broker, report_))
 
