@@ -31,7 +31,7 @@ BROKER = "redis://127.0.0.1:6379/0"
 NUL_MODEL, SKEWED_MODEL, SPACED_MODEL = "org/nul-chat", "org/slow-skewed", "org/slow-spaced"
 IN_FLIGHT = 10
 CALL_S = {"skewed": 12.0, "spaced": 8.0}
-REMOTE = ("--pool", "remote", "--concurrency", str(IN_FLIGHT))
+REMOTE = ("--pool", "remote", "--processes", "1", "--concurrency", str(IN_FLIGHT))  # one process: one lease owner
 CHAT = [{"role": "user", "content": "Say something."}]
 
 
