@@ -15,7 +15,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,15 +22,13 @@ from llm_router.broker import tracing
 from llm_router.broker.queues import KIND_OF_TASK
 from llm_router.broker.routing import lane_of
 from llm_router.broker.transports import Taken, Transport, direct_redis, open_transport
-from llm_router.tasks.records import JobStatus
 from llm_router.tasks.schemas import GenerateResult, Usage
-from llm_router.tasks.store import AttemptSpec, JobView
 from llm_router.workers.async_pool.caller import AsyncCaller
 from llm_router.workers.async_pool.control import listed_tasks
-from llm_router.workers.async_pool.lane import LoopRun, fresh_job, loop_run
+from llm_router.workers.async_pool.recording import Answered, record_answers
+from llm_router.workers.async_pool.starting import Call, Running, start_jobs
 from llm_router.workers.async_pool.wakes import Wakes
-from llm_router.workers.backends.base import PlansCalls, Result
-from llm_router.workers.backends.http import HttpCaller, PlannedCall
+from llm_router.workers.backends.base import Result
 from llm_router.workers.celery_tasks import (
     REMOTE_BATCHED_TASKS,
     end_jobs_of_failed_message,
@@ -44,13 +41,8 @@ from llm_router.workers.draining import Drained, inputs_of, report, seconds_unti
 from llm_router.workers.execution import (
     INFRASTRUCTURE,
     cause_of,
-    end_unrecorded,
     go_on_after_failure,
-    log_success,
-    record_successes,
-    success_of,
 )
-from llm_router.workers.job_end import Ended, after_final
 from llm_router.workers.log_limits import Throttle
 from llm_router.workers.webhooks import LEGACY_WEBHOOK_TASK, WEBHOOK_TASK
 
@@ -74,38 +66,6 @@ OUTAGES = Throttle()
 WEBHOOK_TASKS = frozenset({WEBHOOK_TASK, LEGACY_WEBHOOK_TASK})
 
 
-@dataclass
-class _Running:
-    """A job the loop runs: its message, its row as read, its run and its attempt."""
-
-    item: Drained
-    job: JobView
-    run: LoopRun
-    spec: AttemptSpec
-    number: int = 0  # the attempt's, once started
-
-
-@dataclass(frozen=True)
-class _Call:
-    """One HTTP call and the jobs it answers, in the order of its answer's results."""
-
-    jobs: list[_Running]
-    planned: PlannedCall[list[Any]]
-    caller: HttpCaller
-
-    @property
-    def cancellable(self) -> bool:
-        """A generation's call of its own: its caller's cancel closes it."""
-        return len(self.jobs) == 1 and self.jobs[0].item.kind == "generate"
-
-
-@dataclass(frozen=True)
-class _Answered:
-    running: _Running
-    result: Result
-    latency_ms: float
-
-
 class Engine:
     """Runs the jobs of ``queues`` on the running event loop, up to ``concurrency`` messages at once."""
 
@@ -125,7 +85,7 @@ class Engine:
         self._broker = ThreadPoolExecutor(1, thread_name_prefix="llm-router-broker")
         self._records = ThreadPoolExecutor(2, thread_name_prefix="llm-router-records")
         self._threads = ThreadPoolExecutor(JOB_THREADS, thread_name_prefix="llm-router-job")
-        self._answered: list[_Answered] = []
+        self._answered: list[Answered] = []
         self._calls: dict[str, asyncio.Task[None]] = {}  # a generation's call, by job id: a cancel closes it
         self._tasks: set[asyncio.Task[Any]] = set()
         self._held: dict[str, Taken] = {}  # messages waiting for their ETA, by tag
@@ -323,7 +283,7 @@ class Engine:
         if not items:
             return
         try:
-            started, elsewhere = await self._on(self._records, self._start, items)
+            started, elsewhere = await self._on(self._records, start_jobs, self.runtime, self.hostname, items)
         except Exception as exc:
             if not isinstance(exc, INFRASTRUCTURE):
                 log.exception("%d messages could not start; handed back in %ss", len(items), OUTAGE_WAIT_S)
@@ -348,99 +308,9 @@ class Engine:
         task_id = message.headers.get("id")
         return Drained(kind, tuple(body[0]), body[1], task_id if isinstance(task_id, str) else None, message, name)
 
-    def _start(self, items: list[Drained]) -> tuple[list[_Call], list[Drained]]:
-        """In the records thread: the take's fresh jobs read, planned into calls, admitted by the rate limits and
-        started under this process's lease, in one statement per model; the other messages go to the threads'
-        path."""
-        runtime = self.runtime
-        fresh: dict[str, Drained] = {}
-        elsewhere: list[Drained] = []
-        for item in items:
-            message = None if tracing.enabled() or item.kind == "webhook" else fresh_job(item)
-            if message is None or message.job_id in fresh:
-                elsewhere.append(item)
-            else:
-                fresh[message.job_id] = item
-        claimed = set(runtime.running.claim(list(fresh)))
-        elsewhere += [item for job_id, item in fresh.items() if job_id not in claimed]  # run here: ignored there
-        looked = runtime.store.first_look(sorted(claimed), runtime.settings.cache_ttl_s) if claimed else {}
-        cooling: dict[str, bool] = {}
-        candidates: list[_Running] = []
-        for job_id in sorted(claimed):
-            job, cached = looked.get(job_id, (None, None))
-            run = loop_run(job, cached, fresh[job_id].kind, runtime.catalogue) if job is not None else None
-            if job is not None and run is not None and not self._cooling(run.model, cooling):
-                spec = AttemptSpec(
-                    run.model, runtime.catalogue.model_spec(run.model).provider, run.route.tier, self.hostname
-                )
-                candidates.append(_Running(fresh[job_id], job, run, spec))
-        admitted = [call for call in self._plan(candidates) if not self._limited(call)]
-        ready = [running for call in admitted for running in call.jobs]
-        numbers = self._started(ready)
-        started: list[_Call] = []
-        for call in admitted:
-            jobs = [running for running in call.jobs if running.job.id in numbers]
-            for running in jobs:
-                running.number = numbers[running.job.id]
-            # A job not started ended, or another process runs it, meanwhile: the threads' path says which.
-            started += [call] if len(jobs) == len(call.jobs) else self._plan(jobs)
-        on_loop = {running.job.id for call in started for running in call.jobs}
-        elsewhere += [fresh[job_id] for job_id in claimed if job_id not in on_loop]
-        runtime.running.release([job_id for job_id in claimed if job_id not in on_loop])
-        return started, elsewhere
-
-    def _cooling(self, model: str, cooling: dict[str, bool]) -> bool:
-        """Whether the model cools down (the threads' path passes it over, with its record); asked once a take."""
-        if model not in cooling:
-            cooling[model] = self.runtime.cooldowns.remaining_s(model) > 0
-        return cooling[model]
-
-    def _plan(self, jobs: list[_Running]) -> list[_Call]:
-        """The calls that answer ``jobs``: the backend packs the inputs of embed and classify jobs of one model
-        into few calls, unless a rate limit counts calls on their route (then each is a call of its own, as on
-        the threads' path). A job no call answers (a stream, a request of more inputs than a call takes) is left
-        to the threads' path."""
-        runtime = self.runtime
-        groups: dict[tuple[AttemptSpec, str, int], list[_Running]] = defaultdict(list)
-        for running in jobs:
-            spec = running.spec
-            alone = bool(runtime.limit_rules(running.run.route.tier, spec.provider, spec.model))
-            groups[(spec, running.item.kind, id(running) if alone else 0)].append(running)
-        calls: list[_Call] = []
-        for (spec, _, _), group in groups.items():
-            backend = runtime.backend(spec.provider)
-            if not isinstance(backend, PlansCalls):
-                continue
-            try:
-                planned = backend.plan(
-                    spec.model, [running.run.request for running in group], runtime.catalogue.defaults
-                )
-            except Exception:  # a catalogue error (a missing base_url): the threads' path records it
-                continue
-            calls += [_Call([group[p] for p in plan.positions], plan.call, backend.caller) for plan in planned]
-        return calls
-
-    def _limited(self, call: _Call) -> bool:
-        """Whether the call would go over a rate limit now (the threads' path then defers its job); a call that
-        fits takes its slot."""
-        first = call.jobs[0]
-        rules = self.runtime.limit_rules(first.run.route.tier, first.spec.provider, first.spec.model)
-        return bool(rules) and self.runtime.limiter.acquire(rules) > 0
-
-    def _started(self, jobs: list[_Running]) -> dict[str, int]:
-        """Start ``jobs`` under this process's lease, one statement per model; the attempt numbers of those taken."""
-        by_spec: dict[AttemptSpec, list[str]] = defaultdict(list)
-        for running in jobs:
-            by_spec[running.spec].append(running.job.id)
-        numbers: dict[str, int] = {}
-        for spec, job_ids in by_spec.items():
-            starts = self.runtime.store.start(job_ids, spec, self.runtime.lease)
-            numbers.update({start.job_id: start.number for start in starts.started})
-        return numbers
-
     # -- a job's call ---------------------------------------------------------------------------------------
 
-    async def _call(self, call: _Call) -> None:
+    async def _call(self, call: Call) -> None:
         began = time.perf_counter()
         try:
             results = await self._caller.run(call.caller, call.planned)
@@ -456,13 +326,13 @@ class Engine:
         self._calls.pop(call.jobs[0].job.id, None)
         latency_ms = (time.perf_counter() - began) * 1000.0
         self._answered += [
-            _Answered(running, result, latency_ms) for running, result in zip(call.jobs, results, strict=True)
+            Answered(running, result, latency_ms) for running, result in zip(call.jobs, results, strict=True)
         ]
         if len(self._answered) >= min(FLUSH_MAX, self.in_flight):  # a full batch, or nothing else to wait for
             self._flush_now.set()
 
     @staticmethod
-    def _stopped(running: _Running) -> Result:
+    def _stopped(running: Running) -> Result:
         return GenerateResult(text="", model=running.spec.model, usage=Usage.of(0, 0), finish_reason="stop")
 
     def _heard_cancel(self, job_ids: list[str]) -> None:
@@ -475,7 +345,7 @@ class Engine:
             if call is not None:
                 call.cancel()
 
-    async def _carry_on(self, running: _Running, failure: Exception, latency_ms: float) -> None:
+    async def _carry_on(self, running: Running, failure: Exception, latency_ms: float) -> None:
         """A failed call: the threads' path records it and carries out the policy's decision."""
         item, run = running.item, running.run
         carry_on = partial(
@@ -568,12 +438,12 @@ class Engine:
             if self._last_flush:
                 return
 
-    async def _flush(self, batch: list[_Answered]) -> None:
+    async def _flush(self, batch: list[Answered]) -> None:
         """Record answers together, then acknowledge their messages: never before the records commit."""
         began = time.perf_counter()
         items = [answered.running.item for answered in batch]
         try:
-            await self._on(self._records, self._record, batch)
+            await self._on(self._records, record_answers, self.runtime, batch)
         except Exception as exc:
             if not isinstance(exc, INFRASTRUCTURE):
                 log.exception("answers of %d jobs not recorded; their messages are handed back", len(batch))
@@ -587,35 +457,3 @@ class Engine:
         self._settled([item.taken.tag for item in items])
         report_ = partial(report, self.app, items, self.hostname, "succeeded", time.perf_counter() - began)
         self._spawn(self._on(self._broker, report_))
-
-    def _record(self, batch: list[_Answered]) -> None:
-        """In the records thread: the answers in one statement, each job's line, what follows their ends."""
-        runtime = self.runtime
-        successes = [
-            success_of(runtime, a.running.job.id, a.running.number, a.running.spec, a.result, a.latency_ms)
-            for a in batch
-        ]
-        statuses = {success.job_id: success.job_status for success in successes}
-        try:
-            runtime.store.succeed(successes)
-        except INFRASTRUCTURE:
-            raise
-        except Exception:  # one answer the database refuses must not fail the others: each alone
-            for success in successes:
-                try:
-                    runtime.store.succeed([success])
-                except INFRASTRUCTURE:
-                    raise
-                except Exception as exc:
-                    end_unrecorded(runtime.store, success.job_id, exc)
-                    statuses[success.job_id] = JobStatus.FAILED
-        ended = [
-            Ended.of(job.id, statuses[job.id], job.request or {}, queue=job.queue, run_step=job.run_step)
-            for job in (answered.running.job for answered in batch)
-        ]
-        runtime.running.release([answered.running.job.id for answered in batch])
-        after_final(runtime.end_hooks, ended)  # first: their callers wake
-        for answered, success in zip(batch, successes, strict=True):
-            if statuses[success.job_id] == success.job_status:
-                log_success(success, answered.running.item.kind, answered.running.spec)
-        record_successes(runtime.cooldowns, [answered.running.spec.model for answered in batch])
