@@ -158,6 +158,17 @@ def cpu_s_of(pid: int) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
+def cpu_marks(worker_pid: int) -> tuple[float, float, float]:
+    """CPU seconds so far: the whole machine's, this process's (the producer's) and the worker's."""
+    return machine_cpu_s(), time.process_time(), cpu_s_of(worker_pid)
+
+
+def cpu_spent(since: tuple[float, float, float], worker_pid: int, jobs: int) -> tuple[float, dict[str, float]]:
+    """The machine's CPU seconds since ``since``, and the producer's and the worker's CPU ms a job."""
+    machine, producer, worker = (now - then for now, then in zip(cpu_marks(worker_pid), since, strict=True))
+    return machine, {"producer_cpu_ms_per_job": producer * 1e3 / jobs, "worker_cpu_ms_per_job": worker * 1e3 / jobs}
+
+
 def rss_mb(pid: int) -> float:
     """The resident memory of a worker: its process and every process it started (the event loops)."""
     import psutil
@@ -182,7 +193,7 @@ def chat_jobs(router: Router, database_url: str, n: int, worker_pid: int, tier: 
     sampler = threading.Thread(target=sample)
     sampler.start()
     marker = str(uuid.uuid4())
-    cpu, started, producer, worker = machine_cpu_s(), time.time(), time.process_time(), cpu_s_of(worker_pid)
+    marks, started = cpu_marks(worker_pid), time.time()
     jobs = [
         router.generate(messages=[{"role": "user", "content": f"{marker} question {i}"}], max_tokens=10,
                         use_cache=False, tier=tier)
@@ -195,8 +206,7 @@ def chat_jobs(router: Router, database_url: str, n: int, worker_pid: int, tier: 
             job.wait(timeout=1800)
         except JobFailed:
             failed += 1  # counted: "every job succeeded" is a figure of the run, not an assumption
-    cpu_s = machine_cpu_s() - cpu
-    producer_s, worker_s = time.process_time() - producer, cpu_s_of(worker_pid) - worker
+    cpu_s, split = cpu_spent(marks, worker_pid, n)
     stop.set()
     sampler.join()
     engine = create_engine(database_url)
@@ -226,8 +236,7 @@ def chat_jobs(router: Router, database_url: str, n: int, worker_pid: int, tier: 
         "usage_rows": int(usage_rows),
         "attempts": int(attempts),
         "submit_s": submit_s,
-        "producer_cpu_ms_per_job": producer_s * 1e3 / n,
-        "worker_cpu_ms_per_job": worker_s * 1e3 / n,
+        **split,
         "worker_peak_rss_mb": peak[0],
     }
 
@@ -280,19 +289,16 @@ def async_callers(settings: Settings, n: int, callers: int, worker_pid: int) -> 
                         failed += 1
                     latencies.append(time.perf_counter() - began)
 
-            cpu, producer, worker = machine_cpu_s(), time.process_time(), cpu_s_of(worker_pid)
-            started = time.perf_counter()
+            marks, started = cpu_marks(worker_pid), time.perf_counter()
             await asyncio.gather(*(caller() for _ in range(callers)))
             seconds = time.perf_counter() - started
-            cpu_s, producer_s = machine_cpu_s() - cpu, time.process_time() - producer
-            worker_s = cpu_s_of(worker_pid) - worker
+            cpu_s, split = cpu_spent(marks, worker_pid, n)
         return {
             **{key: value for key, value in figures(n, seconds, cpu_s, latencies).items() if key != "calls"},
             "jobs": n,
             "callers": callers,
             "succeeded": n - failed,
-            "producer_cpu_ms_per_job": producer_s * 1e3 / n,
-            "worker_cpu_ms_per_job": worker_s * 1e3 / n,
+            **split,
         }
 
     return asyncio.run(run())
