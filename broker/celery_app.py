@@ -11,6 +11,8 @@ from typing import Any
 
 import redis
 from celery import Celery
+from celery.app.amqp import AMQP
+from kombu.pools import ProducerPool
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -34,8 +36,25 @@ def _transport(settings: Settings) -> str | None:
     return REDIS_TRANSPORT if settings.resolved_broker_url.startswith("redis://") else None
 
 
+class OwnPoolsAMQP(AMQP):
+    """Celery's AMQP helper, publishing through its app's own connection pool (see ``RouterCelery.pool``)."""
+
+    _producer_pool: ProducerPool | None = None
+
+    @property
+    def producer_pool(self) -> ProducerPool:
+        if self._producer_pool is None:
+            self._producer_pool = ProducerPool(self.app.pool, limit=self.app.pool.limit)
+        return self._producer_pool
+
+    publisher_pool = producer_pool
+
+
 class RouterCelery(Celery):
     """A Celery app that knows the settings and catalogue it was built from."""
+
+    amqp_cls = OwnPoolsAMQP
+    _pool: Any = None
 
     router_settings: Settings
     catalogue: Catalogue
@@ -52,10 +71,23 @@ class RouterCelery(Celery):
                     self._publisher = RedisTransport(_publishing_client(self.conf.broker_url), self)
         return self._publisher
 
+    @property
+    def pool(self) -> Any:
+        """This app's own broker connections. Celery's default is kombu's process-wide group, keyed by the
+        broker's address: an app built after another one closed (a new ``Router``) was handed the first one's
+        connections, stale when the broker had restarted in between, and never closed."""
+        if self._pool is None:
+            self._ensure_after_fork()
+            self._pool = self.connection_for_write().Pool(limit=self.conf.broker_pool_limit)
+        return self._pool
+
     def close(self) -> None:
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None
+        if self._pool is not None:
+            self._pool.force_close_all()
+            self.amqp._producer_pool = None  # built on the pool just closed: the next publish builds another
         super().close()
 
 

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 
 from llm_router.broker.celery_app import create_app
 from llm_router.broker.settings import Settings
@@ -78,3 +79,32 @@ def test_a_message_published_on_redis_wakes_the_loops_that_take_from_its_queue(c
     finally:
         publisher.close()
         app.close()
+
+
+def test_an_app_closed_closes_its_broker_connections_and_the_next_one_opens_its_own(
+    cluster_settings: Settings,
+) -> None:
+    # Celery's default pool is process-wide, keyed by the broker's address: a Router built after another one
+    # closed was handed its connections, dead when the broker had restarted in between (a status broadcast
+    # then failed with "Connection closed by server").
+    settings = cluster_settings.model_copy(update={"broker_url": empty_redis_db(REDIS_BROKER)})
+    admin = redis.Redis.from_url(REDIS_BROKER)
+    db = str(admin.connection_pool.connection_kwargs["db"])
+
+    def connected() -> set[str]:
+        return {str(client["id"]) for client in admin.client_list() if str(client["db"]) == db}
+
+    before = connected()
+    first = create_app(settings)
+    first.control.broadcast("ping", reply=True, timeout=0.2)  # no worker answers: it opens and waits
+    opened = connected() - before
+    assert opened
+    first.close()
+    assert not connected() & opened  # none kept in a pool for the next app
+    second = create_app(settings)
+    try:
+        second.control.broadcast("ping", reply=True, timeout=0.2)
+        assert connected() - before - opened  # its own connections
+    finally:
+        second.close()
+        admin.close()
