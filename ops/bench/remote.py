@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO))
 
 from llm_router import AsyncRouter, JobFailed  # noqa: E402
 from llm_router.broker.client import Router  # noqa: E402
+from llm_router.broker.counters import deferrals  # noqa: E402
 from llm_router.broker.settings import Settings  # noqa: E402
 from ops.bench.cluster import Cluster, cluster_env  # noqa: E402
 from ops.bench.database import ADMIN, URL_TEMPLATE, bench_database  # noqa: E402
@@ -323,11 +324,14 @@ def failing_and_bulk(
     """(h') and (i), on the first engine's worker."""
     control(url, reset=True, failing=True)
     print(f"(h') the same with 10 % 503 and 5 % 429, {LIMITED_RPM} calls a minute …", flush=True)
+    counters = redis.Redis.from_url(args.redis)
+    deferred_before = deferrals(counters).get("limited", 0)
     failing = chat_jobs(router, database_url, args.n, worker_pid, tier="limited")
     seen = control(url, failing=False)
     arrivals = seen.pop("completion_arrivals")
     failing.update(
         stand_in=seen,
+        deferrals=deferrals(counters).get("limited", 0) - deferred_before,
         calls=len(arrivals),
         limit_per_minute=LIMITED_RPM,
         most_calls_in_any_60_s=most_in_any_window(arrivals, 60.0),
@@ -450,8 +454,8 @@ def main() -> None:
           if (callers := results.get("async_callers")) else ()),
         ("(h') with 10 % 503, 5 % 429, a limit", f"{failing['per_s']:.1f} jobs/s",
          f"{failing['succeeded']}/{args.n} succeeded, {failing['usage_rows']} usage rows, "
-         f"{failing['attempts']} attempts; {failing['calls']} calls, at most {failing['most_calls_in_any_60_s']} "
-         f"in any 60 s (limit {failing['limit_per_minute']})"),
+         f"{failing['attempts']} attempts, {failing['deferrals']} deferrals; {failing['calls']} calls, at most "
+         f"{failing['most_calls_in_any_60_s']} in any 60 s (limit {failing['limit_per_minute']})"),
         *((("(k) one job at a time, submit → wait()", f"{one['jobs']} jobs",
             f"p50 {one['p50_ms_over_delay']:+.1f} ms, p95 {one['p95_ms_over_delay']:+.1f} ms over the delay"),)
           if (one := results.get("one_at_a_time")) else ()),

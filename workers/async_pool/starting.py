@@ -114,11 +114,11 @@ def plan_calls(runtime: WorkerRuntime, jobs: list[Running]) -> list[Call]:
 
 
 def _limited(runtime: WorkerRuntime, call: Call) -> bool:
-    """Whether the call would go over a rate limit now (the threads' path then defers its job); a call that
-    fits takes its slot."""
+    """Whether the call would go over a rate limit now (the threads' path then gives its job a turn); a call
+    that fits takes its slot."""
     first = call.jobs[0]
     rules = runtime.limit_rules(first.run.route.tier, first.spec.provider, first.spec.model)
-    return bool(rules) and runtime.limiter.acquire(rules) > 0
+    return bool(rules) and not runtime.limiter.try_acquire(rules)
 
 
 def _started(runtime: WorkerRuntime, jobs: list[Running]) -> dict[str, int]:
