@@ -49,6 +49,10 @@ class OwnPoolsAMQP(AMQP):
 
     publisher_pool = producer_pool
 
+    def forget_producers(self) -> None:
+        """Drop the producers built on a pool that was closed: the next publish builds them on the new one."""
+        self._producer_pool = None
+
 
 class RouterCelery(Celery):
     """A Celery app that knows the settings and catalogue it was built from."""
@@ -87,7 +91,7 @@ class RouterCelery(Celery):
             self._publisher = None
         if self._pool is not None:
             self._pool.force_close_all()
-            self.amqp._producer_pool = None  # built on the pool just closed: the next publish builds another
+            self.amqp.forget_producers()
         super().close()
 
 

@@ -324,14 +324,15 @@ def failing_and_bulk(
     """(h') and (i), on the first engine's worker."""
     control(url, reset=True, failing=True)
     print(f"(h') the same with 10 % 503 and 5 % 429, {LIMITED_RPM} calls a minute …", flush=True)
-    counters = redis.Redis.from_url(args.redis)
-    deferred_before = deferrals(counters).get("limited", 0)
-    failing = chat_jobs(router, database_url, args.n, worker_pid, tier="limited")
+    with redis.Redis.from_url(args.redis) as counters:
+        deferred_before = deferrals(counters).get("limited", 0)
+        failing = chat_jobs(router, database_url, args.n, worker_pid, tier="limited")
+        deferred = deferrals(counters).get("limited", 0) - deferred_before
     seen = control(url, failing=False)
     arrivals = seen.pop("completion_arrivals")
     failing.update(
         stand_in=seen,
-        deferrals=deferrals(counters).get("limited", 0) - deferred_before,
+        deferrals=deferred,
         calls=len(arrivals),
         limit_per_minute=LIMITED_RPM,
         most_calls_in_any_60_s=most_in_any_window(arrivals, 60.0),
